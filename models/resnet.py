@@ -1,0 +1,168 @@
+"""CIFAR-style ResNets (He et al., 2016) with optional ECA, returning the skip-connection hint.
+
+One BasicBlock, one Bottleneck and one ResNet; the ECA placement is injected per block.
+The hint is the output of the hint block's projection shortcut (after its BN, before the
+residual add): the first block of stage 4 for basic-block nets, of stage 3 for bottleneck nets.
+"""
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from .eca import create_attn
+
+__all__ = ["ModelOutput", "BasicBlock", "Bottleneck", "ResNet", "ECA_PLACEMENTS", "ARCHS"]
+
+ECA_PLACEMENTS = ("none", "parallel", "last", "all")
+
+# name -> (block type, blocks per stage)
+ARCHS = {
+    "resnet18": ("basic", (2, 2, 2, 2)),
+    "resnet34": ("basic", (3, 4, 6, 3)),
+    "resnet50": ("bottleneck", (3, 4, 6, 3)),
+    "resnet101": ("bottleneck", (3, 4, 23, 3)),
+    "resnet152": ("bottleneck", (3, 8, 36, 3)),
+}
+
+
+class ModelOutput(NamedTuple):
+    logits: torch.Tensor  # (B, num_classes)
+    hint: torch.Tensor    # (B, C_hint, H_hint, W_hint)
+
+
+def _projection(in_ch: int, out_ch: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False), nn.BatchNorm2d(out_ch))
+
+
+class _Block(nn.Module):
+    """Shared residual logic: out = relu(attn(residual(x)) + shortcut_attn(shortcut(x)))."""
+
+    expansion = 1
+
+    def _init_tail(self, in_ch, out_ch, stride, attn, shortcut_attn, eca_k):
+        self.shortcut = _projection(in_ch, out_ch, stride) if (stride != 1 or in_ch != out_ch) else None
+        self.attn = create_attn(attn, out_ch, eca_k)
+        self.shortcut_attn = create_attn(shortcut_attn, out_ch, eca_k)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward_with_shortcut(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (block output, shortcut tensor after its BN and before the residual add)."""
+        out = self.residual(x)
+        if self.attn is not None:
+            out = self.attn(out)
+        s = x if self.shortcut is None else self.shortcut(x)
+        s_added = s if self.shortcut_attn is None else self.shortcut_attn(s)
+        return self.relu(out + s_added), s
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_shortcut(x)[0]
+
+
+class BasicBlock(_Block):
+    expansion = 1
+
+    def __init__(self, in_ch, width, stride=1, attn=None, shortcut_attn=None, eca_k=None):
+        super().__init__()
+        out_ch = width * self.expansion
+        self.residual = nn.Sequential(
+            nn.Conv2d(in_ch, width, 3, stride=stride, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+        )
+        self._init_tail(in_ch, out_ch, stride, attn, shortcut_attn, eca_k)
+
+
+class Bottleneck(_Block):
+    expansion = 4
+
+    def __init__(self, in_ch, width, stride=1, attn=None, shortcut_attn=None, eca_k=None):
+        super().__init__()
+        out_ch = width * self.expansion
+        self.residual = nn.Sequential(
+            nn.Conv2d(in_ch, width, 1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, out_ch, 1, bias=False),
+            nn.BatchNorm2d(out_ch),
+        )
+        self._init_tail(in_ch, out_ch, stride, attn, shortcut_attn, eca_k)
+
+
+class ResNet(nn.Module):
+    """CIFAR ResNet: 3x3 stem, no max-pool, four stages, GAP, linear head.
+
+    forward(x) -> ModelOutput(logits, hint).
+    """
+
+    def __init__(self, block: str, layers, num_classes=10, base_width=64, in_channels=3,
+                 eca="none", eca_k=None):
+        super().__init__()
+        if block not in ("basic", "bottleneck"):
+            raise ValueError(f"block must be 'basic' or 'bottleneck', got {block!r}")
+        if eca not in ECA_PLACEMENTS:
+            raise ValueError(f"unknown ECA placement {eca!r}; choose from {', '.join(ECA_PLACEMENTS)}")
+        if base_width < 1 or num_classes < 1 or in_channels < 1:
+            raise ValueError("base_width, num_classes and in_channels must be positive")
+        block_cls = BasicBlock if block == "basic" else Bottleneck
+        self.block_type = block
+        self.eca = eca
+        self.hint_stage = 3 if block == "basic" else 2  # 0-based stage index of the hint block
+
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, base_width, 3, stride=1, padding=1, bias=False),
+            nn.BatchNorm2d(base_width),
+            nn.ReLU(inplace=True),
+        )
+        in_ch = base_width
+        stages = []
+        for stage_idx, n_blocks in enumerate(layers):
+            width = base_width * 2 ** stage_idx
+            blocks = []
+            for i in range(n_blocks):
+                stride = 2 if (stage_idx > 0 and i == 0) else 1
+                is_hint = stage_idx == self.hint_stage and i == 0
+                attn = "eca" if (eca == "all" or (eca == "last" and is_hint)) else None
+                shortcut_attn = "parallel" if (eca == "parallel" and stage_idx == 0) else None
+                blocks.append(block_cls(in_ch, width, stride, attn=attn,
+                                        shortcut_attn=shortcut_attn, eca_k=eca_k))
+                in_ch = width * block_cls.expansion
+            stages.append(nn.Sequential(*blocks))
+        self.stages = nn.ModuleList(stages)
+        self.num_features = in_ch
+        self.fc = nn.Linear(in_ch, num_classes)
+        self.hint_block = self.stages[self.hint_stage][0]
+        assert self.hint_block.shortcut is not None, "the hint block must have a projection shortcut"
+        self._init_weights()
+
+    def _init_weights(self):
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.orthogonal_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(final feature map (B, C, H/8, W/8), hint)."""
+        x = self.stem(x)
+        hint = x  # replaced below; every net has a hint block
+        for stage_idx, stage in enumerate(self.stages):
+            if stage_idx == self.hint_stage:
+                x, hint = stage[0].forward_with_shortcut(x)
+                for blk in stage[1:]:
+                    x = blk(x)
+            else:
+                x = stage(x)
+        return x, hint
+
+    def forward(self, x: torch.Tensor) -> ModelOutput:
+        x, hint = self.forward_features(x)
+        x = torch.flatten(x.mean(dim=(2, 3)), 1)  # GAP -> (B, C); no .view (channels_last safe)
+        return ModelOutput(self.fc(x), hint)

@@ -1,0 +1,205 @@
+"""Command-line flags shared by the training scripts: one style (--kebab-case), the original
+project's flags as aliases, presets, and validation that ends in a one-line error."""
+import argparse
+import sys
+
+from models import ECA_PLACEMENTS, MODELS
+
+from .data import DATASETS
+from .kd import KD_MODES
+
+__all__ = ["OneLineParser", "str2bool", "add_bool", "common_parser", "PRESETS", "finalize_args"]
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but errors are one line ('prog: error: ...') and exit code 2."""
+
+    def error(self, message):
+        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def str2bool(value) -> bool:
+    """'yes/no', 'true/false', '1/0', 'on/off' (any case) -> bool; anything else is an error.
+    (The original's type=bool made '--shuffle False' true.)"""
+    if isinstance(value, bool):
+        return value
+    v = str(value).strip().lower()
+    if v in ("1", "true", "t", "yes", "y", "on"):
+        return True
+    if v in ("0", "false", "f", "no", "n", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (true/false, yes/no, 1/0), got {value!r}")
+
+
+def add_bool(parser, name, default, help, aliases=()):
+    """--name, --name true|false and --no-name all work."""
+    dest = name.lstrip("-").replace("-", "_")
+    parser.add_argument(name, *aliases, dest=dest, nargs="?", const=True, default=default,
+                        type=str2bool, metavar="BOOL", help=f"{help} (default: %(default)s)")
+    parser.add_argument("--no-" + name.lstrip("-"), dest=dest, action="store_false",
+                        help=argparse.SUPPRESS)
+
+
+def positive_int(v):
+    try:
+        iv = int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {v!r}") from None
+    if iv < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {iv}")
+    return iv
+
+
+def nonneg_int(v):
+    try:
+        iv = int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {v!r}") from None
+    if iv < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {iv}")
+    return iv
+
+
+def positive_float(v):
+    try:
+        fv = float(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {v!r}") from None
+    if not fv > 0 or fv == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {v}")
+    return fv
+
+
+def nonneg_float(v):
+    try:
+        fv = float(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {v!r}") from None
+    if not fv >= 0 or fv == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {v}")
+    return fv
+
+
+def model_name(v):
+    if v not in MODELS:
+        raise argparse.ArgumentTypeError(f"unknown model {v!r}; choose from {', '.join(MODELS)}")
+    return v
+
+
+# Values a preset fills in when the flag is not given. Learning rates under 'default' are per
+# 128 images and scaled linearly with the batch size; under 'original' they are absolute.
+PRESETS = {
+    "default": dict(epochs=100, batch_size=128, lr=0.1, lr_scaling="linear", momentum=0.9,
+                    nesterov=True, weight_decay=5e-4, warmup_epochs=1.0, t_max=None,
+                    schedule="step", crop_padding=4, hflip=True, vflip=False, normalize=True,
+                    select_by="acc", eval_batch_size=1024),
+    # the original work: SGD lr 0.001, batch 32, CosineAnnealingLR(T_max=200) stepped per epoch,
+    # 300 epochs (200 for the baseline), crop + h-flip + v-flip, no normalisation,
+    # best checkpoint by validation loss on the test set
+    "original": dict(epochs=300, batch_size=32, lr=0.001, lr_scaling="none", momentum=0.9,
+                     nesterov=False, weight_decay=5e-4, warmup_epochs=0.0, t_max=200,
+                     schedule="epoch", crop_padding=4, hflip=True, vflip=True, normalize=False,
+                     select_by="loss", eval_batch_size=100),
+}
+
+
+def common_parser(description) -> OneLineParser:
+    p = OneLineParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default="cifar10", choices=list(DATASETS) + ["auto"],
+                   help="dataset; 'auto' = cifar10 when found in --data-dir, else the built-in "
+                        "synthetic dataset (with a notice)")
+    g.add_argument("--data-dir", default="./data", help="folder holding the dataset files")
+    add_bool(g, "--download", False, "download the dataset when it is not in --data-dir")
+    g.add_argument("--synthetic-train-size", type=positive_int, default=5000,
+                   help="images in the synthetic training split")
+    g.add_argument("--synthetic-test-size", type=positive_int, default=1000,
+                   help="images in the synthetic test split")
+    g.add_argument("--limit-train", type=positive_int, default=None,
+                   help="use only the first N training images (quick runs)")
+    g.add_argument("--limit-test", type=positive_int, default=None,
+                   help="use only the first N test images (quick runs)")
+    add_bool(g, "--shuffle", True, "shuffle the training set every epoch", aliases=())
+
+    g = p.add_argument_group("recipe (unset values come from --preset)")
+    g.add_argument("--preset", default="default", choices=list(PRESETS),
+                   help="'default': modern recipe (SGD nesterov, warm-up + cosine, normalised); "
+                        "'original': the original work's hyper-parameters")
+    g.add_argument("--epochs", "--epoch", dest="epochs", type=positive_int, default=None,
+                   help="training epochs per stage (default: preset)")
+    g.add_argument("--batch-size", "--batch", dest="batch_size", type=positive_int, default=None,
+                   help="training batch size (default: preset)")
+    g.add_argument("--eval-batch-size", type=positive_int, default=None,
+                   help="evaluation batch size (default: preset)")
+    g.add_argument("--lr", type=positive_float, default=None,
+                   help="learning rate; per 128 images when --lr-scaling linear (default: preset)")
+    g.add_argument("--lr-scaling", choices=["linear", "none"], default=None,
+                   help="linear: effective lr = lr * batch_size / 128 (default: preset)")
+    g.add_argument("--momentum", type=nonneg_float, default=None, help="SGD momentum (default: preset)")
+    add_bool(g, "--nesterov", None, "Nesterov momentum (default: preset)")
+    g.add_argument("--weight-decay", "--weight_decay", dest="weight_decay", type=nonneg_float,
+                   default=None, help="L2 weight decay (default: preset)")
+    g.add_argument("--warmup-epochs", type=nonneg_float, default=None,
+                   help="linear warm-up length in epochs (default: preset)")
+    g.add_argument("--t-max", type=positive_int, default=None,
+                   help="cosine period in epochs (default: the epoch count; original: 200)")
+    g.add_argument("--schedule", choices=["step", "epoch"], default=None,
+                   help="update the cosine schedule every step or every epoch (default: preset)")
+    g.add_argument("--crop-padding", type=nonneg_int, default=None,
+                   help="zero padding of the random crop in pixels, 0 = no crop (default: preset)")
+    add_bool(g, "--hflip", None, "random horizontal flip (default: preset)")
+    add_bool(g, "--vflip", None, "random vertical flip (default: preset)")
+    add_bool(g, "--normalize", None, "per-channel normalisation with training-set statistics "
+                                     "(default: preset)")
+    g.add_argument("--select-by", choices=["acc", "loss"], default=None,
+                   help="best checkpoint by validation accuracy or loss (default: preset)")
+    g.add_argument("--seed", type=nonneg_int, default=0, help="random seed")
+
+    g = p.add_argument_group("models")
+    g.add_argument("--width", "--base-width", dest="width", type=positive_int, default=64,
+                   help="base width of the ResNets (64 = the standard nets; 8-16 for CPU runs)")
+    g.add_argument("--eca-k", type=positive_int, default=None,
+                   help="ECA kernel size (odd); default: ECA-Net's adaptive rule per layer")
+    g.add_argument("--ECA", dest="eca_yes", type=str2bool, default=None, metavar="yes|no",
+                   help="original flag: with ECA or without (alias of --eca)")
+    g.add_argument("--ECA_block", dest="eca_block", choices=["parallel", "last"], default=None,
+                   help="original flag: ECA 'parallel' or 'last' (alias of --eca)")
+
+    g = p.add_argument_group("system and outputs")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    g.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                   help="autocast precision (fp16 uses a grad scaler; CUDA only)")
+    add_bool(g, "--channels-last", False, "channels_last memory format")
+    g.add_argument("--output-dir", default=".",
+                   help="root for saved_pth_model/, numpy_outputs/ and runs/")
+    g.add_argument("--run-name", "--pair_keys", "--pair-keys", dest="run_name", default=None,
+                   help="key naming this run's files (default: built from the arguments)")
+    add_bool(g, "--overwrite", False, "replace the outputs of an earlier run with the same key")
+    add_bool(g, "--progress", True, "progress bars (plain lines when not on a terminal)")
+    add_bool(g, "--tensorboard", True, "write TensorBoard logs under runs/")
+    return p
+
+
+def finalize_args(parser, args, default_eca, preset_overrides=None):
+    """Fill preset values, resolve aliases and check cross-flag constraints.
+    preset_overrides: {preset: {key: value}} for a script's own preset differences."""
+    preset = {**PRESETS[args.preset], **(preset_overrides or {}).get(args.preset, {})}
+    for key, value in preset.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    if args.eca_yes is not None or args.eca_block is not None:
+        if getattr(args, "eca", None) is not None:
+            parser.error("give either --eca or the original --ECA/--ECA_block, not both")
+        args.eca = "none" if args.eca_yes is False else (args.eca_block or "parallel")
+    elif getattr(args, "eca", None) is None:
+        args.eca = default_eca
+    if args.eca_k is not None and args.eca_k % 2 == 0:
+        parser.error(f"--eca-k must be odd, got {args.eca_k}")
+    if args.precision == "fp16" and not str(args.device).startswith("cuda") and args.device != "auto":
+        parser.error("--precision fp16 needs a CUDA device; use bf16 on the CPU")
+    if args.run_name is not None:
+        bad = set(args.run_name) & set('/\\:*?"<>| ')
+        if not args.run_name or bad:
+            parser.error(f"--run-name must be a plain name without {''.join(sorted(bad)) or 'being empty'}")
+    return args

@@ -1,0 +1,96 @@
+"""train_one_epoch / evaluate: each returns a dict of metrics; metrics stay on the device
+until the end of the epoch (no host synchronisation per step)."""
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+
+from .progress import progress
+
+__all__ = ["train_one_epoch", "evaluate", "autocast_context", "NonFiniteLoss"]
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def autocast_context(device: torch.device, precision: str):
+    """One switch for precision: fp32 -> nullcontext, bf16/fp16 -> torch.autocast."""
+    if precision == "fp32":
+        return nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def train_one_epoch(model, loss_fn, loader, optimizer, scheduler=None, device="cpu",
+                    precision="fp32", scaler=None, desc="train", show_progress=True):
+    """One pass over `loader`. loss_fn(x, model_out, y) -> (loss, parts).
+
+    Returns {'loss', 'acc' (percent), 'ce', 'skip', 'logit' (those present), 'lr'} as floats,
+    averaged per sample.
+    """
+    device = torch.device(device)
+    model.train()
+    loss_fn.train()
+    sums = {}
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    seen = 0
+    lr = optimizer.param_groups[0]["lr"]
+    bar = progress(loader, desc=desc, enabled=show_progress)
+    for x, y in bar:
+        with autocast_context(device, precision):
+            out = model(x)
+            loss, parts = loss_fn(x, out, y)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        b = y.shape[0]
+        seen += b
+        parts = {"loss": loss.detach(), **parts}
+        for k, v in parts.items():
+            sums[k] = sums.get(k, 0) + v.float() * b
+        correct += (out.logits.argmax(1) == y).sum()
+    bar.close()
+    metrics = {k: (v / max(seen, 1)).item() for k, v in sums.items()}
+    if not all(map(lambda v: v == v and abs(v) != float("inf"), metrics.values())):
+        raise NonFiniteLoss(f"non-finite training loss in {desc}: {metrics}")
+    metrics["acc"] = 100.0 * correct.item() / max(seen, 1)
+    metrics["lr"] = lr
+    return metrics
+
+
+@torch.no_grad()
+def evaluate(model, loader, device="cpu", precision="fp32", num_classes=None, desc="eval",
+             show_progress=False):
+    """Returns {'loss', 'acc' (percent), 'per_class_acc' (list, percent)} over the whole loader."""
+    device = torch.device(device)
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    per_class_correct = per_class_total = None
+    seen = 0
+    for x, y in progress(loader, desc=desc, enabled=show_progress):
+        with autocast_context(device, precision):
+            logits = model(x).logits
+        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
+        pred = logits.argmax(1)
+        correct += (pred == y).sum()
+        seen += y.shape[0]
+        if num_classes:
+            if per_class_correct is None:
+                per_class_correct = torch.zeros(num_classes, dtype=torch.long, device=device)
+                per_class_total = torch.zeros(num_classes, dtype=torch.long, device=device)
+            per_class_total += torch.bincount(y, minlength=num_classes)
+            per_class_correct += torch.bincount(y[pred == y], minlength=num_classes)
+    out = {"loss": loss_sum.item() / max(seen, 1), "acc": 100.0 * correct.item() / max(seen, 1)}
+    if per_class_correct is not None:
+        tot = per_class_total.clamp_min(1).double()
+        out["per_class_acc"] = (100.0 * per_class_correct.double() / tot).tolist()
+    return out
