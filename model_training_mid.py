@@ -1,0 +1,175 @@
+"""Two-stage skip-connection knowledge distillation: train (or load) a teacher, then distil a
+student from it with CE + alpha * MSE(student hint, teacher hint) (and/or Hinton's logit KD).
+
+    python model_training_mid.py --teacher resnet34 --student resnet18 --kd skip --eca parallel
+"""
+import time
+
+import torch
+
+from models import ECA_PLACEMENTS
+from utils.checkpoint import load_checkpoint, model_from_checkpoint
+from utils.cli import common_parser, finalize_args, model_name, nonneg_float, positive_float, positive_int
+from utils.errors import UserError, exit_on_user_error
+from utils.kd import KD_MODES, DistillationLoss
+from utils.outputs import RunOutputs
+from utils.pipeline import (build_model, count_params, environment, make_loaders, prepare_data,
+                            resolve_device, seed_everything, train_stage)
+from utils.report import results_table
+from utils.tensorboard import make_writer
+
+
+def get_args_parser():
+    p = common_parser("Train a ResNet teacher, then distil a student from it through the "
+                      "teacher's skip-connection (shortcut) features.")
+    g = p.add_argument_group("teacher and student")
+    g.add_argument("--teacher", "--model", dest="teacher", type=model_name, default=None,
+                   help="teacher architecture (default: resnet34, or the one in --teacher-checkpoint)")
+    g.add_argument("--student", "--model_kd", dest="student", type=model_name, default="resnet18",
+                   help="student architecture (the same as the teacher = self-distillation)")
+    g.add_argument("--teacher-checkpoint", default=None,
+                   help="reuse this trained teacher (.pth from saved_pth_model/) instead of training one")
+    g.add_argument("--teacher-width", type=positive_int, default=None,
+                   help="teacher base width (default: --width)")
+    g.add_argument("--student-width", type=positive_int, default=None,
+                   help="student base width (default: --width)")
+    g.add_argument("--teacher-epochs", type=positive_int, default=None,
+                   help="teacher epochs (default: --epochs)")
+    g.add_argument("--eca", choices=ECA_PLACEMENTS, default=None,
+                   help="ECA placement in both nets: none, parallel (additive on stage-1 "
+                        "shortcuts, the original idea), last (hint block), all (every block) "
+                        "(default: parallel)")
+    g = p.add_argument_group("distillation")
+    g.add_argument("--kd", choices=KD_MODES, default="skip",
+                   help="skip: CE + alpha * hint MSE; logit: CE + beta * Hinton KD; skip+logit: "
+                        "both; none: the student alone with the same recipe (fair baseline)")
+    g.add_argument("--alpha", type=nonneg_float, default=0.3, help="weight of the skip (hint) loss")
+    g.add_argument("--beta", type=nonneg_float, default=1.0, help="weight of the logit KD loss")
+    g.add_argument("--temperature", type=positive_float, default=4.0, help="logit KD temperature")
+    return p
+
+
+def load_teacher(args, data_cfg, device):
+    """Rebuild a teacher from --teacher-checkpoint and check it fits this run."""
+    path = args.teacher_checkpoint
+    ckpt = load_checkpoint(path)
+    cfg = ckpt["model"]
+    if args.teacher is not None and cfg["arch"] != args.teacher:
+        raise UserError(f"{path} holds a {cfg['arch']}, not the requested --teacher {args.teacher}")
+    if args.teacher_width is not None and cfg["base_width"] != args.teacher_width:
+        raise UserError(f"{path} has base width {cfg['base_width']}, not --teacher-width "
+                        f"{args.teacher_width}")
+    if cfg["num_classes"] != data_cfg["num_classes"] or cfg.get("in_channels", 3) != data_cfg["in_channels"]:
+        raise UserError(f"{path} was trained for {cfg['num_classes']} classes x "
+                        f"{cfg.get('in_channels', 3)} channels; {data_cfg['dataset']} has "
+                        f"{data_cfg['num_classes']} x {data_cfg['in_channels']}")
+    teacher = model_from_checkpoint(ckpt, path).to(device)
+    saved = (ckpt.get("metrics") or {}).get("val") or {}
+    return teacher, cfg, ckpt, saved
+
+
+@torch.no_grad()
+def hint_shape_of(model, data_cfg, device):
+    model.eval()
+    x = torch.zeros(1, data_cfg["in_channels"], data_cfg["image_size"], data_cfg["image_size"],
+                    device=device)
+    return tuple(model(x).hint.shape[1:])
+
+
+def main(args):
+    device = resolve_device(args.device)
+    seed_everything(args.seed)
+    train, test, data_cfg = prepare_data(args)
+    teacher_width = args.teacher_width or args.width
+    student_width = args.student_width or args.width
+    teacher_epochs = args.teacher_epochs or args.epochs
+
+    pre = None
+    if args.teacher_checkpoint and args.kd != "none":
+        pre = load_teacher(args, data_cfg, device)
+        args.teacher = pre[1]["arch"]
+        teacher_width = pre[1]["base_width"]
+    args.teacher = args.teacher or "resnet34"
+    key = args.run_name or (f"{args.teacher}-{args.student}_kd-{args.kd}_eca-{args.eca}_"
+                            f"w{teacher_width}-{student_width}_{data_cfg['dataset']}_s{args.seed}")
+    outputs = RunOutputs(args.output_dir, key)
+    outputs.prepare(args.overwrite)
+    train_loader, test_loader = make_loaders(train, test, data_cfg, args, device)
+    writer = make_writer(outputs.tb_dir, args.tensorboard)
+    print(f"run '{key}': {data_cfg['dataset']} [{data_cfg['train_size']} train / "
+          f"{data_cfg['test_size']} test], device {device}, preset {args.preset}")
+    start = time.perf_counter()
+    summary = {"run_key": key, "script": "model_training_mid.py", "dataset": data_cfg,
+               "args": vars(args), "environment": environment(device)}
+    rows = []
+
+    # ---- stage 1: the teacher
+    teacher = None
+    if args.kd != "none":
+        if pre is not None:
+            teacher, t_cfg, ckpt, saved = pre
+            print(f"teacher: {t_cfg['arch']} (eca {t_cfg['eca']}, width {t_cfg['base_width']}) "
+                  f"loaded from {args.teacher_checkpoint}")
+            t_result = {"arch": t_cfg["arch"], "eca": t_cfg["eca"], "base_width": t_cfg["base_width"],
+                        "params": count_params(teacher), "checkpoint": args.teacher_checkpoint,
+                        "loaded": True, "best_val_acc": saved.get("acc", float("nan")),
+                        "final_val_acc": None}
+        else:
+            teacher, t_cfg = build_model(args.teacher, data_cfg, teacher_width, args.eca, args.eca_k,
+                                         device, args.channels_last)
+            print(f"teacher: {args.teacher} (eca {args.eca}, width {teacher_width}), "
+                  f"{count_params(teacher):,} parameters, {teacher_epochs} epochs")
+            t_result = train_stage(role="teacher", arch=args.teacher, model=teacher, model_cfg=t_cfg,
+                                   loss_fn=DistillationLoss("none"), args=args, device=device,
+                                   train_loader=train_loader, test_loader=test_loader,
+                                   data_cfg=data_cfg, outputs=outputs, writer=writer,
+                                   epochs=teacher_epochs)
+            # distil from the best teacher, the one saved to disk
+            teacher = model_from_checkpoint(load_checkpoint(t_result["checkpoint"])).to(device)
+            if args.channels_last:
+                teacher = teacher.to(memory_format=torch.channels_last)
+        summary["teacher"] = t_result
+        rows.append(("teacher", t_result))
+
+    # ---- stage 2: the student
+    seed_everything(args.seed + 1)
+    student, s_cfg = build_model(args.student, data_cfg, student_width, args.eca, args.eca_k,
+                                 device, args.channels_last)
+    s_hint = hint_shape_of(student, data_cfg, device)
+    t_hint = hint_shape_of(teacher, data_cfg, device) if teacher is not None else None
+    loss_fn = DistillationLoss(args.kd, teacher, alpha=args.alpha, beta=args.beta,
+                               temperature=args.temperature, student_hint_shape=s_hint,
+                               teacher_hint_shape=t_hint).to(device)
+    conn = loss_fn.connector
+    print(f"student: {args.student} (eca {args.eca}, width {student_width}), "
+          f"{count_params(student):,} parameters, kd {args.kd}"
+          + (f", connector {s_hint} -> {t_hint} ({count_params(conn):,} params, not exported)"
+             if conn is not None else ""))
+    s_result = train_stage(role="student", arch=args.student, model=student, model_cfg=s_cfg,
+                           loss_fn=loss_fn, args=args, device=device, train_loader=train_loader,
+                           test_loader=test_loader, data_cfg=data_cfg, outputs=outputs,
+                           writer=writer)
+    s_result.update({"kd": args.kd, "alpha": args.alpha, "beta": args.beta,
+                     "temperature": args.temperature, "hint_shape": list(s_hint),
+                     "teacher_hint_shape": list(t_hint) if t_hint else None,
+                     "connector_params": count_params(conn) if conn is not None else 0})
+    summary["student"] = s_result
+    rows.append(("student", s_result))
+    if writer is not None:
+        writer.close()
+    summary["wall_time_s"] = round(time.perf_counter() - start, 2)
+    outputs.write_summary(summary)
+    print()
+    print(results_table(rows))
+    print(f"\nstudent checkpoint: {s_result['checkpoint']}\nsummary:            {outputs.summary}"
+          f"\nwall time:          {summary['wall_time_s']:.1f}s")
+    return summary
+
+
+def parse_args(argv=None):
+    parser = get_args_parser()
+    return finalize_args(parser, parser.parse_args(argv), default_eca="parallel")
+
+
+if __name__ == "__main__":
+    exit_on_user_error(main)(parse_args())
