@@ -1,0 +1,51 @@
+# Everything creates or reuses the virtual environment in .venv first.
+#   make demo    the main job: a short teacher -> student run (skip KD + ECA parallel)
+#   make test    the test suite
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+# main job settings (override on the command line: make demo DEMO_EPOCHS=5)
+DEMO_EPOCHS ?= 4
+DEMO_WIDTH  ?= 16
+DEMO_ARGS   ?=
+
+.PHONY: venv system-deps demo test bench clean-outputs help
+
+help:
+	@echo "make demo   - short end-to-end teacher -> student run (CIFAR-10 in ./data, else synthetic)"
+	@echo "make test   - run the test suite"
+	@echo "make venv   - create/update .venv from requirements.txt"
+
+$(STAMP): requirements.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+# graphviz's `dot` is needed by visualize.py (torchviz); Debian/Ubuntu package: graphviz
+system-deps:
+	@if ! command -v dot >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing graphviz (for visualize.py)"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq graphviz >/dev/null) \
+	      || echo "warning: could not install graphviz; visualize.py needs it (apt-get install graphviz)"; \
+	  else \
+	    echo "note: graphviz's 'dot' is missing; visualize.py needs it: sudo apt-get install graphviz"; \
+	  fi; \
+	fi
+
+demo: $(STAMP)
+	$(PY) model_training_mid.py --dataset auto --data-dir ./data \
+	  --teacher resnet34 --student resnet18 --kd skip --eca parallel --width $(DEMO_WIDTH) \
+	  --epochs $(DEMO_EPOCHS) --synthetic-train-size 4000 --synthetic-test-size 1000 \
+	  --limit-train 4000 --limit-test 1000 --run-name demo --overwrite $(DEMO_ARGS)
+
+test: $(STAMP) system-deps
+	$(PY) -m pytest -q tests
+
+clean-outputs:
+	rm -rf runs saved_pth_model/*.pth numpy_outputs/*.npy numpy_outputs/*.json

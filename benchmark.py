@@ -1,0 +1,262 @@
+"""Throughput benchmark: images/s of teacher training, the student distillation step (teacher
+forward included) and evaluation, for our path and a straightforward reference path, timed in
+the same process on the same data.
+
+Reference path = how such code is usually written: torchvision PIL transforms through a
+DataLoader with worker processes, the teacher run with autograd on, `.item()` every batch.
+
+    python benchmark.py --teacher resnet34 --student resnet18 --width 16 --batch-size 128
+"""
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+
+from models import ECA_PLACEMENTS, create_model
+from utils.cli import OneLineParser, add_bool, model_name, positive_int
+from utils.data import Augment, TensorLoader, channel_stats, make_synthetic
+from utils.engine import autocast_context
+from utils.errors import exit_on_user_error
+from utils.kd import KD_MODES, DistillationLoss
+from utils.pipeline import resolve_device
+
+
+def get_args_parser():
+    p = OneLineParser(description=__doc__.split("\n\n")[0],
+                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--teacher", type=model_name, default="resnet34", help="teacher architecture")
+    p.add_argument("--student", type=model_name, default="resnet18", help="student architecture")
+    p.add_argument("--width", type=positive_int, default=16, help="base width of both nets")
+    p.add_argument("--eca", choices=ECA_PLACEMENTS, default="parallel", help="ECA placement")
+    p.add_argument("--kd", choices=KD_MODES, default="skip", help="distillation mode")
+    p.add_argument("--batch-size", type=positive_int, default=128, help="training batch size")
+    p.add_argument("--eval-batch-size", type=positive_int, default=512, help="evaluation batch size")
+    p.add_argument("--steps", type=positive_int, default=10, help="timed steps per repeat")
+    p.add_argument("--warmup", type=positive_int, default=2, help="untimed steps before timing")
+    p.add_argument("--repeats", type=positive_int, default=3, help="repeats; medians are reported")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--precisions", default="fp32,bf16",
+                   help="comma-separated precisions to time on our path (fp32, bf16, fp16)")
+    add_bool(p, "--channels-last", False, "channels_last memory format on our path")
+    add_bool(p, "--compile", False, "torch.compile the models on our path")
+    add_bool(p, "--reference", True, "also time the reference path")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the reference path")
+    p.add_argument("--benches", default="teacher,distill,eval",
+                   help="comma-separated: teacher (teacher training), distill (student step), eval")
+    p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    return p
+
+
+# ------------------------------------------------------------------ timing helpers
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time_steps(step_fn, batches, device, warmup, steps):
+    """Runs warmup + steps calls of step_fn over `batches` (cycled); returns seconds of `steps`."""
+    it = iter(batches)
+
+    def nxt():
+        nonlocal it
+        try:
+            return next(it)
+        except StopIteration:
+            it = iter(batches)
+            return next(it)
+
+    for _ in range(warmup):
+        step_fn(*nxt())
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step_fn(*nxt())
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+def _peak_reset(device):
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak(device):
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB (Linux: KiB)
+    except ImportError:
+        return float("nan")
+
+
+# ------------------------------------------------------------------ our path
+def ours(bench, args, data, device, precision):
+    torch.manual_seed(0)
+    mean, std = channel_stats(data.images)
+    cl = args.channels_last
+    train_loader = TensorLoader(data, args.batch_size, device, mean, std, shuffle=True,
+                                augment=Augment(4, True, False), drop_last=True, channels_last=cl)
+    eval_loader = TensorLoader(data, args.eval_batch_size, device, mean, std, drop_last=True,
+                               channels_last=cl)
+    fmt = torch.channels_last if cl else torch.contiguous_format
+    teacher = create_model(args.teacher, base_width=args.width, eca=args.eca).to(device, memory_format=fmt)
+    student = create_model(args.student, base_width=args.width, eca=args.eca).to(device, memory_format=fmt)
+    model = {"teacher": teacher, "distill": student, "eval": student}[bench]
+    if bench == "distill":
+        with torch.no_grad():
+            x0 = torch.zeros(1, 3, 32, 32, device=device)
+            s_hint, t_hint = student(x0).hint.shape[1:], teacher(x0).hint.shape[1:]
+        loss_fn = DistillationLoss(args.kd, teacher, student_hint_shape=s_hint,
+                                   teacher_hint_shape=t_hint).to(device)
+    else:
+        loss_fn = DistillationLoss("none")
+    fwd = torch.compile(model) if args.compile else model
+    opt = torch.optim.SGD(list(model.parameters()) + list(loss_fn.parameters()), lr=0.01,
+                          momentum=0.9, nesterov=True, weight_decay=5e-4)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    loss_sum = torch.zeros((), device=device)
+    ctx = lambda: autocast_context(device, precision)
+
+    if bench == "eval":
+        model.eval()
+
+        @torch.inference_mode()
+        def step(x, y):
+            with ctx():
+                logits = fwd(x).logits
+            correct.add_((logits.argmax(1) == y).sum())
+        loader, bs = eval_loader, args.eval_batch_size
+    else:
+        model.train()
+        loss_fn.train()
+
+        def step(x, y):
+            with ctx():
+                out = fwd(x)
+                loss, _ = loss_fn(x, out, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum.add_(loss.detach())          # stays on the device: no sync per step
+            correct.add_((out.logits.argmax(1) == y).sum())
+        loader, bs = train_loader, args.batch_size
+    return _run(step, loader, bs, args, device)
+
+
+# ------------------------------------------------------------------ reference path
+class _PILDataset(torch.utils.data.Dataset):
+    def __init__(self, images, labels, transform):
+        self.images = images.permute(0, 2, 3, 1).numpy()  # (N, H, W, C) uint8 like torchvision
+        self.labels = labels.tolist()
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        from PIL import Image
+        return self.transform(Image.fromarray(self.images[i])), self.labels[i]
+
+
+def reference(bench, args, data, device):
+    import torch.nn.functional as F
+    import torchvision.transforms as T
+
+    torch.manual_seed(0)
+    mean, std = channel_stats(data.images)
+    train_tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
+                          T.Normalize(mean, std)])
+    eval_tf = T.Compose([T.ToTensor(), T.Normalize(mean, std)])
+    train = bench != "eval"
+    ds = _PILDataset(data.images, data.labels, train_tf if train else eval_tf)
+    bs = args.batch_size if train else args.eval_batch_size
+    loader = torch.utils.data.DataLoader(ds, batch_size=bs, shuffle=train, drop_last=True,
+                                         num_workers=args.workers, persistent_workers=args.workers > 0)
+    teacher = create_model(args.teacher, base_width=args.width, eca=args.eca).to(device)
+    student = create_model(args.student, base_width=args.width, eca=args.eca).to(device)
+    model = teacher if bench == "teacher" else student
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    stats = {"loss": 0.0, "correct": 0}
+    if bench == "eval":
+        model.eval()
+
+        def step(x, y):
+            x, y = x.to(device), y.to(device)
+            with torch.no_grad():
+                logits = model(x).logits
+            stats["loss"] += F.cross_entropy(logits, y).item()
+            stats["correct"] += (logits.argmax(1) == y).sum().item()
+    else:
+        model.train()
+        teacher.eval() if bench == "distill" else None
+
+        def step(x, y):
+            x, y = x.to(device), y.to(device)
+            opt.zero_grad()
+            out = model(x)
+            loss = F.cross_entropy(out.logits, y)
+            if bench == "distill":
+                t_out = teacher(x)                      # autograd on, as commonly written
+                loss = loss + 0.3 * F.mse_loss(out.hint, t_out.hint.detach())
+            loss.backward()
+            opt.step()
+            stats["loss"] += loss.item()               # host sync every batch
+            stats["correct"] += (out.logits.argmax(1) == y).sum().item()
+    return _run(step, loader, bs, args, device)
+
+
+def _run(step, loader, bs, args, device):
+    times = []
+    _peak_reset(device)
+    for _ in range(args.repeats):
+        times.append(_time_steps(step, loader, device, args.warmup, args.steps))
+    per_s = [args.steps * bs / t for t in times]
+    return {"images_per_s": statistics.median(per_s), "runs": per_s, "peak_mem_mib": _peak(device)}
+
+
+# ------------------------------------------------------------------ main
+def main(args):
+    device = resolve_device(args.device)
+    benches = [b.strip() for b in args.benches.split(",") if b.strip()]
+    for b in benches:
+        if b not in ("teacher", "distill", "eval"):
+            raise SystemExit(f"benchmark.py: error: unknown bench {b!r} (teacher, distill, eval)")
+    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    n = max(args.batch_size, args.eval_batch_size) * (args.steps + args.warmup + 1)
+    data = make_synthetic(min(n, 20000), seed=0)
+    rows = []
+    for bench in benches:
+        ref = reference(bench, args, data, device) if args.reference else None
+        if ref:
+            rows.append({"bench": bench, "path": "reference", "precision": "fp32", **ref, "ratio": 1.0})
+        for prec in precisions:
+            r = ours(bench, args, data, device, prec)
+            ratio = r["images_per_s"] / ref["images_per_s"] if ref else None
+            rows.append({"bench": bench, "path": "ours", "precision": prec, **r, "ratio": ratio})
+    head = f"{'bench':8} {'path':10} {'prec':5} {'images/s':>10} {'x ref':>7} {'peak MiB':>9}"
+    print(f"device {device}, {args.teacher} -> {args.student}, width {args.width}, eca {args.eca}, "
+          f"kd {args.kd}, batch {args.batch_size} (eval {args.eval_batch_size}), "
+          f"channels_last {args.channels_last}, compile {args.compile}, threads {torch.get_num_threads()}")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        ratio = f"{r['ratio']:.2f}" if r["ratio"] is not None else "-"
+        print(f"{r['bench']:8} {r['path']:10} {r['precision']:5} {r['images_per_s']:10.1f} "
+              f"{ratio:>7} {r['peak_mem_mib']:9.0f}")
+    result = {"config": {k: v for k, v in vars(args).items()}, "device": str(device),
+              "torch": torch.__version__, "rows": rows}
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    print(json.dumps({"rows": [{k: (round(v, 2) if isinstance(v, float) else v)
+                                for k, v in r.items() if k != "runs"} for r in rows]}))
+    return result
+
+
+if __name__ == "__main__":
+    exit_on_user_error(main)(get_args_parser().parse_args())

@@ -1,0 +1,81 @@
+"""Shared fixtures: a tiny CIFAR-10 directory in the real on-disk format and a script runner."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
+
+from utils.data import make_synthetic, write_cifar10  # noqa: E402
+
+# keep in-process tests light on the 2-core CI machines
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+TINY_TRAIN, TINY_TEST = 200, 100
+
+
+def script_env():
+    """Environment for subprocess runs: CPU only, unbuffered, no GUI backend, few threads."""
+    env = dict(os.environ)
+    env.update({
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+        "MPLBACKEND": "Agg",
+        "OMP_NUM_THREADS": "2",
+        "MKL_NUM_THREADS": "2",
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "TQDM_DISABLE": "1",
+    })
+    env.pop("PYTHONSTARTUP", None)
+    return env
+
+
+def run_script(script, *args, timeout=300, check=False):
+    """Run `python <script> args...` from the repository root; returns the CompletedProcess."""
+    cmd = [sys.executable, os.path.join(REPO_ROOT, script), *[str(a) for a in args]]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=script_env(), capture_output=True, text=True,
+                          timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} {' '.join(map(str, args))} failed with {proc.returncode}\n"
+                             f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def repo_root():
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def run():
+    """The script runner as a fixture: run('model_training.py', '--epochs', 1, ...)."""
+    return run_script
+
+
+@pytest.fixture(scope="session")
+def tiny_data():
+    """(train, test) ImageData written into the tiny CIFAR-10 directory."""
+    return make_synthetic(TINY_TRAIN, seed=11), make_synthetic(TINY_TEST, seed=12)
+
+
+@pytest.fixture(scope="session")
+def tiny_cifar(tmp_path_factory, tiny_data):
+    """A data directory holding cifar-10-batches-py/ with 200 train and 100 test images."""
+    data_dir = tmp_path_factory.mktemp("tiny_cifar")
+    write_cifar10(str(data_dir), *tiny_data)
+    return str(data_dir)
+
+
+# flags that make a training run small and quiet; tests add the rest
+FAST_FLAGS = ("--dataset", "cifar10", "--width", "4", "--batch-size", "50",
+              "--eval-batch-size", "100", "--no-progress", "--device", "cpu")
+
+
+@pytest.fixture(scope="session")
+def fast_flags(tiny_cifar):
+    return [*FAST_FLAGS, "--data-dir", tiny_cifar]
