@@ -13,10 +13,9 @@ from utils.cli import common_parser, finalize_args, model_name, nonneg_float, po
 from utils.errors import UserError, exit_on_user_error
 from utils.kd import KD_MODES, DistillationLoss
 from utils.outputs import RunOutputs
-from utils.pipeline import (build_model, count_params, environment, make_loaders, prepare_data,
-                            resolve_device, seed_everything, train_stage)
+from utils.pipeline import (build_model, count_params, environment, load_state, make_loaders,
+                            prepare_data, resolve_device, seed_everything, train_stage)
 from utils.report import results_table
-from utils.tensorboard import make_writer
 
 
 def get_args_parser():
@@ -93,9 +92,8 @@ def main(args):
     key = args.run_name or (f"{args.teacher}-{args.student}_kd-{args.kd}_eca-{args.eca}_"
                             f"w{teacher_width}-{student_width}_{data_cfg['dataset']}_s{args.seed}")
     outputs = RunOutputs(args.output_dir, key)
-    outputs.prepare(args.overwrite)
+    outputs.prepare(args.overwrite, args.resume)
     train_loader, test_loader = make_loaders(train, test, data_cfg, args, device)
-    writer = make_writer(outputs.tb_dir, args.tensorboard)
     print(f"run '{key}': {data_cfg['dataset']} [{data_cfg['train_size']} train / "
           f"{data_cfg['test_size']} test], device {device}, preset {args.preset}")
     start = time.perf_counter()
@@ -119,11 +117,12 @@ def main(args):
                                          device, args.channels_last)
             print(f"teacher: {args.teacher} (eca {args.eca}, width {teacher_width}), "
                   f"{count_params(teacher):,} parameters, {teacher_epochs} epochs")
+            t_state = load_state(outputs.checkpoint("teacher", state=True)) if args.resume else None
             t_result = train_stage(role="teacher", arch=args.teacher, model=teacher, model_cfg=t_cfg,
                                    loss_fn=DistillationLoss("none"), args=args, device=device,
                                    train_loader=train_loader, test_loader=test_loader,
-                                   data_cfg=data_cfg, outputs=outputs, writer=writer,
-                                   epochs=teacher_epochs)
+                                   data_cfg=data_cfg, outputs=outputs, epochs=teacher_epochs,
+                                   state=t_state)
             # distil from the best teacher, the one saved to disk
             teacher = model_from_checkpoint(load_checkpoint(t_result["checkpoint"])).to(device)
             if args.channels_last:
@@ -148,15 +147,14 @@ def main(args):
     s_result = train_stage(role="student", arch=args.student, model=student, model_cfg=s_cfg,
                            loss_fn=loss_fn, args=args, device=device, train_loader=train_loader,
                            test_loader=test_loader, data_cfg=data_cfg, outputs=outputs,
-                           writer=writer)
+                           state=load_state(outputs.checkpoint("student", state=True))
+                           if args.resume else None)
     s_result.update({"kd": args.kd, "alpha": args.alpha, "beta": args.beta,
                      "temperature": args.temperature, "hint_shape": list(s_hint),
                      "teacher_hint_shape": list(t_hint) if t_hint else None,
                      "connector_params": count_params(conn) if conn is not None else 0})
     summary["student"] = s_result
     rows.append(("student", s_result))
-    if writer is not None:
-        writer.close()
     summary["wall_time_s"] = round(time.perf_counter() - start, 2)
     outputs.write_summary(summary)
     print()

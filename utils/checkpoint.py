@@ -61,8 +61,8 @@ def save_checkpoint(path, model, *, arch, role, model_cfg, data_cfg, args=None, 
         "metrics": to_plain(metrics or {}),
         "epoch": epoch,
     }
-    if extra:
-        ckpt.update(to_plain(extra))
+    if extra:  # training state (optimizer, scheduler, RNG): torch-native, kept as it is
+        ckpt.update(extra)
     atomic_save(ckpt, path)
     return path
 

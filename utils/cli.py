@@ -176,6 +176,8 @@ def common_parser(description) -> OneLineParser:
     g.add_argument("--run-name", "--pair_keys", "--pair-keys", dest="run_name", default=None,
                    help="key naming this run's files (default: built from the arguments)")
     add_bool(g, "--overwrite", False, "replace the outputs of an earlier run with the same key")
+    add_bool(g, "--resume", False, "continue an interrupted run (same command plus --resume) "
+                                   "from its saved state: the teacher or the student stage")
     add_bool(g, "--progress", True, "progress bars (plain lines when not on a terminal)")
     add_bool(g, "--tensorboard", True, "write TensorBoard logs under runs/")
     return p
@@ -198,6 +200,8 @@ def finalize_args(parser, args, default_eca, preset_overrides=None):
         parser.error(f"--eca-k must be odd, got {args.eca_k}")
     if args.precision == "fp16" and not str(args.device).startswith("cuda") and args.device != "auto":
         parser.error("--precision fp16 needs a CUDA device; use bf16 on the CPU")
+    if args.resume and args.overwrite:
+        parser.error("--resume and --overwrite exclude each other")
     if args.run_name is not None:
         bad = set(args.run_name) & set('/\\:*?"<>| ')
         if not args.run_name or bad:

@@ -48,10 +48,18 @@ def _get(d, key):
 def _read_cifar_batches(folder, files, label_key):
     images, labels = [], []
     for name in files:
-        d = _unpickle(os.path.join(folder, name))
-        data = np.asarray(_get(d, "data"), dtype=np.uint8)
-        images.append(data.reshape(-1, 3, 32, 32))
-        labels.append(np.asarray(_get(d, label_key), dtype=np.int64))
+        path = os.path.join(folder, name)
+        d = _unpickle(path)
+        try:  # a readable pickle that is not a CIFAR batch: one line, not a traceback
+            data = np.asarray(_get(d, "data"), dtype=np.uint8).reshape(-1, 3, 32, 32)
+            lab = np.asarray(_get(d, label_key), dtype=np.int64).reshape(-1)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UserError(f"{path} is not a CIFAR batch file ({type(exc).__name__}: "
+                            f"{str(exc)[:120]})") from None
+        if len(lab) != len(data):
+            raise UserError(f"{path} has {len(data)} images but {len(lab)} labels")
+        images.append(data)
+        labels.append(lab)
     return torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels))
 
 
@@ -222,13 +230,16 @@ class Augment:
 class TensorLoader:
     """Iterates (x float normalised (B, C, H, W), y (B,)) from device-resident uint8 images.
 
-    Shuffling and augmentation are per batch with tensor ops; randomness comes from one seeded
-    CPU generator, so a run is reproducible from its seed on any device.
+    Shuffling and augmentation are per batch with tensor ops. Randomness is stateless: the
+    order of epoch e comes from a generator seeded with (seed, e) and the augmentation of batch i
+    from (seed, e, i), so a run is reproducible from its seed on any device, can resume at any
+    step (`iterate(epoch, start_step)`), and ranks of a distributed run agree on the shuffle
+    (`rank`/`world_size` take every world_size-th batch-sized shard of the same order).
     """
 
     def __init__(self, data: ImageData, batch_size: int, device="cpu", mean=None, std=None,
                  shuffle=False, augment: Augment | None = None, drop_last=False, seed=0,
-                 channels_last=False):
+                 channels_last=False, rank=0, world_size=1):
         if batch_size < 1:
             raise ValueError("batch_size must be positive")
         self.images = data.images.to(device)
@@ -244,32 +255,56 @@ class TensorLoader:
         self.shuffle = shuffle
         self.augment = augment
         self.drop_last = drop_last
-        self.gen = torch.Generator().manual_seed(seed)
+        self.seed = int(seed)
         self.channels_last = channels_last
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0  # advanced by each plain `for batch in loader`
+
+    def _indices(self, epoch):
+        """This rank's sample indices for `epoch` (a CPU LongTensor)."""
+        n = len(self.labels)
+        if self.shuffle:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            order = torch.randperm(n, generator=gen)
+        else:
+            order = torch.arange(n)
+        if self.world_size > 1:
+            order = order[self.rank::self.world_size]
+        return order
 
     def __len__(self):
-        n = len(self.labels)
+        n = len(self._indices(0)) if self.world_size > 1 else len(self.labels)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     @property
     def num_samples(self):
-        n = len(self.labels)
+        """Samples this rank sees per epoch."""
+        n = len(self._indices(0)) if self.world_size > 1 else len(self.labels)
         return len(self) * self.batch_size if self.drop_last else n
 
     def normalise(self, x_uint8: torch.Tensor) -> torch.Tensor:
         x = x_uint8.float() * self.scale + self.shift
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
-    def __iter__(self):
-        n = len(self.labels)
-        order = torch.randperm(n, generator=self.gen).to(self.device) if self.shuffle else None
-        for i in range(len(self)):
-            sl = slice(i * self.batch_size, min((i + 1) * self.batch_size, n))
-            if order is None:
-                xb, yb = self.images[sl], self.labels[sl]
+    def iterate(self, epoch: int, start_step: int = 0):
+        """Batches of `epoch`, starting at batch `start_step` (for an exact resume)."""
+        order = self._indices(epoch)
+        n = len(order)
+        plain = not self.shuffle and self.world_size == 1
+        if not plain:
+            order = order.to(self.device)
+        for i in range(start_step, len(self)):
+            lo, hi = i * self.batch_size, min((i + 1) * self.batch_size, n)
+            if plain:
+                xb, yb = self.images[lo:hi], self.labels[lo:hi]
             else:
-                idx = order[sl]
+                idx = order[lo:hi]
                 xb, yb = self.images[idx], self.labels[idx]
             if self.augment is not None:
-                xb = self.augment(xb, self.gen)
+                gen = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 100_003 + i)
+                xb = self.augment(xb, gen)
             yield self.normalise(xb), yb
+
+    def __iter__(self):
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        return self.iterate(epoch)

@@ -23,20 +23,32 @@ def autocast_context(device: torch.device, precision: str):
 
 
 def train_one_epoch(model, loss_fn, loader, optimizer, scheduler=None, device="cpu",
-                    precision="fp32", scaler=None, desc="train", show_progress=True):
-    """One pass over `loader`. loss_fn(x, model_out, y) -> (loss, parts).
+                    precision="fp32", scaler=None, desc="train", show_progress=True, epoch=None,
+                    start_step=0, carry=None, should_stop=None):
+    """One pass over `loader` (epoch `epoch`, from batch `start_step`).
+    loss_fn(x, model_out, y) -> (loss, parts).
 
     Returns {'loss', 'acc' (percent), 'ce', 'skip', 'logit' (those present), 'lr'} as floats,
-    averaged per sample.
+    averaged per sample. When `should_stop()` turns true the epoch stops at a step boundary and
+    the dict instead has 'interrupted': True, 'step' (next batch) and 'carry' (running sums to
+    pass back as `carry` when resuming).
     """
     device = torch.device(device)
     model.train()
     loss_fn.train()
-    sums = {}
-    correct = torch.zeros((), dtype=torch.long, device=device)
-    seen = 0
-    lr = optimizer.param_groups[0]["lr"]
-    bar = progress(loader, desc=desc, enabled=show_progress)
+    carry = carry or {}
+    sums = {k: torch.as_tensor(v, dtype=torch.float32, device=device)
+            for k, v in carry.get("sums", {}).items()}
+    correct = torch.as_tensor(carry.get("correct", 0), dtype=torch.long, device=device)
+    seen = int(carry.get("seen", 0))
+    lr = carry.get("lr", optimizer.param_groups[0]["lr"])
+    if epoch is None:
+        batches = iter(loader)
+    else:
+        batches = loader.iterate(epoch, start_step)
+    total = len(loader) - start_step
+    bar = progress(batches, total=total, desc=desc, enabled=show_progress)
+    step = start_step
     for x, y in bar:
         with autocast_context(device, precision):
             out = model(x)
@@ -53,14 +65,21 @@ def train_one_epoch(model, loss_fn, loader, optimizer, scheduler=None, device="c
             scheduler.step()
         b = y.shape[0]
         seen += b
+        step += 1
         parts = {"loss": loss.detach(), **parts}
         for k, v in parts.items():
             sums[k] = sums.get(k, 0) + v.float() * b
         correct += (out.logits.argmax(1) == y).sum()
+        if should_stop is not None and should_stop() and step < len(loader):
+            bar.close()
+            return {"interrupted": True, "step": step,
+                    "carry": {"sums": {k: v.item() for k, v in sums.items()},
+                              "correct": int(correct.item()), "seen": seen, "lr": lr}}
     bar.close()
     metrics = {k: (v / max(seen, 1)).item() for k, v in sums.items()}
-    if not all(map(lambda v: v == v and abs(v) != float("inf"), metrics.values())):
-        raise NonFiniteLoss(f"non-finite training loss in {desc}: {metrics}")
+    if not all(v == v and abs(v) != float("inf") for v in metrics.values()):
+        raise NonFiniteLoss(f"non-finite training loss in {desc}: "
+                            + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
     metrics["acc"] = 100.0 * correct.item() / max(seen, 1)
     metrics["lr"] = lr
     return metrics

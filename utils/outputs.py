@@ -43,8 +43,10 @@ class RunOutputs:
         self.numpy_dir = os.path.join(root, "numpy_outputs")
         self.tb_dir = os.path.join(root, "runs", key)
 
-    def checkpoint(self, role, last=False):
-        return os.path.join(self.ckpt_dir, f"{self.key}_{role}{'_last' if last else ''}.pth")
+    def checkpoint(self, role, last=False, state=False):
+        """{key}_{role}.pth (best), {key}_{role}_last.pth, {key}_{role}_state.pth (full state)."""
+        suffix = "_last" if last else "_state" if state else ""
+        return os.path.join(self.ckpt_dir, f"{self.key}_{role}{suffix}.pth")
 
     def array(self, split, metric, role):
         # baseline runs use the original's {split}_{metric}_{model}.npy: role '' -> no infix
@@ -64,10 +66,14 @@ class RunOutputs:
             found.append(self.tb_dir)
         return sorted(found)
 
-    def prepare(self, overwrite: bool):
-        """Refuse to reuse a key that has outputs unless overwrite; check the root is writable."""
+    def prepare(self, overwrite: bool, resume: bool = False):
+        """Refuse to reuse a key that has outputs unless overwrite (or resume); check the root
+        is writable."""
         existing = self.existing()
-        if existing and not overwrite:
+        if resume:
+            if not existing:
+                raise UserError(f"--resume: run '{self.key}' has no saved state in {self.ckpt_dir}")
+        elif existing and not overwrite:
             raise UserError(f"run '{self.key}' already has outputs ({existing[0]}, ...): pass "
                             f"--overwrite to replace them or --run-name for a new key")
         for d in (self.ckpt_dir, self.numpy_dir):
@@ -77,9 +83,10 @@ class RunOutputs:
                 raise UserError(f"cannot create output folder {d}: {exc.strerror}") from None
             if not os.access(d, os.W_OK):
                 raise UserError(f"output folder {d} is not writable")
-        if overwrite and os.path.isdir(self.tb_dir):
+        if overwrite and not resume:
             import shutil
-            shutil.rmtree(self.tb_dir)
+            for path in existing:  # stale states must not leak into a later --resume
+                shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
 
     def save_history(self, role, history):
         """history: dict metric -> list per epoch. Names: accuracy/loss (original) + extras."""

@@ -3,6 +3,9 @@ evaluates, keeps the best checkpoint, and writes numpy arrays, JSON and TensorBo
 import os
 import platform
 import random
+import shlex
+import signal
+import sys
 import time
 
 import numpy as np
@@ -10,15 +13,15 @@ import torch
 
 from models import create_model
 
-from .checkpoint import save_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint
 from .data import Augment, TensorLoader, channel_stats, load_dataset
 from .engine import NonFiniteLoss, evaluate, train_one_epoch
-from .errors import UserError
+from .errors import RunInterrupted, UserError
 from .optim import build_optimizer, build_scheduler, effective_lr
-from .tensorboard import log_epoch, log_graph, log_hparams, log_predictions
+from .tensorboard import log_epoch, log_graph, log_hparams, log_predictions, make_writer
 
 __all__ = ["resolve_device", "seed_everything", "prepare_data", "make_loaders", "build_model",
-           "count_params", "train_stage", "environment"]
+           "count_params", "train_stage", "environment", "load_state", "StopFlag"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -30,6 +33,11 @@ def resolve_device(name: str) -> torch.device:
         raise UserError(f"unknown device {name!r} (use auto, cpu, cuda or cuda:N)") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device {name} requested but CUDA is not available")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UserError(f"device {name} requested but only {torch.cuda.device_count()} CUDA "
+                        f"device(s) are visible")
+    if dev.type not in ("cpu", "cuda"):  # e.g. 'mps', 'xla': a RuntimeError traceback later
+        raise UserError(f"unsupported device {name!r} (use auto, cpu, cuda or cuda:N)")
     return dev
 
 
@@ -104,9 +112,85 @@ def environment(device):
             "cuda": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
 
 
+class StopFlag:
+    """SIGINT/SIGTERM set a flag that the training loop checks at every step boundary; a second
+    Ctrl-C interrupts at once."""
+
+    def __init__(self):
+        self.signum = None
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not in the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        print(f"\n{signal.Signals(signum).name} received: stopping after this step...",
+              file=sys.stderr, flush=True)
+
+    def __call__(self):
+        return self.signum is not None
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def rng_state():
+    st = {"torch": torch.get_rng_state(), "python": _plain_py_state(random.getstate())}
+    np_state = np.random.get_state()
+    st["numpy"] = {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+                   "pos": int(np_state[2]), "has_gauss": int(np_state[3]),
+                   "gauss": float(np_state[4])}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def _plain_py_state(state):
+    version, internal, gauss = state
+    return {"version": version, "internal": list(internal), "gauss": gauss}
+
+
+def set_rng_state(st):
+    torch.set_rng_state(st["torch"])
+    py = st["python"]
+    random.setstate((py["version"], tuple(py["internal"]), py["gauss"]))
+    n = st["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["gauss"]))
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+def resume_command():
+    argv = [a for a in sys.argv if a not in ("--overwrite",)]
+    cmd = " ".join(shlex.quote(a) for a in [os.path.basename(sys.executable)] + argv)
+    return cmd if "--resume" in argv else cmd + " --resume"
+
+
+def load_state(path):
+    """The per-epoch full training state of a stage, or None when there is none."""
+    if not os.path.exists(path):
+        return None
+    ckpt = load_checkpoint(path)
+    if ckpt.get("kind") != "state":
+        raise UserError(f"{path} is not a training-state file")
+    return ckpt
+
+
 def train_stage(*, role, arch, model, model_cfg, loss_fn, args, device, train_loader, test_loader,
-                data_cfg, outputs, writer, array_role=None, epochs=None):
-    """Train one model for `epochs`; keep the best (by args.select_by) and the last checkpoint.
+                data_cfg, outputs, array_role=None, epochs=None, state=None):
+    """Train one model for `epochs`; keep the best (by args.select_by) and the last checkpoint,
+    and a full training state after every epoch (and on Ctrl-C/SIGTERM, mid-epoch) in
+    saved_pth_model/{key}_{role}_state.pth. `state`: such a state to resume from.
 
     Returns a dict of results for the JSON summary.
     """
@@ -117,44 +201,88 @@ def train_stage(*, role, arch, model, model_cfg, loss_fn, args, device, train_lo
     scheduler = build_scheduler(optimizer, args, len(train_loader), epochs)
     scaler = torch.amp.GradScaler("cuda") if args.precision == "fp16" else None
     history = {k: [] for k in ("train_acc", "val_acc", "train_loss", "val_loss")}
-    best, best_epoch = None, -1
+    best, best_epoch, start_epoch, start_step, carry, train_time = None, -1, 0, 0, None, 0.0
     best_path, last_path = outputs.checkpoint(role), outputs.checkpoint(role, last=True)
-    log_graph(writer, model, next(iter(test_loader))[0])
+    state_path = outputs.checkpoint(role, state=True)
+    if state is not None:
+        if state.get("stage_complete"):
+            return state["result"]
+        model.load_state_dict(state["state_dict"])
+        loss_fn.load_state_dict(state["loss_state"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        history = {k: list(v) for k, v in state["history"].items()}
+        best, best_epoch = state["best_score"], state["best_epoch"]
+        start_epoch, start_step, carry = state["epoch"], state["step"], state.get("carry")
+        train_time = state.get("train_time", 0.0)
+        print(f"[{role}] resuming at epoch {start_epoch + 1}, step {start_step} from {state_path}")
+    writer = make_writer(os.path.join(outputs.tb_dir, role), args.tensorboard,
+                         purge_step=start_epoch if state is not None else None)
+    if state is None:
+        log_graph(writer, model, next(iter(test_loader.iterate(0)))[0])
+    ckpt_kwargs = dict(arch=arch, role=role, model_cfg=model_cfg, data_cfg=data_cfg, args=vars(args))
+
+    def save_state(epoch, step, carry, complete=False, result=None):
+        save_checkpoint(state_path, model, epoch=epoch, extra={
+            "kind": "state", "step": step, "carry": carry, "stage_complete": complete,
+            "result": result, "loss_state": loss_fn.state_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else None, "rng": rng_state(),
+            "history": history, "best_score": best, "best_epoch": best_epoch,
+            "train_time": train_time, "epochs": epochs}, **ckpt_kwargs)
+
     start = time.perf_counter()
-    train_time = 0.0
-    for epoch in range(epochs):
-        t0 = time.perf_counter()
-        try:
-            tr = train_one_epoch(model, loss_fn, train_loader, optimizer, scheduler, device,
-                                 args.precision, scaler, desc=f"{role} {epoch + 1}/{epochs}",
-                                 show_progress=args.progress)
-        except NonFiniteLoss as exc:
-            raise UserError(f"{exc}; stopping ({best_path} keeps the last good best checkpoint) "
-                            f"- try a lower --lr") from None
-        train_time += time.perf_counter() - t0
+    tr = va = None
+    with StopFlag() as stop:
+        for epoch in range(start_epoch, epochs):
+            t0 = time.perf_counter()
+            try:
+                tr = train_one_epoch(model, loss_fn, train_loader, optimizer, scheduler, device,
+                                     args.precision, scaler, desc=f"{role} {epoch + 1}/{epochs}",
+                                     show_progress=args.progress, epoch=epoch,
+                                     start_step=start_step, carry=carry, should_stop=stop)
+            except NonFiniteLoss as exc:
+                raise UserError(f"{exc}; stopped, the last good state is kept in {state_path} "
+                                f"- try a lower --lr") from None
+            train_time += time.perf_counter() - t0
+            start_step, carry = 0, None
+            if tr.get("interrupted"):
+                save_state(epoch, tr["step"], tr["carry"])
+                if writer is not None:
+                    writer.close()
+                code = 143 if stop.signum == signal.SIGTERM else 130
+                raise RunInterrupted(f"interrupted in {role} epoch {epoch + 1} at step "
+                                     f"{tr['step']}/{len(train_loader)}; state saved to "
+                                     f"{state_path}. Resume with: {resume_command()}", code)
+            va = evaluate(model, test_loader, device, args.precision)
+            for k in ("ce", "skip", "logit"):
+                if k in tr:
+                    history.setdefault(f"train_loss_{k}", []).append(tr[k])
+            history.setdefault("train_lr", []).append(tr["lr"])
+            history["train_acc"].append(tr["acc"])
+            history["train_loss"].append(tr["loss"])
+            history["val_acc"].append(va["acc"])
+            history["val_loss"].append(va["loss"])
+            outputs.save_history(array_role, history)
+            log_epoch(writer, role, epoch, tr, va)
+            score = va["acc"] if args.select_by == "acc" else -va["loss"]
+            metrics = {"epoch": epoch + 1, "train": tr, "val": va}
+            if best is None or score > best:
+                best, best_epoch = score, epoch + 1
+                save_checkpoint(best_path, model, metrics=metrics, epoch=epoch + 1, **ckpt_kwargs)
+            save_state(epoch + 1, 0, None)
+            parts = " ".join(f"{k} {tr[k]:.4f}" for k in ("ce", "skip", "logit") if k in tr)
+            print(f"[{role}] epoch {epoch + 1}/{epochs}  train loss {tr['loss']:.4f} ({parts})  "
+                  f"acc {tr['acc']:.2f}%  |  val loss {va['loss']:.4f}  acc {va['acc']:.2f}%  "
+                  f"lr {tr['lr']:.4g}  [{time.perf_counter() - t0:.1f}s]", flush=True)
+    if va is None:  # resumed at the very end: evaluate the final weights once more
         va = evaluate(model, test_loader, device, args.precision)
-        for k in ("ce", "skip", "logit"):
-            if k in tr:
-                history.setdefault(f"train_loss_{k}", []).append(tr[k])
-        history.setdefault("train_lr", []).append(tr["lr"])
-        history["train_acc"].append(tr["acc"])
-        history["train_loss"].append(tr["loss"])
-        history["val_acc"].append(va["acc"])
-        history["val_loss"].append(va["loss"])
-        outputs.save_history(array_role, history)
-        log_epoch(writer, role, epoch, tr, va)
-        score = va["acc"] if args.select_by == "acc" else -va["loss"]
-        metrics = {"epoch": epoch + 1, "train": tr, "val": va}
-        ckpt_kwargs = dict(arch=arch, role=role, model_cfg=model_cfg, data_cfg=data_cfg,
-                           args=vars(args), epoch=epoch + 1)
-        if best is None or score > best:
-            best, best_epoch = score, epoch + 1
-            save_checkpoint(best_path, model, metrics=metrics, **ckpt_kwargs)
-        parts = " ".join(f"{k} {tr[k]:.4f}" for k in ("ce", "skip", "logit") if k in tr)
-        print(f"[{role}] epoch {epoch + 1}/{epochs}  train loss {tr['loss']:.4f} ({parts})  "
-              f"acc {tr['acc']:.2f}%  |  val loss {va['loss']:.4f}  acc {va['acc']:.2f}%  "
-              f"lr {tr['lr']:.4g}  [{time.perf_counter() - t0:.1f}s]", flush=True)
-    save_checkpoint(last_path, model, metrics={"epoch": epochs, "train": tr, "val": va}, **ckpt_kwargs)
+        tr = {"loss": history["train_loss"][-1], "acc": history["train_acc"][-1]}
+    save_checkpoint(last_path, model, metrics={"epoch": epochs, "train": tr, "val": va},
+                    epoch=epochs, **ckpt_kwargs)
     log_predictions(writer, f"{role}/predictions_vs_labels", model, test_loader,
                     data_cfg["classes"], epochs)
     wall = time.perf_counter() - start
@@ -167,11 +295,15 @@ def train_stage(*, role, arch, model, model_cfg, loss_fn, args, device, train_lo
         "final_val_acc": history["val_acc"][-1], "final_train_acc": history["train_acc"][-1],
         "epochs": epochs, "checkpoint": best_path, "last_checkpoint": last_path,
         "wall_time_s": round(wall, 2),
-        "train_images_per_s": round(epochs * train_loader.num_samples / max(train_time, 1e-9), 1),
+        "train_images_per_s": round((epochs - start_epoch) * train_loader.num_samples
+                                    / max(train_time, 1e-9), 1) if state is None else None,
         "effective_lr": effective_lr(args),
     }
+    save_state(epochs, 0, None, complete=True, result=result)
     log_hparams(writer, {"role": role, "arch": arch, "eca": model_cfg["eca"],
                          "width": model_cfg["base_width"], "lr": effective_lr(args),
                          "batch_size": args.batch_size, "epochs": epochs},
                 {f"hparam/{role}_best_val_acc": result["best_val_acc"]})
+    if writer is not None:
+        writer.close()
     return result

@@ -8,11 +8,13 @@ __all__ = ["make_writer", "log_epoch", "log_graph", "log_predictions", "predicti
            "log_hparams"]
 
 
-def make_writer(logdir, enabled=True):
+def make_writer(logdir, enabled=True, purge_step=None):
+    """purge_step: on resume, events at or after this epoch (from the interrupted attempt) are
+    hidden, so the curves continue with no duplicate and no gap."""
     if not enabled:
         return None
     from torch.utils.tensorboard import SummaryWriter
-    return SummaryWriter(log_dir=logdir)
+    return SummaryWriter(log_dir=logdir, purge_step=purge_step)
 
 
 def log_epoch(writer, role, epoch, train, val):

@@ -1,0 +1,255 @@
+"""Distillation loss: values against hand computations, a frozen teacher, the connector."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models import ModelOutput, create_model, hint_shape
+from utils.kd import KD_MODES, DistillationLoss, LogitKDLoss, SkipHintLoss, build_connector
+
+
+class FixedTeacher(nn.Module):
+    """Returns fixed logits and hint whatever the input; counts its calls."""
+
+    def __init__(self, logits, hint):
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(1))
+        self.register_buffer("logits", logits)
+        self.register_buffer("hint", hint)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return ModelOutput(self.logits * self.w, self.hint * self.w)
+
+
+def _hand_ce(logits, y):
+    logits = logits.double()
+    lse = torch.log(torch.exp(logits).sum(1))
+    return float((lse - logits[torch.arange(len(y)), y]).mean())
+
+
+def _hand_kl(s_logits, t_logits, T):
+    """T^2 * mean over the batch of sum_c p_t (log p_t - log p_s), with softmax at T, by loops."""
+    total = 0.0
+    for s_row, t_row in zip(s_logits.double().tolist(), t_logits.double().tolist()):
+        zs = sum(math.exp(v / T) for v in s_row)
+        zt = sum(math.exp(v / T) for v in t_row)
+        for sv, tv in zip(s_row, t_row):
+            pt, ps = math.exp(tv / T) / zt, math.exp(sv / T) / zs
+            total += pt * (math.log(pt) - math.log(ps))
+    return T * T * total / len(s_logits)
+
+
+def _hand_mse(a, b):
+    return float(((a.double() - b.double()) ** 2).mean())
+
+
+@pytest.fixture
+def fixed_case():
+    g = torch.Generator().manual_seed(0)
+    s_logits = torch.randn(4, 10, generator=g) * 3
+    s_hint = torch.randn(4, 6, 2, 2, generator=g)
+    t_logits = torch.randn(4, 10, generator=g) * 3
+    t_hint = torch.randn(4, 6, 2, 2, generator=g)
+    y = torch.tensor([0, 3, 9, 3])
+    x = torch.zeros(4, 3, 8, 8)
+    return x, ModelOutput(s_logits, s_hint), y, FixedTeacher(t_logits, t_hint)
+
+
+@pytest.mark.parametrize("mode", ["skip", "logit", "skip+logit"])
+def test_loss_values_match_hand_computation(fixed_case, mode):
+    x, s_out, y, teacher = fixed_case
+    alpha, beta, T = 0.3, 0.7, 4.0
+    loss_fn = DistillationLoss(mode, teacher, alpha=alpha, beta=beta, temperature=T)
+    total, parts = loss_fn(x, s_out, y)
+    ce = _hand_ce(s_out.logits, y)
+    mse = _hand_mse(s_out.hint, teacher.hint)
+    kl = _hand_kl(s_out.logits, teacher.logits, T)
+    expected = ce
+    assert parts["ce"].item() == pytest.approx(ce, rel=1e-5)
+    if "skip" in mode:
+        assert parts["skip"].item() == pytest.approx(mse, rel=1e-5)
+        expected += alpha * mse
+    else:
+        assert "skip" not in parts
+    if "logit" in mode:
+        assert parts["logit"].item() == pytest.approx(kl, rel=1e-4)
+        expected += beta * kl
+    else:
+        assert "logit" not in parts
+    assert total.item() == pytest.approx(expected, rel=1e-5)
+    assert teacher.calls == 1
+
+
+def test_default_weights(fixed_case):
+    x, s_out, y, teacher = fixed_case
+    loss_fn = DistillationLoss("skip+logit", teacher)
+    assert (loss_fn.alpha, loss_fn.beta, loss_fn.logit.temperature) == (0.3, 1.0, 4.0)
+    total, _ = loss_fn(x, s_out, y)
+    expected = (_hand_ce(s_out.logits, y) + 0.3 * _hand_mse(s_out.hint, teacher.hint)
+                + 1.0 * _hand_kl(s_out.logits, teacher.logits, 4.0))
+    assert total.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_kl_temperature_scaling():
+    g = torch.Generator().manual_seed(3)
+    s, t = torch.randn(5, 10, generator=g), torch.randn(5, 10, generator=g)
+    for T in (1.0, 2.0, 8.0):
+        assert LogitKDLoss(T)(s, t).item() == pytest.approx(_hand_kl(s, t, T), rel=1e-4)
+    assert LogitKDLoss(4.0)(s, s).item() == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError):
+        LogitKDLoss(0.0)
+
+
+def test_mode_none_ignores_teacher(fixed_case):
+    x, s_out, y, teacher = fixed_case
+    loss_fn = DistillationLoss("none", teacher)
+    assert loss_fn.teacher is None and loss_fn.skip is None and loss_fn.logit is None
+    total, parts = loss_fn(x, s_out, y)
+    assert set(parts) == {"ce"}
+    assert total.item() == pytest.approx(_hand_ce(s_out.logits, y), rel=1e-6)
+    assert teacher.calls == 0
+    assert teacher.w.requires_grad  # not even frozen: it is simply not used
+    # mode none needs no teacher at all
+    total2, _ = DistillationLoss("none")(x, s_out, y)
+    assert total2.item() == pytest.approx(total.item())
+
+
+def test_invalid_arguments_raise(fixed_case):
+    teacher = fixed_case[3]
+    with pytest.raises(ValueError, match="KD mode"):
+        DistillationLoss("fitnet", teacher)
+    with pytest.raises(ValueError):
+        DistillationLoss("skip", None)
+    with pytest.raises(ValueError):
+        DistillationLoss("skip", teacher, alpha=-0.1)
+    with pytest.raises(ValueError):
+        DistillationLoss("logit", teacher, beta=-1.0)
+    with pytest.raises(ValueError):
+        DistillationLoss("logit", teacher, temperature=0)
+    assert KD_MODES == ("none", "skip", "logit", "skip+logit")
+
+
+def test_mismatched_hints_without_connector_raise():
+    teacher = FixedTeacher(torch.zeros(2, 10), torch.zeros(2, 8, 2, 2))
+    loss_fn = DistillationLoss("skip", teacher)
+    with pytest.raises(ValueError, match="hint shapes"):
+        loss_fn(torch.zeros(2, 3, 8, 8), ModelOutput(torch.zeros(2, 10), torch.zeros(2, 4, 2, 2)),
+                torch.tensor([0, 1]))
+
+
+# ------------------------------------------------------------------ frozen teacher
+def _snapshot(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("mode", ["skip", "logit", "skip+logit"])
+def test_teacher_frozen_during_distillation(mode):
+    torch.manual_seed(0)
+    teacher = create_model("resnet34", base_width=4, eca="parallel")
+    student = create_model("resnet18", base_width=4, eca="parallel")
+    # give the teacher non-trivial BN statistics first, so "unchanged" is meaningful
+    teacher.train()
+    with torch.no_grad():
+        teacher(torch.randn(8, 3, 32, 32))
+    before_t = _snapshot(teacher)
+    before_s = _snapshot(student)
+    teacher.train()  # DistillationLoss must put it back in eval
+    loss_fn = DistillationLoss(mode, teacher, student_hint_shape=hint_shape("resnet18", 4),
+                               teacher_hint_shape=hint_shape("resnet34", 4))
+    assert loss_fn.connector is None  # same hint shapes: plain MSE
+    assert not teacher.training
+    assert all(not p.requires_grad for p in teacher.parameters())
+    # the teacher is not part of the loss module's parameters or state
+    assert not list(loss_fn.parameters())
+    assert not any(k.startswith("teacher") for k in loss_fn.state_dict())
+    opt = torch.optim.SGD(student.parameters(), lr=0.1, momentum=0.9)
+    for step in range(3):
+        student.train()
+        teacher.train()  # e.g. a caller's model.train() sweep: loss_fn.train() must undo it
+        loss_fn.train()
+        x = torch.randn(8, 3, 32, 32)
+        y = torch.randint(0, 10, (8,))
+        loss, parts = loss_fn(x, student(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        assert all(not m.training for m in teacher.modules())
+    assert all(p.grad is None for p in teacher.parameters())
+    after = teacher.state_dict()
+    for k, v in before_t.items():
+        assert torch.equal(after[k], v), f"teacher {k} changed"
+    # while the student did learn
+    assert any(not torch.equal(student.state_dict()[k], v) for k, v in before_s.items()
+               if k.endswith("weight"))
+
+
+def test_teacher_output_usable_in_backward():
+    """The teacher runs under inference_mode; its outputs must still enter the autograd graph."""
+    teacher = create_model("resnet18", base_width=4)
+    student = create_model("resnet18", base_width=4)
+    loss_fn = DistillationLoss("skip+logit", teacher)
+    x = torch.randn(2, 3, 32, 32)
+    t_logits, t_hint = loss_fn.teacher_forward(x)
+    assert not t_logits.is_inference() and not t_hint.is_inference()
+    assert not t_logits.requires_grad
+    loss, _ = loss_fn(x, student(x), torch.tensor([1, 2]))
+    loss.backward()
+    assert student.stem[0].weight.grad is not None
+
+
+# ------------------------------------------------------------------ connector
+def test_connector_resnet50_to_resnet18():
+    torch.manual_seed(0)
+    t_shape, s_shape = hint_shape("resnet50", 8), hint_shape("resnet18", 8)
+    assert (t_shape, s_shape) == ((128, 8, 8), (64, 4, 4))
+    teacher = create_model("resnet50", base_width=8)
+    student = create_model("resnet18", base_width=8)
+    loss_fn = DistillationLoss("skip", teacher, alpha=1.0, student_hint_shape=s_shape,
+                               teacher_hint_shape=t_shape)
+    conn = loss_fn.connector
+    assert conn is not None
+    with torch.no_grad():
+        assert conn(torch.randn(2, *s_shape)).shape == (2, *t_shape)
+    conn_params = list(conn.parameters())
+    assert conn_params and all(p.requires_grad for p in conn_params)
+    # the connector is trained with the loss module's parameters, never exported with the student
+    assert {id(p) for p in loss_fn.parameters()} == {id(p) for p in conn_params}
+    assert not any("connector" in k or k.startswith("skip") for k in student.state_dict())
+    assert any("connector" in k for k in loss_fn.state_dict())
+    assert not any(k.startswith("teacher") for k in loss_fn.state_dict())
+    before = [p.detach().clone() for p in conn_params]
+    t_before = _snapshot(teacher)
+    opt = torch.optim.SGD(list(student.parameters()) + conn_params, lr=0.1)
+    student.train()
+    loss_fn.train()
+    x = torch.randn(4, 3, 32, 32)
+    loss, parts = loss_fn(x, student(x), torch.tensor([0, 1, 2, 3]))
+    assert parts["skip"] > 0
+    opt.zero_grad()
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in conn_params)
+    opt.step()
+    assert all(not torch.equal(a, b) for a, b in zip(before, conn_params))
+    assert all(torch.equal(teacher.state_dict()[k], v) for k, v in t_before.items())
+
+
+@pytest.mark.parametrize("s_shape, t_shape, kind", [
+    ((64, 4, 4), (128, 8, 8), nn.ConvTranspose2d),  # student coarser: learned upsampling
+    ((32, 8, 8), (64, 4, 4), nn.Conv2d),            # student finer: strided conv
+    ((32, 4, 4), (64, 4, 4), nn.Conv2d),            # channels only: 1x1 conv
+    ((16, 3, 3), (24, 4, 4), nn.Conv2d),            # no integer ratio: interpolate + 1x1
+])
+def test_connector_shapes(s_shape, t_shape, kind):
+    conn = build_connector(s_shape, t_shape)
+    assert type(conn.proj[0]) is kind
+    assert conn(torch.randn(2, *s_shape)).shape == (2, *t_shape)
+    assert build_connector(t_shape, t_shape) is None
+
+
+def test_skip_loss_with_identity_is_mse():
+    a, b = torch.randn(3, 4, 2, 2), torch.randn(3, 4, 2, 2)
+    assert SkipHintLoss()(a, b).item() == pytest.approx(_hand_mse(a, b), rel=1e-6)
