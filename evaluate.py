@@ -1,0 +1,157 @@
+"""Evaluate a checkpoint on the test split of its dataset (or its held-out validation split, or
+another dataset).
+
+    python evaluate.py saved_pth_model/KEY_student.pth [--tta] [--dataset cifar10 --data-dir ./data]
+
+Writes (next to the checkpoint unless --out-dir): {stem}_eval.json (accuracy, loss, per-class
+accuracy, confusion matrix) and {stem}_confusion.png; logs a predictions-vs-labels figure to
+TensorBoard. Images are normalised with the checkpoint's own mean/std.
+"""
+import json
+import os
+
+import torch.nn.functional as F
+
+from utils.analysis import (checkpoint_loader, checkpoint_test_data, confusion_figure,
+                            confusion_matrix, predict_logits)
+from utils.checkpoint import load_checkpoint, model_from_checkpoint
+from utils.cli import add_bool, positive_int
+from utils.data import DATASETS
+from utils.errors import exit_on_user_error
+from utils.pipeline import resolve_device
+from utils.tensorboard import predictions_figure
+from utils.toolargs import tool_parser
+
+
+def get_args_parser():
+    p = tool_parser("Evaluate a checkpoint: accuracy, per-class accuracy, confusion "
+                                  "matrix (PNG), optional flip TTA, JSON and a TensorBoard figure.")
+    p.add_argument("checkpoint", help="a .pth checkpoint written by the training scripts")
+    p.add_argument("--dataset", choices=list(DATASETS), default=None,
+                   help="evaluate on this dataset's test split (default: the checkpoint's own; the "
+                        "synthetic split is rebuilt with the run's sizes and seed)")
+    p.add_argument("--data-dir", default=None,
+                   help="folder holding the dataset (default: the run's --data-dir)")
+    add_bool(p, "--download", False, "download the dataset when it is not in --data-dir")
+    p.add_argument("--split", choices=["test", "val"], default="test",
+                   help="test: the test split; val: the run's validation set (its held-out part "
+                        "of the training split under --val-split, else the test split)")
+    p.add_argument("--limit", type=positive_int, default=None,
+                   help="evaluate the first N test images (default: the run's --limit-test, if any)")
+    add_bool(p, "--tta", False, "test-time augmentation: average the logits of each image and "
+                                "its horizontal flip")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="evaluation batch size (default: the run's --eval-batch-size)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--out-dir", default=None,
+                   help="folder for the JSON and the confusion-matrix PNG (default: the "
+                        "checkpoint's folder)")
+    p.add_argument("--json", default=None, help="JSON path (default: <out-dir>/<stem>_eval.json)")
+    add_bool(p, "--normalize-cm", True, "confusion matrix in percent of each true class "
+                                        "(false: raw counts)")
+    add_bool(p, "--tensorboard", True, "log a predictions-vs-labels figure to TensorBoard")
+    p.add_argument("--logdir", default=None,
+                   help="TensorBoard folder (default: runs/eval_<stem> beside saved_pth_model/, "
+                        "else ./runs/eval_<stem>)")
+    p.add_argument("--num-images", type=positive_int, default=16,
+                   help="test images in the predictions-vs-labels figure")
+    add_bool(p, "--quiet", False, "print only the accuracy line")
+    return p
+
+
+def default_logdir(checkpoint, stem):
+    folder = os.path.dirname(os.path.abspath(checkpoint))
+    root = os.path.dirname(folder) if os.path.basename(folder) == "saved_pth_model" else "."
+    return os.path.join(root, "runs", f"eval_{stem}")
+
+
+def main(args):
+    ckpt = load_checkpoint(args.checkpoint)
+    device = resolve_device(args.device)
+    model = model_from_checkpoint(ckpt, args.checkpoint).to(device).eval()
+    test, dataset = checkpoint_test_data(ckpt, args.dataset, args.data_dir, args.download,
+                                         args.limit, args.split)
+    loader = checkpoint_loader(ckpt, test, args.batch_size, device)
+    logits, labels = predict_logits(model, loader, tta=args.tta)  # (N, K), (N,)
+    preds = logits.argmax(1)
+    k = ckpt["model"]["num_classes"]
+    cm = confusion_matrix(labels, preds, k)                        # (K, K) true x predicted
+    per_class_total = cm.sum(1)
+    per_class_acc = (100.0 * cm.diag().double() / per_class_total.clamp_min(1)).tolist()
+    data_cfg = ckpt.get("data") or {}
+    # class names: the checkpoint's for its own dataset, the loaded dataset's otherwise
+    classes = list(data_cfg.get("classes") or []) if dataset == data_cfg.get("dataset") \
+        else list(test.classes)
+    classes = classes[:k] + [str(i) for i in range(len(classes), k)]
+    acc = 100.0 * (preds == labels).double().mean().item()
+    loss = F.cross_entropy(logits, labels).item()
+    logged = ((ckpt.get("metrics") or {}).get("val") or {}).get("acc")  # training's own eval
+    # the logged accuracy is on these very images: the run's dataset, its validation set (the
+    # test split unless a held-out --val-split was used), no --limit of our own
+    held_out = float(data_cfg.get("val_split") or 0) > 0
+    own_split = (dataset == data_cfg.get("dataset") and args.limit is None
+                 and (args.split == "val" or not held_out))
+
+    stem = (os.path.splitext(os.path.basename(args.checkpoint))[0]
+            + ("_val" if args.split == "val" else "") + ("_tta" if args.tta else ""))
+    out_dir = args.out_dir or os.path.dirname(os.path.abspath(args.checkpoint))
+    os.makedirs(out_dir, exist_ok=True)
+    cfg = ckpt["model"]
+    title = (f"{cfg['arch']} ({ckpt.get('role', '?')}, eca {cfg.get('eca')}, width "
+             f"{cfg['base_width']}) on {dataset} {args.split}: {acc:.2f}%"
+             + (" with flip TTA" if args.tta else ""))
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig = confusion_figure(cm, classes, title, normalize=args.normalize_cm)
+    cm_path = os.path.join(out_dir, f"{stem}_confusion.png")
+    fig.savefig(cm_path, dpi=110)
+    plt.close(fig)
+
+    tb_dir = None
+    if args.tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
+        tb_dir = args.logdir or default_logdir(args.checkpoint, stem)
+        n = min(args.num_images, len(test))
+        fig = predictions_figure(test.images[:n], labels[:n], preds[:n], classes, n=n)
+        with SummaryWriter(log_dir=tb_dir) as writer:
+            writer.add_figure(f"{ckpt.get('role', 'model')}/eval_predictions_vs_labels", fig,
+                              global_step=int(ckpt.get("epoch") or 0), close=True)
+            writer.add_scalar("eval/accuracy", acc, int(ckpt.get("epoch") or 0))
+
+    result = {
+        "checkpoint": os.path.abspath(args.checkpoint), "role": ckpt.get("role"),
+        "arch": cfg["arch"], "eca": cfg.get("eca"), "base_width": cfg["base_width"],
+        "epoch": ckpt.get("epoch"), "dataset": dataset, "split": args.split,
+        "num_images": len(test), "tta": args.tta,
+        "accuracy": acc, "loss": loss, "logged_val_accuracy": logged,
+        "same_split_as_training": own_split,
+        "per_class_accuracy": dict(zip(classes, per_class_acc)),
+        "per_class_count": dict(zip(classes, per_class_total.tolist())),
+        "classes": classes, "confusion_matrix": cm.tolist(),
+        "confusion_png": cm_path, "tensorboard_dir": tb_dir,
+    }
+    json_path = args.json or os.path.join(out_dir, f"{stem}_eval.json")
+    os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
+    with open(json_path, "w") as f:
+        json.dump(result, f, indent=2)
+        f.write("\n")
+
+    print(f"{title}  (loss {loss:.4f}, {len(test)} images"
+          + (f"; logged val accuracy {logged:.2f}%" if logged is not None and own_split else "")
+          + ")")
+    if not args.quiet:
+        width = max(len(c) for c in classes[:k])
+        if k <= 20:
+            for c, a, n in zip(classes, per_class_acc, per_class_total.tolist()):
+                print(f"  {c:<{width}}  {a:6.2f}%  ({n} images)")
+        else:  # 100 classes: the extremes only
+            order = sorted(range(k), key=lambda i: per_class_acc[i])
+            print("  worst: " + ", ".join(f"{classes[i]} {per_class_acc[i]:.0f}%" for i in order[:5]))
+            print("  best:  " + ", ".join(f"{classes[i]} {per_class_acc[i]:.0f}%" for i in order[-5:]))
+        print(f"wrote {json_path}\nwrote {cm_path}" + (f"\nTensorBoard: {tb_dir}" if tb_dir else ""))
+    return result
+
+
+if __name__ == "__main__":
+    exit_on_user_error(main)(get_args_parser().parse_args())

@@ -1,0 +1,91 @@
+"""Draw a checkpoint's autograd graph with torchviz (needs Graphviz's `dot` program).
+
+    python visualize.py saved_pth_model/KEY_student.pth --output model_graph.png
+"""
+import os
+import shutil
+
+import torch
+
+from utils.checkpoint import load_checkpoint, model_from_checkpoint
+from utils.cli import positive_int
+from utils.errors import UserError, exit_on_user_error
+from utils.toolargs import tool_parser
+
+FORMATS = ("png", "svg", "pdf")
+
+
+def get_args_parser():
+    p = tool_parser("Render the architecture of a checkpoint as a torchviz "
+                                  "(Graphviz) graph of its forward pass.")
+    p.add_argument("checkpoint", help="a .pth checkpoint written by the training scripts")
+    p.add_argument("--output", "-o", default=None,
+                   help="image to write; its extension (.png, .svg, .pdf) picks the format "
+                        "(default: the checkpoint path with _graph.png)")
+    p.add_argument("--with-hint", action="store_true",
+                   help="draw the graph of both outputs, logits and the skip-connection hint")
+    p.add_argument("--show-attrs", action="store_true",
+                   help="label the autograd nodes with their saved attributes (stride, padding...)")
+    p.add_argument("--rankdir", choices=["TB", "LR"], default="TB",
+                   help="layout direction: top-to-bottom or left-to-right")
+    p.add_argument("--dpi", type=positive_int, default=72, help="resolution of a PNG output")
+    return p
+
+
+def check_dot():
+    """One-line error naming the Debian package when Graphviz's `dot` is not on PATH."""
+    if shutil.which("dot") is None:
+        raise UserError("Graphviz's 'dot' program was not found on PATH: install the Debian "
+                        "package 'graphviz' (sudo apt-get install graphviz) or your system's "
+                        "Graphviz")
+
+
+def make_graph(model, example, with_hint=False, show_attrs=False, rankdir="TB", dpi=72):
+    """-> graphviz.Digraph of one forward pass on `example` (B, C, H, W); parameters are labelled
+    with their state_dict names."""
+    from torchviz import make_dot
+
+    model.eval()
+    out = model(example.requires_grad_(False))
+    roots = (out.logits, out.hint) if with_hint else out.logits
+    dot = make_dot(roots, params=dict(model.named_parameters()), show_attrs=show_attrs)
+    dot.graph_attr.update(rankdir=rankdir, dpi=str(dpi))
+    return dot
+
+
+def main(args):
+    ckpt = load_checkpoint(args.checkpoint)
+    model = model_from_checkpoint(ckpt, args.checkpoint)
+    output = args.output or os.path.splitext(args.checkpoint)[0] + "_graph.png"
+    stem, ext = os.path.splitext(output)
+    fmt = ext.lstrip(".").lower()
+    if fmt not in FORMATS:
+        raise UserError(f"--output must end in one of {', '.join('.' + f for f in FORMATS)}, "
+                        f"got {output!r}")
+    folder = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(folder):
+        raise UserError(f"output folder does not exist: {folder}")
+    check_dot()
+    cfg = ckpt["model"]
+    c = cfg.get("in_channels", 3)
+    size = cfg.get("image_size") or 32
+    dot = make_graph(model, torch.zeros(1, c, size, size), args.with_hint, args.show_attrs,
+                     args.rankdir, args.dpi)
+    import graphviz
+    try:
+        # render writes `stem` (the dot source) and `stem.fmt`; cleanup removes the source
+        path = dot.render(filename=os.path.basename(stem), directory=folder, format=fmt,
+                          cleanup=True)
+    except graphviz.ExecutableNotFound:
+        check_dot()
+        raise UserError("Graphviz's 'dot' could not be run: install the Debian package "
+                        "'graphviz'") from None
+    except graphviz.CalledProcessError as exc:
+        raise UserError(f"Graphviz failed to render the graph (exit {exc.returncode})") from None
+    print(f"wrote {path} ({cfg['arch']}, eca {cfg.get('eca')}, width {cfg['base_width']}, "
+          f"{len(dot.body)} graph elements)")
+    return path
+
+
+if __name__ == "__main__":
+    exit_on_user_error(main)(get_args_parser().parse_args())
