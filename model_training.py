@@ -31,17 +31,18 @@ def main(args):
     train, test, data_cfg = prepare_data(args)
     key = args.run_name or f"{args.model}_eca-{args.eca}_w{args.width}_{data_cfg['dataset']}_s{args.seed}"
     outputs = RunOutputs(args.output_dir, key)
-    outputs.prepare(args.overwrite, args.resume)
-    train_loader, test_loader = make_loaders(train, test, data_cfg, args, device)
+    outputs.prepare(args.overwrite, args.resume, roles=("baseline",))
+    train_loader, test_loader, report_loader = make_loaders(train, test, data_cfg, args, device)
     model, model_cfg = build_model(args.model, data_cfg, args.width, args.eca, args.eca_k, device,
                                    args.channels_last)
     print(f"baseline {args.model} (eca {args.eca}, width {args.width}) on {data_cfg['dataset']} "
-          f"[{data_cfg['train_size']} train / {data_cfg['test_size']} test] device {device}; run '{key}'")
+          f"[{data_cfg['train_size']} train / {data_cfg['test_size']} test, {data_cfg['protocol']}] "
+          f"device {device}; run '{key}'")
     start = time.perf_counter()
     result = train_stage(role="baseline", arch=args.model, model=model, model_cfg=model_cfg,
                          loss_fn=DistillationLoss("none"), args=args, device=device,
                          train_loader=train_loader, test_loader=test_loader, data_cfg=data_cfg,
-                         outputs=outputs, array_role="",
+                         outputs=outputs, array_role="", report_loader=report_loader,
                          state=load_state(outputs.checkpoint("baseline", state=True)) if args.resume else None)
     outputs.write_summary({"run_key": key, "script": "model_training.py", "dataset": data_cfg,
                            "args": vars(args), "baseline": result, "environment": environment(device),

@@ -92,10 +92,11 @@ def main(args):
     key = args.run_name or (f"{args.teacher}-{args.student}_kd-{args.kd}_eca-{args.eca}_"
                             f"w{teacher_width}-{student_width}_{data_cfg['dataset']}_s{args.seed}")
     outputs = RunOutputs(args.output_dir, key)
-    outputs.prepare(args.overwrite, args.resume)
-    train_loader, test_loader = make_loaders(train, test, data_cfg, args, device)
+    outputs.prepare(args.overwrite, args.resume, roles=("teacher", "student"))
+    train_loader, test_loader, report_loader = make_loaders(train, test, data_cfg, args, device)
     print(f"run '{key}': {data_cfg['dataset']} [{data_cfg['train_size']} train / "
-          f"{data_cfg['test_size']} test], device {device}, preset {args.preset}")
+          f"{data_cfg['test_size']} test, {data_cfg['protocol']}], device {device}, "
+          f"preset {args.preset}")
     start = time.perf_counter()
     summary = {"run_key": key, "script": "model_training_mid.py", "dataset": data_cfg,
                "args": vars(args), "environment": environment(device)}
@@ -122,7 +123,7 @@ def main(args):
                                    loss_fn=DistillationLoss("none"), args=args, device=device,
                                    train_loader=train_loader, test_loader=test_loader,
                                    data_cfg=data_cfg, outputs=outputs, epochs=teacher_epochs,
-                                   state=t_state)
+                                   state=t_state, report_loader=report_loader)
             # distil from the best teacher, the one saved to disk
             teacher = model_from_checkpoint(load_checkpoint(t_result["checkpoint"])).to(device)
             if args.channels_last:
@@ -147,6 +148,7 @@ def main(args):
     s_result = train_stage(role="student", arch=args.student, model=student, model_cfg=s_cfg,
                            loss_fn=loss_fn, args=args, device=device, train_loader=train_loader,
                            test_loader=test_loader, data_cfg=data_cfg, outputs=outputs,
+                           report_loader=report_loader,
                            state=load_state(outputs.checkpoint("student", state=True))
                            if args.resume else None)
     s_result.update({"kd": args.kd, "alpha": args.alpha, "beta": args.beta,

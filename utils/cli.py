@@ -81,6 +81,16 @@ def nonneg_float(v):
     return fv
 
 
+def fraction(v):
+    try:
+        fv = float(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction, got {v!r}") from None
+    if not 0 <= fv < 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1), got {v}")
+    return fv
+
+
 def model_name(v):
     if v not in MODELS:
         raise argparse.ArgumentTypeError(f"unknown model {v!r}; choose from {', '.join(MODELS)}")
@@ -108,8 +118,10 @@ def common_parser(description) -> OneLineParser:
     p = OneLineParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="cifar10", choices=list(DATASETS) + ["auto"],
-                   help="dataset; 'auto' = cifar10 when found in --data-dir, else the built-in "
-                        "synthetic dataset (with a notice)")
+                   help="dataset: cifar10/cifar100 (python batches), fashion-mnist (IDX files, "
+                        "1 channel), svhn (.mat files), folder (--data-dir/train/<class>/*, "
+                        "--data-dir/test/<class>/*), synthetic; 'auto' = cifar10 when found in "
+                        "--data-dir, else the built-in synthetic dataset (with a notice)")
     g.add_argument("--data-dir", default="./data", help="folder holding the dataset files")
     add_bool(g, "--download", False, "download the dataset when it is not in --data-dir")
     g.add_argument("--synthetic-train-size", type=positive_int, default=5000,
@@ -120,6 +132,18 @@ def common_parser(description) -> OneLineParser:
                    help="use only the first N training images (quick runs)")
     g.add_argument("--limit-test", type=positive_int, default=None,
                    help="use only the first N test images (quick runs)")
+    g.add_argument("--image-size", type=positive_int, default=32,
+                   help="folder dataset: images are resized (shorter side) and centre-cropped to "
+                        "this size (the other datasets keep theirs; Fashion-MNIST's 28x28 is "
+                        "zero-padded to 32x32)")
+    g.add_argument("--val-split", type=fraction, default=0.0, metavar="FRACTION",
+                   help="hold out this fraction of the training set (stratified) for validation "
+                        "and checkpoint selection; the test set is then evaluated once per stage "
+                        "for the report. 0 = the test set is the validation set (the original "
+                        "protocol)")
+    g.add_argument("--split-seed", type=nonneg_int, default=0,
+                   help="seed of the --val-split split (fixed by default, so runs with different "
+                        "--seed validate on the same images)")
     add_bool(g, "--shuffle", True, "shuffle the training set every epoch", aliases=())
 
     g = p.add_argument_group("recipe (unset values come from --preset)")

@@ -2,11 +2,28 @@
 
 Every dataset loads to an `ImageData`: images (N, C, H, W) uint8, labels (N,) int64, class names.
 Readers parse the on-disk formats directly (no per-image PIL decode), so a 50k-image CIFAR split
-is one array in memory.
+is one array in memory:
+
+    cifar10, cifar100   the python pickle batches (cifar-10-batches-py/, cifar-100-python/)
+    fashion-mnist       the four IDX files (plain or .gz), 28x28 grayscale zero-padded by 2 px to
+                        (N, 1, 32, 32) so the nets' stride/hint sizes are those of CIFAR; 1 input
+                        channel (the models take in_channels)
+    svhn                train_32x32.mat / test_32x32.mat (scipy), label 10 -> digit 0
+    folder              an ImageFolder tree train/<class>/*, test/<class>/* decoded once with PIL
+                        into one uint8 tensor (RGB, shorter side resized + centre crop to
+                        image_size)
+    synthetic           procedurally generated, no files
 """
+import gzip
+import hashlib
+import inspect
 import math
 import os
 import pickle
+import struct
+import sys
+import time
+import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,7 +33,8 @@ import torch.nn.functional as F
 from .errors import UserError
 
 __all__ = ["ImageData", "DATASETS", "load_dataset", "make_synthetic", "write_cifar10",
-           "channel_stats", "TensorLoader", "Augment"]
+           "channel_stats", "TensorLoader", "Augment", "read_idx", "split_indices",
+           "held_out_split", "IMAGE_EXTENSIONS"]
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck"]
@@ -27,6 +45,7 @@ class ImageData:
     images: torch.Tensor  # (N, C, H, W) uint8
     labels: torch.Tensor  # (N,) int64
     classes: list = field(default_factory=list)
+    info: dict = field(default_factory=dict)  # how the reader preprocessed it (goes to data_cfg)
 
     def __len__(self):
         return int(self.labels.shape[0])
@@ -171,22 +190,416 @@ def load_synthetic(data_dir=None, download=False, train_size=5000, test_size=100
     return make_synthetic(train_size, seed=seed), make_synthetic(test_size, seed=seed + 1_000_003)
 
 
+def _warn(msg):
+    print(f"warning: {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- Fashion-MNIST (IDX files)
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_FMNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+                 "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+_FMNIST_URL = "https://github.com/zalandoresearch/fashion-mnist"
+
+
+def read_idx(path) -> np.ndarray:
+    """One IDX file (plain or .gz): magic 0x0000 <dtype byte> <ndim byte>, ndim big-endian
+    uint32 sizes, then the row-major data. Anything else is a one-line UserError."""
+    opener = gzip.open if str(path).endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
+        raise UserError(f"cannot read IDX file {path}: {exc}") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES or raw[3] == 0:
+        raise UserError(f"{path} is not an IDX file (magic number {raw[:4].hex() or 'missing'})")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise UserError(f"{path} is truncated inside its IDX header")
+    dims = struct.unpack(f">{ndim}I", raw[4:header])
+    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    count = math.prod(dims)
+    if len(raw) - header != count * dtype.itemsize:
+        raise UserError(f"{path}: the IDX header says {'x'.join(map(str, dims))} values "
+                        f"({count * dtype.itemsize} bytes) but {len(raw) - header} bytes follow")
+    return np.frombuffer(raw, dtype, count=count, offset=header).reshape(dims)
+
+
+def _find_idx_folder(data_dir, subfolders):
+    """The first of data_dir and its subfolders holding all four files (plain or .gz, also the
+    'train-images.idx3-ubyte' spelling) -> (folder, {base name: path}); else a UserError."""
+    bases = [b for pair in _FMNIST_FILES.values() for b in pair]
+    best = None
+    for folder in [data_dir] + [os.path.join(data_dir, s) for s in subfolders]:
+        found = {}
+        for base in bases:
+            for name in (base, base + ".gz", base.replace("-idx", ".idx"),
+                         base.replace("-idx", ".idx") + ".gz"):
+                if os.path.isfile(os.path.join(folder, name)):
+                    found[base] = os.path.join(folder, name)
+                    break
+        if len(found) == len(bases):
+            return folder, found
+        if found and (best is None or len(found) > len(best[1])):
+            best = (folder, found)
+    if best is not None:
+        missing = [b for b in bases if b not in best[1]]
+        raise UserError(f"Fashion-MNIST in {best[0]} is incomplete: missing {', '.join(missing)} "
+                        f"(plain or .gz)")
+    return None, None
+
+
+def _read_idx_pair(images_path, labels_path, num_classes):
+    images, labels = read_idx(images_path), read_idx(labels_path)
+    if images.ndim != 3 or images.dtype != np.uint8:
+        raise UserError(f"{images_path}: expected N x H x W unsigned bytes, got "
+                        f"{'x'.join(map(str, images.shape))} {images.dtype}")
+    if labels.ndim != 1:
+        raise UserError(f"{labels_path}: expected a 1-D label vector, got shape {labels.shape}")
+    if len(labels) != len(images):
+        raise UserError(f"{images_path} has {len(images)} images but {labels_path} has "
+                        f"{len(labels)} labels")
+    labels = labels.astype(np.int64)
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        raise UserError(f"{labels_path}: labels must be 0..{num_classes - 1}, found "
+                        f"{labels.min()}..{labels.max()}")
+    return images, labels
+
+
+def _pad_to(images: np.ndarray, size: int) -> np.ndarray:
+    """Zero-pad (N, H, W) symmetrically to at least size x size (28 -> 32: 2 px each side)."""
+    n, h, w = images.shape
+    ph, pw = max(0, size - h), max(0, size - w)
+    if ph == 0 and pw == 0:
+        return images
+    return np.pad(images, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2)))
+
+
+def load_fashion_mnist(data_dir, download=False, pad_to=32):
+    """Fashion-MNIST from the four IDX files in data_dir, data_dir/fashion-mnist/ or
+    data_dir/FashionMNIST/raw/ (torchvision's layout; --download puts them there).
+    Images come back (N, 1, 32, 32) uint8: the 28x28 digits-style images zero-padded by 2 px
+    on each side (the background is 0), so the models see CIFAR's input size."""
+    subfolders = ["fashion-mnist", "fashion_mnist", os.path.join("FashionMNIST", "raw")]
+    folder, files = _find_idx_folder(data_dir, subfolders)
+    if folder is None:
+        if not download:
+            raise UserError(f"Fashion-MNIST not found: expected train-images-idx3-ubyte[.gz], "
+                            f"train-labels-idx1-ubyte[.gz], t10k-images-idx3-ubyte[.gz] and "
+                            f"t10k-labels-idx1-ubyte[.gz] in {data_dir} (or its fashion-mnist/ or "
+                            f"FashionMNIST/raw/ folder); get them from {_FMNIST_URL}, install "
+                            f"Debian's dataset-fashion-mnist (--data-dir "
+                            f"/usr/share/datasets/fashion-mnist), or pass --download")
+        import torchvision
+        _try_download(torchvision.datasets.FashionMNIST, data_dir, "Fashion-MNIST",
+                      "the four IDX files", _FMNIST_URL)
+        folder, files = _find_idx_folder(data_dir, subfolders)
+        if folder is None:
+            raise UserError(f"the Fashion-MNIST download left no IDX files in {data_dir}")
+    out = []
+    for split in ("train", "test"):
+        img_base, lab_base = _FMNIST_FILES[split]
+        images, labels = _read_idx_pair(files[img_base], files[lab_base], 10)
+        h, w = images.shape[1:]
+        images = _pad_to(images, pad_to) if pad_to else images
+        info = {"source": folder, "channels": "grayscale (1)",
+                "preprocessing": (f"{h}x{w} zero-padded to {images.shape[1]}x{images.shape[2]}"
+                                  if images.shape[1:] != (h, w) else "none")}
+        images = np.ascontiguousarray(images[:, None])
+        if not images.flags.writeable:  # unpadded: still a view of the file's read-only bytes
+            images = images.copy()
+        out.append(ImageData(torch.from_numpy(images),
+                             torch.from_numpy(labels), list(FASHION_MNIST_CLASSES), info))
+    return tuple(out)
+
+
+# ---------------------------------------------------------------- SVHN (.mat files)
+SVHN_CLASSES = [str(i) for i in range(10)]
+_SVHN_URL = "http://ufldl.stanford.edu/housenumbers/"
+
+
+def _read_svhn_mat(path):
+    try:
+        import scipy.io
+    except ImportError:
+        raise UserError("reading SVHN's .mat files needs scipy (pip install scipy)") from None
+    try:
+        d = scipy.io.loadmat(path, variable_names=["X", "y"])
+    except (OSError, ValueError, TypeError, NotImplementedError, struct.error, zlib.error) as exc:
+        raise UserError(f"cannot read SVHN file {path}: {type(exc).__name__}: "
+                        f"{str(exc).strip()[:120]}") from None
+    if "X" not in d or "y" not in d:
+        raise UserError(f"{path} is not an SVHN file (no 'X' and 'y' arrays)")
+    x, y = d["X"], np.asarray(d["y"]).reshape(-1)
+    if x.ndim != 4 or x.shape[2] != 3:
+        raise UserError(f"{path}: 'X' should be H x W x 3 x N, got {'x'.join(map(str, x.shape))}")
+    if len(y) != x.shape[3]:
+        raise UserError(f"{path} has {x.shape[3]} images but {len(y)} labels")
+    y = y.astype(np.int64)
+    if len(y) and (y.min() < 0 or y.max() > 10):
+        raise UserError(f"{path}: SVHN labels must be 1..10 (10 = digit 0), found "
+                        f"{y.min()}..{y.max()}")
+    y[y == 10] = 0
+    images = np.ascontiguousarray(x.transpose(3, 2, 0, 1)).astype(np.uint8, copy=False)
+    return torch.from_numpy(images), torch.from_numpy(y)
+
+
+def load_svhn(data_dir, download=False):
+    """SVHN cropped digits: train_32x32.mat and test_32x32.mat in data_dir (or data_dir/svhn/).
+    'X' is (32, 32, 3, N) uint8 -> (N, 3, 32, 32); labels 1..10 with 10 meaning the digit 0."""
+    names = {"train": "train_32x32.mat", "test": "test_32x32.mat"}
+
+    def locate(name):
+        for folder in (data_dir, os.path.join(data_dir, "svhn"), os.path.join(data_dir, "SVHN")):
+            if os.path.isfile(os.path.join(folder, name)):
+                return os.path.join(folder, name)
+        return None
+
+    paths = {split: locate(name) for split, name in names.items()}
+    missing = [names[s] for s, p in paths.items() if p is None]
+    if missing:
+        if not download:
+            raise UserError(f"SVHN not found: expected {' and '.join(missing)} in {data_dir} (or its "
+                            f"svhn/ folder); get them from {_SVHN_URL} or pass --download")
+        import torchvision
+        for split, p in paths.items():
+            if p is None:
+                try:
+                    torchvision.datasets.SVHN(root=data_dir, split=split, download=True)
+                except Exception as exc:  # network errors come in many types
+                    raise UserError(f"could not download SVHN {names[split]} "
+                                    f"({type(exc).__name__}); place it from {_SVHN_URL} in "
+                                    f"{data_dir}") from None
+                paths[split] = os.path.join(data_dir, names[split])
+    info = {"source": os.path.dirname(paths["train"]), "preprocessing": "none"}
+    return (ImageData(*_read_svhn_mat(paths["train"]), list(SVHN_CLASSES), dict(info)),
+            ImageData(*_read_svhn_mat(paths["test"]), list(SVHN_CLASSES), dict(info)))
+
+
+# ---------------------------------------------------------------- ImageFolder trees
+# torchvision's IMG_EXTENSIONS plus .gif (PIL decodes the first frame); compared lower-case
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp",
+                    ".gif")
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def _to_rgb(img):
+    """Any PIL mode -> 'RGB'. 16/32-bit grayscale is scaled to 8 bits (PIL's own convert would
+    clip it to white); transparency is composited onto black; P, L, 1, CMYK, YCbCr... via PIL."""
+    from PIL import Image
+    mode = img.mode
+    if mode in _SIXTEEN_BIT or mode == "F":
+        a = np.asarray(img, dtype=np.float64)
+        if mode == "F":
+            a = a * 255 if a.size and a.max() <= 1.0 else a
+        elif mode.startswith("I;16") or (a.size and a.max() > 255):
+            a = a / 257.0  # 0..65535 -> 0..255
+        img = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
+        mode = "L"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img if mode == "RGB" else img.convert("RGB")
+
+
+def _decode_image(path, size):
+    """-> (3, size, size) uint8: decoded, EXIF-rotated, converted to RGB, the shorter side
+    resized to `size` and the centre cropped (bilinear, antialiased)."""
+    from PIL import Image, ImageOps
+    with Image.open(path) as img:
+        img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale >= size (fast)
+        img = ImageOps.exif_transpose(img) or img
+        img = _to_rgb(img)
+        if img.size != (size, size):
+            img = ImageOps.fit(img, (size, size), method=Image.Resampling.BILINEAR)
+        return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
+
+
+def _scan_split(split_dir):
+    """-> ({class folder name: [image paths]} for every class folder, non-image file count,
+    stray top-level file count). Hidden files and folders are ignored; files are found
+    recursively inside each class folder (like torchvision's ImageFolder), in sorted order."""
+    classes, skipped, stray = {}, 0, 0
+    for entry in sorted(os.scandir(split_dir), key=lambda e: e.name):
+        if entry.name.startswith("."):
+            continue
+        if not entry.is_dir():
+            stray += 1
+            continue
+        paths = []
+        for root, dirs, files in os.walk(entry.path, followlinks=True):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for name in sorted(files):
+                if name.startswith("."):
+                    continue
+                if name.lower().endswith(IMAGE_EXTENSIONS):
+                    paths.append(os.path.join(root, name))
+                else:
+                    skipped += 1
+        classes[entry.name] = paths
+    return classes, skipped, stray
+
+
+def _decode_all(paths, size, what):
+    """Decode `paths` into one (N, 3, size, size) uint8 array (threads: PIL releases the GIL);
+    -> (array of the readable ones, boolean mask of readable)."""
+    from concurrent.futures import ThreadPoolExecutor
+    out = np.empty((len(paths), 3, size, size), dtype=np.uint8)
+    ok = np.zeros(len(paths), dtype=bool)
+    failed = []
+
+    def work(i):
+        try:
+            out[i] = _decode_image(paths[i], size)
+            ok[i] = True
+        except Exception as exc:  # corrupt, truncated, unsupported: skip and count
+            failed.append(f"{os.path.basename(paths[i])} ({type(exc).__name__})")
+
+    workers = max(1, min(8, os.cpu_count() or 1))
+    if len(paths) < 64 or workers == 1:
+        for i in range(len(paths)):
+            work(i)
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(work, range(len(paths))))
+    if failed:
+        _warn(f"{what}: skipped {len(failed)} file(s) that PIL could not decode, e.g. "
+              f"{', '.join(sorted(failed)[:3])}")
+    return out[ok] if not ok.all() else out, ok
+
+
+def load_folder(data_dir, download=False, image_size=32):
+    """An ImageFolder tree: data_dir/train/<class>/<images> and data_dir/test/<class>/<images>
+    (val/ is accepted when there is no test/). The class list and indices come from train/
+    (sorted folder names, as torchvision's ImageFolder); a class folder without images is
+    skipped with a warning; a test/ class that train/ lacks is an error. Files whose extension
+    is not an image's are skipped and counted. Every image becomes RGB (see _to_rgb) of
+    image_size x image_size (shorter side resized, centre crop)."""
+    if download:
+        raise UserError("--download is not available for --dataset folder (point --data-dir at "
+                        "a folder with train/ and test/ class folders)")
+    train_dir = os.path.join(data_dir, "train")
+    test_dir = next((os.path.join(data_dir, s) for s in ("test", "val")
+                     if os.path.isdir(os.path.join(data_dir, s))), os.path.join(data_dir, "test"))
+    for d in (train_dir, test_dir):
+        if not os.path.isdir(d):
+            raise UserError(f"folder dataset: {d} not found (expected {data_dir}/train/<class>/"
+                            f"<image> and {data_dir}/test/<class>/<image>)")
+    t0 = time.perf_counter()
+    splits = {}
+    for split, split_dir in (("train", train_dir), ("test", test_dir)):
+        found, skipped, stray = _scan_split(split_dir)
+        if skipped:
+            _warn(f"{split_dir}: skipped {skipped} non-image file(s) (images are "
+                  f"{', '.join(IMAGE_EXTENSIONS)})")
+        if stray:
+            _warn(f"{split_dir}: ignored {stray} file(s) outside the class folders")
+        splits[split] = found
+    train_found, test_found = splits["train"], splits["test"]
+    if not any(train_found.values()):
+        raise UserError(f"folder dataset: no images in {train_dir} (expected "
+                        f"train/<class>/<image> with one of {', '.join(IMAGE_EXTENSIONS)})")
+
+    def decode(found, split_dir):
+        paths = [p for c in found for p in found[c]]
+        names = [c for c in found for _ in found[c]]
+        images, ok = _decode_all(paths, image_size, split_dir)
+        return images, [n for n, k in zip(names, ok) if k]
+
+    train_images, train_names = decode(train_found, train_dir)
+    present = set(train_names)
+    classes = [c for c in train_found if c in present]
+    empty = [c for c in train_found if c not in present]
+    if empty:
+        _warn(f"{train_dir}: class folder(s) without readable images skipped: {', '.join(empty)} "
+              f"(the classes are the other {len(classes)})")
+    if not classes:
+        raise UserError(f"folder dataset: none of the images in {train_dir} could be decoded")
+    unknown = [c for c, paths in test_found.items() if paths and c not in classes]
+    if unknown:
+        raise UserError(f"folder dataset: {test_dir} has class folder(s) {', '.join(unknown)} with "
+                        f"images but {train_dir} has no images of them (the classes come from "
+                        f"train/: {', '.join(classes)})")
+    empty_test = [c for c, paths in test_found.items() if not paths]
+    if empty_test:
+        _warn(f"{test_dir}: empty class folder(s) skipped: {', '.join(empty_test)}")
+    test_images, test_names = decode({c: p for c, p in test_found.items() if p}, test_dir)
+    if len(test_names) == 0:
+        raise UserError(f"folder dataset: no readable images in {test_dir}")
+    index = {c: i for i, c in enumerate(classes)}
+    info = {"source": os.path.abspath(data_dir),
+            "preprocessing": f"RGB, shorter side resized to {image_size} + centre crop, "
+                             f"transparency on black"}
+    print(f"folder dataset: {len(train_names)} train / {len(test_names)} test images, "
+          f"{len(classes)} classes, decoded in {time.perf_counter() - t0:.1f}s", flush=True)
+    return (ImageData(torch.from_numpy(train_images),
+                      torch.tensor([index[n] for n in train_names], dtype=torch.int64),
+                      list(classes), dict(info)),
+            ImageData(torch.from_numpy(test_images),
+                      torch.tensor([index[n] for n in test_names], dtype=torch.int64),
+                      list(classes), dict(info)))
+
+
+# ---------------------------------------------------------------- held-out validation split
+def split_indices(labels: torch.Tensor, fraction: float, seed: int = 0):
+    """A stratified random split -> (train indices, val indices), sorted LongTensors, disjoint,
+    together all of range(N). round(fraction * N) images go to validation, shared among the
+    classes in proportion to their size (largest remainder); deterministic from `seed`."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+    y = labels.cpu().numpy()
+    n = len(y)
+    n_val = int(round(fraction * n))
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(y, return_counts=True)
+    exact = counts * fraction
+    take = np.floor(exact).astype(np.int64)
+    extra = n_val - int(take.sum())
+    if extra > 0:  # largest remainders first, ties broken at random
+        order = np.lexsort((rng.random(len(classes)), -(exact - take)))
+        take[order[:extra]] += 1
+    val = [rng.permutation(np.flatnonzero(y == c))[:k] for c, k in zip(classes, take)]
+    val = np.sort(np.concatenate(val)) if val else np.zeros(0, np.int64)
+    mask = np.ones(n, dtype=bool)
+    mask[val] = False
+    return torch.from_numpy(np.flatnonzero(mask)), torch.from_numpy(val.astype(np.int64))
+
+
+def held_out_split(data: ImageData, fraction: float, seed: int = 0):
+    """-> (train part, validation part, digest of the validation indices)."""
+    tr, va = split_indices(data.labels, fraction, seed)
+    digest = hashlib.sha1(va.numpy().astype("<i8").tobytes()).hexdigest()[:12]
+    part = lambda idx: ImageData(data.images[idx], data.labels[idx], list(data.classes),
+                                 dict(data.info))
+    return part(tr), part(va), digest
+
+
 DATASETS = {
     "cifar10": load_cifar10,
     "cifar100": load_cifar100,
+    "fashion-mnist": load_fashion_mnist,
+    "svhn": load_svhn,
+    "folder": load_folder,
     "synthetic": load_synthetic,
 }
 
 
 def load_dataset(name: str, data_dir: str = "./data", download: bool = False, **kwargs):
-    """-> (train ImageData, test ImageData). Unknown names list the valid ones."""
+    """-> (train ImageData, test ImageData). Unknown names list the valid ones. kwargs: reader
+    options (synthetic: train_size, test_size, seed; folder: image_size; fashion-mnist: pad_to);
+    those the chosen reader does not take are ignored."""
     if name not in DATASETS:
         raise UserError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
     if name != "synthetic" and not os.path.isdir(data_dir) and not download:
         raise UserError(f"data directory {data_dir} does not exist (create it and put the {name} "
                         f"files there, or pass --download)")
-    return DATASETS[name](data_dir, download, **kwargs) if name == "synthetic" else \
-        DATASETS[name](data_dir, download)
+    reader = DATASETS[name]
+    # options a reader does not take are dropped, so callers can pass e.g. image_size to any
+    accepted = inspect.signature(reader).parameters
+    return reader(data_dir, download, **{k: v for k, v in kwargs.items() if k in accepted})
 
 
 def channel_stats(images: torch.Tensor) -> tuple[list, list]:

@@ -13,15 +13,16 @@ import torch
 
 from models import create_model
 
-from .checkpoint import load_checkpoint, save_checkpoint
-from .data import Augment, TensorLoader, channel_stats, load_dataset
+from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from .data import Augment, TensorLoader, channel_stats, held_out_split, load_dataset
 from .engine import NonFiniteLoss, evaluate, train_one_epoch
 from .errors import RunInterrupted, UserError
 from .optim import build_optimizer, build_scheduler, effective_lr
 from .tensorboard import log_epoch, log_graph, log_hparams, log_predictions, make_writer
 
 __all__ = ["resolve_device", "seed_everything", "prepare_data", "make_loaders", "build_model",
-           "count_params", "train_stage", "environment", "load_state", "StopFlag"]
+           "count_params", "train_stage", "report_test_accuracy", "environment", "load_state",
+           "StopFlag"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -48,7 +49,15 @@ def seed_everything(seed: int):
 
 
 def prepare_data(args):
-    """-> (train, test, data_cfg). Normalisation statistics come from the training split."""
+    """-> (train, test, data_cfg). Normalisation statistics come from the training images.
+
+    With --val-split F > 0 a stratified, seeded (--split-seed) fraction F of the training set is
+    held out for validation (checkpoint selection) and the test set is only reported:
+    data_cfg['protocol'] says which ('test-as-val' or 'held-out-val (...)'), data_cfg['train_size']
+    counts the images trained on and data_cfg['val_size'] the held-out ones. `train` is still
+    the whole (--limit-train'ed) training split: make_loaders carves the same held-out part out
+    of it (split_indices is deterministic), so the statistics here are of the train part only.
+    """
     name = args.dataset
     if name == "auto":
         if os.path.isdir(os.path.join(args.data_dir, "cifar-10-batches-py")) or args.download:
@@ -57,7 +66,7 @@ def prepare_data(args):
             print(f"notice: CIFAR-10 not found in {args.data_dir}/cifar-10-batches-py; using the "
                   f"built-in synthetic dataset instead (put CIFAR-10 there or pass --download)")
             name = "synthetic"
-    kwargs = {}
+    kwargs = {"image_size": getattr(args, "image_size", 32)}  # readers that do not take it ignore it
     if name == "synthetic":
         kwargs = dict(train_size=args.synthetic_train_size, test_size=args.synthetic_test_size,
                       seed=1234)  # the dataset is fixed; --seed only changes training
@@ -68,27 +77,77 @@ def prepare_data(args):
         test.images, test.labels = test.images[:args.limit_test], test.labels[:args.limit_test]
     if len(train) == 0 or len(test) == 0:
         raise UserError(f"dataset {name} in {args.data_dir} has no images")
-    c = train.images.shape[1]
+    if name == "svhn" and getattr(args, "hflip", False):
+        print("notice: --hflip mirrors SVHN's digits at random; --no-hflip usually suits digits")
+    fraction = float(getattr(args, "val_split", 0) or 0)
+    split_seed = int(getattr(args, "split_seed", 0) or 0)
+    fit = train
+    split = {"protocol": "test-as-val", "val_split": 0.0, "val_size": len(test)}
+    if fraction > 0:
+        fit, val, digest = held_out_split(train, fraction, split_seed)
+        if len(val) == 0 or len(fit) == 0:
+            raise UserError(f"--val-split {fraction:g} of {len(train)} training images leaves "
+                            f"{len(fit)} to train on and {len(val)} to validate on; use a "
+                            f"fraction that leaves both non-empty")
+        split = {"protocol": f"held-out-val ({100 * fraction:g}% of train, stratified, "
+                             f"split seed {split_seed})",
+                 "val_split": fraction, "split_seed": split_seed, "val_size": len(val),
+                 "val_indices_sha1": digest}
+    c = fit.images.shape[1]
     if args.normalize:
-        mean, std = channel_stats(train.images)
+        mean, std = channel_stats(fit.images)
     else:
         mean, std = [0.0] * c, [1.0] * c
     num_classes = max(len(train.classes), int(train.labels.max()) + 1)
     data_cfg = {"dataset": name, "mean": mean, "std": std, "classes": list(train.classes),
                 "num_classes": num_classes, "in_channels": c,
                 "image_size": int(train.images.shape[-1]),
-                "train_size": len(train), "test_size": len(test)}
+                "train_size": len(fit), "test_size": len(test), **split,
+                **({"preprocessing": train.info["preprocessing"]}
+                   if train.info.get("preprocessing") else {})}
     return train, test, data_cfg
 
 
 def make_loaders(train, test, data_cfg, args, device):
+    """-> (train_loader, val_loader, report_loader). Under 'test-as-val' the validation loader
+    is the test set's and report_loader is None; under a held-out split the validation loader
+    holds the held-out training images and report_loader the test set (evaluated once per
+    stage by train_stage for the report)."""
+    report_loader = None
+    if data_cfg.get("val_split", 0) > 0:
+        train, val, digest = held_out_split(train, data_cfg["val_split"], data_cfg["split_seed"])
+        if digest != data_cfg.get("val_indices_sha1") or len(val) != data_cfg["val_size"]:
+            raise RuntimeError("make_loaders: the held-out split differs from prepare_data's")
+        report_loader = TensorLoader(test, args.eval_batch_size, device, data_cfg["mean"],
+                                     data_cfg["std"], channels_last=args.channels_last)
+    else:
+        val = test
     aug = Augment(crop_padding=args.crop_padding, hflip=args.hflip, vflip=args.vflip)
     train_loader = TensorLoader(train, args.batch_size, device, data_cfg["mean"], data_cfg["std"],
                                 shuffle=args.shuffle, augment=aug, seed=args.seed,
                                 channels_last=args.channels_last)
-    test_loader = TensorLoader(test, args.eval_batch_size, device, data_cfg["mean"], data_cfg["std"],
-                               channels_last=args.channels_last)
-    return train_loader, test_loader
+    val_loader = TensorLoader(val, args.eval_batch_size, device, data_cfg["mean"], data_cfg["std"],
+                              channels_last=args.channels_last)
+    return train_loader, val_loader, report_loader
+
+
+@torch.no_grad()
+def report_test_accuracy(model, best_path, report_loader, data_cfg, device, precision, result):
+    """The test accuracy of the best checkpoint and of the last weights, for the result dict.
+    Under 'test-as-val' they are the validation numbers (the best one was selected on the test
+    set, so it is optimistic); under a held-out split the test set is evaluated here, once."""
+    out = {"protocol": data_cfg.get("protocol", "test-as-val")}
+    if report_loader is None:
+        out.update(test_acc_best=result["best_val_acc"], test_acc_last=result["final_val_acc"])
+        return out
+    last = evaluate(model, report_loader, device, precision)
+    best_model = model_from_checkpoint(load_checkpoint(best_path), best_path).to(device)
+    best = evaluate(best_model, report_loader, device, precision)
+    out.update(test_acc_best=best["acc"], test_acc_last=last["acc"], test_loss_best=best["loss"],
+               test_loss_last=last["loss"], test_size=len(report_loader.labels))
+    print(f"test ({out['protocol']}): best-epoch checkpoint {best['acc']:.2f}%, last epoch "
+          f"{last['acc']:.2f}% on {out['test_size']} test images", flush=True)
+    return out
 
 
 def build_model(arch, data_cfg, width, eca, eca_k, device, channels_last=False):
@@ -186,13 +245,36 @@ def load_state(path):
     return ckpt
 
 
+# flags that do not change what is trained: they may differ between a run and its --resume
+RESUME_FREE_ARGS = frozenset({"resume", "overwrite", "progress", "tensorboard", "output_dir",
+                              "data_dir", "download", "device", "eval_batch_size", "channels_last",
+                              "run_name"})
+
+
+def check_resume_args(state, args, path):
+    """A state continues only the run that wrote it: a changed architecture, width, batch size,
+    learning rate, epoch count, ... would fail to load or (worse) silently train something else
+    (the optimizer and scheduler states bring back the saved learning rate)."""
+    from .checkpoint import to_plain
+    saved, now = state.get("args") or {}, to_plain(vars(args))
+    diff = [k for k in sorted(saved)
+            if k in now and k not in RESUME_FREE_ARGS and saved[k] != now[k]]
+    if diff:
+        shown = ", ".join(f"--{k.replace('_', '-')} {saved[k]!r} (now {now[k]!r})" for k in diff[:4])
+        raise UserError(f"--resume: {path} was written with other settings: {shown}"
+                        f"{' ...' if len(diff) > 4 else ''}; resume with the original flags, or "
+                        f"start again with --overwrite")
+
+
 def train_stage(*, role, arch, model, model_cfg, loss_fn, args, device, train_loader, test_loader,
-                data_cfg, outputs, array_role=None, epochs=None, state=None):
+                data_cfg, outputs, array_role=None, epochs=None, state=None, report_loader=None):
     """Train one model for `epochs`; keep the best (by args.select_by) and the last checkpoint,
     and a full training state after every epoch (and on Ctrl-C/SIGTERM, mid-epoch) in
     saved_pth_model/{key}_{role}_state.pth. `state`: such a state to resume from.
 
-    Returns a dict of results for the JSON summary.
+    Returns a dict of results for the JSON summary, with the protocol and the test accuracy of
+    the best and the last weights (`report_loader`: the test set under a held-out validation
+    split, see report_test_accuracy).
     """
     epochs = epochs or args.epochs
     array_role = role if array_role is None else array_role
@@ -205,15 +287,20 @@ def train_stage(*, role, arch, model, model_cfg, loss_fn, args, device, train_lo
     best_path, last_path = outputs.checkpoint(role), outputs.checkpoint(role, last=True)
     state_path = outputs.checkpoint(role, state=True)
     if state is not None:
+        check_resume_args(state, args, state_path)
         if state.get("stage_complete"):
             return state["result"]
-        model.load_state_dict(state["state_dict"])
-        loss_fn.load_state_dict(state["loss_state"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
+        try:
+            model.load_state_dict(state["state_dict"])
+            loss_fn.load_state_dict(state["loss_state"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            if scaler is not None and state.get("scaler"):
+                scaler.load_state_dict(state["scaler"])
+            set_rng_state(state["rng"])
+        except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            raise UserError(f"--resume: {state_path} does not fit this run ({first})") from None
         history = {k: list(v) for k, v in state["history"].items()}
         best, best_epoch = state["best_score"], state["best_epoch"]
         start_epoch, start_step, carry = state["epoch"], state["step"], state.get("carry")
@@ -245,8 +332,10 @@ def train_stage(*, role, arch, model, model_cfg, loss_fn, args, device, train_lo
                                      show_progress=args.progress, epoch=epoch,
                                      start_step=start_step, carry=carry, should_stop=stop)
             except NonFiniteLoss as exc:
-                raise UserError(f"{exc}; stopped, the last good state is kept in {state_path} "
-                                f"- try a lower --lr") from None
+                kept = (f"the last good state is kept in {state_path}"
+                        if os.path.exists(state_path) else "no epoch of it completed, no state kept")
+                raise UserError(f"{exc}; stopped, {kept} - try a lower --lr in a new run "
+                                f"(--overwrite or another --run-name)") from None
             train_time += time.perf_counter() - t0
             start_step, carry = 0, None
             if tr.get("interrupted"):
@@ -299,6 +388,8 @@ def train_stage(*, role, arch, model, model_cfg, loss_fn, args, device, train_lo
                                     / max(train_time, 1e-9), 1) if state is None else None,
         "effective_lr": effective_lr(args),
     }
+    result.update(report_test_accuracy(model, best_path, report_loader, data_cfg, device,
+                                       args.precision, result))
     save_state(epochs, 0, None, complete=True, result=result)
     log_hparams(writer, {"role": role, "arch": arch, "eca": model_cfg["eca"],
                          "width": model_cfg["base_width"], "lr": effective_lr(args),
