@@ -80,3 +80,34 @@ FAST_FLAGS = ("--dataset", "cifar10", "--width", "4", "--batch-size", "50",
 @pytest.fixture(scope="session")
 def fast_flags(tiny_cifar):
     return [*FAST_FLAGS, "--data-dir", tiny_cifar]
+
+
+def start_script(script, *args, stdout=None, stderr=None):
+    """Start `python <script> args...` like run_script but without waiting (for signal tests);
+    stdout/stderr: open files (or None to inherit). Returns the Popen."""
+    cmd = [sys.executable, os.path.join(REPO_ROOT, script), *[str(a) for a in args]]
+    return subprocess.Popen(cmd, cwd=REPO_ROOT, env=script_env(), stdout=stdout, stderr=stderr)
+
+
+@pytest.fixture(scope="session")
+def start():
+    """start_script as a fixture: proc = start('model_training.py', ..., stderr=f)."""
+    return start_script
+
+
+def files_digest(root):
+    """{relative path: sha256} of every file under root (empty when root does not exist)."""
+    import hashlib
+    digest = {}
+    for folder, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(folder, name)
+            with open(path, "rb") as f:
+                digest[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
+    return digest
+
+
+@pytest.fixture(scope="session")
+def digest():
+    """files_digest as a fixture: digest(root) -> {relative path: sha256}."""
+    return files_digest

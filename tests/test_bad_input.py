@@ -1,18 +1,90 @@
-"""Bad input: a non-zero exit, one line on stderr, no traceback and no outputs written."""
-import os
+"""Bad input: a non-zero exit, one line on stderr, no traceback, and the outputs of an earlier
+good run (same --output-dir and run key) byte-for-byte unchanged, with nothing added.
 
+Every case runs against its own copy of one good run's output folder (sha256 of every file
+before and after); the cases are independent processes, so they run two at a time."""
+import os
+import pickle
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
 import pytest
 import torch
 
+from conftest import files_digest, run_script
 from models import create_model
 from utils.checkpoint import save_checkpoint
+from utils.data import write_cifar10
 
 MID, BASE = "model_training_mid.py", "model_training.py"
+KEY = "good"  # every case uses the good run's key: anything it wrote would land on its files
+
+
+def _common(data_dir, out, tensorboard=False):
+    return ["--dataset", "cifar10", "--data-dir", data_dir, "--width", "4", "--epochs", "1",
+            "--batch-size", "50", "--eval-batch-size", "100", "--output-dir", out,
+            "--no-progress", "--device", "cpu", "--run-name", KEY,
+            *([] if tensorboard else ["--no-tensorboard"])]
+
+
+# id: (script, extra args, substrings the message must contain (any case)). Extra args may name
+# {out} (the case's copy of the good outputs), {data} (the tiny CIFAR-10), the bad data folders
+# and the checkpoint files of the `paths` fixture; a later flag overrides _common's.
+CASES = {
+    # ---- flags and values
+    "unknown-teacher": (MID, ["--teacher", "resnet19"], ["resnet19", "resnet18", "resnet152"]),
+    "unknown-student": (MID, ["--student", "vgg16"], ["vgg16", "resnet50"]),
+    "unknown-baseline-model": (BASE, ["--model", "resnet19"], ["resnet19", "resnet34"]),
+    "bad-eca": (BASE, ["--eca", "first"], ["first", "parallel"]),
+    "negative-epochs": (MID, ["--epochs", "-1"], ["-1"]),
+    "negative-alpha": (MID, ["--alpha", "-0.5"], ["alpha", "-0.5"]),
+    "lr-nan": (BASE, ["--lr", "nan"], ["--lr", "nan"]),
+    "ECA-maybe": (MID, ["--ECA", "maybe"], ["maybe"]),
+    "even-eca-k": (MID, ["--eca-k", "4"], ["eca-k", "4"]),
+    "eca-and-ECA": (BASE, ["--eca", "last", "--ECA", "yes"], ["--eca"]),
+    "bad-run-name": (MID, ["--run-name", "a/b"], ["run-name"]),
+    "unknown-kd": (MID, ["--kd", "fitnet"], ["fitnet"]),
+    "unknown-flag": (MID, ["--teacher-lr", "0.1"], ["--teacher-lr"]),
+    "device-mps": (BASE, ["--device", "mps"], ["mps"]),
+    "device-cuda-without-cuda": (BASE, ["--device", "cuda"], ["cuda"]),
+    "fp16-on-cpu": (BASE, ["--precision", "fp16"], ["fp16", "cpu"]),
+    # ---- the run key and its outputs
+    "same-key-without-overwrite": (MID, [], ["--overwrite", KEY]),
+    "resume-and-overwrite": (MID, ["--resume", "--overwrite"], ["--resume", "--overwrite"]),
+    "resume-without-state": (MID, ["--resume", "--run-name", "other"], ["other", "no saved"]),
+    "resume-kd-key-as-baseline": (BASE, ["--resume"], [KEY, "no saved baseline state"]),
+    "resume-other-width": (MID, ["--resume", "--width", "8"], ["--width 4 (now 8)"]),
+    "resume-other-lr": (MID, ["--resume", "--lr", "0.05"], ["--lr", "0.05"]),
+    "resume-corrupt-state": (BASE, ["--resume", "--run-name", "corrupt"],
+                             ["corrupt_baseline_state.pth", "not a readable checkpoint"]),
+    "resume-not-a-state": (BASE, ["--resume", "--run-name", "notstate"],
+                           ["notstate_baseline_state.pth", "not a training-state file"]),
+    "output-dir-under-a-file": (MID, ["--output-dir", "{out}/numpy_outputs/summary_good.json/x"],
+                                ["cannot create output folder", "summary_good.json"]),
+    # ---- data folders
+    "missing-data-dir": (MID, ["--data-dir", "{missing_data}"], ["{missing_data}"]),
+    "data-dir-without-cifar": (BASE, ["--data-dir", "{empty_data}"], ["cifar-10-batches-py"]),
+    "empty-cifar-folder": (BASE, ["--data-dir", "{empty_cifar}"], ["data_batch_1"]),
+    "malformed-cifar-batch": (BASE, ["--data-dir", "{malformed}"], ["data_batch_3"]),
+    # ---- teacher checkpoints
+    "teacher-ckpt-other-arch": (MID, ["--teacher-checkpoint", "{r50}", "--teacher", "resnet34"],
+                                ["resnet50", "resnet34"]),
+    "teacher-ckpt-mislabelled": (MID, ["--teacher-checkpoint", "{mislabelled}"], ["do not match"]),
+    "teacher-ckpt-corrupt": (MID, ["--teacher-checkpoint", "{corrupt}"], ["corrupt.pth"]),
+    "teacher-ckpt-truncated": (MID, ["--teacher-checkpoint", "{truncated}"], ["truncated.pth"]),
+    "teacher-ckpt-foreign": (MID, ["--teacher-checkpoint", "{foreign}"],
+                             ["foreign.pth", "not a checkpoint"]),
+    "teacher-ckpt-missing": (MID, ["--teacher-checkpoint", "{missing}"],
+                             ["does_not_exist.pth", "not found"]),
+    "teacher-ckpt-directory": (MID, ["--teacher-checkpoint", "{ckpt_dir}"], ["is a directory"]),
+    "teacher-ckpt-100-classes": (MID, ["--teacher-checkpoint", "{c100}"], ["100 classes"]),
+}
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-    """Checkpoint files for the teacher-checkpoint cases."""
+def paths(tmp_path_factory, tiny_cifar, tiny_data):
+    """Checkpoint files for the teacher-checkpoint cases and the bad data folders."""
     d = tmp_path_factory.mktemp("ckpts")
     data_cfg = {"dataset": "cifar10", "mean": [0.5] * 3, "std": [0.25] * 3, "num_classes": 10,
                 "in_channels": 3, "image_size": 32, "classes": [str(i) for i in range(10)]}
@@ -27,96 +99,82 @@ def checkpoints(tmp_path_factory):
                                   create_model("resnet18", base_width=4, eca="parallel"),
                                   arch="resnet34", role="teacher", model_cfg=model_cfg,
                                   data_cfg=data_cfg, epoch=1)
+    # a sound teacher, but for 100 classes
+    c100 = save_checkpoint(str(d / "c100.pth"),
+                           create_model("resnet18", num_classes=100, base_width=4, eca="parallel"),
+                           arch="resnet18", role="teacher",
+                           model_cfg={**model_cfg, "num_classes": 100},
+                           data_cfg={**data_cfg, "num_classes": 100}, epoch=1)
     corrupt = d / "corrupt.pth"
     corrupt.write_bytes(os.urandom(4096))
     truncated = d / "truncated.pth"
     truncated.write_bytes(open(r50, "rb").read()[:2000])
     foreign = d / "foreign.pth"
     torch.save({"weights": torch.zeros(3)}, foreign)
-    return {"r50": r50, "mislabelled": mislabelled, "corrupt": str(corrupt),
-            "truncated": str(truncated), "foreign": str(foreign),
-            "missing": str(d / "does_not_exist.pth")}
+    (d / "a_folder.pth").mkdir()
+
+    data = tmp_path_factory.mktemp("bad_data")
+    (data / "empty").mkdir()
+    (data / "empty_cifar" / "cifar-10-batches-py").mkdir(parents=True)
+    folder = write_cifar10(str(data / "malformed"), *tiny_data)
+    # a readable pickle that is not a CIFAR batch (wrong row length)
+    with open(os.path.join(folder, "data_batch_3"), "wb") as f:
+        pickle.dump({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}, f)
+    return {"data": tiny_cifar, "r50": r50, "mislabelled": mislabelled, "c100": c100,
+            "corrupt": str(corrupt), "truncated": str(truncated), "foreign": str(foreign),
+            "missing": str(d / "does_not_exist.pth"), "ckpt_dir": str(d / "a_folder.pth"),
+            "missing_data": str(data / "no_such_data"), "empty_data": str(data / "empty"),
+            "empty_cifar": str(data / "empty_cifar"), "malformed": str(data / "malformed")}
 
 
-def _common(tiny_cifar, out):
-    return ["--dataset", "cifar10", "--data-dir", tiny_cifar, "--width", "4", "--epochs", "1",
-            "--batch-size", "50", "--eval-batch-size", "100", "--output-dir", out,
-            "--no-progress", "--no-tensorboard", "--device", "cpu"]
+@pytest.fixture(scope="module")
+def good_run(tmp_path_factory, tiny_cifar):
+    """One good tiny distillation run (key 'good', TensorBoard on) plus two planted state files
+    of other keys: a corrupt one and a checkpoint that is not a training state."""
+    out = str(tmp_path_factory.mktemp("good_run"))
+    proc = run_script(MID, *_common(tiny_cifar, out, tensorboard=True))
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    ckpts = os.path.join(out, "saved_pth_model")
+    with open(os.path.join(ckpts, "corrupt_baseline_state.pth"), "wb") as f:
+        f.write(os.urandom(4096))
+    shutil.copyfile(os.path.join(ckpts, f"{KEY}_student.pth"),
+                    os.path.join(ckpts, "notstate_baseline_state.pth"))
+    digest = files_digest(out)
+    assert any(p.startswith("runs") for p in digest) and len(digest) > 20, sorted(digest)
+    return out, digest
 
 
-CASES = {
-    # id: (script, extra args, substrings the message must contain (any case))
-    "unknown-teacher": (MID, ["--teacher", "resnet19"], ["resnet19", "resnet18", "resnet152"]),
-    "unknown-student": (MID, ["--student", "vgg16"], ["vgg16", "resnet50"]),
-    "unknown-baseline-model": (BASE, ["--model", "resnet19"], ["resnet19", "resnet34"]),
-    "bad-eca": (BASE, ["--eca", "first"], ["first", "parallel"]),
-    "negative-epochs": (MID, ["--epochs", "-1"], ["-1"]),
-    "negative-alpha": (MID, ["--alpha", "-0.5"], ["alpha", "-0.5"]),
-    "ECA-maybe": (MID, ["--ECA", "maybe"], ["maybe"]),
-    "even-eca-k": (MID, ["--eca-k", "4"], ["eca-k", "4"]),
-    "eca-and-ECA": (BASE, ["--eca", "last", "--ECA", "yes"], ["--eca"]),
-    "bad-run-name": (MID, ["--run-name", "a/b"], ["run-name"]),
-    "unknown-kd": (MID, ["--kd", "fitnet"], ["fitnet"]),
-    "device-mps": (BASE, ["--device", "mps"], ["mps"]),
-    "device-cuda-without-cuda": (BASE, ["--device", "cuda"], ["cuda"]),
-}
+@pytest.fixture(scope="module")
+def battery(good_run, paths, tmp_path_factory):
+    """Run every case (two at a time), each with --output-dir a fresh copy of the good outputs.
+    -> {case: (CompletedProcess, the copy's folder, its message needles)}"""
+    good, _ = good_run
+    root = tmp_path_factory.mktemp("battery")
+
+    def one(case):
+        script, extra, needles = CASES[case]
+        out = str(root / case)
+        shutil.copytree(good, out)
+        fill = {**paths, "out": out}
+        proc = run_script(script, *_common(paths["data"], out),
+                          *[a.format(**fill) for a in extra])
+        return proc, out, [n.format(**fill) for n in needles]
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return dict(zip(CASES, pool.map(one, CASES)))
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_bad_flags(case, run, tiny_cifar, tmp_path):
-    script, extra, needles = CASES[case]
-    out = str(tmp_path / "out")
-    proc = run(script, *_common(tiny_cifar, out), *extra)
+def test_bad_input(case, battery, good_run):
+    proc, out, needles = battery[case]
+    print(f"{case}: {proc.stderr.strip()}")  # shown with -rA or on failure
     _assert_one_line_error(proc, needles)
-    _assert_no_outputs(out)
+    _, before = good_run
+    assert files_digest(out) == before, f"{case} changed the earlier outputs"
 
 
-def test_missing_data_dir(run, tmp_path):
-    out = str(tmp_path / "out")
-    missing = str(tmp_path / "no_such_data")
-    proc = run(MID, *_common(missing, out))
-    _assert_one_line_error(proc, [missing])
-    _assert_no_outputs(out)
-
-
-def test_data_dir_without_cifar(run, tmp_path):
-    out = str(tmp_path / "out")
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    proc = run(BASE, *_common(str(empty), out))
-    _assert_one_line_error(proc, ["cifar-10-batches-py"])
-    _assert_no_outputs(out)
-
-
-def test_malformed_cifar_batch(run, tmp_path, tiny_data):
-    """A readable pickle that is not a CIFAR batch (wrong row length) is a one-line error."""
-    import pickle
-
-    import numpy as np
-    from utils.data import write_cifar10
-    data_dir = tmp_path / "data"
-    folder = write_cifar10(str(data_dir), *tiny_data)
-    with open(os.path.join(folder, "data_batch_3"), "wb") as f:
-        pickle.dump({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}, f)
-    out = str(tmp_path / "out")
-    proc = run(BASE, *_common(str(data_dir), out))
-    _assert_one_line_error(proc, ["data_batch_3"])
-    _assert_no_outputs(out)
-
-
-@pytest.mark.parametrize("which, extra, needles", [
-    ("r50", ["--teacher", "resnet34"], ["resnet50", "resnet34"]),
-    ("mislabelled", [], ["do not match"]),
-    ("corrupt", [], ["corrupt.pth"]),
-    ("truncated", [], ["truncated.pth"]),
-    ("foreign", [], ["foreign.pth", "not a checkpoint"]),
-    ("missing", [], ["does_not_exist.pth", "not found"]),
-])
-def test_bad_teacher_checkpoint(which, extra, needles, checkpoints, run, tiny_cifar, tmp_path):
-    out = str(tmp_path / "out")
-    proc = run(MID, *_common(tiny_cifar, out), "--teacher-checkpoint", checkpoints[which], *extra)
-    _assert_one_line_error(proc, needles)
-    _assert_no_outputs(out)
+def test_battery_is_broad():
+    assert len(CASES) >= 15 and len({(s, tuple(a)) for s, a, _ in CASES.values()}) == len(CASES)
 
 
 def _assert_one_line_error(proc, needles):
@@ -128,9 +186,3 @@ def _assert_one_line_error(proc, needles):
     assert err.startswith("error:") or ": error:" in err, err
     for needle in needles:
         assert needle.lower() in err.lower(), f"{needle!r} not in {err!r}"
-
-
-def _assert_no_outputs(out):
-    written = [os.path.join(d, f) for d, _, files in os.walk(out) for f in files] \
-        if os.path.isdir(out) else []
-    assert not written, written

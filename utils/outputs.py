@@ -15,25 +15,30 @@ from .errors import UserError
 __all__ = ["RunOutputs", "atomic_write_text", "atomic_save_npy"]
 
 
-def atomic_write_text(path, text):
+def _atomic_write(path, write, mode, suffix=""):
+    """write(f) into a temporary file beside `path`, fsync, os.replace; on any failure the old
+    file stays and the temporary one is removed."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=folder)
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path, text):
+    _atomic_write(path, lambda f: f.write(text), "w")
 
 
 def atomic_save_npy(path, array):
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=folder)
-    with os.fdopen(fd, "wb") as f:
-        np.save(f, np.asarray(array))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    _atomic_write(path, lambda f: np.save(f, np.asarray(array)), "wb", suffix=".npy")
 
 
 class RunOutputs:
@@ -66,13 +71,22 @@ class RunOutputs:
             found.append(self.tb_dir)
         return sorted(found)
 
-    def prepare(self, overwrite: bool, resume: bool = False):
+    def prepare(self, overwrite: bool, resume: bool = False, roles=None):
         """Refuse to reuse a key that has outputs unless overwrite (or resume); check the root
-        is writable."""
+        is writable. resume: one of the `roles`' (default: any) states must exist."""
         existing = self.existing()
         if resume:
-            if not existing:
-                raise UserError(f"--resume: run '{self.key}' has no saved state in {self.ckpt_dir}")
+            # other outputs without a state (e.g. a run that failed in its first epoch, or the
+            # other script's run under the same key) would make --resume silently start afresh
+            if roles:
+                states = [r for r in roles if os.path.exists(self.checkpoint(r, state=True))]
+            else:
+                states = glob.glob(os.path.join(glob.escape(self.ckpt_dir),
+                                                f"{glob.escape(self.key)}_*_state.pth"))
+            if not states:
+                which = f"{'/'.join(roles)} " if roles else ""
+                raise UserError(f"--resume: run '{self.key}' has no saved {which}state in "
+                                f"{self.ckpt_dir}")
         elif existing and not overwrite:
             raise UserError(f"run '{self.key}' already has outputs ({existing[0]}, ...): pass "
                             f"--overwrite to replace them or --run-name for a new key")

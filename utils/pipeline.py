@@ -260,7 +260,8 @@ def check_resume_args(state, args, path):
     diff = [k for k in sorted(saved)
             if k in now and k not in RESUME_FREE_ARGS and saved[k] != now[k]]
     if diff:
-        shown = ", ".join(f"--{k.replace('_', '-')} {saved[k]!r} (now {now[k]!r})" for k in diff[:4])
+        shown = ", ".join(f"--{k.replace('_', '-')} {saved[k]!r} (now {now[k]!r})"
+                          for k in diff[:4])
         raise UserError(f"--resume: {path} was written with other settings: {shown}"
                         f"{' ...' if len(diff) > 4 else ''}; resume with the original flags, or "
                         f"start again with --overwrite")
