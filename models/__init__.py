@@ -2,10 +2,11 @@
 from functools import partial
 
 from .eca import ECA, ParallelECA, eca_kernel_size
+from .fuse import fold_batchnorm
 from .resnet import ARCHS, ECA_PLACEMENTS, ModelOutput, ResNet
 
 __all__ = ["MODELS", "ECA_PLACEMENTS", "ModelOutput", "ResNet", "ECA", "ParallelECA",
-           "eca_kernel_size", "create_model", "hint_shape"]
+           "eca_kernel_size", "create_model", "hint_shape", "fold_batchnorm"]
 
 
 def _resnet(name, **kwargs) -> ResNet:

@@ -162,6 +162,14 @@ class ResNet(nn.Module):
                 x = stage(x)
         return x, hint
 
+    def forward_hint(self, x: torch.Tensor) -> torch.Tensor:
+        """Only the hint: stops at the hint block's shortcut (skips the rest of the network and
+        the hint block's own residual branch). What a frozen teacher computes for skip KD."""
+        x = self.stem(x)
+        for stage in self.stages[:self.hint_stage]:
+            x = stage(x)
+        return self.hint_block.shortcut(x)
+
     def forward(self, x: torch.Tensor) -> ModelOutput:
         x, hint = self.forward_features(x)
         x = torch.flatten(x.mean(dim=(2, 3)), 1)  # GAP -> (B, C); no .view (channels_last safe)

@@ -63,7 +63,9 @@ def fixed_case():
 def test_loss_values_match_hand_computation(fixed_case, mode):
     x, s_out, y, teacher = fixed_case
     alpha, beta, T = 0.3, 0.7, 4.0
-    loss_fn = DistillationLoss(mode, teacher, alpha=alpha, beta=beta, temperature=T)
+    # fast_teacher=False: the hand-made teacher is called as it is (it has no BN to fold)
+    loss_fn = DistillationLoss(mode, teacher, alpha=alpha, beta=beta, temperature=T,
+                               fast_teacher=False)
     total, parts = loss_fn(x, s_out, y)
     ce = _hand_ce(s_out.logits, y)
     mse = _hand_mse(s_out.hint, teacher.hint)
@@ -253,3 +255,32 @@ def test_connector_shapes(s_shape, t_shape, kind):
 def test_skip_loss_with_identity_is_mse():
     a, b = torch.randn(3, 4, 2, 2), torch.randn(3, 4, 2, 2)
     assert SkipHintLoss()(a, b).item() == pytest.approx(_hand_mse(a, b), rel=1e-6)
+
+
+@pytest.mark.parametrize("teacher_arch,mode", [("resnet34", "skip"), ("resnet50", "skip"),
+                                               ("resnet34", "skip+logit"), ("resnet34", "logit")])
+def test_fast_teacher_gives_the_same_loss(teacher_arch, mode):
+    """The BN-folded, hint-only teacher path computes the same loss as the plain teacher."""
+    torch.manual_seed(0)
+    teacher = create_model(teacher_arch, base_width=8, eca="parallel")
+    teacher.train()
+    with torch.no_grad():  # move BN statistics away from their init so folding matters
+        for _ in range(3):
+            teacher(torch.randn(16, 3, 32, 32))
+    teacher.eval()
+    student = create_model("resnet18", base_width=8, eca="parallel")
+    x, y = torch.randn(6, 3, 32, 32), torch.randint(0, 10, (6,))
+    t_shape = tuple(teacher(x[:1]).hint.shape[1:])
+    s_shape = tuple(student(x[:1]).hint.shape[1:])
+    torch.manual_seed(1)
+    slow = DistillationLoss(mode, teacher, student_hint_shape=s_shape, teacher_hint_shape=t_shape,
+                            fast_teacher=False)
+    torch.manual_seed(1)
+    fast = DistillationLoss(mode, teacher, student_hint_shape=s_shape, teacher_hint_shape=t_shape)
+    fast.load_state_dict(slow.state_dict())
+    out = student(x)
+    a, pa = slow(x, out, y)
+    b, pb = fast(x, out, y)
+    assert b.item() == pytest.approx(a.item(), rel=1e-5)
+    for k in pa:
+        assert pb[k].item() == pytest.approx(pa[k].item(), rel=1e-4, abs=1e-6)
