@@ -5,6 +5,7 @@
 import time
 
 from utils.cli import common_parser, finalize_args, model_name
+from utils.distributed import barrier, cleanup, init_distributed, is_main
 from utils.errors import exit_on_user_error
 from utils.kd import DistillationLoss
 from utils.outputs import RunOutputs
@@ -26,12 +27,14 @@ def get_args_parser():
 
 
 def main(args):
+    init_distributed(args.device)
     device = resolve_device(args.device)
     seed_everything(args.seed)
     train, test, data_cfg = prepare_data(args)
     key = args.run_name or f"{args.model}_eca-{args.eca}_w{args.width}_{data_cfg['dataset']}_s{args.seed}"
     outputs = RunOutputs(args.output_dir, key)
-    outputs.prepare(args.overwrite, args.resume, roles=("baseline",))
+    outputs.prepare(args.overwrite, args.resume, roles=("baseline",), write=is_main())
+    barrier()
     train_loader, test_loader, report_loader = make_loaders(train, test, data_cfg, args, device)
     model, model_cfg = build_model(args.model, data_cfg, args.width, args.eca, args.eca_k, device,
                                    args.channels_last)
@@ -44,7 +47,8 @@ def main(args):
                          train_loader=train_loader, test_loader=test_loader, data_cfg=data_cfg,
                          outputs=outputs, array_role="", report_loader=report_loader,
                          state=load_state(outputs.checkpoint("baseline", state=True)) if args.resume else None)
-    outputs.write_summary({"run_key": key, "script": "model_training.py", "dataset": data_cfg,
+    if is_main():
+        outputs.write_summary({"run_key": key, "script": "model_training.py", "dataset": data_cfg,
                            "args": vars(args), "baseline": result, "environment": environment(device),
                            "wall_time_s": round(time.perf_counter() - start, 2)})
     print()
@@ -61,4 +65,7 @@ def parse_args(argv=None):
 
 
 if __name__ == "__main__":
-    exit_on_user_error(main)(parse_args())
+    try:
+        exit_on_user_error(main)(parse_args())
+    finally:
+        cleanup()

@@ -10,6 +10,7 @@ import torch
 from models import ECA_PLACEMENTS
 from utils.checkpoint import load_checkpoint, model_from_checkpoint
 from utils.cli import common_parser, finalize_args, model_name, nonneg_float, positive_float, positive_int
+from utils.distributed import barrier, cleanup, init_distributed, is_main
 from utils.errors import UserError, exit_on_user_error
 from utils.kd import KD_MODES, DistillationLoss
 from utils.outputs import RunOutputs
@@ -76,6 +77,7 @@ def hint_shape_of(model, data_cfg, device):
 
 
 def main(args):
+    init_distributed(args.device)
     device = resolve_device(args.device)
     seed_everything(args.seed)
     train, test, data_cfg = prepare_data(args)
@@ -92,7 +94,8 @@ def main(args):
     key = args.run_name or (f"{args.teacher}-{args.student}_kd-{args.kd}_eca-{args.eca}_"
                             f"w{teacher_width}-{student_width}_{data_cfg['dataset']}_s{args.seed}")
     outputs = RunOutputs(args.output_dir, key)
-    outputs.prepare(args.overwrite, args.resume, roles=("teacher", "student"))
+    outputs.prepare(args.overwrite, args.resume, roles=("teacher", "student"), write=is_main())
+    barrier()
     train_loader, test_loader, report_loader = make_loaders(train, test, data_cfg, args, device)
     print(f"run '{key}': {data_cfg['dataset']} [{data_cfg['train_size']} train / "
           f"{data_cfg['test_size']} test, {data_cfg['protocol']}], device {device}, "
@@ -158,7 +161,8 @@ def main(args):
     summary["student"] = s_result
     rows.append(("student", s_result))
     summary["wall_time_s"] = round(time.perf_counter() - start, 2)
-    outputs.write_summary(summary)
+    if is_main():
+        outputs.write_summary(summary)
     print()
     print(results_table(rows))
     print(f"\nstudent checkpoint: {s_result['checkpoint']}\nsummary:            {outputs.summary}"
@@ -172,4 +176,7 @@ def parse_args(argv=None):
 
 
 if __name__ == "__main__":
-    exit_on_user_error(main)(parse_args())
+    try:
+        exit_on_user_error(main)(parse_args())
+    finally:
+        cleanup()

@@ -195,6 +195,7 @@ def common_parser(description) -> OneLineParser:
     g.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
                    help="autocast precision (fp16 uses a grad scaler; CUDA only)")
     add_bool(g, "--channels-last", False, "channels_last memory format")
+    add_bool(g, "--sync-bn", False, "SyncBatchNorm across processes of a torchrun launch")
     g.add_argument("--output-dir", default=".",
                    help="root for saved_pth_model/, numpy_outputs/ and runs/")
     g.add_argument("--run-name", "--pair_keys", "--pair-keys", dest="run_name", default=None,

@@ -617,25 +617,33 @@ class Augment:
     hflip: bool = True
     vflip: bool = False
 
-    def __call__(self, x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
-        """x: (B, C, H, W) uint8 on any device; returns an augmented uint8 batch, same shape."""
+    def __call__(self, x: torch.Tensor, gen: torch.Generator | None = None, rank: int = 0,
+                 world_size: int = 1) -> torch.Tensor:
+        """x: (B, C, H, W) uint8 on any device; returns an augmented uint8 batch, same shape.
+        With world_size > 1, x is rank's share [rank::world_size] of a global batch and the
+        random draws are taken for the whole global batch, so results match a single process."""
         b, _, h, w = x.shape
         dev = x.device
+
+        def draw(fn, size):
+            if world_size == 1:
+                return fn(size)
+            return fn(size * world_size)[rank::world_size][:size]
         if self.crop_padding > 0:
             p = self.crop_padding
             padded = F.pad(x, (p, p, p, p))
-            dy = torch.randint(0, 2 * p + 1, (b,), generator=gen).to(dev)
-            dx = torch.randint(0, 2 * p + 1, (b,), generator=gen).to(dev)
+            dy = draw(lambda k: torch.randint(0, 2 * p + 1, (k,), generator=gen), b).to(dev)
+            dx = draw(lambda k: torch.randint(0, 2 * p + 1, (k,), generator=gen), b).to(dev)
             rows = (dy[:, None] + torch.arange(h, device=dev))[:, None, :, None]  # (B,1,H,1)
             cols = (dx[:, None] + torch.arange(w, device=dev))[:, None, None, :]  # (B,1,1,W)
             bi = torch.arange(b, device=dev)[:, None, None, None]
             ci = torch.arange(x.shape[1], device=dev)[None, :, None, None]
             x = padded[bi, ci, rows, cols]
         if self.hflip:
-            m = (torch.rand(b, generator=gen) < 0.5).to(dev)[:, None, None, None]
+            m = (draw(lambda k: torch.rand(k, generator=gen), b) < 0.5).to(dev)[:, None, None, None]
             x = torch.where(m, x.flip(3), x)
         if self.vflip:
-            m = (torch.rand(b, generator=gen) < 0.5).to(dev)[:, None, None, None]
+            m = (draw(lambda k: torch.rand(k, generator=gen), b) < 0.5).to(dev)[:, None, None, None]
             x = torch.where(m, x.flip(2), x)
         return x
 
@@ -673,27 +681,39 @@ class TensorLoader:
         self.rank, self.world_size = rank, world_size
         self.epoch = 0  # advanced by each plain `for batch in loader`
 
-    def _indices(self, epoch):
-        """This rank's sample indices for `epoch` (a CPU LongTensor)."""
+    def _order(self, epoch):
+        """The sample order of `epoch` (a CPU LongTensor), the same on every rank."""
         n = len(self.labels)
-        if self.shuffle:
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            order = torch.randperm(n, generator=gen)
-        else:
-            order = torch.arange(n)
-        if self.world_size > 1:
-            order = order[self.rank::self.world_size]
-        return order
+        if not self.shuffle:
+            return torch.arange(n)
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(n, generator=gen)
+
+    def _global_batch(self):
+        return self.batch_size * self.world_size
 
     def __len__(self):
-        n = len(self._indices(0)) if self.world_size > 1 else len(self.labels)
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        """Batches per epoch on this rank (equal on every rank, as DDP needs)."""
+        n, g = len(self.labels), self._global_batch()
+        if self.drop_last:
+            return n // g
+        if self.world_size == 1:
+            return math.ceil(n / g)
+        # a last global batch smaller than world_size would leave a rank without samples
+        return n // g + (1 if n % g >= self.world_size else 0)
 
     @property
     def num_samples(self):
-        """Samples this rank sees per epoch."""
-        n = len(self._indices(0)) if self.world_size > 1 else len(self.labels)
-        return len(self) * self.batch_size if self.drop_last else n
+        """Samples seen per epoch over all ranks."""
+        n, g = len(self.labels), self._global_batch()
+        return min(n, len(self) * g)
+
+    def batch_indices(self, epoch: int, step: int) -> torch.Tensor:
+        """This rank's sample indices in batch `step` of `epoch`: a global batch of
+        batch_size * world_size consecutive samples of the epoch order, split across ranks."""
+        g = self._global_batch()
+        chunk = self._order(epoch)[step * g:(step + 1) * g]
+        return chunk[self.rank::self.world_size]
 
     def normalise(self, x_uint8: torch.Tensor) -> torch.Tensor:
         x = x_uint8.float() * self.scale + self.shift
@@ -701,21 +721,20 @@ class TensorLoader:
 
     def iterate(self, epoch: int, start_step: int = 0):
         """Batches of `epoch`, starting at batch `start_step` (for an exact resume)."""
-        order = self._indices(epoch)
-        n = len(order)
         plain = not self.shuffle and self.world_size == 1
-        if not plain:
-            order = order.to(self.device)
+        order = None if plain else self._order(epoch).to(self.device)
+        g = self._global_batch()
         for i in range(start_step, len(self)):
-            lo, hi = i * self.batch_size, min((i + 1) * self.batch_size, n)
             if plain:
+                lo, hi = i * self.batch_size, (i + 1) * self.batch_size
                 xb, yb = self.images[lo:hi], self.labels[lo:hi]
             else:
-                idx = order[lo:hi]
+                idx = order[i * g:(i + 1) * g][self.rank::self.world_size]
                 xb, yb = self.images[idx], self.labels[idx]
             if self.augment is not None:
+                # one generator per global batch, then this rank's share of its draws
                 gen = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 100_003 + i)
-                xb = self.augment(xb, gen)
+                xb = self.augment(xb, gen, rank=self.rank, world_size=self.world_size)
             yield self.normalise(xb), yb
 
     def __iter__(self):

@@ -5,6 +5,7 @@ from contextlib import nullcontext
 import torch
 import torch.nn.functional as F
 
+from .distributed import all_reduce_sum, dist_info
 from .progress import progress
 
 __all__ = ["train_one_epoch", "evaluate", "autocast_context", "NonFiniteLoss"]
@@ -76,12 +77,20 @@ def train_one_epoch(model, loss_fn, loader, optimizer, scheduler=None, device="c
                     "carry": {"sums": {k: v.item() for k, v in sums.items()},
                               "correct": int(correct.item()), "seen": seen, "lr": lr}}
     bar.close()
+    if dist_info().enabled:  # sums over every rank's shard: metrics of the whole epoch
+        keys = sorted(sums)
+        packed = torch.stack([sums[k].float() for k in keys]
+                             + [correct.float(), torch.tensor(float(seen), device=device)])
+        all_reduce_sum(packed)
+        sums = dict(zip(keys, packed[:len(keys)]))
+        correct, seen = packed[len(keys)].round().long(), int(packed[-1].item())
     metrics = {k: (v / max(seen, 1)).item() for k, v in sums.items()}
     if not all(v == v and abs(v) != float("inf") for v in metrics.values()):
         raise NonFiniteLoss(f"non-finite training loss in {desc}: "
                             + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
     metrics["acc"] = 100.0 * correct.item() / max(seen, 1)
     metrics["lr"] = lr
+    metrics["samples"] = seen
     return metrics
 
 
@@ -94,6 +103,9 @@ def evaluate(model, loader, device="cpu", precision="fp32", num_classes=None, de
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)
     per_class_correct = per_class_total = None
+    if num_classes:
+        per_class_correct = torch.zeros(num_classes, dtype=torch.long, device=device)
+        per_class_total = torch.zeros(num_classes, dtype=torch.long, device=device)
     seen = 0
     for x, y in progress(loader, desc=desc, enabled=show_progress):
         with autocast_context(device, precision):
@@ -103,12 +115,18 @@ def evaluate(model, loader, device="cpu", precision="fp32", num_classes=None, de
         correct += (pred == y).sum()
         seen += y.shape[0]
         if num_classes:
-            if per_class_correct is None:
-                per_class_correct = torch.zeros(num_classes, dtype=torch.long, device=device)
-                per_class_total = torch.zeros(num_classes, dtype=torch.long, device=device)
             per_class_total += torch.bincount(y, minlength=num_classes)
             per_class_correct += torch.bincount(y[pred == y], minlength=num_classes)
-    out = {"loss": loss_sum.item() / max(seen, 1), "acc": 100.0 * correct.item() / max(seen, 1)}
+    if dist_info().enabled:  # each rank evaluated its shard
+        packed = torch.stack([loss_sum.double(), correct.double(),
+                              torch.tensor(float(seen), dtype=torch.float64, device=device)])
+        all_reduce_sum(packed)
+        loss_sum, correct, seen = packed[0], packed[1].round().long(), int(packed[2].item())
+        if per_class_correct is not None:
+            all_reduce_sum(per_class_correct)
+            all_reduce_sum(per_class_total)
+    out = {"loss": loss_sum.item() / max(seen, 1), "acc": 100.0 * correct.item() / max(seen, 1),
+           "samples": seen}
     if per_class_correct is not None:
         tot = per_class_total.clamp_min(1).double()
         out["per_class_acc"] = (100.0 * per_class_correct.double() / tot).tolist()

@@ -3,12 +3,16 @@ import math
 
 import torch
 
+from .distributed import dist_info
+
 __all__ = ["effective_lr", "build_optimizer", "build_scheduler"]
 
 
 def effective_lr(args) -> float:
-    # --lr is per 128 images under linear scaling (Goyal et al., 2017)
-    return args.lr * args.batch_size / 128 if args.lr_scaling == "linear" else args.lr
+    """--lr is per 128 images under linear scaling (Goyal et al., 2017); the batch that counts is
+    the global one, batch_size per process x the number of processes of a torchrun launch."""
+    global_batch = args.batch_size * dist_info().world_size
+    return args.lr * global_batch / 128 if args.lr_scaling == "linear" else args.lr
 
 
 def build_optimizer(params, args):

@@ -71,9 +71,10 @@ class RunOutputs:
             found.append(self.tb_dir)
         return sorted(found)
 
-    def prepare(self, overwrite: bool, resume: bool = False, roles=None):
+    def prepare(self, overwrite: bool, resume: bool = False, roles=None, write: bool = True):
         """Refuse to reuse a key that has outputs unless overwrite (or resume); check the root
-        is writable. resume: one of the `roles`' (default: any) states must exist."""
+        is writable. resume: one of the `roles`' (default: any) states must exist.
+        write=False (the non-zero ranks of a distributed run): checks only, changes nothing."""
         existing = self.existing()
         if resume:
             # other outputs without a state (e.g. a run that failed in its first epoch, or the
@@ -90,6 +91,8 @@ class RunOutputs:
         elif existing and not overwrite:
             raise UserError(f"run '{self.key}' already has outputs ({existing[0]}, ...): pass "
                             f"--overwrite to replace them or --run-name for a new key")
+        if not write:
+            return
         for d in (self.ckpt_dir, self.numpy_dir):
             try:
                 os.makedirs(d, exist_ok=True)

@@ -16,6 +16,7 @@ from models import create_model
 from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from .data import Augment, TensorLoader, channel_stats, held_out_split, load_dataset
 from .engine import NonFiniteLoss, evaluate, train_one_epoch
+from .distributed import all_reduce_sum, barrier, broadcast_flag, dist_info, is_main
 from .errors import RunInterrupted, UserError
 from .optim import build_optimizer, build_scheduler, effective_lr
 from .tensorboard import log_epoch, log_graph, log_hparams, log_predictions, make_writer
@@ -26,8 +27,13 @@ __all__ = ["resolve_device", "seed_everything", "prepare_data", "make_loaders", 
 
 
 def resolve_device(name: str) -> torch.device:
+    info = dist_info()
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda", info.local_rank) if info.enabled else torch.device("cuda")
+        return torch.device("cpu")
+    if info.enabled and name == "cuda":
+        return torch.device("cuda", info.local_rank)
     try:
         dev = torch.device(name)
     except RuntimeError:
@@ -114,20 +120,22 @@ def make_loaders(train, test, data_cfg, args, device):
     holds the held-out training images and report_loader the test set (evaluated once per
     stage by train_stage for the report)."""
     report_loader = None
+    info = dist_info()
+    shard = {"rank": info.rank, "world_size": info.world_size}  # each rank its share of a batch
     if data_cfg.get("val_split", 0) > 0:
         train, val, digest = held_out_split(train, data_cfg["val_split"], data_cfg["split_seed"])
         if digest != data_cfg.get("val_indices_sha1") or len(val) != data_cfg["val_size"]:
             raise RuntimeError("make_loaders: the held-out split differs from prepare_data's")
         report_loader = TensorLoader(test, args.eval_batch_size, device, data_cfg["mean"],
-                                     data_cfg["std"], channels_last=args.channels_last)
+                                     data_cfg["std"], channels_last=args.channels_last, **shard)
     else:
         val = test
     aug = Augment(crop_padding=args.crop_padding, hflip=args.hflip, vflip=args.vflip)
     train_loader = TensorLoader(train, args.batch_size, device, data_cfg["mean"], data_cfg["std"],
                                 shuffle=args.shuffle, augment=aug, seed=args.seed,
-                                channels_last=args.channels_last)
+                                channels_last=args.channels_last, **shard)
     val_loader = TensorLoader(val, args.eval_batch_size, device, data_cfg["mean"], data_cfg["std"],
-                              channels_last=args.channels_last)
+                              channels_last=args.channels_last, **shard)
     return train_loader, val_loader, report_loader
 
 
@@ -145,7 +153,7 @@ def report_test_accuracy(model, best_path, report_loader, data_cfg, device, prec
     best = evaluate(best_model, report_loader, device, precision)
     out.update(test_acc_best=best["acc"], test_acc_last=last["acc"], test_loss_best=best["loss"],
                test_loss_last=last["loss"], test_size=len(report_loader.labels))
-    print(f"test ({out['protocol']}): best-epoch checkpoint {best['acc']:.2f}%, last epoch "
+    is_main() and print(f"test ({out['protocol']}): best-epoch checkpoint {best['acc']:.2f}%, last epoch "
           f"{last['acc']:.2f}% on {out['test_size']} test images", flush=True)
     return out
 
@@ -168,6 +176,7 @@ def count_params(model) -> int:
 def environment(device):
     return {"torch": torch.__version__, "python": platform.python_version(),
             "device": str(device), "threads": torch.get_num_threads(),
+            "world_size": dist_info().world_size,
             "cuda": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
 
 
@@ -175,9 +184,12 @@ class StopFlag:
     """SIGINT/SIGTERM set a flag that the training loop checks at every step boundary; a second
     Ctrl-C interrupts at once."""
 
-    def __init__(self):
+    def __init__(self, collective_every=0, device="cpu"):
         self.signum = None
         self._old = {}
+        # distributed runs: ranks agree every `collective_every` steps (any rank's signal stops
+        # all of them at the same step), so no host sync happens per step
+        self.collective_every, self.device, self._calls = collective_every, device, 0
 
     def __enter__(self):
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -195,7 +207,12 @@ class StopFlag:
               file=sys.stderr, flush=True)
 
     def __call__(self):
-        return self.signum is not None
+        if not self.collective_every:
+            return self.signum is not None
+        self._calls += 1
+        if self._calls % self.collective_every:
+            return False
+        return broadcast_flag(self.signum is not None, self.device)
 
     def __exit__(self, *exc):
         for sig, old in self._old.items():
@@ -279,6 +296,9 @@ def train_stage(*, role, arch, model, model_cfg, loss_fn, args, device, train_lo
     """
     epochs = epochs or args.epochs
     array_role = role if array_role is None else array_role
+    info, main = dist_info(), is_main()  # only rank 0 writes files, logs and prints
+    if info.enabled and getattr(args, "sync_bn", False):
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same Parameter objects
     extra_params = [p for p in loss_fn.parameters() if p.requires_grad]  # connector, if any
     optimizer = build_optimizer(list(model.parameters()) + extra_params, args)
     scheduler = build_scheduler(optimizer, args, len(train_loader), epochs)
@@ -306,14 +326,20 @@ def train_stage(*, role, arch, model, model_cfg, loss_fn, args, device, train_lo
         best, best_epoch = state["best_score"], state["best_epoch"]
         start_epoch, start_step, carry = state["epoch"], state["step"], state.get("carry")
         train_time = state.get("train_time", 0.0)
-        print(f"[{role}] resuming at epoch {start_epoch + 1}, step {start_step} from {state_path}")
-    writer = make_writer(os.path.join(outputs.tb_dir, role), args.tensorboard,
+        if not main:
+            carry = None  # the saved running sums are over all ranks: rank 0 carries them
+        if main:
+            print(f"[{role}] resuming at epoch {start_epoch + 1}, step {start_step} from {state_path}")
+    runner = wrap_distributed(model, loss_fn, device)  # DDP under torchrun, else the model
+    writer = make_writer(os.path.join(outputs.tb_dir, role), args.tensorboard and main,
                          purge_step=start_epoch if state is not None else None)
     if state is None:
         log_graph(writer, model, next(iter(test_loader.iterate(0)))[0])
     ckpt_kwargs = dict(arch=arch, role=role, model_cfg=model_cfg, data_cfg=data_cfg, args=vars(args))
 
     def save_state(epoch, step, carry, complete=False, result=None):
+        if not main:
+            return
         save_checkpoint(state_path, model, epoch=epoch, extra={
             "kind": "state", "step": step, "carry": carry, "stage_complete": complete,
             "result": result, "loss_state": loss_fn.state_dict(),
@@ -324,11 +350,11 @@ def train_stage(*, role, arch, model, model_cfg, loss_fn, args, device, train_lo
 
     start = time.perf_counter()
     tr = va = None
-    with StopFlag() as stop:
+    with StopFlag(collective_every=20 if info.enabled else 0, device=device) as stop:
         for epoch in range(start_epoch, epochs):
             t0 = time.perf_counter()
             try:
-                tr = train_one_epoch(model, loss_fn, train_loader, optimizer, scheduler, device,
+                tr = train_one_epoch(runner, loss_fn, train_loader, optimizer, scheduler, device,
                                      args.precision, scaler, desc=f"{role} {epoch + 1}/{epochs}",
                                      show_progress=args.progress, epoch=epoch,
                                      start_step=start_step, carry=carry, should_stop=stop)
@@ -340,13 +366,14 @@ def train_stage(*, role, arch, model, model_cfg, loss_fn, args, device, train_lo
             train_time += time.perf_counter() - t0
             start_step, carry = 0, None
             if tr.get("interrupted"):
-                save_state(epoch, tr["step"], tr["carry"])
+                save_state(epoch, tr["step"], reduce_carry(tr["carry"], device))
                 if writer is not None:
                     writer.close()
                 code = 143 if stop.signum == signal.SIGTERM else 130
                 raise RunInterrupted(f"interrupted in {role} epoch {epoch + 1} at step "
                                      f"{tr['step']}/{len(train_loader)}; state saved to "
                                      f"{state_path}. Resume with: {resume_command()}", code)
+            sync_buffers(model)
             va = evaluate(model, test_loader, device, args.precision)
             for k in ("ce", "skip", "logit"):
                 if k in tr:
@@ -356,23 +383,28 @@ def train_stage(*, role, arch, model, model_cfg, loss_fn, args, device, train_lo
             history["train_loss"].append(tr["loss"])
             history["val_acc"].append(va["acc"])
             history["val_loss"].append(va["loss"])
-            outputs.save_history(array_role, history)
+            if main:
+                outputs.save_history(array_role, history)
             log_epoch(writer, role, epoch, tr, va)
             score = va["acc"] if args.select_by == "acc" else -va["loss"]
             metrics = {"epoch": epoch + 1, "train": tr, "val": va}
             if best is None or score > best:
                 best, best_epoch = score, epoch + 1
-                save_checkpoint(best_path, model, metrics=metrics, epoch=epoch + 1, **ckpt_kwargs)
+                if main:
+                    save_checkpoint(best_path, model, metrics=metrics, epoch=epoch + 1, **ckpt_kwargs)
             save_state(epoch + 1, 0, None)
             parts = " ".join(f"{k} {tr[k]:.4f}" for k in ("ce", "skip", "logit") if k in tr)
-            print(f"[{role}] epoch {epoch + 1}/{epochs}  train loss {tr['loss']:.4f} ({parts})  "
+            if main:
+                print(f"[{role}] epoch {epoch + 1}/{epochs}  train loss {tr['loss']:.4f} ({parts})  "
                   f"acc {tr['acc']:.2f}%  |  val loss {va['loss']:.4f}  acc {va['acc']:.2f}%  "
                   f"lr {tr['lr']:.4g}  [{time.perf_counter() - t0:.1f}s]", flush=True)
     if va is None:  # resumed at the very end: evaluate the final weights once more
         va = evaluate(model, test_loader, device, args.precision)
         tr = {"loss": history["train_loss"][-1], "acc": history["train_acc"][-1]}
-    save_checkpoint(last_path, model, metrics={"epoch": epochs, "train": tr, "val": va},
-                    epoch=epochs, **ckpt_kwargs)
+    if main:
+        save_checkpoint(last_path, model, metrics={"epoch": epochs, "train": tr, "val": va},
+                        epoch=epochs, **ckpt_kwargs)
+    barrier()  # rank 0's checkpoints are on disk before any rank reads them
     log_predictions(writer, f"{role}/predictions_vs_labels", model, test_loader,
                     data_cfg["classes"], epochs)
     wall = time.perf_counter() - start
@@ -398,4 +430,43 @@ def train_stage(*, role, arch, model, model_cfg, loss_fn, args, device, train_lo
                 {f"hparam/{role}_best_val_acc": result["best_val_acc"]})
     if writer is not None:
         writer.close()
+    barrier()
     return result
+
+
+def wrap_distributed(model, loss_fn, device):
+    """DistributedDataParallel around the trained model under torchrun; the connector's few
+    gradients (if any) are averaged across ranks by hooks. A single process gets `model` back."""
+    info = dist_info()
+    if not info.enabled:
+        return model
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    import torch.distributed as dist
+    for p in (p for p in loss_fn.parameters() if p.requires_grad):
+        def _average(param, world=info.world_size):
+            dist.all_reduce(param.grad)
+            param.grad.div_(world)
+        p.register_post_accumulate_grad_hook(_average)
+    return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def sync_buffers(model):
+    """BN running statistics drift apart between ranks after DDP's last broadcast: give every
+    rank rank 0's, the ones that are saved, before evaluating."""
+    if dist_info().enabled:
+        import torch.distributed as dist
+        for b in model.buffers():
+            dist.broadcast(b, src=0)
+
+
+def reduce_carry(carry, device):
+    """The interrupted epoch's running sums over all ranks (saved by rank 0, resumed by it)."""
+    if not dist_info().enabled or carry is None:
+        return carry
+    keys = sorted(carry["sums"])
+    t = torch.tensor([carry["sums"][k] for k in keys] + [carry["correct"], carry["seen"]],
+                     dtype=torch.float64, device=device)
+    all_reduce_sum(t)
+    vals = t.tolist()
+    return {"sums": dict(zip(keys, vals[:len(keys)])), "correct": int(round(vals[-2])),
+            "seen": int(round(vals[-1])), "lr": carry["lr"]}
