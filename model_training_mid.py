@@ -142,7 +142,7 @@ def main(args):
     t_hint = hint_shape_of(teacher, data_cfg, device) if teacher is not None else None
     loss_fn = DistillationLoss(args.kd, teacher, alpha=args.alpha, beta=args.beta,
                                temperature=args.temperature, student_hint_shape=s_hint,
-                               teacher_hint_shape=t_hint).to(device)
+                               teacher_hint_shape=t_hint, compile_teacher=args.compile).to(device)
     conn = loss_fn.connector
     print(f"student: {args.student} (eca {args.eca}, width {student_width}), "
           f"{count_params(student):,} parameters, kd {args.kd}"

@@ -1,11 +1,12 @@
 """End to end: both scripts on a tiny CIFAR-10 directory, then every output read back."""
-import hashlib
 import json
 import os
 
 import numpy as np
 import pytest
 import torch
+
+from conftest import files_digest
 
 from utils.checkpoint import FORMAT, load_checkpoint, model_from_checkpoint
 from utils.data import TensorLoader, load_dataset
@@ -51,13 +52,7 @@ def _summary(out, key):
 
 
 def _files_digest(root):
-    digest = {}
-    for folder, _, files in os.walk(root):
-        for name in files:
-            path = os.path.join(folder, name)
-            with open(path, "rb") as f:
-                digest[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
-    return digest
+    return files_digest(root)
 
 
 # ------------------------------------------------------------------ the distillation run

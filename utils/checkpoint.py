@@ -1,13 +1,13 @@
 """Self-describing checkpoints: architecture, ECA placement, width, classes, normalisation, args
 and metrics travel with the weights, and everything loads with torch.load(weights_only=True)."""
 import os
-import tempfile
 
 import torch
 
 from models import MODELS, create_model
 
 from .errors import UserError
+from .outputs import atomic_write
 
 __all__ = ["FORMAT", "atomic_save", "save_checkpoint", "load_checkpoint", "model_from_checkpoint",
            "to_plain"]
@@ -32,19 +32,7 @@ def to_plain(obj):
 def atomic_save(obj, path: str):
     """torch.save to a temporary file in the same folder, fsync, then os.replace: a crash
     leaves either the old file or the new one, never a truncated one."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: torch.save(obj, f), "wb", suffix=".pth")
 
 
 def save_checkpoint(path, model, *, arch, role, model_cfg, data_cfg, args=None, metrics=None,

@@ -192,9 +192,15 @@ def common_parser(description) -> OneLineParser:
 
     g = p.add_argument_group("system and outputs")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    g.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
-                   help="autocast precision (fp16 uses a grad scaler; CUDA only)")
-    add_bool(g, "--channels-last", False, "channels_last memory format")
+    g.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                   help="training autocast precision; auto = bf16 on CUDA GPUs that support it, "
+                        "fp32 on the CPU (bf16 there is faster but opt-in: see docs/BENCHMARKS.md). "
+                        "fp16 uses a grad scaler (CUDA only). Evaluation always runs in fp32")
+    add_bool(g, "--channels-last", True, "channels_last memory format (measured faster on CPU "
+                                         "and GPU)")
+    add_bool(g, "--compile", False, "torch.compile: on CUDA the trained model and the teacher; "
+                                    "on the CPU only the teacher's inference (compiling the CPU "
+                                    "training step measured slower)")
     add_bool(g, "--sync-bn", False, "SyncBatchNorm across processes of a torchrun launch")
     g.add_argument("--output-dir", default=".",
                    help="root for saved_pth_model/, numpy_outputs/ and runs/")
@@ -225,6 +231,10 @@ def finalize_args(parser, args, default_eca, preset_overrides=None):
         parser.error(f"--eca-k must be odd, got {args.eca_k}")
     if args.precision == "fp16" and not str(args.device).startswith("cuda") and args.device != "auto":
         parser.error("--precision fp16 needs a CUDA device; use bf16 on the CPU")
+    if args.precision == "auto":
+        import torch
+        cuda = torch.cuda.is_available() and not str(args.device).startswith("cpu")
+        args.precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
     if args.resume and args.overwrite:
         parser.error("--resume and --overwrite exclude each other")
     if args.run_name is not None:

@@ -12,10 +12,10 @@ import numpy as np
 
 from .errors import UserError
 
-__all__ = ["RunOutputs", "atomic_write_text", "atomic_save_npy"]
+__all__ = ["RunOutputs", "atomic_write", "atomic_write_text", "atomic_save_npy"]
 
 
-def _atomic_write(path, write, mode, suffix=""):
+def atomic_write(path, write, mode, suffix=""):
     """write(f) into a temporary file beside `path`, fsync, os.replace; on any failure the old
     file stays and the temporary one is removed."""
     folder = os.path.dirname(os.path.abspath(path))
@@ -34,11 +34,11 @@ def _atomic_write(path, write, mode, suffix=""):
 
 
 def atomic_write_text(path, text):
-    _atomic_write(path, lambda f: f.write(text), "w")
+    atomic_write(path, lambda f: f.write(text), "w")
 
 
 def atomic_save_npy(path, array):
-    _atomic_write(path, lambda f: np.save(f, np.asarray(array)), "wb", suffix=".npy")
+    atomic_write(path, lambda f: np.save(f, np.asarray(array)), "wb", suffix=".npy")
 
 
 class RunOutputs:

@@ -331,6 +331,8 @@ def train_stage(*, role, arch, model, model_cfg, loss_fn, args, device, train_lo
         if main:
             print(f"[{role}] resuming at epoch {start_epoch + 1}, step {start_step} from {state_path}")
     runner = wrap_distributed(model, loss_fn, device)  # DDP under torchrun, else the model
+    if getattr(args, "compile", False) and device.type == "cuda":
+        runner = torch.compile(runner)  # the CPU training step measured slower compiled
     writer = make_writer(os.path.join(outputs.tb_dir, role), args.tensorboard and main,
                          purge_step=start_epoch if state is not None else None)
     if state is None:
@@ -374,7 +376,7 @@ def train_stage(*, role, arch, model, model_cfg, loss_fn, args, device, train_lo
                                      f"{tr['step']}/{len(train_loader)}; state saved to "
                                      f"{state_path}. Resume with: {resume_command()}", code)
             sync_buffers(model)
-            va = evaluate(model, test_loader, device, args.precision)
+            va = evaluate(model, test_loader, device, "fp32")
             for k in ("ce", "skip", "logit"):
                 if k in tr:
                     history.setdefault(f"train_loss_{k}", []).append(tr[k])
@@ -399,7 +401,7 @@ def train_stage(*, role, arch, model, model_cfg, loss_fn, args, device, train_lo
                   f"acc {tr['acc']:.2f}%  |  val loss {va['loss']:.4f}  acc {va['acc']:.2f}%  "
                   f"lr {tr['lr']:.4g}  [{time.perf_counter() - t0:.1f}s]", flush=True)
     if va is None:  # resumed at the very end: evaluate the final weights once more
-        va = evaluate(model, test_loader, device, args.precision)
+        va = evaluate(model, test_loader, device, "fp32")
         tr = {"loss": history["train_loss"][-1], "acc": history["train_acc"][-1]}
     if main:
         save_checkpoint(last_path, model, metrics={"epoch": epochs, "train": tr, "val": va},
@@ -422,7 +424,7 @@ def train_stage(*, role, arch, model, model_cfg, loss_fn, args, device, train_lo
         "effective_lr": effective_lr(args),
     }
     result.update(report_test_accuracy(model, best_path, report_loader, data_cfg, device,
-                                       args.precision, result))
+                                       "fp32", result))
     save_state(epochs, 0, None, complete=True, result=result)
     log_hparams(writer, {"role": role, "arch": arch, "eca": model_cfg["eca"],
                          "width": model_cfg["base_width"], "lr": effective_lr(args),

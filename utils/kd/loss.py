@@ -27,11 +27,13 @@ class DistillationLoss(nn.Module):
     `forward` returns (total loss, dict of detached parts: ce, skip, logit).
     fast_teacher: run the frozen teacher as a BatchNorm-folded copy, and for skip KD alone only up
     to its hint (the rest of the teacher does not enter the loss). Same values, less work.
+    compile_teacher: torch.compile that inference function (worth it on CPU and GPU alike).
     """
 
     def __init__(self, mode: str = "none", teacher: nn.Module | None = None, alpha: float = 0.3,
                  beta: float = 1.0, temperature: float = 4.0, student_hint_shape=None,
-                 teacher_hint_shape=None, label_smoothing: float = 0.0, fast_teacher: bool = True):
+                 teacher_hint_shape=None, label_smoothing: float = 0.0, fast_teacher: bool = True,
+                 compile_teacher: bool = False):
         super().__init__()
         if mode not in KD_MODES:
             raise ValueError(f"unknown KD mode {mode!r}; choose from {', '.join(KD_MODES)}")
@@ -40,6 +42,7 @@ class DistillationLoss(nn.Module):
         if alpha < 0 or beta < 0:
             raise ValueError("alpha and beta must be >= 0")
         self.mode = mode
+        self.compile_teacher = compile_teacher
         self.alpha, self.beta = float(alpha), float(beta)
         self.label_smoothing = label_smoothing
         # the teacher is a plain attribute: not in state_dict, not in parameters(), never trained
@@ -94,11 +97,19 @@ class DistillationLoss(nn.Module):
         ctx = nullcontext() if dtype is None else torch.autocast(x.device.type, enabled=False)
         if dtype is not None:
             x = x.to(dtype)
+        hint_only = self.logit is None and hasattr(net, "forward_hint")
+        fn = net.forward_hint if hint_only else net
+        if self.compile_teacher:
+            compiled = self.__dict__.setdefault("_compiled", {})
+            key = (id(net), hint_only)
+            if key not in compiled:
+                compiled[key] = torch.compile(fn)
+            fn = compiled[key]
         with torch.inference_mode(), ctx:
-            if self.logit is None and hasattr(net, "forward_hint"):
-                logits, hint = None, net.forward_hint(x)
+            if hint_only:
+                logits, hint = None, fn(x)
             else:
-                logits, hint = net(x)
+                logits, hint = fn(x)
         # inference tensors cannot be saved for backward: clone into normal tensors (small)
         return (logits.clone() if logits is not None else None), hint.clone()
 
