@@ -94,3 +94,23 @@ def test_reported_accuracy_equals_a_single_process_evaluation(ddp_run, tiny_cifa
             # the training metrics are over all ranks: the whole training set every epoch
             assert ckpt["metrics"]["train"]["samples"] == len(load_dataset("cifar10", tiny_cifar)[0])
             assert ckpt["metrics"]["val"]["samples"] == len(test)
+
+
+def test_torchrun_with_a_connector_and_logit_kd(tmp_path, tiny_cifar):
+    """resnet50 -> resnet18 (different hint shapes: a learned connector whose gradients are
+    averaged across ranks) with skip + logit KD; the student checkpoint has no connector."""
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    cmd = [torchrun, "--standalone", "--nproc_per_node=2", os.path.join(REPO_ROOT, "model_training_mid.py"),
+           "--dataset", "cifar10", "--data-dir", tiny_cifar, "--width", "4", "--epochs", "1",
+           "--teacher", "resnet50", "--student", "resnet18", "--kd", "skip+logit", "--eca", "last",
+           "--batch-size", "16", "--eval-batch-size", "32", "--output-dir", str(tmp_path),
+           "--run-name", "conn", "--no-progress", "--no-tensorboard"]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=script_env(), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "connector" in proc.stdout
+    summary = json.loads((tmp_path / "numpy_outputs" / "summary_conn.json").read_text())
+    assert summary["student"]["connector_params"] > 0
+    ckpt = load_checkpoint(str(tmp_path / "saved_pth_model" / "conn_student.pth"))
+    assert not any("connector" in k for k in ckpt["state_dict"])
+    model_from_checkpoint(ckpt)  # rebuilds a plain resnet18
