@@ -41,54 +41,27 @@ def add_bool(parser, name, default, help, aliases=()):
                         help=argparse.SUPPRESS)
 
 
-def positive_int(v):
-    try:
-        iv = int(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {v!r}") from None
-    if iv < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {iv}")
-    return iv
+def _number_type(cast, what, ok, rule):
+    """An argparse type: cast the text, then check it; errors say what was expected."""
+    def parse(v):
+        try:
+            x = cast(v)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {v!r}") from None
+        if not ok(x):
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {v}")
+        return x
+    return parse
 
 
-def nonneg_int(v):
-    try:
-        iv = int(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {v!r}") from None
-    if iv < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {iv}")
-    return iv
-
-
-def positive_float(v):
-    try:
-        fv = float(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {v!r}") from None
-    if not fv > 0 or fv == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {v}")
-    return fv
-
-
-def nonneg_float(v):
-    try:
-        fv = float(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {v!r}") from None
-    if not fv >= 0 or fv == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {v}")
-    return fv
-
-
-def fraction(v):
-    try:
-        fv = float(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a fraction, got {v!r}") from None
-    if not 0 <= fv < 1:
-        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1), got {v}")
-    return fv
+positive_int = _number_type(int, "an integer", lambda x: x >= 1, "at least 1")
+nonneg_int = _number_type(int, "an integer", lambda x: x >= 0, ">= 0")
+# `not x > 0` also rejects nan; inf is rejected explicitly
+positive_float = _number_type(float, "a number", lambda x: x > 0 and x != float("inf"),
+                              "a positive finite number")
+nonneg_float = _number_type(float, "a number", lambda x: x >= 0 and x != float("inf"),
+                            "a finite number >= 0")
+fraction = _number_type(float, "a fraction", lambda x: 0 <= x < 1, "a fraction in [0, 1)")
 
 
 def model_name(v):

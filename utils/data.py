@@ -95,39 +95,37 @@ def _try_download(tv_cls, data_dir, name, folder, url):
                         f"from {url} in {data_dir}") from None
 
 
-def load_cifar10(data_dir, download=False):
-    folder = os.path.join(data_dir, "cifar-10-batches-py")
-    url = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+def _load_cifar(data_dir, download, name, folder_name, url, tv_name, train_files, test_files,
+                label_key, meta_file, names_key, default_classes):
+    folder = os.path.join(data_dir, folder_name)
     if not os.path.isdir(folder):
         if not download:
-            _missing("CIFAR-10", data_dir, "cifar-10-batches-py", url)
+            _missing(name, data_dir, folder_name, url)
         import torchvision
-        _try_download(torchvision.datasets.CIFAR10, data_dir, "CIFAR-10", "cifar-10-batches-py", url)
-    train = _read_cifar_batches(folder, [f"data_batch_{i}" for i in range(1, 6)], "labels")
-    test = _read_cifar_batches(folder, ["test_batch"], "labels")
-    classes = CIFAR10_CLASSES
-    meta = os.path.join(folder, "batches.meta")
+        _try_download(getattr(torchvision.datasets, tv_name), data_dir, name, folder_name, url)
+    train = _read_cifar_batches(folder, train_files, label_key)
+    test = _read_cifar_batches(folder, test_files, label_key)
+    classes = default_classes
+    meta = os.path.join(folder, meta_file)
     if os.path.exists(meta):
-        classes = [c.decode() if isinstance(c, bytes) else c for c in _get(_unpickle(meta), "label_names")]
+        d = _unpickle(meta)
+        if isinstance(d, dict) and (names_key in d or names_key.encode() in d):
+            classes = [c.decode() if isinstance(c, bytes) else c for c in _get(d, names_key)]
     return ImageData(*train, classes), ImageData(*test, classes)
+
+
+def load_cifar10(data_dir, download=False):
+    return _load_cifar(data_dir, download, "CIFAR-10", "cifar-10-batches-py",
+                       "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "CIFAR10",
+                       [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels",
+                       "batches.meta", "label_names", CIFAR10_CLASSES)
 
 
 def load_cifar100(data_dir, download=False):
-    folder = os.path.join(data_dir, "cifar-100-python")
-    url = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
-    if not os.path.isdir(folder):
-        if not download:
-            _missing("CIFAR-100", data_dir, "cifar-100-python", url)
-        import torchvision
-        _try_download(torchvision.datasets.CIFAR100, data_dir, "CIFAR-100", "cifar-100-python", url)
-    train = _read_cifar_batches(folder, ["train"], "fine_labels")
-    test = _read_cifar_batches(folder, ["test"], "fine_labels")
-    classes = [str(i) for i in range(100)]
-    meta = os.path.join(folder, "meta")
-    if os.path.exists(meta):
-        classes = [c.decode() if isinstance(c, bytes) else c
-                   for c in _get(_unpickle(meta), "fine_label_names")]
-    return ImageData(*train, classes), ImageData(*test, classes)
+    return _load_cifar(data_dir, download, "CIFAR-100", "cifar-100-python",
+                       "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", "CIFAR100",
+                       ["train"], ["test"], "fine_labels", "meta", "fine_label_names",
+                       [str(i) for i in range(100)])
 
 
 def write_cifar10(data_dir, train: ImageData, test: ImageData, n_train_batches=5):
