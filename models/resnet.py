@@ -7,11 +7,12 @@ residual add): the first block of stage 4 for basic-block nets, of stage 3 for b
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .eca import create_attn
 
-__all__ = ["ModelOutput", "BasicBlock", "Bottleneck", "ResNet", "ECA_PLACEMENTS", "ARCHS"]
+__all__ = ["ModelOutput", "PointwiseConv", "BasicBlock", "Bottleneck", "ResNet", "ECA_PLACEMENTS", "ARCHS"]
 
 ECA_PLACEMENTS = ("none", "parallel", "last", "all")
 
@@ -30,8 +31,26 @@ class ModelOutput(NamedTuple):
     hint: torch.Tensor    # (B, C_hint, H_hint, W_hint)
 
 
+class PointwiseConv(nn.Conv2d):
+    """1x1 convolution with stride s, computed as subsample-then-1x1-conv (the same values).
+
+    Why not a plain strided nn.Conv2d: with torch 2.14 on AVX2 CPUs, the oneDNN weight gradient of
+    a strided 1x1 conv in channels_last is wrong, or crashes the process, for fewer than 8 input
+    channels (narrow nets such as base_width 4). The subsampled input costs one small copy.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int = 1, bias: bool = False):
+        super().__init__(in_ch, out_ch, 1, stride=stride, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        sh, sw = self.stride
+        if (sh, sw) != (1, 1):
+            x = x[:, :, ::sh, ::sw]  # (B, C, ceil(H/sh), ceil(W/sw)): what padding 0 samples
+        return F.conv2d(x, self.weight, self.bias)
+
+
 def _projection(in_ch: int, out_ch: int, stride: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False), nn.BatchNorm2d(out_ch))
+    return nn.Sequential(PointwiseConv(in_ch, out_ch, stride), nn.BatchNorm2d(out_ch))
 
 
 class _Block(nn.Module):
