@@ -30,25 +30,31 @@ STUDENTS = {
 }
 
 
-def get_args_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+def sweep_parser(description, output_dir, results):
+    """The flags every Fashion-MNIST sweep shares; callers add their own."""
+    p = argparse.ArgumentParser(description=description,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data-dir", default="/usr/share/datasets/fashion-mnist",
                    help="folder with the Fashion-MNIST IDX files")
-    p.add_argument("--width", type=int, default=8, help="base width of teacher and student")
+    p.add_argument("--width", type=int, default=8, help="base width of every model")
     p.add_argument("--epochs", type=int, default=6, help="epochs per model")
     p.add_argument("--limit-train", type=int, default=12000,
                    help="training images used (before the 10%% validation split)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds")
-    p.add_argument("--students", nargs="+", default=list(STUDENTS), choices=list(STUDENTS),
-                   help="student configurations")
     p.add_argument("--precision", default="fp32", help="training precision")
     p.add_argument("--device", default="auto", help="device")
     p.add_argument("--extra", default="", help="extra flags passed to every training command")
-    p.add_argument("--output-dir", default=os.path.join(REPO, "experiments", "fashion_mnist_runs"),
+    p.add_argument("--output-dir", default=os.path.join(REPO, "experiments", output_dir),
                    help="where the runs write their outputs")
-    p.add_argument("--results", default=os.path.join(REPO, "docs", "RESULTS.md"),
+    p.add_argument("--results", default=os.path.join(REPO, "docs", results),
                    help="the markdown report to write")
+    return p
+
+
+def get_args_parser():
+    p = sweep_parser(__doc__.split("\n\n")[0], "fashion_mnist_runs", "RESULTS.md")
+    p.add_argument("--students", nargs="+", default=list(STUDENTS), choices=list(STUDENTS),
+                   help="student configurations")
     return p
 
 
@@ -129,14 +135,19 @@ def write_report(args, rows, commands, teacher_rows, data_cfg, env):
             f"{statistics.mean(r['best']) - statistics.mean(base):+.2f}"
         lines.append(f"| {STUDENTS[name][2]} | {mean_std(r['best'])} | {mean_std(r['last'])} | "
                      f"{delta} | {r['params']:,} | {statistics.mean(r['wall']):.0f} s |")
-    lines += ["", "## Commands", "", "The sweep:", "", "```bash",
-              "python " + " ".join(shlex.quote(a) for a in
-                                   [os.path.relpath(sys.argv[0], REPO)] + sys.argv[1:]), "```", "",
-              "which ran, per seed:", "", "```bash"] + commands + ["```", ""]
-    os.makedirs(os.path.dirname(args.results), exist_ok=True)
-    with open(args.results, "w") as f:
+    write_markdown(args.results, lines, commands)
+
+
+def write_markdown(path, lines, commands):
+    """Write a report: `lines`, then the sweep's own command and the per-seed `commands`."""
+    lines = lines + ["", "## Commands", "", "The sweep:", "", "```bash",
+                     "python " + " ".join(shlex.quote(a) for a in
+                                          [os.path.relpath(sys.argv[0], REPO)] + sys.argv[1:]),
+                     "```", "", "which ran, per seed:", "", "```bash"] + commands + ["```", ""]
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
         f.write("\n".join(lines))
-    print(f"wrote {args.results}")
+    print(f"wrote {path}")
 
 
 def main(args):
