@@ -69,6 +69,7 @@ def common_flags(args, seed):
 def run(cmd, key, args, log):
     summary = os.path.join(args.output_dir, "numpy_outputs", f"summary_{key}.json")
     shown = " ".join(shlex.quote(c) for c in ["python"] + [os.path.relpath(cmd[1], REPO)] + cmd[2:])
+    shown = shown.replace(REPO + os.sep, "")  # paths inside the repository, as a user types them
     if os.path.exists(summary):
         print(f"reusing {key}")
     else:
