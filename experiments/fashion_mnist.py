@@ -68,8 +68,8 @@ def common_flags(args, seed):
 
 def run(cmd, key, args, log):
     summary = os.path.join(args.output_dir, "numpy_outputs", f"summary_{key}.json")
-    shown = " ".join(shlex.quote(c) for c in ["python"] + [os.path.relpath(cmd[1], REPO)] + cmd[2:])
-    shown = shown.replace(REPO + os.sep, "")  # paths inside the repository, as a user types them
+    # paths inside the repository shown relative to it, as a user types them
+    shown = " ".join(shlex.quote(c) for c in ["python"] + cmd[1:]).replace(REPO + os.sep, "")
     if os.path.exists(summary):
         print(f"reusing {key}")
     else:

@@ -9,7 +9,7 @@ from torch import nn
 
 from models import (ECA, ECA_PLACEMENTS, MODELS, ModelOutput, ParallelECA, create_model,
                     eca_kernel_size, hint_shape)
-from models.resnet import ARCHS
+from models.resnet import ARCHS, PointwiseConv
 
 ALL_MODELS = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
 BASIC = {"resnet18", "resnet34"}
@@ -335,7 +335,6 @@ def test_channels_last_gradients_match_contiguous(name, width):
 
 def test_projection_shortcut_is_strided_pointwise_conv():
     """The projection computes exactly nn.Conv2d(kernel 1, stride 2) (values and state_dict)."""
-    from models.resnet import PointwiseConv
     torch.manual_seed(0)
     proj = PointwiseConv(6, 12, stride=2)
     ref = nn.Conv2d(6, 12, 1, stride=2, bias=False)
