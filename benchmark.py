@@ -3,12 +3,15 @@ forward included) and evaluation, for our path and a straightforward reference p
 the same process on the same data.
 
 Reference path = how such code is usually written: torchvision PIL transforms through a
-DataLoader with worker processes, the teacher run with autograd on, `.item()` every batch.
+DataLoader with worker processes, the teacher run with autograd on, `.item()` every batch. On
+CUDA both paths run with cuDNN's autotuner on (as RepDistiller and most CIFAR scripts set it).
 
     python benchmark.py --teacher resnet34 --student resnet18 --width 16 --batch-size 128
 """
 import argparse
 import json
+import os
+import platform
 import statistics
 import sys
 import time
@@ -232,14 +235,26 @@ def main(args):
     n = max(args.batch_size, args.eval_batch_size) * (args.steps + args.warmup + 1)
     data = make_synthetic(min(n, 20000), seed=0)
     rows = []
+    result = {"config": {k: v for k, v in vars(args).items()}, "device": str(device),
+              "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else
+              platform.processor() or platform.machine(), "torch": torch.__version__, "rows": rows}
+
+    def add(row):  # the JSON is rewritten after every row: a run stopped midway keeps its rows
+        rows.append(row)
+        if args.json:
+            tmp = args.json + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump(result, f, indent=2)
+            os.replace(tmp, args.json)
+
     for bench in benches:
         ref = reference(bench, args, data, device) if args.reference else None
         if ref:
-            rows.append({"bench": bench, "path": "reference", "precision": "fp32", **ref, "ratio": 1.0})
+            add({"bench": bench, "path": "reference", "precision": "fp32", **ref, "ratio": 1.0})
         for prec in precisions:
             r = ours(bench, args, data, device, prec)
             ratio = r["images_per_s"] / ref["images_per_s"] if ref else None
-            rows.append({"bench": bench, "path": "ours", "precision": prec, **r, "ratio": ratio})
+            add({"bench": bench, "path": "ours", "precision": prec, **r, "ratio": ratio})
     head = f"{'bench':8} {'path':10} {'prec':5} {'images/s':>10} {'x ref':>7} {'peak MiB':>9}"
     print(f"device {device}, {args.teacher} -> {args.student}, width {args.width}, eca {args.eca}, "
           f"kd {args.kd}, batch {args.batch_size} (eval {args.eval_batch_size}), "
@@ -250,11 +265,6 @@ def main(args):
         ratio = f"{r['ratio']:.2f}" if r["ratio"] is not None else "-"
         print(f"{r['bench']:8} {r['path']:10} {r['precision']:5} {r['images_per_s']:10.1f} "
               f"{ratio:>7} {r['peak_mem_mib']:9.0f}")
-    result = {"config": {k: v for k, v in vars(args).items()}, "device": str(device),
-              "torch": torch.__version__, "rows": rows}
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
     print(json.dumps({"rows": [{k: (round(v, 2) if isinstance(v, float) else v)
                                 for k, v in r.items() if k != "runs"} for r in rows]}))
     return result

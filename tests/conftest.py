@@ -19,6 +19,12 @@ torch.set_num_threads(1)
 TINY_TRAIN, TINY_TEST = 200, 100
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cuda: needs a CUDA GPU (tests/test_cuda.py); skipped, "
+                                       "with the reason, where none is visible")
+    config.addinivalue_line("markers", "compile: runs torch.compile (slow to compile)")
+
+
 def script_env():
     """Environment for subprocess runs: CPU only, unbuffered, no GUI backend, few threads."""
     env = dict(os.environ)

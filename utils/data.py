@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from .errors import UserError
 
 __all__ = ["ImageData", "DATASETS", "load_dataset", "make_synthetic", "write_cifar10",
-           "channel_stats", "TensorLoader", "Augment", "read_idx", "split_indices",
+           "channel_stats", "TensorLoader", "Augment", "read_idx", "write_idx", "split_indices",
            "held_out_split", "IMAGE_EXTENSIONS"]
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
@@ -223,6 +223,14 @@ def read_idx(path) -> np.ndarray:
         raise UserError(f"{path}: the IDX header says {'x'.join(map(str, dims))} values "
                         f"({count * dtype.itemsize} bytes) but {len(raw) - header} bytes follow")
     return np.frombuffer(raw, dtype, count=count, offset=header).reshape(dims)
+
+
+def write_idx(path, array: np.ndarray):
+    """Write an unsigned-byte array as one IDX file (gzip-compressed when path ends in .gz)."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    with (gzip.open if str(path).endswith(".gz") else open)(path, "wb") as f:
+        f.write(header + array.tobytes())
 
 
 def _find_idx_folder(data_dir, subfolders):

@@ -1,5 +1,6 @@
 """DistributedDataParallel from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK):
-nccl on CUDA, gloo on CPU. A plain `python script.py` run is a world of one."""
+nccl on CUDA, gloo on CPU. A plain `python script.py` run is a world of one without a process
+group; a torchrun launch always joins one (a 1-process torchrun runs DDP on nccl too)."""
 import os
 from dataclasses import dataclass
 
@@ -15,10 +16,11 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    backend: str | None = None  # the process group's ("nccl", "gloo"); None without torchrun
 
     @property
     def enabled(self):
-        return self.world_size > 1
+        return self.backend is not None
 
     @property
     def is_main(self):
@@ -31,17 +33,17 @@ _INFO = DistInfo()
 def init_distributed(device_name: str = "auto") -> DistInfo:
     """Join the process group when launched by torchrun; returns this process's DistInfo."""
     global _INFO
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    if "WORLD_SIZE" not in os.environ or "RANK" not in os.environ:  # not launched by torchrun
         _INFO = DistInfo()
         return _INFO
+    world = int(os.environ["WORLD_SIZE"])
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() and not str(device_name).startswith("cpu")
     if use_cuda:
         torch.cuda.set_device(local)
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    _INFO = DistInfo(rank, world, local)
+    _INFO = DistInfo(rank, world, local, dist.get_backend())
     if rank != 0:  # one console: the other ranks print nothing (errors still reach stderr)
         import sys
         sys.stdout = open(os.devnull, "w")

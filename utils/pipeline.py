@@ -27,6 +27,16 @@ __all__ = ["resolve_device", "seed_everything", "prepare_data", "make_loaders", 
 
 
 def resolve_device(name: str) -> torch.device:
+    """The torch.device for --device (auto: this rank's GPU if there is one, else the CPU); on
+    CUDA it also turns on cuDNN's autotuner (the input size is fixed, so each convolution's
+    fastest algorithm is picked once)."""
+    dev = _resolve_device(name)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    return dev
+
+
+def _resolve_device(name: str) -> torch.device:
     info = dist_info()
     if name == "auto":
         if torch.cuda.is_available():
@@ -176,7 +186,7 @@ def count_params(model) -> int:
 def environment(device):
     return {"torch": torch.__version__, "python": platform.python_version(),
             "device": str(device), "threads": torch.get_num_threads(),
-            "world_size": dist_info().world_size,
+            "world_size": dist_info().world_size, "dist_backend": dist_info().backend,
             "cuda": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
 
 
@@ -302,7 +312,7 @@ def train_stage(*, role, arch, model, model_cfg, loss_fn, args, device, train_lo
     extra_params = [p for p in loss_fn.parameters() if p.requires_grad]  # connector, if any
     optimizer = build_optimizer(list(model.parameters()) + extra_params, args)
     scheduler = build_scheduler(optimizer, args, len(train_loader), epochs)
-    scaler = torch.amp.GradScaler("cuda") if args.precision == "fp16" else None
+    scaler = torch.amp.GradScaler(device.type) if args.precision == "fp16" else None
     history = {k: [] for k in ("train_acc", "val_acc", "train_loss", "val_loss")}
     best, best_epoch, start_epoch, start_step, carry, train_time = None, -1, 0, 0, None, 0.0
     best_path, last_path = outputs.checkpoint(role), outputs.checkpoint(role, last=True)

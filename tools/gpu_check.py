@@ -1,0 +1,317 @@
+"""The GPU check: CUDA tests, full-width benchmarks and a short Fashion-MNIST run, each part
+stopped at its own time limit, summarised in OUT/summary.json and OUT/summary.md.
+
+    tools/gpu_check.sh OUT                 # on a CUDA machine (400 s at most)
+    tools/gpu_check.sh --dry-run OUT       # every part on the CPU at a tiny size
+
+It needs only python3 with torch, torchvision, numpy, tqdm, tensorboard, matplotlib and pytest
+(no network, no plotly/torchviz/nbclient). Parts run as subprocesses in their own process group:
+one that runs past its limit is killed and reported as `timeout`, and the rest still run.
+Fashion-MNIST comes from --fmnist-dir (the four IDX files, e.g. carried with the working tree
+in data/fashion-mnist/); the dry run writes a tiny stand-in in that format.
+"""
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+BENCH_PAIRS = [("resnet34", "resnet18", "parallel"), ("resnet32x4", "resnet8x4", "none")]
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("out", help="folder for summary.json, summary.md and logs.txt (created)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="run every part on the CPU at a tiny size (what CI runs)")
+    p.add_argument("--budget", type=float, default=None,
+                   help="seconds for the whole check (default 400 on a GPU, 600 dry)")
+    p.add_argument("--fmnist-dir", default=None,
+                   help="folder with the Fashion-MNIST IDX files (default: data/fashion-mnist in "
+                        "the repository, else /usr/share/datasets/fashion-mnist)")
+    p.add_argument("--parts", default=None,
+                   help="comma-separated subset of: env, tests, bench, fmnist, bench_compile")
+    return p
+
+
+# ------------------------------------------------------------------ parts
+def _python():
+    return sys.executable
+
+
+def plan(args, out, work):
+    """[(name, limit_s, argv, env, artefact)] for this run: the GPU sizes, or the dry run's."""
+    dry = args.dry_run
+    dev = "cpu" if dry else "cuda"
+    py = _python()
+    if dry:
+        size = ["--width", "4", "--batch-size", "16", "--eval-batch-size", "32", "--steps", "1",
+                "--repeats", "1", "--warmup", "1", "--workers", "0"]
+    else:  # full width; the reference's DataLoader gets 8 of the 16 cores
+        size = ["--width", "64", "--batch-size", "512", "--eval-batch-size", "1024", "--steps",
+                "20", "--repeats", "3", "--warmup", "5", "--workers", "8"]
+    from models import MODELS
+    parts = []
+    tests_env = {"CUDA_TESTS_DEVICE": dev}
+    test_argv = [py, "-m", "pytest", "-v", "-rs", "-p", "no:cacheprovider",
+                 os.path.join(REPO, "tests", "test_cuda.py")]
+    if dry:  # inductor on 2 CPU cores takes minutes: the compile tests run on the GPU only
+        test_argv += ["-m", "not compile"]
+    parts.append(("tests", 140, test_argv, tests_env, None))
+    for i, (teacher, student, eca) in enumerate(BENCH_PAIRS):
+        if teacher not in MODELS or student not in MODELS:
+            parts.append((f"bench_{student}", 0, None, None,
+                          f"skipped: {teacher} / {student} are not registered models yet"))
+            continue
+        tag = "" if i == 0 else f"_{student}"
+        common = [py, os.path.join(REPO, "benchmark.py"), "--device", dev, "--teacher", teacher,
+                  "--student", student, "--eca", eca, "--kd", "skip", "--channels-last", *size]
+        parts.append((f"bench{tag}", 70 if i == 0 else 45,
+                      common + ["--precisions", "fp32,bf16", "--no-compile",
+                                "--benches", "teacher,distill,eval" if i == 0 else "distill",
+                                "--json", os.path.join(work, f"bench{tag}.json")], {}, None))
+        parts.append((f"bench_compile{tag}", 110 if i == 0 else 60,
+                      common + ["--precisions", "bf16,fp32", "--compile", "--benches", "distill",
+                                "--json", os.path.join(work, f"bench_compile{tag}.json")], {}, None))
+    fm_dir = args.fmnist_dir
+    if dry:
+        fm_dir = os.path.join(work, "fashion-mnist")
+        write_tiny_fashion_mnist(fm_dir)
+    elif fm_dir is None:
+        local = os.path.join(REPO, "data", "fashion-mnist")
+        fm_dir = local if os.path.isdir(local) else "/usr/share/datasets/fashion-mnist"
+    fm = [py, os.path.join(REPO, "model_training_mid.py"), "--dataset", "fashion-mnist",
+          "--data-dir", fm_dir, "--teacher", "resnet34", "--student", "resnet18", "--kd", "skip",
+          "--eca", "parallel", "--device", dev, "--val-split", "0.1", "--no-progress",
+          "--output-dir", os.path.join(work, "fmnist"), "--run-name", "gpu_check"]
+    fm += (["--width", "4", "--epochs", "1", "--batch-size", "32"] if dry else
+           ["--width", "64", "--epochs", "4", "--batch-size", "256", "--eval-batch-size", "1024"])
+    parts.append(("fmnist", 80, fm, {}, None))
+    # the slowest part last, so that it cannot starve the others
+    order = {"tests": 0, "bench": 1, "fmnist": 2}
+    parts.sort(key=lambda p: order.get(p[0], 3))
+    if args.parts:
+        keep = {s.strip() for s in args.parts.split(",")}
+        parts = [p for p in parts if p[0] in keep or p[0].split("_resnet")[0] in keep]
+    return parts
+
+
+def write_tiny_fashion_mnist(folder, n_train=240, n_test=80):
+    """Four IDX files in Fashion-MNIST's layout from the synthetic generator (grayscale 28x28)."""
+    from utils.data import make_synthetic, write_idx
+    os.makedirs(folder, exist_ok=True)
+    for prefix, n, seed in (("train", n_train, 1), ("t10k", n_test, 2)):
+        d = make_synthetic(n, seed=seed, image_size=28)
+        gray = d.images.float().mean(1).round().to(dtype=d.images.dtype).numpy()
+        write_idx(os.path.join(folder, f"{prefix}-images-idx3-ubyte.gz"), gray)
+        write_idx(os.path.join(folder, f"{prefix}-labels-idx1-ubyte.gz"), d.labels.numpy())
+
+
+OPTIONAL = ("plotly", "torchviz", "nbclient", "nbformat")  # not on the GPU machine's python3
+
+
+def hide_optional_packages(work):
+    """The dry run hides the packages that the GPU machine lacks (an import of one of them
+    raises ImportError in every part), so a top-level import of one fails here first."""
+    root = os.path.join(work, "no_optional")
+    for name in OPTIONAL:
+        os.makedirs(os.path.join(root, name), exist_ok=True)
+        with open(os.path.join(root, name, "__init__.py"), "w") as f:
+            f.write(f"raise ImportError('{name} is hidden by the gpu_check dry run: the GPU "
+                    f"machine does not have it')\n")
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (root, os.environ.get("PYTHONPATH")) if p)
+
+
+def run_part(name, limit, argv, env_extra, log):
+    """Runs argv in its own process group for at most `limit` seconds; -> (status, rc, wall)."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", MPLBACKEND="Agg", TQDM_DISABLE="1",
+               **(env_extra or {}))
+    t0 = time.perf_counter()
+    log.write(f"\n===== {name}: {' '.join(argv)}\n")
+    log.flush()
+    proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        rc = proc.wait(timeout=max(limit, 1))
+        status = "ok" if rc == 0 else "failed"
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        rc, status = None, "timeout"
+    wall = time.perf_counter() - t0
+    log.write(f"===== {name}: {status} (rc {rc}) after {wall:.1f}s\n")
+    log.flush()
+    return status, rc, round(wall, 1)
+
+
+def environment(dry):
+    import torch
+    env = {"torch": torch.__version__, "python": platform.python_version(),
+           "cpu_count": os.cpu_count(), "cuda_available": torch.cuda.is_available(),
+           "dry_run": dry, "host": platform.node(), "processor": platform.processor()}
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        env.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1),
+                   capability=f"{props.major}.{props.minor}", sm_count=props.multi_processor_count,
+                   cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
+                   bf16_supported=torch.cuda.is_bf16_supported())
+        try:
+            env["nvidia_smi"] = subprocess.run(
+                ["nvidia-smi", "--query-gpu=name,driver_version,clocks.max.sm,power.limit",
+                 "--format=csv,noheader"], capture_output=True, text=True, timeout=20).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return env
+
+
+# ------------------------------------------------------------------ reading the results back
+TEST_LINE = re.compile(r"^(tests/\S+::\S+)\s+(PASSED|FAILED|SKIPPED|ERROR|XFAIL|XPASS)")
+
+
+def parse_tests(log_text):
+    found = {}
+    for line in log_text.splitlines():
+        m = TEST_LINE.match(line.strip())
+        if m:
+            found[m.group(1).split("::", 1)[1]] = m.group(2)
+    return found
+
+
+def read_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def fmnist_result(work):
+    s = read_json(os.path.join(work, "fmnist", "numpy_outputs", "summary_gpu_check.json"))
+    if not s:
+        return None
+    out = {"protocol": s["dataset"].get("protocol"), "train_size": s["dataset"].get("train_size"),
+           "wall_time_s": s.get("wall_time_s")}
+    for role in ("teacher", "student"):
+        r = s.get(role) or {}
+        out[role] = {k: r.get(k) for k in ("arch", "base_width", "epochs", "params", "best_epoch",
+                                           "best_val_acc", "test_acc_best", "test_acc_last",
+                                           "train_images_per_s", "wall_time_s")}
+    return out
+
+
+def markdown(summary):
+    env = summary["environment"]
+    lines = [f"# GPU check{' (CPU dry run)' if env['dry_run'] else ''}", "",
+             f"- machine: {env.get('gpu') or env.get('processor') or 'CPU'}"
+             + (f", {env.get('gpu_memory_gib')} GiB, capability {env.get('capability')}, "
+                f"{env.get('sm_count')} SMs" if env.get("gpu") else "")
+             + f"; {env['cpu_count']} CPU cores; torch {env['torch']}"
+             + (f", CUDA {env.get('cuda')}, cuDNN {env.get('cudnn')}" if env.get("gpu") else ""),
+             f"- driver: {env['nvidia_smi']}" if env.get("nvidia_smi") else "",
+             f"- total {summary['wall_s']:.0f} s of a {summary['budget_s']:.0f} s budget", "",
+             "| part | status | seconds | limit |", "|---|---|---:|---:|"]
+    for name, p in summary["parts"].items():
+        lines.append(f"| {name} | {p['status']} | {p.get('wall_s', 0):.0f} | {p.get('limit_s', 0):.0f} |")
+    tests = summary.get("tests") or {}
+    if tests:
+        lines += ["", "## CUDA tests", "", "| test | result |", "|---|---|"]
+        lines += [f"| `{k}` | {v} |" for k, v in tests.items()]
+    for name, bench in summary.get("benchmarks", {}).items():
+        cfg = bench["config"]
+        lines += ["", f"## {name}: {cfg['teacher']} -> {cfg['student']}, width {cfg['width']}, "
+                      f"batch {cfg['batch_size']}, eca {cfg['eca']}, kd {cfg['kd']}, compile "
+                      f"{cfg['compile']} ({bench.get('device_name')})", "",
+                  "| bench | path | precision | images/s | x ref | peak MiB |",
+                  "|---|---|---|---:|---:|---:|"]
+        for r in bench["rows"]:
+            ratio = f"{r['ratio']:.2f}" if r.get("ratio") is not None else "-"
+            lines.append(f"| {r['bench']} | {r['path']} | {r['precision']} | "
+                         f"{r['images_per_s']:,.0f} | {ratio} | {r['peak_mem_mib']:,.0f} |")
+    fm = summary.get("fmnist")
+    if fm:
+        lines += ["", f"## Fashion-MNIST ({fm['train_size']} train images, {fm['protocol']})", "",
+                  "| role | arch | width | epochs | test acc (best-val ckpt) | test acc (last) | "
+                  "train images/s |", "|---|---|---:|---:|---:|---:|---:|"]
+        for role in ("teacher", "student"):
+            r = fm[role]
+            lines.append(f"| {role} | {r['arch']} | {r['base_width']} | {r['epochs']} | "
+                         f"{_pct(r['test_acc_best'])} | {_pct(r['test_acc_last'])} | "
+                         f"{r['train_images_per_s'] or 0:,.0f} |")
+    return "\n".join(line for line in lines if line is not None) + "\n"
+
+
+def _pct(v):
+    return f"{v:.2f}%" if isinstance(v, (int, float)) else "-"
+
+
+# ------------------------------------------------------------------ main
+def main(args):
+    if os.path.exists(args.out) and os.listdir(args.out):
+        raise SystemExit(f"gpu_check: error: {args.out} exists and is not empty; give a new folder")
+    os.makedirs(args.out, exist_ok=True)
+    budget = args.budget or (600.0 if args.dry_run else 400.0)
+    start = time.perf_counter()
+    work = tempfile.mkdtemp(prefix="gpu_check_")
+    if args.dry_run:
+        hide_optional_packages(work)
+    summary = {"environment": environment(args.dry_run), "budget_s": budget, "parts": {},
+               "benchmarks": {}}
+    print(json.dumps(summary["environment"]), flush=True)
+    with open(os.path.join(args.out, "logs.txt"), "w") as log:
+        for name, limit, argv, env_extra, note in plan(args, args.out, work):
+            if argv is None:
+                summary["parts"][name] = {"status": note, "limit_s": 0, "wall_s": 0}
+                continue
+            left = budget - (time.perf_counter() - start)
+            if left < 5:
+                summary["parts"][name] = {"status": "not run: budget spent", "limit_s": limit,
+                                          "wall_s": 0}
+                continue
+            lim = min(limit, left)
+            print(f"--- {name} (limit {lim:.0f} s)", flush=True)
+            status, rc, wall = run_part(name, lim, argv, env_extra, log)
+            summary["parts"][name] = {"status": status, "rc": rc, "wall_s": wall, "limit_s": lim,
+                                      "command": " ".join(os.path.relpath(a, REPO)
+                                                          if a.startswith(REPO) else a
+                                                          for a in argv)}
+            print(f"    {status} in {wall:.0f} s", flush=True)
+            if name.startswith("bench"):
+                bench = read_json(os.path.join(work, f"{name}.json"))
+                if bench:
+                    summary["benchmarks"][name] = bench
+    with open(os.path.join(args.out, "logs.txt")) as f:
+        summary["tests"] = parse_tests(f.read())
+    summary["fmnist"] = fmnist_result(work)
+    summary["wall_s"] = round(time.perf_counter() - start, 1)
+    shutil.rmtree(work, ignore_errors=True)
+    with open(os.path.join(args.out, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    md = markdown(summary)
+    with open(os.path.join(args.out, "summary.md"), "w") as f:
+        f.write(md)
+    print(md)
+    bad = [n for n, p in summary["parts"].items() if p["status"] not in ("ok",)
+           and not p["status"].startswith("skipped")]
+    failed_tests = [k for k, v in summary["tests"].items() if v in ("FAILED", "ERROR")]
+    if bad or failed_tests:
+        print(f"gpu_check: not clean: parts {bad or 'ok'}, failed tests {failed_tests or 'none'}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(get_args_parser().parse_args()))
