@@ -139,15 +139,26 @@ def write_report(args, rows, commands, teacher_rows, data_cfg, env):
     write_markdown(args.results, lines, commands)
 
 
+KEPT_MARKER = "<!-- kept when this report is regenerated -->"
+
+
 def write_markdown(path, lines, commands):
-    """Write a report: `lines`, then the sweep's own command and the per-seed `commands`."""
+    """Write a report: `lines`, then the sweep's own command and the per-seed `commands`. What
+    an existing report holds from KEPT_MARKER on (sections made by other tools, e.g. GPU runs)
+    is carried over to the new one."""
     lines = lines + ["", "## Commands", "", "The sweep:", "", "```bash",
                      "python " + " ".join(shlex.quote(a) for a in
                                           [os.path.relpath(sys.argv[0], REPO)] + sys.argv[1:]),
                      "```", "", "which ran, per seed:", "", "```bash"] + commands + ["```", ""]
+    kept = ""
+    if os.path.isfile(path):
+        with open(path) as f:
+            old = f.read()
+        if KEPT_MARKER in old:
+            kept = old[old.index(KEPT_MARKER):]
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
-        f.write("\n".join(lines))
+        f.write("\n".join(lines) + ("\n" + kept if kept else ""))
     print(f"wrote {path}")
 
 
