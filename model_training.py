@@ -9,8 +9,8 @@ from utils.distributed import barrier, cleanup, init_distributed, is_main
 from utils.errors import exit_on_user_error
 from utils.kd import DistillationLoss
 from utils.outputs import RunOutputs
-from utils.pipeline import (build_model, environment, load_state, make_loaders, prepare_data,
-                            resolve_device, seed_everything, train_stage)
+from utils.pipeline import (build_model, environment, finished_stages, load_state, make_loaders,
+                            prepare_data, resolve_device, seed_everything, train_stage)
 from utils.report import results_table
 from models import ECA_PLACEMENTS
 
@@ -33,7 +33,11 @@ def main(args):
     train, test, data_cfg = prepare_data(args)
     key = args.run_name or f"{args.model}_eca-{args.eca}_w{args.width}_{data_cfg['dataset']}_s{args.seed}"
     outputs = RunOutputs(args.output_dir, key)
-    outputs.prepare(args.overwrite, args.resume, roles=("baseline",), write=is_main())
+    outputs.prepare(args.overwrite, args.resume, roles=("baseline",), write=is_main(),
+                    tensorboard=args.tensorboard)
+    if args.resume and finished_stages(outputs, ("baseline",), args):
+        print(f"run '{key}' is complete: nothing to resume (its outputs are unchanged)")
+        return None
     barrier()
     train_loader, test_loader, report_loader = make_loaders(train, test, data_cfg, args, device)
     model, model_cfg = build_model(args.model, data_cfg, args.width, args.eca, args.eca_k, device,

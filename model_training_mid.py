@@ -9,13 +9,14 @@ import torch
 
 from models import ECA_PLACEMENTS
 from utils.checkpoint import load_checkpoint, model_from_checkpoint
-from utils.cli import common_parser, finalize_args, model_name, nonneg_float, positive_float, positive_int
+from utils.cli import EPOCHS, WIDTH, common_parser, finalize_args, float_in, model_name
 from utils.distributed import barrier, cleanup, init_distributed, is_main
 from utils.errors import UserError, exit_on_user_error
 from utils.kd import KD_MODES, DistillationLoss
 from utils.outputs import RunOutputs
-from utils.pipeline import (build_model, count_params, environment, load_state, make_loaders,
-                            prepare_data, resolve_device, seed_everything, train_stage)
+from utils.pipeline import (build_model, count_params, environment, finished_stages, load_state,
+                            make_loaders, prepare_data, resolve_device, seed_everything,
+                            train_stage)
 from utils.report import results_table
 
 
@@ -29,11 +30,11 @@ def get_args_parser():
                    help="student architecture (the same as the teacher = self-distillation)")
     g.add_argument("--teacher-checkpoint", default=None,
                    help="reuse this trained teacher (.pth from saved_pth_model/) instead of training one")
-    g.add_argument("--teacher-width", type=positive_int, default=None,
+    g.add_argument("--teacher-width", type=WIDTH, default=None,
                    help="teacher base width (default: --width)")
-    g.add_argument("--student-width", type=positive_int, default=None,
+    g.add_argument("--student-width", type=WIDTH, default=None,
                    help="student base width (default: --width)")
-    g.add_argument("--teacher-epochs", type=positive_int, default=None,
+    g.add_argument("--teacher-epochs", type=EPOCHS, default=None,
                    help="teacher epochs (default: --epochs)")
     g.add_argument("--eca", choices=ECA_PLACEMENTS, default=None,
                    help="ECA placement in both nets: none, parallel (additive on stage-1 "
@@ -43,9 +44,9 @@ def get_args_parser():
     g.add_argument("--kd", choices=KD_MODES, default="skip",
                    help="skip: CE + alpha * hint MSE; logit: CE + beta * Hinton KD; skip+logit: "
                         "both; none: the student alone with the same recipe (fair baseline)")
-    g.add_argument("--alpha", type=nonneg_float, default=0.3, help="weight of the skip (hint) loss")
-    g.add_argument("--beta", type=nonneg_float, default=1.0, help="weight of the logit KD loss")
-    g.add_argument("--temperature", type=positive_float, default=4.0, help="logit KD temperature")
+    g.add_argument("--alpha", type=float_in(0, 10_000), default=0.3, help="weight of the skip (hint) loss")
+    g.add_argument("--beta", type=float_in(0, 10_000), default=1.0, help="weight of the logit KD loss")
+    g.add_argument("--temperature", type=float_in(0, 1000, lo_open=True), default=4.0, help="logit KD temperature")
     return p
 
 
@@ -59,10 +60,40 @@ def load_teacher(args, data_cfg, device):
     if args.teacher_width is not None and cfg["base_width"] != args.teacher_width:
         raise UserError(f"{path} has base width {cfg['base_width']}, not --teacher-width "
                         f"{args.teacher_width}")
-    if cfg["num_classes"] != data_cfg["num_classes"] or cfg.get("in_channels", 3) != data_cfg["in_channels"]:
-        raise UserError(f"{path} was trained for {cfg['num_classes']} classes x "
-                        f"{cfg.get('in_channels', 3)} channels; {data_cfg['dataset']} has "
-                        f"{data_cfg['num_classes']} x {data_cfg['in_channels']}")
+    # a teacher of another class count, channel count or image size cannot teach this student
+    # (logits, hints and inputs would not line up): refuse; another dataset of the same shapes
+    # can (transfer), so it is only a warning
+    import sys
+    t_data = ckpt.get("data") or {}
+    here = (data_cfg["num_classes"], data_cfg["in_channels"], data_cfg["image_size"])
+    there = (cfg["num_classes"], cfg.get("in_channels", 3),
+             cfg.get("image_size", t_data.get("image_size")))
+    what = ("classes", "input channels", "px images")
+    bad = [f"{t} {w} (this run: {h})" for t, h, w in zip(there, here, what)
+           if t is not None and t != h]
+    if bad:
+        raise UserError(f"{path} was trained for {', '.join(bad)} on "
+                        f"{t_data.get('dataset') or 'another dataset'}; {data_cfg['dataset']} "
+                        f"needs a teacher of {here[0]} classes x {here[1]} channels x {here[2]} px")
+    warn = (lambda msg: print(f"warning: {msg}", file=sys.stderr, flush=True)) if is_main() \
+        else (lambda msg: None)
+    if there[2] is None:
+        warn(f"{path} does not record its image size; assuming {here[2]} px like this run")
+    t_dataset = t_data.get("dataset") or (ckpt.get("args") or {}).get("dataset")
+    if t_dataset is None:
+        warn(f"{path} does not record its dataset; distilling on {data_cfg['dataset']} anyway")
+    elif t_dataset != data_cfg["dataset"]:
+        warn(f"{path} was trained on {t_dataset}, this run is on {data_cfg['dataset']}: same "
+             f"{here[0]} classes x {here[1]} channels x {here[2]} px, so it is used, but its "
+             f"classes need not mean this dataset's")
+    t_mean, t_std = t_data.get("mean"), t_data.get("std")
+    if t_mean is not None and t_std is not None and (
+            max(abs(a - b) for a, b in zip(t_mean, data_cfg["mean"])) > 0.05
+            or max(abs(a / b - 1) for a, b in zip(t_std, data_cfg["std"])) > 0.2):
+        warn(f"{path} normalised its inputs with mean {[round(v, 3) for v in t_mean]} / std "
+             f"{[round(v, 3) for v in t_std]}; this run feeds it mean "
+             f"{[round(v, 3) for v in data_cfg['mean']]} / std "
+             f"{[round(v, 3) for v in data_cfg['std']]} (--normalize differs?)")
     teacher = model_from_checkpoint(ckpt, path).to(device)
     saved = (ckpt.get("metrics") or {}).get("val") or {}
     return teacher, cfg, ckpt, saved
@@ -94,7 +125,12 @@ def main(args):
     key = args.run_name or (f"{args.teacher}-{args.student}_kd-{args.kd}_eca-{args.eca}_"
                             f"w{teacher_width}-{student_width}_{data_cfg['dataset']}_s{args.seed}")
     outputs = RunOutputs(args.output_dir, key)
-    outputs.prepare(args.overwrite, args.resume, roles=("teacher", "student"), write=is_main())
+    outputs.prepare(args.overwrite, args.resume, roles=("teacher", "student"), write=is_main(),
+                    tensorboard=args.tensorboard)
+    trained = ("student",) if pre is not None or args.kd == "none" else ("teacher", "student")
+    if args.resume and finished_stages(outputs, trained, args):
+        print(f"run '{key}' is complete: nothing to resume (its outputs are unchanged)")
+        return None
     barrier()
     train_loader, test_loader, report_loader = make_loaders(train, test, data_cfg, args, device)
     print(f"run '{key}': {data_cfg['dataset']} [{data_cfg['train_size']} train / "

@@ -19,6 +19,17 @@ torch.set_num_threads(1)
 TINY_TRAIN, TINY_TEST = 200, 100
 
 
+# the bad-input battery's verdicts (case -> the one-line message), printed after the run
+BATTERY_VERDICTS = {}
+
+
+def pytest_terminal_summary(terminalreporter):
+    if BATTERY_VERDICTS:
+        terminalreporter.section(f"bad-input battery: {len(BATTERY_VERDICTS)} cases")
+        for case, verdict in BATTERY_VERDICTS.items():
+            terminalreporter.write_line(f"{case}: {verdict}")
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "cuda: needs a CUDA GPU (tests/test_cuda.py); skipped, "
                                        "with the reason, where none is visible")

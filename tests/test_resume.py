@@ -424,3 +424,32 @@ def test_atomic_npy_and_text_keep_old_file_when_write_fails(tmp_path, monkeypatc
         outputs.atomic_write_text(str(txt), "new text\n")
     assert {p: p.read_bytes() for p in (npy, txt)} == before
     assert sorted(os.listdir(tmp_path)) == ["a.npy", "s.json"]
+
+
+# ------------------------------------------------------------------ kill -9 before a stage's first state
+def test_sigkill_before_the_students_first_state_then_resume(tmp_path, start, run, mid_reference):
+    """kill -9 after the student's 1st epoch was logged but (state file removed) as if before
+    its first state save: --resume trains the student afresh, and its TensorBoard curves have one
+    event per epoch (the earlier attempt's events are purged, not shown twice)."""
+    out = str(tmp_path / "out")
+    student_state = _ckpt(out, "early_student_state.pth")
+    r = Interruptible(start, tmp_path, MID, *ARGS, "--output-dir", out, "--run-name", "early")
+    r.wait_for(f"student 2/{EPOCHS}: 2/{STEPS}")
+    assert r.signal(signal.SIGKILL) == -signal.SIGKILL
+    os.unlink(student_state)
+    before = _tb_scalars(os.path.join(out, "runs", "early", "student"))
+    assert sorted(s for s, _ in before["student/val_accuracy"]) == [0]
+    proc = _ok(run(MID, *ARGS, "--output-dir", out, "--run-name", "early", "--resume",
+                   "--no-progress"))
+    assert proc.stdout.count("[student] epoch") == EPOCHS
+    for role in ("teacher", "student"):
+        _assert_tb_one_event_per_epoch(out, "early", role)
+
+
+def test_resume_of_a_finished_run_changes_nothing(tmp_path, run, digest):
+    out = str(tmp_path / "out")
+    _ok(run(BASE, *ARGS, *QUIET, "--output-dir", out, "--run-name", "done"))
+    before = digest(out)
+    proc = _ok(run(BASE, *ARGS, *QUIET, "--output-dir", out, "--run-name", "done", "--resume"))
+    assert "nothing to resume" in proc.stdout
+    assert digest(out) == before

@@ -6,7 +6,9 @@ import sys
 from models import ECA_PLACEMENTS, MODELS
 
 from .data import DATASETS
+from .errors import UserError
 from .kd import KD_MODES
+from .outputs import validate_run_key
 
 __all__ = ["OneLineParser", "str2bool", "add_bool", "common_parser", "PRESETS", "finalize_args"]
 
@@ -75,6 +77,23 @@ nonneg_float = _number_type(float, "a number", lambda x: x >= 0 and x != float("
 fraction = _number_type(float, "a fraction", lambda x: 0 <= x < 1, "a fraction in [0, 1)")
 
 
+def int_in(lo, hi):
+    """An integer flag type with bounds that fit the machine (and what the code can take)."""
+    return _number_type(int, "an integer", lambda x: lo <= x <= hi, f"in {lo}..{hi:,}")
+
+
+def float_in(lo, hi, lo_open=False):
+    """A finite float flag type in [lo, hi] (or (lo, hi] with lo_open); nan is rejected."""
+    ok = (lambda x: lo < x <= hi) if lo_open else (lambda x: lo <= x <= hi)
+    return _number_type(float, "a number", ok, f"in {'(' if lo_open else '['}{lo:g}, {hi:g}]")
+
+
+SEED = int_in(0, 2**32 - 1)          # numpy's seed range
+EPOCHS = int_in(1, 100_000)
+BATCH = int_in(1, 65_536)
+WIDTH = int_in(1, 1024)              # 16x the standard nets' 64
+
+
 def model_name(v):
     if v not in MODELS:
         raise argparse.ArgumentTypeError(f"unknown model {v!r}; choose from {', '.join(MODELS)}")
@@ -108,15 +127,15 @@ def common_parser(description) -> OneLineParser:
                         "--data-dir, else the built-in synthetic dataset (with a notice)")
     g.add_argument("--data-dir", default="./data", help="folder holding the dataset files")
     add_bool(g, "--download", False, "download the dataset when it is not in --data-dir")
-    g.add_argument("--synthetic-train-size", type=positive_int, default=5000,
+    g.add_argument("--synthetic-train-size", type=int_in(1, 1_000_000), default=5000,
                    help="images in the synthetic training split")
-    g.add_argument("--synthetic-test-size", type=positive_int, default=1000,
+    g.add_argument("--synthetic-test-size", type=int_in(1, 1_000_000), default=1000,
                    help="images in the synthetic test split")
     g.add_argument("--limit-train", type=positive_int, default=None,
                    help="use only the first N training images (quick runs)")
     g.add_argument("--limit-test", type=positive_int, default=None,
                    help="use only the first N test images (quick runs)")
-    g.add_argument("--image-size", type=positive_int, default=32,
+    g.add_argument("--image-size", type=int_in(8, 1024), default=32,
                    help="folder dataset: images are resized (shorter side) and centre-cropped to "
                         "this size (the other datasets keep theirs; Fashion-MNIST's 28x28 is "
                         "zero-padded to 32x32)")
@@ -125,7 +144,7 @@ def common_parser(description) -> OneLineParser:
                         "and checkpoint selection; the test set is then evaluated once per stage "
                         "for the report. 0 = the test set is the validation set (the original "
                         "protocol)")
-    g.add_argument("--split-seed", type=nonneg_int, default=0,
+    g.add_argument("--split-seed", type=SEED, default=0,
                    help="seed of the --val-split split (fixed by default, so runs with different "
                         "--seed validate on the same images)")
     add_bool(g, "--shuffle", True, "shuffle the training set every epoch", aliases=())
@@ -134,27 +153,27 @@ def common_parser(description) -> OneLineParser:
     g.add_argument("--preset", default="default", choices=list(PRESETS),
                    help="'default': modern recipe (SGD nesterov, warm-up + cosine, normalised); "
                         "'original': the original work's hyper-parameters")
-    g.add_argument("--epochs", "--epoch", dest="epochs", type=positive_int, default=None,
+    g.add_argument("--epochs", "--epoch", dest="epochs", type=EPOCHS, default=None,
                    help="training epochs per stage (default: preset)")
-    g.add_argument("--batch-size", "--batch", dest="batch_size", type=positive_int, default=None,
+    g.add_argument("--batch-size", "--batch", dest="batch_size", type=BATCH, default=None,
                    help="training batch size (default: preset)")
-    g.add_argument("--eval-batch-size", type=positive_int, default=None,
+    g.add_argument("--eval-batch-size", type=BATCH, default=None,
                    help="evaluation batch size (default: preset)")
     g.add_argument("--lr", type=positive_float, default=None,
                    help="learning rate; per 128 images when --lr-scaling linear (default: preset)")
     g.add_argument("--lr-scaling", choices=["linear", "none"], default=None,
                    help="linear: effective lr = lr * batch_size / 128 (default: preset)")
-    g.add_argument("--momentum", type=nonneg_float, default=None, help="SGD momentum (default: preset)")
+    g.add_argument("--momentum", type=float_in(0, 0.999), default=None, help="SGD momentum (default: preset)")
     add_bool(g, "--nesterov", None, "Nesterov momentum (default: preset)")
-    g.add_argument("--weight-decay", "--weight_decay", dest="weight_decay", type=nonneg_float,
+    g.add_argument("--weight-decay", "--weight_decay", dest="weight_decay", type=float_in(0, 1),
                    default=None, help="L2 weight decay (default: preset)")
-    g.add_argument("--warmup-epochs", type=nonneg_float, default=None,
+    g.add_argument("--warmup-epochs", type=float_in(0, 100_000), default=None,
                    help="linear warm-up length in epochs (default: preset)")
-    g.add_argument("--t-max", type=positive_int, default=None,
+    g.add_argument("--t-max", type=int_in(1, 1_000_000), default=None,
                    help="cosine period in epochs (default: the epoch count; original: 200)")
     g.add_argument("--schedule", choices=["step", "epoch"], default=None,
                    help="update the cosine schedule every step or every epoch (default: preset)")
-    g.add_argument("--crop-padding", type=nonneg_int, default=None,
+    g.add_argument("--crop-padding", type=int_in(0, 64), default=None,
                    help="zero padding of the random crop in pixels, 0 = no crop (default: preset)")
     add_bool(g, "--hflip", None, "random horizontal flip (default: preset)")
     add_bool(g, "--vflip", None, "random vertical flip (default: preset)")
@@ -162,12 +181,12 @@ def common_parser(description) -> OneLineParser:
                                      "(default: preset)")
     g.add_argument("--select-by", choices=["acc", "loss"], default=None,
                    help="best checkpoint by validation accuracy or loss (default: preset)")
-    g.add_argument("--seed", type=nonneg_int, default=0, help="random seed")
+    g.add_argument("--seed", type=SEED, default=0, help="random seed")
 
     g = p.add_argument_group("models")
-    g.add_argument("--width", "--base-width", dest="width", type=positive_int, default=64,
+    g.add_argument("--width", "--base-width", dest="width", type=WIDTH, default=64,
                    help="base width of the ResNets (64 = the standard nets; 8-16 for CPU runs)")
-    g.add_argument("--eca-k", type=positive_int, default=None,
+    g.add_argument("--eca-k", type=int_in(1, 255), default=None,
                    help="ECA kernel size (odd); default: ECA-Net's adaptive rule per layer")
     g.add_argument("--ECA", dest="eca_yes", type=str2bool, default=None, metavar="yes|no",
                    help="original flag: with ECA or without (alias of --eca)")
@@ -223,8 +242,12 @@ def finalize_args(parser, args, default_eca, preset_overrides=None):
         args.precision = "bf16" if native else "fp32"
     if args.resume and args.overwrite:
         parser.error("--resume and --overwrite exclude each other")
+    if args.warmup_epochs > args.epochs:
+        parser.error(f"--warmup-epochs {args.warmup_epochs:g} is longer than the run "
+                     f"(--epochs {args.epochs})")
     if args.run_name is not None:
-        bad = set(args.run_name) & set('/\\:*?"<>| ')
-        if not args.run_name or bad:
-            parser.error(f"--run-name must be a plain name without {''.join(sorted(bad)) or 'being empty'}")
+        try:
+            validate_run_key(args.run_name)
+        except UserError as exc:
+            parser.error(str(exc))
     return args

@@ -23,7 +23,7 @@ from .tensorboard import log_epoch, log_graph, log_hparams, log_predictions, mak
 
 __all__ = ["resolve_device", "seed_everything", "prepare_data", "make_loaders", "build_model",
            "count_params", "train_stage", "report_test_accuracy", "environment", "load_state",
-           "StopFlag"]
+           "finished_stages", "StopFlag"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -262,6 +262,20 @@ def resume_command():
     return cmd if "--resume" in argv else cmd + " --resume"
 
 
+def finished_stages(outputs, roles, args) -> bool:
+    """True when every role's saved state says its stage is complete (nothing to resume); a
+    state written with other training settings is refused as by --resume itself."""
+    for role in roles:
+        path = outputs.checkpoint(role, state=True)
+        if not os.path.isfile(path):
+            return False
+        state = load_state(path)
+        check_resume_args(state, args, path)
+        if not state.get("stage_complete"):
+            return False
+    return True
+
+
 def load_state(path):
     """The per-epoch full training state of a stage, or None when there is none."""
     if not os.path.exists(path):
@@ -343,8 +357,12 @@ def train_stage(*, role, arch, model, model_cfg, loss_fn, args, device, train_lo
     runner = wrap_distributed(model, loss_fn, device)  # DDP under torchrun, else the model
     if getattr(args, "compile", False) and device.type == "cuda":
         runner = torch.compile(runner)  # the CPU training step measured slower compiled
+    if main:
+        outputs.claim()  # the stage's first write: the run's record of its files
+    # purge_step: events of an earlier attempt at or after this epoch are dropped (a fresh stage
+    # after a kill -9 before its first saved state starts at 0: no duplicate steps)
     writer = make_writer(os.path.join(outputs.tb_dir, role), args.tensorboard and main,
-                         purge_step=start_epoch if state is not None else None)
+                         purge_step=start_epoch)
     if state is None:
         log_graph(writer, model, next(iter(test_loader.iterate(0)))[0])
     ckpt_kwargs = dict(arch=arch, role=role, model_cfg=model_cfg, data_cfg=data_cfg, args=vars(args))
