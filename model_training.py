@@ -65,7 +65,7 @@ def parse_args(argv=None):
     parser = get_args_parser()
     # the original baseline ran 200 epochs (the distillation script 300)
     return finalize_args(parser, parser.parse_args(argv), default_eca="none",
-                         preset_overrides={"original": {"epochs": 200}})
+                         preset_overrides={"original": {"epochs": 200}}, argv=argv)
 
 
 if __name__ == "__main__":

@@ -208,7 +208,7 @@ def main(args):
 
 def parse_args(argv=None):
     parser = get_args_parser()
-    return finalize_args(parser, parser.parse_args(argv), default_eca="parallel")
+    return finalize_args(parser, parser.parse_args(argv), default_eca="parallel", argv=argv)
 
 
 if __name__ == "__main__":

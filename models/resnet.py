@@ -159,8 +159,10 @@ class ResNet(nn.Module):
         self._init_weights()
 
     def _init_weights(self):
+        """Orthogonal conv and linear weights (the ECA modules' 1-D convolutions included: their
+        1 x k kernel becomes a random unit vector), zero biases, BN weight 1 and bias 0."""
         for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
+            if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)):
                 nn.init.orthogonal_(m.weight)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)

@@ -57,7 +57,8 @@ def ddp_run(tmp_path_factory, tiny_cifar):
     cmd = [torchrun, "--standalone", "--nproc_per_node=2", os.path.join(REPO_ROOT, "model_training_mid.py"),
            "--dataset", "cifar10", "--data-dir", tiny_cifar, "--width", "4", "--epochs", str(EPOCHS),
            "--batch-size", "16", "--eval-batch-size", "32", "--output-dir", str(out),
-           "--run-name", "ddp", "--no-progress", "--kd", "skip", "--eca", "parallel"]
+           "--run-name", "ddp", "--no-progress", "--kd", "skip", "--eca", "parallel",
+           "--val-split", "0"]  # the test set as validation: compared with it below
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=script_env(), capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

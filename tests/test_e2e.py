@@ -9,7 +9,7 @@ import torch
 from conftest import files_digest
 
 from utils.checkpoint import FORMAT, load_checkpoint, model_from_checkpoint
-from utils.data import TensorLoader, load_dataset
+from utils.data import TensorLoader, held_out_split, load_dataset
 from utils.engine import evaluate
 
 KD_KEY = "resnet34-resnet18_kd-skip_eca-parallel_w4-4_cifar10_s0"
@@ -91,7 +91,8 @@ def test_kd_run_summary(kd_run):
     assert st["kd"] == "skip" and st["alpha"] == 0.3
     assert st["hint_shape"] == st["teacher_hint_shape"] == [32, 4, 4]
     assert st["connector_params"] == 0
-    assert s["dataset"]["train_size"] == 200 and s["dataset"]["test_size"] == 100
+    assert s["dataset"]["train_size"] == 180 and s["dataset"]["val_size"] == 20
+    assert s["dataset"]["test_size"] == 100 and s["dataset"]["protocol"].startswith("held-out-val")
     for role, r in (("teacher", t), ("student", st)):
         val = _npy(out, f"val_accuracy_{role}_{KD_KEY}.npy")
         assert r["epochs"] == EPOCHS
@@ -109,7 +110,7 @@ def _check_checkpoint(path, test_loader_for, role, val_acc_history):
     fresh_keys = set(model.state_dict())
     assert set(ckpt["state_dict"]) == fresh_keys  # nothing extra (no connector, no teacher)
     data = ckpt["data"]
-    loader = test_loader_for(data["mean"], data["std"], ckpt["args"]["eval_batch_size"])
+    loader = test_loader_for(data, ckpt["args"]["eval_batch_size"])
     res = evaluate(model, loader, "cpu")
     logged = ckpt["metrics"]["val"]
     assert res["acc"] == pytest.approx(logged["acc"], abs=1e-9)
@@ -120,10 +121,16 @@ def _check_checkpoint(path, test_loader_for, role, val_acc_history):
 
 @pytest.fixture(scope="module")
 def test_loader_for(tiny_cifar):
-    _, test = load_dataset("cifar10", tiny_cifar)
+    """The run's validation images: its held-out part of the training split (the default
+    protocol), else the test split."""
+    train, test = load_dataset("cifar10", tiny_cifar)
 
-    def make(mean, std, batch_size):
-        return TensorLoader(test, batch_size, "cpu", mean, std)
+    def make(data, batch_size):
+        images = test
+        if data.get("val_split", 0) > 0:
+            _, images, digest = held_out_split(train, data["val_split"], data["split_seed"])
+            assert digest == data["val_indices_sha1"]
+        return TensorLoader(images, batch_size, "cpu", data["mean"], data["std"])
     return make
 
 

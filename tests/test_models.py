@@ -322,7 +322,13 @@ def test_channels_last_gradients_match_contiguous(name, width):
     (a plain strided 1x1 conv gets a wrong or crashing weight gradient for < 8 input channels
     on AVX2 CPUs with torch 2.14; the projection shortcut must not depend on that kernel).
     Basic-block nets only: a freshly initialised bottleneck net is so ill-conditioned at batch 8
-    that its fp32 gradients differ from float64 ones by ~10% in either memory format."""
+    that its fp32 gradients differ from float64 ones by ~10% in either memory format.
+    Compared by relative L2 norm per tensor (within 25%) and over all gradients (cosine similarity
+    at least 0.995), not entry by entry: a ReLU input within rounding of 0 can take
+    the other sign in the other memory format, which moves one gradient entry by its whole value
+    and, through BatchNorm, its channel and everything before it by a few percent (seen: up to 6%
+    with one thread, where float64 agrees to 1e-14); the kernel bug this guards against gave
+    errors of up to 69 times the largest entry."""
     torch.manual_seed(0)
     model = create_model(name, base_width=width, eca="parallel").train()
     cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
@@ -330,7 +336,10 @@ def test_channels_last_gradients_match_contiguous(name, width):
     F.cross_entropy(model(x).logits, y).backward()
     F.cross_entropy(cl(x.contiguous(memory_format=torch.channels_last)).logits, y).backward()
     for (pname, p_ref), p_cl in zip(model.named_parameters(), cl.parameters()):
-        torch.testing.assert_close(p_cl.grad, p_ref.grad, rtol=1e-3, atol=1e-5, msg=pname)
+        err = (p_cl.grad - p_ref.grad).norm() / p_ref.grad.norm().clamp_min(1e-12)
+        assert err <= 0.25, f"{pname}: relative error {err:.3g}"
+    flat = [torch.cat([p.grad.reshape(-1) for p in m.parameters()]) for m in (model, cl)]
+    assert F.cosine_similarity(flat[0], flat[1], dim=0) >= 0.995
 
 
 def test_projection_shortcut_is_strided_pointwise_conv():

@@ -46,7 +46,7 @@ def _names_of(key):
         for suffix in ("", "_last", "_state"):
             names.add(os.path.join("saved_pth_model", f"{key}_{role}{suffix}.pth"))
     for split in ("train", "val"):
-        for metric in ("accuracy", "loss", "loss_ce", "loss_skip", "loss_logit", "lr"):
+        for metric in ("accuracy", "loss", "loss_ce", "loss_skip", "loss_logit", "lr", "lr_start"):
             for infix in ("", "_teacher", "_student"):
                 names.add(os.path.join("numpy_outputs", f"{split}_{metric}{infix}_{key}.npy"))
     return names

@@ -24,6 +24,15 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds '(default: ...)' only where the help does not already say what the default is."""
+
+    def _get_help_string(self, action):
+        if "(default:" in (action.help or "") or action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but errors are one line ('prog: error: ...') and exit code 2."""
 
@@ -49,7 +58,8 @@ def add_bool(parser, name, default, help, aliases=()):
     """--name, --name true|false and --no-name all work."""
     dest = name.lstrip("-").replace("-", "_")
     parser.add_argument(name, *aliases, dest=dest, nargs="?", const=True, default=default,
-                        type=str2bool, metavar="BOOL", help=f"{help} (default: %(default)s)")
+                        type=str2bool, metavar="BOOL",
+                        help=help if "(default:" in help else f"{help} (default: %(default)s)")
     parser.add_argument("--no-" + name.lstrip("-"), dest=dest, action="store_false",
                         help=argparse.SUPPRESS)
 
@@ -100,25 +110,29 @@ def model_name(v):
     return v
 
 
+# spellings that only the original project used (its --lr, --model and --alpha are ours too)
+ORIGINAL_ONLY_FLAGS = ("--batch", "--epoch", "--weight_decay", "--model_kd", "--pair_keys",
+                       "--ECA", "--ECA_block")
+
 # Values a preset fills in when the flag is not given. Learning rates under 'default' are per
 # 128 images and scaled linearly with the batch size; under 'original' they are absolute.
 PRESETS = {
     "default": dict(epochs=100, batch_size=128, lr=0.1, lr_scaling="linear", momentum=0.9,
                     nesterov=True, weight_decay=5e-4, warmup_epochs=1.0, t_max=None,
                     schedule="step", crop_padding=4, hflip=True, vflip=False, normalize=True,
-                    select_by="acc", eval_batch_size=1024),
+                    select_by="acc", eval_batch_size=1024, val_split=0.1),
     # the original work: SGD lr 0.001, batch 32, CosineAnnealingLR(T_max=200) stepped per epoch,
     # 300 epochs (200 for the baseline), crop + h-flip + v-flip, no normalisation,
     # best checkpoint by validation loss on the test set
     "original": dict(epochs=300, batch_size=32, lr=0.001, lr_scaling="none", momentum=0.9,
                      nesterov=False, weight_decay=5e-4, warmup_epochs=0.0, t_max=200,
                      schedule="epoch", crop_padding=4, hflip=True, vflip=True, normalize=False,
-                     select_by="loss", eval_batch_size=100),
+                     select_by="loss", eval_batch_size=100, val_split=0.0),
 }
 
 
 def common_parser(description) -> OneLineParser:
-    p = OneLineParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = OneLineParser(description=description, formatter_class=HelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="cifar10", choices=list(DATASETS) + ["auto"],
                    help="dataset: cifar10/cifar100 (python batches), fashion-mnist (IDX files, "
@@ -139,11 +153,11 @@ def common_parser(description) -> OneLineParser:
                    help="folder dataset: images are resized (shorter side) and centre-cropped to "
                         "this size (the other datasets keep theirs; Fashion-MNIST's 28x28 is "
                         "zero-padded to 32x32)")
-    g.add_argument("--val-split", type=fraction, default=0.0, metavar="FRACTION",
+    g.add_argument("--val-split", type=fraction, default=None, metavar="FRACTION",
                    help="hold out this fraction of the training set (stratified) for validation "
                         "and checkpoint selection; the test set is then evaluated once per stage "
                         "for the report. 0 = the test set is the validation set (the original "
-                        "protocol)")
+                        "protocol, optimistic) (default: preset; 0.1, original: 0)")
     g.add_argument("--split-seed", type=SEED, default=0,
                    help="seed of the --val-split split (fixed by default, so runs with different "
                         "--seed validate on the same images)")
@@ -170,7 +184,9 @@ def common_parser(description) -> OneLineParser:
     g.add_argument("--warmup-epochs", type=float_in(0, 100_000), default=None,
                    help="linear warm-up length in epochs (default: preset)")
     g.add_argument("--t-max", type=int_in(1, 1_000_000), default=None,
-                   help="cosine period in epochs (default: the epoch count; original: 200)")
+                   help="the cosine's half period in epochs, under both --schedule values "
+                        "(default: the epochs after the warm-up, so the rate ends at 0; "
+                        "original: 200)")
     g.add_argument("--schedule", choices=["step", "epoch"], default=None,
                    help="update the cosine schedule every step or every epoch (default: preset)")
     g.add_argument("--crop-padding", type=int_in(0, 64), default=None,
@@ -182,12 +198,16 @@ def common_parser(description) -> OneLineParser:
     g.add_argument("--select-by", choices=["acc", "loss"], default=None,
                    help="best checkpoint by validation accuracy or loss (default: preset)")
     g.add_argument("--seed", type=SEED, default=0, help="random seed")
+    g.add_argument("--bn-recalibrate", type=int_in(0, 10_000), default=0, metavar="N",
+                   help="before each evaluation, re-estimate BatchNorm statistics over N training "
+                        "batches (0 = off). Helps when a short first epoch with warm-up shows a "
+                        "huge validation loss: the running statistics lag the weights")
 
     g = p.add_argument_group("models")
     g.add_argument("--width", "--base-width", dest="width", type=WIDTH, default=64,
                    help="base width of the ResNets (64 = the standard nets; 8-16 for CPU runs)")
     g.add_argument("--eca-k", type=int_in(1, 255), default=None,
-                   help="ECA kernel size (odd); default: ECA-Net's adaptive rule per layer")
+                   help="ECA kernel size (odd) (default: ECA-Net's adaptive rule per layer)")
     g.add_argument("--ECA", dest="eca_yes", type=str2bool, default=None, metavar="yes|no",
                    help="original flag: with ECA or without (alias of --eca)")
     g.add_argument("--ECA_block", dest="eca_block", choices=["parallel", "last"], default=None,
@@ -218,9 +238,10 @@ def common_parser(description) -> OneLineParser:
     return p
 
 
-def finalize_args(parser, args, default_eca, preset_overrides=None):
+def finalize_args(parser, args, default_eca, preset_overrides=None, argv=None):
     """Fill preset values, resolve aliases and check cross-flag constraints.
-    preset_overrides: {preset: {key: value}} for a script's own preset differences."""
+    preset_overrides: {preset: {key: value}} for a script's own preset differences.
+    argv: the command line (default sys.argv[1:]), to see which flag spellings were used."""
     preset = {**PRESETS[args.preset], **(preset_overrides or {}).get(args.preset, {})}
     for key, value in preset.items():
         if getattr(args, key, None) is None:
@@ -242,6 +263,15 @@ def finalize_args(parser, args, default_eca, preset_overrides=None):
         args.precision = "bf16" if native else "fp32"
     if args.resume and args.overwrite:
         parser.error("--resume and --overwrite exclude each other")
+    if args.preset != "original":
+        used = [f for f in ORIGINAL_ONLY_FLAGS if any(a == f or a.startswith(f + "=")
+                                                       for a in (argv or sys.argv[1:]))]
+        if used:
+            print(f"note: original flags ({', '.join(used)}) are read under --preset "
+                  f"{args.preset}: --lr is per 128 images (here {args.lr:g} x "
+                  f"{args.batch_size}/128 = {args.lr * args.batch_size / 128:g} when "
+                  f"--lr-scaling is linear), with warm-up + cosine and a held-out validation "
+                  f"split; add --preset original for the original recipe")
     if args.warmup_epochs > args.epochs:
         parser.error(f"--warmup-epochs {args.warmup_epochs:g} is longer than the run "
                      f"(--epochs {args.epochs})")

@@ -4,11 +4,12 @@ from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from .distributed import all_reduce_sum, dist_info
 from .progress import progress
 
-__all__ = ["train_one_epoch", "evaluate", "autocast_context", "NonFiniteLoss"]
+__all__ = ["train_one_epoch", "evaluate", "autocast_context", "recalibrate_bn", "NonFiniteLoss"]
 
 
 class NonFiniteLoss(RuntimeError):
@@ -29,8 +30,8 @@ def train_one_epoch(model, loss_fn, loader, optimizer, scheduler=None, device="c
     """One pass over `loader` (epoch `epoch`, from batch `start_step`).
     loss_fn(x, model_out, y) -> (loss, parts).
 
-    Returns {'loss', 'acc' (percent), 'ce', 'skip', 'logit' (those present), 'lr'} as floats,
-    averaged per sample. When `should_stop()` turns true the epoch stops at a step boundary and
+    Returns {'loss', 'acc' (percent), 'ce', 'skip', 'logit' (those present)} as floats averaged
+    per sample, 'lr' (the learning rate of the epoch's last step) and 'lr_start' (its first). When `should_stop()` turns true the epoch stops at a step boundary and
     the dict instead has 'interrupted': True, 'step' (next batch) and 'carry' (running sums to
     pass back as `carry` when resuming).
     """
@@ -42,7 +43,8 @@ def train_one_epoch(model, loss_fn, loader, optimizer, scheduler=None, device="c
             for k, v in carry.get("sums", {}).items()}
     correct = torch.as_tensor(carry.get("correct", 0), dtype=torch.long, device=device)
     seen = int(carry.get("seen", 0))
-    lr = carry.get("lr", optimizer.param_groups[0]["lr"])
+    lr_start = carry.get("lr_start", carry.get("lr"))  # the rate of the epoch's first step
+    lr = lr_start
     if epoch is None:
         batches = iter(loader)
     else:
@@ -51,6 +53,9 @@ def train_one_epoch(model, loss_fn, loader, optimizer, scheduler=None, device="c
     bar = progress(batches, total=total, desc=desc, enabled=show_progress)
     step = start_step
     for x, y in bar:
+        lr = optimizer.param_groups[0]["lr"]  # the rate this step uses (a float: no sync)
+        if lr_start is None:
+            lr_start = lr
         with autocast_context(device, precision):
             out = model(x)
             loss, parts = loss_fn(x, out, y)
@@ -75,7 +80,8 @@ def train_one_epoch(model, loss_fn, loader, optimizer, scheduler=None, device="c
             bar.close()
             return {"interrupted": True, "step": step,
                     "carry": {"sums": {k: v.item() for k, v in sums.items()},
-                              "correct": int(correct.item()), "seen": seen, "lr": lr}}
+                              "correct": int(correct.item()), "seen": seen, "lr": lr,
+                              "lr_start": lr_start}}
     bar.close()
     if dist_info().enabled:  # sums over every rank's shard: metrics of the whole epoch
         keys = sorted(sums)
@@ -89,7 +95,8 @@ def train_one_epoch(model, loss_fn, loader, optimizer, scheduler=None, device="c
         raise NonFiniteLoss(f"non-finite training loss in {desc}: "
                             + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
     metrics["acc"] = 100.0 * correct.item() / max(seen, 1)
-    metrics["lr"] = lr
+    metrics["lr"] = lr                      # the rate of the epoch's last step
+    metrics["lr_start"] = lr if lr_start is None else lr_start
     metrics["samples"] = seen
     return metrics
 
@@ -131,3 +138,34 @@ def evaluate(model, loader, device="cpu", precision="fp32", num_classes=None, de
         tot = per_class_total.clamp_min(1).double()
         out["per_class_acc"] = (100.0 * per_class_correct.double() / tot).tolist()
     return out
+
+
+@torch.no_grad()
+def recalibrate_bn(model, batches, num_batches: int):
+    """Re-estimate every BatchNorm's running mean and variance as a plain average over
+    `num_batches` training batches (train-mode forward, no gradient; the weights do not change).
+
+    Why: running statistics are an exponential average of past batches, so after a short first
+    epoch with a fast-moving warm-up they describe earlier weights, and evaluation with them can
+    show a validation loss in the hundreds for a model that is fine."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns or num_batches <= 0:
+        return 0
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches below
+    was_training = model.training
+    model.train()
+    seen = 0
+    try:
+        for x, _ in batches:
+            if seen >= num_batches:
+                break
+            model(x)
+            seen += 1
+    finally:
+        for m, momentum in zip(bns, momenta):
+            m.momentum = momentum
+        model.train(was_training)
+    return seen

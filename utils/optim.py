@@ -24,22 +24,29 @@ def build_optimizer(params, args):
 
 
 def build_scheduler(optimizer, args, steps_per_epoch: int, epochs: int):
-    """Stepped once per batch. The factor at step s:
-    warm-up: linear from ~0 to 1 over warmup_epochs; then 0.5 * (1 + cos(pi * progress)),
-    with progress = epochs elapsed / t_max (t_max defaults to the epoch count, so the rate
-    reaches 0 at the end). With schedule='epoch' progress only moves at epoch boundaries, which
-    reproduces CosineAnnealingLR stepped per epoch (its closed form, also past t_max)."""
-    t_max = args.t_max or epochs
+    """The learning-rate factor at each step (the scheduler is stepped once per batch):
+
+    - warm-up: linear from 1/W to 1 over the first W = warmup_epochs * steps_per_epoch steps;
+    - then a cosine 0.5 * (1 + cos(pi * e / t_max)), e = epochs elapsed since the warm-up ended:
+      schedule='step' moves e every step (CosineAnnealingLR over t_max epochs of steps),
+      schedule='epoch' only at epoch boundaries (CosineAnnealingLR stepped per epoch, its closed
+      form, also past t_max, as the original work used it).
+
+    --t-max is the cosine's half period in epochs under both schedules; by default it is the
+    epochs left after the warm-up, so the rate reaches 0 at the end of the run."""
     warmup_steps = int(round(args.warmup_epochs * steps_per_epoch))
+    warmup_epochs = warmup_steps / steps_per_epoch
+    t_max = args.t_max or max(epochs - warmup_epochs, 1e-9)
     per_epoch = args.schedule == "epoch"
 
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
         if per_epoch:
-            elapsed = step // steps_per_epoch
+            elapsed = step // steps_per_epoch - math.ceil(warmup_epochs)
+            elapsed = max(elapsed, 0)
         else:
-            elapsed = (step - warmup_steps) / max(1, epochs * steps_per_epoch - warmup_steps) * t_max
+            elapsed = (step - warmup_steps) / steps_per_epoch
         return 0.5 * (1.0 + math.cos(math.pi * elapsed / t_max))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

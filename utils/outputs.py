@@ -33,7 +33,7 @@ RUN_KEY_MAX = 180
 _KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]*")
 
 # the per-epoch arrays a run can write: (split, metric) from engine metrics and loss parts
-HISTORY_METRICS = ("accuracy", "loss", "loss_ce", "loss_skip", "loss_logit", "lr")
+HISTORY_METRICS = ("accuracy", "loss", "loss_ce", "loss_skip", "loss_logit", "lr", "lr_start")
 _ROLES = ("teacher", "student", "baseline")
 
 

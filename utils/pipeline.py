@@ -15,7 +15,7 @@ from models import create_model
 
 from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from .data import Augment, TensorLoader, channel_stats, held_out_split, load_dataset
-from .engine import NonFiniteLoss, evaluate, train_one_epoch
+from .engine import NonFiniteLoss, evaluate, recalibrate_bn, train_one_epoch
 from .distributed import all_reduce_sum, barrier, broadcast_flag, dist_info, is_main
 from .errors import RunInterrupted, UserError
 from .optim import build_optimizer, build_scheduler, effective_lr
@@ -403,12 +403,15 @@ def train_stage(*, role, arch, model, model_cfg, loss_fn, args, device, train_lo
                 raise RunInterrupted(f"interrupted in {role} epoch {epoch + 1} at step "
                                      f"{tr['step']}/{len(train_loader)}; state saved to "
                                      f"{state_path}. Resume with: {resume_command()}", code)
+            if getattr(args, "bn_recalibrate", 0):
+                recalibrate_bn(model, train_loader.iterate(epoch), args.bn_recalibrate)
             sync_buffers(model)
             va = evaluate(model, test_loader, device, "fp32")
             for k in ("ce", "skip", "logit"):
                 if k in tr:
                     history.setdefault(f"train_loss_{k}", []).append(tr[k])
             history.setdefault("train_lr", []).append(tr["lr"])
+            history.setdefault("train_lr_start", []).append(tr["lr_start"])
             history["train_acc"].append(tr["acc"])
             history["train_loss"].append(tr["loss"])
             history["val_acc"].append(va["acc"])
@@ -423,11 +426,8 @@ def train_stage(*, role, arch, model, model_cfg, loss_fn, args, device, train_lo
                 if main:
                     save_checkpoint(best_path, model, metrics=metrics, epoch=epoch + 1, **ckpt_kwargs)
             save_state(epoch + 1, 0, None)
-            parts = " ".join(f"{k} {tr[k]:.4f}" for k in ("ce", "skip", "logit") if k in tr)
             if main:
-                print(f"[{role}] epoch {epoch + 1}/{epochs}  train loss {tr['loss']:.4f} ({parts})  "
-                  f"acc {tr['acc']:.2f}%  |  val loss {va['loss']:.4f}  acc {va['acc']:.2f}%  "
-                  f"lr {tr['lr']:.4g}  [{time.perf_counter() - t0:.1f}s]", flush=True)
+                print(epoch_line(role, epoch, epochs, tr, va, time.perf_counter() - t0), flush=True)
     if va is None:  # resumed at the very end: evaluate the final weights once more
         va = evaluate(model, test_loader, device, "fp32")
         tr = {"loss": history["train_loss"][-1], "acc": history["train_acc"][-1]}
@@ -462,6 +462,20 @@ def train_stage(*, role, arch, model, model_cfg, loss_fn, args, device, train_lo
         writer.close()
     barrier()
     return result
+
+
+def epoch_line(role, epoch, epochs, tr, va, seconds):
+    """One console line per epoch. Training and validation are compared on the same quantity,
+    cross-entropy; the distillation parts and the total training loss follow in brackets. The
+    learning rate is the epoch's last step's, with its first step's where it moved."""
+    kd = [f"{k} {tr[k]:.4f}" for k in ("skip", "logit") if k in tr]
+    extra = f" ({', '.join(kd)}; total {tr['loss']:.4f})" if kd else ""
+    lr = (f"{tr['lr_start']:.4g}->{tr['lr']:.4g}"
+          if abs(tr.get("lr_start", tr["lr"]) - tr["lr"]) > 1e-12 * max(abs(tr["lr"]), 1e-30)
+          else f"{tr['lr']:.4g}")
+    return (f"[{role}] epoch {epoch + 1}/{epochs}  train ce {tr.get('ce', tr['loss']):.4f}{extra}  "
+            f"acc {tr['acc']:.2f}%  |  val ce {va['loss']:.4f}  acc {va['acc']:.2f}%  lr {lr}  "
+            f"[{seconds:.1f}s]")
 
 
 def wrap_distributed(model, loss_fn, device):
@@ -499,4 +513,4 @@ def reduce_carry(carry, device):
     all_reduce_sum(t)
     vals = t.tolist()
     return {"sums": dict(zip(keys, vals[:len(keys)])), "correct": int(round(vals[-2])),
-            "seen": int(round(vals[-1])), "lr": carry["lr"]}
+            "seen": int(round(vals[-1])), "lr": carry["lr"], "lr_start": carry.get("lr_start")}

@@ -27,7 +27,9 @@ def log_epoch(writer, role, epoch, train, val):
     writer.add_scalar(f"{role}/train_accuracy", train["acc"], epoch)
     writer.add_scalar(f"{role}/val_loss", val["loss"], epoch)
     writer.add_scalar(f"{role}/val_accuracy", val["acc"], epoch)
-    writer.add_scalar(f"{role}/lr", train["lr"], epoch)
+    writer.add_scalar(f"{role}/lr", train["lr"], epoch)              # the epoch's last step's
+    if "lr_start" in train:
+        writer.add_scalar(f"{role}/lr_start", train["lr_start"], epoch)  # its first step's
     writer.flush()
 
 
