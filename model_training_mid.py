@@ -3,16 +3,18 @@ student from it with CE + alpha * MSE(student hint, teacher hint) (and/or Hinton
 
     python model_training_mid.py --teacher resnet34 --student resnet18 --kd skip --eca parallel
 """
+import sys
 import time
 
 import torch
 
 from models import ECA_PLACEMENTS
 from utils.checkpoint import load_checkpoint, model_from_checkpoint
-from utils.cli import EPOCHS, WIDTH, common_parser, finalize_args, float_in, model_name
+from utils.cli import (EPOCHS, WIDTH, common_parser, finalize_args, float_in, kd_spec, kd_weights,
+                       model_name)
 from utils.distributed import barrier, cleanup, init_distributed, is_main
 from utils.errors import UserError, exit_on_user_error
-from utils.kd import KD_MODES, DistillationLoss
+from utils.kd import KD_TERMS, DistillationLoss
 from utils.outputs import RunOutputs
 from utils.pipeline import (build_model, count_params, environment, finished_stages, load_state,
                             make_loaders, prepare_data, resolve_device, seed_everything,
@@ -41,9 +43,13 @@ def get_args_parser():
                         "shortcuts, the original idea), last (hint block), all (every block) "
                         "(default: parallel)")
     g = p.add_argument_group("distillation")
-    g.add_argument("--kd", choices=KD_MODES, default="skip",
-                   help="skip: CE + alpha * hint MSE; logit: CE + beta * Hinton KD; skip+logit: "
-                        "both; none: the student alone with the same recipe (fair baseline)")
+    g.add_argument("--kd", type=kd_spec, default="skip", metavar="TERMS",
+                   help=f"distillation terms joined by '+', from {', '.join(KD_TERMS)}: skip = "
+                        f"alpha * hint MSE, logit = beta * Hinton KD, skip+logit = both; none = "
+                        f"the student alone with the same recipe (the fair baseline)")
+    g.add_argument("--kd-weights", type=kd_weights, default=None, metavar="NAME=W,...",
+                   help="per-term weights, e.g. skip=0.3,logit=1 (default: --alpha for skip, "
+                        "--beta for logit, each other term's own default)")
     g.add_argument("--alpha", type=float_in(0, 10_000), default=0.3, help="weight of the skip (hint) loss")
     g.add_argument("--beta", type=float_in(0, 10_000), default=1.0, help="weight of the logit KD loss")
     g.add_argument("--temperature", type=float_in(0, 1000, lo_open=True), default=4.0, help="logit KD temperature")
@@ -63,7 +69,6 @@ def load_teacher(args, data_cfg, device):
     # a teacher of another class count, channel count or image size cannot teach this student
     # (logits, hints and inputs would not line up): refuse; another dataset of the same shapes
     # can (transfer), so it is only a warning
-    import sys
     t_data = ckpt.get("data") or {}
     here = (data_cfg["num_classes"], data_cfg["in_channels"], data_cfg["image_size"])
     there = (cfg["num_classes"], cfg.get("in_channels", 3),
@@ -75,8 +80,8 @@ def load_teacher(args, data_cfg, device):
         raise UserError(f"{path} was trained for {', '.join(bad)} on "
                         f"{t_data.get('dataset') or 'another dataset'}; {data_cfg['dataset']} "
                         f"needs a teacher of {here[0]} classes x {here[1]} channels x {here[2]} px")
-    warn = (lambda msg: print(f"warning: {msg}", file=sys.stderr, flush=True)) if is_main() \
-        else (lambda msg: None)
+    warnings = []  # printed by main once the run is accepted: a refused run gives one line only
+    warn = warnings.append
     if there[2] is None:
         warn(f"{path} does not record its image size; assuming {here[2]} px like this run")
     t_dataset = t_data.get("dataset") or (ckpt.get("args") or {}).get("dataset")
@@ -96,7 +101,7 @@ def load_teacher(args, data_cfg, device):
              f"{[round(v, 3) for v in data_cfg['std']]} (--normalize differs?)")
     teacher = model_from_checkpoint(ckpt, path).to(device)
     saved = (ckpt.get("metrics") or {}).get("val") or {}
-    return teacher, cfg, ckpt, saved
+    return teacher, cfg, ckpt, saved, warnings
 
 
 @torch.no_grad()
@@ -127,6 +132,8 @@ def main(args):
     outputs = RunOutputs(args.output_dir, key)
     outputs.prepare(args.overwrite, args.resume, roles=("teacher", "student"), write=is_main(),
                     tensorboard=args.tensorboard)
+    for msg in (pre[4] if pre is not None and is_main() else ()):  # the teacher's warnings
+        print(f"warning: {msg}", file=sys.stderr, flush=True)
     trained = ("student",) if pre is not None or args.kd == "none" else ("teacher", "student")
     if args.resume and finished_stages(outputs, trained, args):
         print(f"run '{key}' is complete: nothing to resume (its outputs are unchanged)")
@@ -145,7 +152,7 @@ def main(args):
     teacher = None
     if args.kd != "none":
         if pre is not None:
-            teacher, t_cfg, ckpt, saved = pre
+            teacher, t_cfg, ckpt, saved, _ = pre
             print(f"teacher: {t_cfg['arch']} (eca {t_cfg['eca']}, width {t_cfg['base_width']}) "
                   f"loaded from {args.teacher_checkpoint}")
             t_result = {"arch": t_cfg["arch"], "eca": t_cfg["eca"], "base_width": t_cfg["base_width"],
@@ -178,7 +185,8 @@ def main(args):
     t_hint = hint_shape_of(teacher, data_cfg, device) if teacher is not None else None
     loss_fn = DistillationLoss(args.kd, teacher, alpha=args.alpha, beta=args.beta,
                                temperature=args.temperature, student_hint_shape=s_hint,
-                               teacher_hint_shape=t_hint, compile_teacher=args.compile).to(device)
+                               teacher_hint_shape=t_hint, compile_teacher=args.compile,
+                               weights=args.kd_weights).to(device)
     conn = loss_fn.connector
     print(f"student: {args.student} (eca {args.eca}, width {student_width}), "
           f"{count_params(student):,} parameters, kd {args.kd}"
@@ -190,7 +198,8 @@ def main(args):
                            report_loader=report_loader,
                            state=load_state(outputs.checkpoint("student", state=True))
                            if args.resume else None)
-    s_result.update({"kd": args.kd, "alpha": args.alpha, "beta": args.beta,
+    s_result.update({"kd": args.kd, "kd_weights": loss_fn.weights, "alpha": args.alpha,
+                     "beta": args.beta,
                      "temperature": args.temperature, "hint_shape": list(s_hint),
                      "teacher_hint_shape": list(t_hint) if t_hint else None,
                      "connector_params": count_params(conn) if conn is not None else 0})

@@ -289,8 +289,9 @@ def test_prepare_data_and_make_loaders_with_val_split(tmp_path):
     assert cfg2["val_indices_sha1"] == cfg["val_indices_sha1"]
     args.split_seed = 1
     assert prepare_data(args)[2]["val_indices_sha1"] != cfg["val_indices_sha1"]
-    # default: the test set is the validation set, no report loader
-    args0 = _args(["--dataset", "fashion-mnist", "--data-dir", str(tmp_path)])
+    # --val-split 0 (the original preset's protocol): the test set is the validation set,
+    # no report loader
+    args0 = _args(["--dataset", "fashion-mnist", "--data-dir", str(tmp_path), "--val-split", "0"])
     train, test, cfg0 = prepare_data(args0)
     assert cfg0["protocol"] == "test-as-val" and cfg0["train_size"] == 50
     tl, vl, rl = make_loaders(train, test, cfg0, args0, "cpu")
@@ -298,7 +299,9 @@ def test_prepare_data_and_make_loaders_with_val_split(tmp_path):
 
 
 def test_val_split_flag_validation(capsys):
-    assert _args([]).val_split == 0.0
+    assert _args([]).val_split == 0.1  # the default preset holds out 10%
+    assert _args(["--preset", "original"]).val_split == 0.0
+    assert _args(["--val-split", "0"]).val_split == 0.0
     for bad in ("1", "1.5", "-0.1", "abc"):
         with pytest.raises(SystemExit) as exc:
             _args(["--val-split", bad])
@@ -344,7 +347,7 @@ def test_end_to_end_fashion_mnist_held_out(tmp_path, run):
 def test_end_to_end_folder_test_as_val(tmp_path, run, folder_tree):
     out = tmp_path / "out"
     proc = run("model_training.py", *RUN_FLAGS, "--dataset", "folder", "--data-dir", folder_tree,
-               "--image-size", "16", "--output-dir", out)
+               "--image-size", "16", "--output-dir", out, "--val-split", "0")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
     s = _summary(str(out))

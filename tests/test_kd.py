@@ -109,7 +109,7 @@ def test_kl_temperature_scaling():
 def test_mode_none_ignores_teacher(fixed_case):
     x, s_out, y, teacher = fixed_case
     loss_fn = DistillationLoss("none", teacher)
-    assert loss_fn.teacher is None and loss_fn.skip is None and loss_fn.logit is None
+    assert loss_fn.teacher is None and loss_fn.terms == {}
     total, parts = loss_fn(x, s_out, y)
     assert set(parts) == {"ce"}
     assert total.item() == pytest.approx(_hand_ce(s_out.logits, y), rel=1e-6)
@@ -122,8 +122,10 @@ def test_mode_none_ignores_teacher(fixed_case):
 
 def test_invalid_arguments_raise(fixed_case):
     teacher = fixed_case[3]
-    with pytest.raises(ValueError, match="KD mode"):
+    with pytest.raises(ValueError, match="unknown distillation term 'fitnet'"):
         DistillationLoss("fitnet", teacher)
+    with pytest.raises(ValueError, match="repeated"):
+        DistillationLoss("skip+skip", teacher)
     with pytest.raises(ValueError):
         DistillationLoss("skip", None)
     with pytest.raises(ValueError):

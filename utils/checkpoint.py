@@ -1,16 +1,17 @@
 """Self-describing checkpoints: architecture, ECA placement, width, classes, normalisation, args
 and metrics travel with the weights, and everything loads with torch.load(weights_only=True)."""
+import math
 import os
 
 import torch
 
-from models import MODELS, create_model
+from models import ECA_PLACEMENTS, MODELS, create_model
 
 from .errors import UserError
 from .outputs import atomic_write
 
 __all__ = ["FORMAT", "atomic_save", "save_checkpoint", "load_checkpoint", "model_from_checkpoint",
-           "to_plain"]
+           "to_plain", "validate_checkpoint"]
 
 FORMAT = "skipkd-eca/checkpoint"
 VERSION = 1
@@ -60,6 +61,118 @@ def _unwrap(model):
     return getattr(model, "_orig_mod", model)      # torch.compile
 
 
+# sane bounds for the numbers a checkpoint describes its model with: anything outside is a
+# damaged or crafted file, never a model worth building (and never a huge allocation)
+LIMITS = {"num_classes": (1, 100_000), "base_width": (1, 4096), "in_channels": (1, 64),
+          "image_size": (1, 4096)}
+MAX_ECA_K = 255
+
+
+def _kind(value):
+    return type(value).__name__
+
+
+def _int_field(value, field, lo, hi, path, odd=False):
+    """An int (not a bool, not a float, not a str) in lo..hi, else a one-line UserError."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UserError(f"{path}: checkpoint field {field} must be an integer, got "
+                        f"{_shown(value)} ({_kind(value)})")
+    if not lo <= value <= hi:
+        raise UserError(f"{path}: checkpoint field {field} must be in {lo}..{hi}, got {value}")
+    if odd and value % 2 == 0:
+        raise UserError(f"{path}: checkpoint field {field} must be odd, got {value}")
+    return value
+
+
+def _shown(value, limit=60):
+    text = " ".join(repr(value).split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _float_list(value, field, length, path, positive=False):
+    if not isinstance(value, (list, tuple)):
+        raise UserError(f"{path}: checkpoint field {field} must be a list of {length} numbers, got "
+                        f"{_shown(value)} ({_kind(value)})")
+    if len(value) != length:
+        raise UserError(f"{path}: checkpoint field {field} must have {length} values (one per "
+                        f"input channel), got {len(value)}")
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise UserError(f"{path}: checkpoint field {field} must hold numbers, got "
+                            f"{_shown(v)} ({_kind(v)})")
+        if not math.isfinite(v):
+            raise UserError(f"{path}: checkpoint field {field} must hold finite numbers, got {v}")
+        if positive and v <= 0:
+            raise UserError(f"{path}: checkpoint field {field} must be > 0, got {v}")
+    return value
+
+
+def validate_checkpoint(ckpt, path="checkpoint"):
+    """Check everything a checkpoint says about itself before anything is built from it: the
+    file comes from outside. Raises a one-line UserError naming the field and the file."""
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise UserError(f"{path} is not a checkpoint of this project (no '{FORMAT}' header)")
+    cfg = ckpt.get("model")
+    if not isinstance(cfg, dict):
+        raise UserError(f"{path}: checkpoint field model must be a dict, got {_kind(cfg)}")
+    arch = cfg.get("arch")
+    if not isinstance(arch, str) or arch not in MODELS:
+        raise UserError(f"{path}: checkpoint field model.arch: unknown architecture "
+                        f"{_shown(arch)}; known: {', '.join(MODELS)}")
+    for key in ("num_classes", "base_width"):
+        if key not in cfg:
+            raise UserError(f"{path}: checkpoint field model.{key} is missing")
+    for key, (lo, hi) in LIMITS.items():
+        if key in cfg or key in ("num_classes", "base_width"):
+            _int_field(cfg[key], f"model.{key}", lo, hi, path)
+    eca = cfg.get("eca", "none")
+    if not isinstance(eca, str) or eca not in ECA_PLACEMENTS:
+        raise UserError(f"{path}: checkpoint field model.eca must be one of "
+                        f"{', '.join(ECA_PLACEMENTS)}, got {_shown(eca)}")
+    if cfg.get("eca_k") is not None:
+        _int_field(cfg["eca_k"], "model.eca_k", 1, MAX_ECA_K, path, odd=True)
+    channels = cfg.get("in_channels", 3)
+
+    data = ckpt.get("data")
+    if data is not None:
+        if not isinstance(data, dict):
+            raise UserError(f"{path}: checkpoint field data must be a dict, got {_kind(data)}")
+        for key, (lo, hi) in LIMITS.items():
+            if key in data and key != "base_width":
+                _int_field(data[key], f"data.{key}", lo, hi, path)
+        for key in ("num_classes", "in_channels", "image_size"):
+            if key in data and key in cfg and data[key] != cfg[key]:
+                raise UserError(f"{path}: checkpoint field data.{key} ({data[key]}) contradicts "
+                                f"model.{key} ({cfg[key]})")
+        if data.get("in_channels", channels) != channels:
+            raise UserError(f"{path}: checkpoint field data.in_channels ({data['in_channels']}) "
+                            f"contradicts the model's {channels} input channels")
+        if data.get("mean") is not None:
+            _float_list(data["mean"], "data.mean", channels, path)
+        if data.get("std") is not None:
+            _float_list(data["std"], "data.std", channels, path, positive=True)
+        if data.get("dataset") is not None and not isinstance(data["dataset"], str):
+            raise UserError(f"{path}: checkpoint field data.dataset must be a name, got "
+                            f"{_shown(data['dataset'])} ({_kind(data['dataset'])})")
+        classes = data.get("classes")
+        if classes is not None and (not isinstance(classes, (list, tuple))
+                                    or not all(isinstance(c, str) for c in classes)):
+            raise UserError(f"{path}: checkpoint field data.classes must be a list of names")
+        split = data.get("val_split")
+        if split is not None and (isinstance(split, bool) or not isinstance(split, (int, float))
+                                  or not 0 <= split < 1):
+            raise UserError(f"{path}: checkpoint field data.val_split must be a number in [0, 1), "
+                            f"got {_shown(split)}")
+    for key in ("args", "metrics"):
+        if ckpt.get(key) is not None and not isinstance(ckpt[key], dict):
+            raise UserError(f"{path}: checkpoint field {key} must be a dict, got {_kind(ckpt[key])}")
+    state = ckpt.get("state_dict")
+    if not isinstance(state, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise UserError(f"{path}: checkpoint field state_dict must map parameter names to tensors")
+    return ckpt
+
+
 def load_checkpoint(path: str, map_location="cpu") -> dict:
     """Load and validate; any problem becomes a one-line UserError naming the file."""
     if not os.path.exists(path):
@@ -71,22 +184,37 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
     except Exception as exc:  # truncated zip, foreign pickle, random bytes: all one message
         msg = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         raise UserError(f"cannot load checkpoint {path}: not a readable checkpoint ({msg})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise UserError(f"{path} is not a checkpoint of this project (no '{FORMAT}' header)")
-    model_cfg = ckpt.get("model") or {}
-    if model_cfg.get("arch") not in MODELS:
-        raise UserError(f"{path}: unknown architecture {model_cfg.get('arch')!r}")
-    return ckpt
+    return validate_checkpoint(ckpt, path)
 
 
 def model_from_checkpoint(ckpt: dict, path: str = "checkpoint"):
-    """Rebuild the model from the checkpoint alone and load its weights."""
+    """Rebuild the model from the checkpoint alone and load its weights. The description is
+    validated first and the model is laid out on the meta device (no memory) to compare its
+    parameter names and shapes with the saved weights before anything real is allocated."""
+    validate_checkpoint(ckpt, path)
     cfg = ckpt["model"]
-    model = create_model(cfg["arch"], num_classes=cfg["num_classes"], base_width=cfg["base_width"],
-                         in_channels=cfg.get("in_channels", 3), eca=cfg.get("eca", "none"),
-                         eca_k=cfg.get("eca_k"))
+    kwargs = dict(num_classes=cfg["num_classes"], base_width=cfg["base_width"],
+                  in_channels=cfg.get("in_channels", 3), eca=cfg.get("eca", "none"),
+                  eca_k=cfg.get("eca_k"))
+    state = ckpt["state_dict"]
     try:
-        model.load_state_dict(ckpt["state_dict"])
+        with torch.device("meta"):
+            layout = create_model(cfg["arch"], **kwargs).state_dict()
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"{path}: cannot build its {cfg['arch']} ({exc})") from None
+    missing = [k for k in layout if k not in state]
+    unexpected = [k for k in state if k not in layout]
+    wrong = [k for k in layout if k in state and tuple(layout[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or wrong:
+        first = (f"{wrong[0]} is {tuple(state[wrong[0]].shape)}, expected "
+                 f"{tuple(layout[wrong[0]].shape)}" if wrong else
+                 f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}")
+        raise UserError(f"{path}: weights do not match its {cfg['arch']} description "
+                        f"({len(missing)} missing, {len(unexpected)} unexpected, {len(wrong)} "
+                        f"of another shape; e.g. {first})")
+    model = create_model(cfg["arch"], **kwargs)
+    try:
+        model.load_state_dict(state)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
         raise UserError(f"{path}: weights do not match its {cfg['arch']} description ({first})") from None

@@ -7,10 +7,10 @@ from models import ECA_PLACEMENTS, MODELS
 
 from .data import DATASETS
 from .errors import UserError
-from .kd import KD_MODES
 from .outputs import validate_run_key
 
-__all__ = ["OneLineParser", "str2bool", "add_bool", "common_parser", "PRESETS", "finalize_args"]
+__all__ = ["OneLineParser", "str2bool", "add_bool", "common_parser", "PRESETS", "finalize_args",
+           "kd_spec", "kd_weights"]
 
 
 def cpu_has_native_bf16() -> bool:
@@ -102,6 +102,29 @@ SEED = int_in(0, 2**32 - 1)          # numpy's seed range
 EPOCHS = int_in(1, 100_000)
 BATCH = int_in(1, 65_536)
 WIDTH = int_in(1, 1024)              # 16x the standard nets' 64
+
+
+def kd_spec(v):
+    """--kd: 'none' or registered distillation terms joined by '+' (utils.kd.KD_TERMS)."""
+    from .kd import parse_kd
+    try:
+        parse_kd(v)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return v
+
+
+def kd_weights(v):
+    """--kd-weights 'skip=0.3,logit=1': per-term weights of registered terms."""
+    from .kd import KD_TERMS
+    out = {}
+    for item in filter(None, (i.strip() for i in str(v).split(","))):
+        name, sep, value = item.partition("=")
+        if not sep or name.strip() not in KD_TERMS:
+            raise argparse.ArgumentTypeError(f"expected name=weight with a registered term "
+                                             f"({', '.join(KD_TERMS)}), got {item!r}")
+        out[name.strip()] = float_in(0, 10_000)(value)
+    return out
 
 
 def model_name(v):

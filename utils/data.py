@@ -52,34 +52,190 @@ class ImageData:
 
 
 # ---------------------------------------------------------------- CIFAR on-disk format
+def _one_line(exc, limit=120):
+    """An exception as one short line (messages from a file's contents may hold newlines)."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:limit]}" if text else type(exc).__name__
+
+
+def _latin1_encode(text, encoding="latin1"):
+    """What pickles of bytes written by Python 3 at protocol < 3 call as _codecs.encode(str,
+    'latin1'); any other codec or argument type is refused."""
+    if not isinstance(text, str) or str(encoding).lower().replace("-", "").replace("_", "") \
+            not in ("latin1", "iso88591"):
+        raise pickle.UnpicklingError("_codecs.encode is only admitted as (str, 'latin1')")
+    return text.encode("latin1")
+
+
+def _small_bytes(*args):
+    """bytes()/bytearray() as old pickles call them: from a str or bytes, never bytes(10**12)."""
+    if any(isinstance(a, int) for a in args):
+        raise pickle.UnpicklingError("bytes/bytearray of an integer size is not admitted")
+    return args
+
+
+def _bytes(*args):
+    return bytes(*_small_bytes(*args))
+
+
+def _bytearray(*args):
+    return bytearray(*_small_bytes(*args))
+
+
+def _cifar_globals():
+    """(module, name) -> object: everything a CIFAR-10/100 python batch may reference, whoever
+    pickled it. The published batches (Python 2, numpy 1.x, protocol 2) need
+    numpy.core.multiarray._reconstruct, numpy.ndarray and numpy.dtype; Python 3 pickles of them
+    (write_cifar10 writes protocol 2) add _codecs.encode(str, 'latin1') for bytes and, from
+    numpy 2, spell the module numpy._core.multiarray; protocol 5 uses numeric._frombuffer.
+    The functions are taken from this numpy's own reduce output, so both spellings resolve to
+    the installed implementation without importing the deprecated numpy.core alias."""
+    probe = np.zeros(1, np.uint8)
+    reconstruct = probe.__reduce__()[0]
+    frombuffer = probe.__reduce_ex__(5)[0]
+    scalar = np.int64(0).__reduce__()[0]
+    allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+               ("_codecs", "encode"): _latin1_encode}
+    for core in ("numpy.core", "numpy._core"):
+        allowed[(f"{core}.multiarray", "_reconstruct")] = reconstruct
+        allowed[(f"{core}.multiarray", "scalar")] = scalar  # numpy integer labels
+        allowed[(f"{core}.numeric", "_frombuffer")] = frombuffer
+    for builtins in ("builtins", "__builtin__"):  # Python 3 / Python 2 spelling
+        allowed.update({(builtins, "bytes"): _bytes, (builtins, "bytearray"): _bytearray,
+                        (builtins, "set"): set, (builtins, "frozenset"): frozenset})
+    return allowed
+
+
+class _RefusedGlobal(pickle.UnpicklingError):
+    pass
+
+
+class CifarUnpickler(pickle.Unpickler):
+    """A pickle reader that builds only plain data: dicts, lists, tuples, str, bytes, numbers and
+    numpy arrays/dtypes. Any other class or function a file names (os.system, eval, a class
+    whose __reduce__ runs code, ...) is refused before it is looked up, so a crafted batch file
+    cannot execute anything."""
+
+    _allowed = None
+
+    def find_class(self, module, name):
+        if CifarUnpickler._allowed is None:
+            CifarUnpickler._allowed = _cifar_globals()
+        try:
+            return CifarUnpickler._allowed[(module, name)]
+        except (KeyError, TypeError):
+            if isinstance(module, str) and isinstance(name, str):
+                shown = f"{'builtins' if module == '__builtin__' else module}.{name}"
+            else:
+                shown = repr((module, name))
+            raise _RefusedGlobal(" ".join(shown.split())[:100]) from None
+
+
 def _unpickle(path):
+    """Read one CIFAR python pickle with CifarUnpickler; every problem is a one-line UserError
+    naming the file."""
     try:
         with open(path, "rb") as f:
-            return pickle.load(f, encoding="bytes")
-    except (OSError, pickle.UnpicklingError, EOFError, ValueError) as exc:
-        raise UserError(f"cannot read CIFAR batch file {path}: {exc}") from None
+            return CifarUnpickler(f, encoding="bytes").load()
+    except _RefusedGlobal as exc:
+        raise UserError(f"refusing to load {path}: it asks to run or build {exc}, which a CIFAR "
+                        f"batch never contains (only lists, bytes, numbers and numpy arrays)") from None
+    except OSError as exc:
+        raise UserError(f"cannot read CIFAR batch file {path}: {_one_line(exc)}") from None
+    except Exception as exc:  # truncated, garbage, a refused argument: all one line
+        raise UserError(f"cannot read CIFAR batch file {path}: not a readable pickle "
+                        f"({_one_line(exc)})") from None
 
 
 def _get(d, key):
     return d[key.encode()] if key.encode() in d else d[key]
 
 
-def _read_cifar_batches(folder, files, label_key):
+def _as_array(raw, path, what):
+    try:
+        arr = np.asarray(raw)
+    except Exception as exc:  # ragged lists, odd objects
+        raise UserError(f"{path}: {what} is not an array ({_one_line(exc)})") from None
+    return arr
+
+
+def _check_labels(raw, path, num_classes, what="labels", first=0, dataset=None):
+    """Labels from a file -> int64 (N,): whole numbers in first..first+num_classes-1, else a
+    one-line UserError naming the file, the range and the first label outside it."""
+    arr = _as_array(raw, path, what).reshape(-1)
+    if arr.size == 0:
+        return np.zeros(0, np.int64)
+    if arr.dtype.kind == "f":
+        if not np.isfinite(arr).all() or not (arr == np.round(arr)).all():
+            raise UserError(f"{path}: {what} must be whole numbers, found {arr.dtype} values "
+                            f"that are not")
+    elif arr.dtype.kind not in "iu":
+        raise UserError(f"{path}: {what} must be integers, found {arr.dtype}")
+    last = first + num_classes - 1
+    bad = np.flatnonzero((arr < first) | (arr > last))
+    if len(bad):
+        i = int(bad[0])
+        value = arr[i].item()
+        of = f" ({dataset} has {num_classes} classes)" if dataset else ""
+        raise UserError(f"{path}: {what} must be {first}..{last}{of}, found {value} at index {i} "
+                        f"({len(bad)} label(s) out of range)")
+    return arr.astype(np.int64)
+
+
+def _check_pixels(raw, path):
+    """Image data -> uint8 (N, 3, 32, 32): unsigned bytes (or integers 0..255), 3072 per image."""
+    arr = _as_array(raw, path, "'data'")
+    if arr.size == 0:
+        return np.zeros((0, 3, 32, 32), np.uint8)
+    if arr.dtype != np.uint8:
+        if arr.dtype.kind not in "iu":
+            raise UserError(f"{path} is not a CIFAR batch file ('data' holds {arr.dtype}, not "
+                            f"unsigned bytes)")
+        if arr.size and (arr.min() < 0 or arr.max() > 255):
+            raise UserError(f"{path}: pixel values must be 0..255, found "
+                            f"{arr.min()}..{arr.max()}")
+        arr = arr.astype(np.uint8)
+    if arr.size % 3072:
+        raise UserError(f"{path} is not a CIFAR batch file ('data' has {arr.size} values, not a "
+                        f"multiple of 3072 = 3 x 32 x 32; shape {tuple(arr.shape)})")
+    return arr.reshape(-1, 3, 32, 32)
+
+
+def _read_cifar_batches(folder, files, label_key, num_classes, dataset):
     images, labels = [], []
     for name in files:
         path = os.path.join(folder, name)
         d = _unpickle(path)
+        if not isinstance(d, dict):
+            raise UserError(f"{path} is not a CIFAR batch file (it holds a {type(d).__name__}, "
+                            f"not a dict)")
         try:  # a readable pickle that is not a CIFAR batch: one line, not a traceback
-            data = np.asarray(_get(d, "data"), dtype=np.uint8).reshape(-1, 3, 32, 32)
-            lab = np.asarray(_get(d, label_key), dtype=np.int64).reshape(-1)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise UserError(f"{path} is not a CIFAR batch file ({type(exc).__name__}: "
-                            f"{str(exc)[:120]})") from None
+            raw_data, raw_labels = _get(d, "data"), _get(d, label_key)
+        except (KeyError, TypeError) as exc:
+            raise UserError(f"{path} is not a CIFAR batch file (no {exc} entry)") from None
+        data = _check_pixels(raw_data, path)
+        lab = _check_labels(raw_labels, path, num_classes, f"'{label_key}'", dataset=dataset)
         if len(lab) != len(data):
             raise UserError(f"{path} has {len(data)} images but {len(lab)} labels")
         images.append(data)
         labels.append(lab)
     return torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels))
+
+
+def _read_class_names(path, names_key, num_classes, dataset):
+    """The label names of a CIFAR meta file, or None when it has none; names of another count
+    than the format's classes, or that are not text, are a one-line UserError."""
+    d = _unpickle(path)
+    if not isinstance(d, dict) or not (names_key in d or names_key.encode() in d):
+        return None
+    names = _get(d, names_key)
+    if not isinstance(names, (list, tuple)) or \
+            not all(isinstance(c, (bytes, str)) for c in names):
+        raise UserError(f"{path}: '{names_key}' must be a list of names")
+    if len(names) != num_classes:
+        raise UserError(f"{path}: '{names_key}' lists {len(names)} names but {dataset} has "
+                        f"{num_classes} classes")
+    return [c.decode("utf-8", "replace") if isinstance(c, bytes) else c for c in names]
 
 
 def _missing(name, data_dir, folder, url):
@@ -97,21 +253,22 @@ def _try_download(tv_cls, data_dir, name, folder, url):
 
 def _load_cifar(data_dir, download, name, folder_name, url, tv_name, train_files, test_files,
                 label_key, meta_file, names_key, default_classes):
+    """The class count is the format's (len(default_classes)): a label outside it, or a meta
+    file naming another number of classes, is an error, never a silently wider model."""
     folder = os.path.join(data_dir, folder_name)
     if not os.path.isdir(folder):
         if not download:
             _missing(name, data_dir, folder_name, url)
         import torchvision
         _try_download(getattr(torchvision.datasets, tv_name), data_dir, name, folder_name, url)
-    train = _read_cifar_batches(folder, train_files, label_key)
-    test = _read_cifar_batches(folder, test_files, label_key)
-    classes = default_classes
+    num_classes = len(default_classes)
+    train = _read_cifar_batches(folder, train_files, label_key, num_classes, name)
+    test = _read_cifar_batches(folder, test_files, label_key, num_classes, name)
+    classes = list(default_classes)
     meta = os.path.join(folder, meta_file)
     if os.path.exists(meta):
-        d = _unpickle(meta)
-        if isinstance(d, dict) and (names_key in d or names_key.encode() in d):
-            classes = [c.decode() if isinstance(c, bytes) else c for c in _get(d, names_key)]
-    return ImageData(*train, classes), ImageData(*test, classes)
+        classes = _read_class_names(meta, names_key, num_classes, name) or classes
+    return ImageData(*train, classes), ImageData(*test, list(classes))
 
 
 def load_cifar10(data_dir, download=False):
@@ -267,10 +424,7 @@ def _read_idx_pair(images_path, labels_path, num_classes):
     if len(labels) != len(images):
         raise UserError(f"{images_path} has {len(images)} images but {labels_path} has "
                         f"{len(labels)} labels")
-    labels = labels.astype(np.int64)
-    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
-        raise UserError(f"{labels_path}: labels must be 0..{num_classes - 1}, found "
-                        f"{labels.min()}..{labels.max()}")
+    labels = _check_labels(labels, labels_path, num_classes, "labels", dataset="Fashion-MNIST")
     return images, labels
 
 
@@ -333,9 +487,8 @@ def _read_svhn_mat(path):
         raise UserError("reading SVHN's .mat files needs scipy (pip install scipy)") from None
     try:
         d = scipy.io.loadmat(path, variable_names=["X", "y"])
-    except (OSError, ValueError, TypeError, NotImplementedError, struct.error, zlib.error) as exc:
-        raise UserError(f"cannot read SVHN file {path}: {type(exc).__name__}: "
-                        f"{str(exc).strip()[:120]}") from None
+    except Exception as exc:  # OSError, MatReadError, ValueError, zlib/struct errors, ...
+        raise UserError(f"cannot read SVHN file {path}: {_one_line(exc)}") from None
     if "X" not in d or "y" not in d:
         raise UserError(f"{path} is not an SVHN file (no 'X' and 'y' arrays)")
     x, y = d["X"], np.asarray(d["y"]).reshape(-1)
@@ -343,11 +496,13 @@ def _read_svhn_mat(path):
         raise UserError(f"{path}: 'X' should be H x W x 3 x N, got {'x'.join(map(str, x.shape))}")
     if len(y) != x.shape[3]:
         raise UserError(f"{path} has {x.shape[3]} images but {len(y)} labels")
-    y = y.astype(np.int64)
-    if len(y) and (y.min() < 0 or y.max() > 10):
-        raise UserError(f"{path}: SVHN labels must be 1..10 (10 = digit 0), found "
-                        f"{y.min()}..{y.max()}")
+    # the format's labels are 1..10 (10 = the digit 0): 0, 11 or -1 is an error, not a class
+    y = _check_labels(y, path, 10, "SVHN labels (10 stands for the digit 0)", first=1)
     y[y == 10] = 0
+    if x.dtype != np.uint8:
+        if x.dtype.kind not in "iu" or (x.size and (x.min() < 0 or x.max() > 255)):
+            raise UserError(f"{path}: 'X' must hold pixel values 0..255, found {x.dtype}"
+                            + (f" {x.min()}..{x.max()}" if x.dtype.kind in "iuf" and x.size else ""))
     images = np.ascontiguousarray(x.transpose(3, 2, 0, 1)).astype(np.uint8, copy=False)
     return torch.from_numpy(images), torch.from_numpy(y)
 

@@ -32,8 +32,13 @@ __all__ = ["RunOutputs", "atomic_write", "atomic_write_text", "atomic_save_npy",
 RUN_KEY_MAX = 180
 _KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]*")
 
-# the per-epoch arrays a run can write: (split, metric) from engine metrics and loss parts
-HISTORY_METRICS = ("accuracy", "loss", "loss_ce", "loss_skip", "loss_logit", "lr", "lr_start")
+# the per-epoch arrays a run can write besides one loss_{term} per registered distillation term
+HISTORY_METRICS = ("accuracy", "loss", "loss_ce", "lr", "lr_start")
+
+
+def history_metrics() -> tuple:
+    from .kd import KD_TERMS
+    return HISTORY_METRICS + tuple(f"loss_{name}" for name in KD_TERMS)
 _ROLES = ("teacher", "student", "baseline")
 
 
@@ -135,7 +140,7 @@ class RunOutputs:
                       self.checkpoint(role, state=True)]
         for role in ("teacher", "student", ""):
             for split in ("train", "val"):
-                paths += [self.array(split, metric, role) for metric in HISTORY_METRICS]
+                paths += [self.array(split, metric, role) for metric in history_metrics()]
         return paths
 
     def _rel(self, path):
@@ -330,7 +335,7 @@ class RunOutputs:
             path = self.array(split, metric, role)
             if path not in self.candidates():
                 raise RuntimeError(f"{path}: not a name of run '{self.key}' (add its metric to "
-                                   f"utils.outputs.HISTORY_METRICS)")
+                                   f"utils.outputs.HISTORY_METRICS or register it as a term)")
             atomic_save_npy(path, np.asarray(values, dtype=np.float64))
 
     def write_summary(self, summary: dict):

@@ -23,7 +23,7 @@ from .tensorboard import log_epoch, log_graph, log_hparams, log_predictions, mak
 
 __all__ = ["resolve_device", "seed_everything", "prepare_data", "make_loaders", "build_model",
            "count_params", "train_stage", "report_test_accuracy", "environment", "load_state",
-           "finished_stages", "StopFlag"]
+           "finished_stages", "loss_parts", "StopFlag"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -407,9 +407,8 @@ def train_stage(*, role, arch, model, model_cfg, loss_fn, args, device, train_lo
                 recalibrate_bn(model, train_loader.iterate(epoch), args.bn_recalibrate)
             sync_buffers(model)
             va = evaluate(model, test_loader, device, "fp32")
-            for k in ("ce", "skip", "logit"):
-                if k in tr:
-                    history.setdefault(f"train_loss_{k}", []).append(tr[k])
+            for k in loss_parts(tr):  # 'ce' and one per distillation term
+                history.setdefault(f"train_loss_{k}", []).append(tr[k])
             history.setdefault("train_lr", []).append(tr["lr"])
             history.setdefault("train_lr_start", []).append(tr["lr_start"])
             history["train_acc"].append(tr["acc"])
@@ -464,11 +463,19 @@ def train_stage(*, role, arch, model, model_cfg, loss_fn, args, device, train_lo
     return result
 
 
+_NOT_PARTS = frozenset({"loss", "acc", "lr", "lr_start", "samples", "interrupted", "step", "carry"})
+
+
+def loss_parts(metrics) -> list:
+    """The loss parts of a training epoch's metrics: 'ce', then the distillation terms."""
+    return [k for k in metrics if k not in _NOT_PARTS]
+
+
 def epoch_line(role, epoch, epochs, tr, va, seconds):
     """One console line per epoch. Training and validation are compared on the same quantity,
     cross-entropy; the distillation parts and the total training loss follow in brackets. The
     learning rate is the epoch's last step's, with its first step's where it moved."""
-    kd = [f"{k} {tr[k]:.4f}" for k in ("skip", "logit") if k in tr]
+    kd = [f"{k} {tr[k]:.4f}" for k in loss_parts(tr) if k != "ce"]
     extra = f" ({', '.join(kd)}; total {tr['loss']:.4f})" if kd else ""
     lr = (f"{tr['lr_start']:.4g}->{tr['lr']:.4g}"
           if abs(tr.get("lr_start", tr["lr"]) - tr["lr"]) > 1e-12 * max(abs(tr["lr"]), 1e-30)

@@ -21,9 +21,9 @@ def log_epoch(writer, role, epoch, train, val):
     """Scalars under '<role>/...': loss split into CE and KD parts, accuracy, learning rate."""
     if writer is None:
         return
-    for k in ("loss", "ce", "skip", "logit"):
-        if k in train:
-            writer.add_scalar(f"{role}/train_{'loss' if k == 'loss' else 'loss_' + k}", train[k], epoch)
+    skip = {"acc", "lr", "lr_start", "samples"}
+    for k in (k for k in train if k not in skip):  # the total, 'ce' and each distillation term
+        writer.add_scalar(f"{role}/train_{'loss' if k == 'loss' else 'loss_' + k}", train[k], epoch)
     writer.add_scalar(f"{role}/train_accuracy", train["acc"], epoch)
     writer.add_scalar(f"{role}/val_loss", val["loss"], epoch)
     writer.add_scalar(f"{role}/val_accuracy", val["acc"], epoch)

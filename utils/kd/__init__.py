@@ -1,8 +1,11 @@
-"""Distillation losses, one file per method, combined by DistillationLoss."""
+"""Distillation: one file per loss term, registered by name (registry.py), combined with
+cross-entropy by DistillationLoss (loss.py)."""
 from .connector import Connector, build_connector
-from .logit import LogitKDLoss
+from .logit import LogitKDLoss, LogitTerm
 from .loss import KD_MODES, DistillationLoss
-from .skip import SkipHintLoss
+from .registry import KD_TERMS, KDTerm, TeacherOutput, TermContext, parse_kd, register_term
+from .skip import SkipHintLoss, SkipTerm
 
-__all__ = ["Connector", "build_connector", "LogitKDLoss", "SkipHintLoss",
-           "DistillationLoss", "KD_MODES"]
+__all__ = ["Connector", "build_connector", "LogitKDLoss", "LogitTerm", "SkipHintLoss",
+           "SkipTerm", "DistillationLoss", "KD_MODES", "KD_TERMS", "KDTerm", "TeacherOutput",
+           "TermContext", "parse_kd", "register_term"]

@@ -11,42 +11,46 @@ from torch import nn
 
 from models.fuse import fold_batchnorm
 
-from .connector import build_connector
-from .logit import LogitKDLoss
-from .skip import SkipHintLoss
+from . import logit, skip  # noqa: F401  (the built-in terms register themselves)
+from .registry import KD_TERMS, TeacherOutput, TermContext, parse_kd
 
 __all__ = ["KD_MODES", "DistillationLoss"]
 
-# none: CE only (teacher training, the baseline, and the fair no-teacher student baseline)
+# examples for help texts and tests; any +-joined list of registered terms is accepted
 KD_MODES = ("none", "skip", "logit", "skip+logit")
 
 
 class DistillationLoss(nn.Module):
-    """loss = CE(s, y) + alpha * MSE(connector(s_hint), t_hint) + beta * T^2 * KL(t/T || s/T).
+    """loss = CE(s, y) + sum over the chosen terms of weight * term(student, teacher).
 
-    `forward` returns (total loss, dict of detached parts: ce, skip, logit).
-    fast_teacher: run the frozen teacher as a BatchNorm-folded copy, and for skip KD alone only up
-    to its hint (the rest of the teacher does not enter the loss). Same values, less work.
+    mode: 'none' or registered term names joined by '+' (utils.kd.registry.KD_TERMS): 'skip'
+    (alpha * hint MSE), 'logit' (beta * Hinton KD), 'skip+logit', ... weights: {term: weight};
+    alpha and beta are the skip and logit weights under their original names.
+    `forward` returns (total loss, dict of detached parts: 'ce' and one per term).
+    fast_teacher: run the frozen teacher as a BatchNorm-folded copy, and only as far as the
+    terms need (hint-only when no term needs its logits). Same values, less work.
     compile_teacher: torch.compile that inference function (worth it on CPU and GPU alike).
     """
 
     def __init__(self, mode: str = "none", teacher: nn.Module | None = None, alpha: float = 0.3,
                  beta: float = 1.0, temperature: float = 4.0, student_hint_shape=None,
                  teacher_hint_shape=None, label_smoothing: float = 0.0, fast_teacher: bool = True,
-                 compile_teacher: bool = False):
+                 compile_teacher: bool = False, weights: dict | None = None):
         super().__init__()
-        if mode not in KD_MODES:
-            raise ValueError(f"unknown KD mode {mode!r}; choose from {', '.join(KD_MODES)}")
-        if mode != "none" and teacher is None:
+        self.names = parse_kd(mode)
+        if self.names and teacher is None:
             raise ValueError(f"KD mode {mode!r} needs a teacher")
-        if alpha < 0 or beta < 0:
-            raise ValueError("alpha and beta must be >= 0")
+        if alpha < 0 or beta < 0 or any(w < 0 for w in (weights or {}).values()):
+            raise ValueError("distillation weights must be >= 0")
         self.mode = mode
         self.compile_teacher = compile_teacher
         self.alpha, self.beta = float(alpha), float(beta)
+        self.weights = {n: float(KD_TERMS[n].default_weight) for n in self.names}
+        self.weights.update({k: v for k, v in (("skip", alpha), ("logit", beta)) if k in self.weights})
+        self.weights.update({k: float(v) for k, v in (weights or {}).items() if k in self.weights})
         self.label_smoothing = label_smoothing
         # the teacher is a plain attribute: not in state_dict, not in parameters(), never trained
-        self.__dict__["teacher"] = teacher if mode != "none" else None
+        self.__dict__["teacher"] = teacher if self.names else None
         self.__dict__["teacher_infer"] = None
         if self.teacher is not None:
             self.teacher.eval()
@@ -54,19 +58,21 @@ class DistillationLoss(nn.Module):
                 p.requires_grad_(False)
             if fast_teacher:
                 self.__dict__["teacher_infer"] = fold_batchnorm(self.teacher)
-        self.skip = None
-        if "skip" in mode:
-            connector = None
-            if student_hint_shape is not None and teacher_hint_shape is not None:
-                connector = build_connector(student_hint_shape, teacher_hint_shape)
-            self.skip = SkipHintLoss(connector)
-        self.logit = LogitKDLoss(temperature) if "logit" in mode else None
+        ctx = TermContext(student_hint_shape=student_hint_shape,
+                          teacher_hint_shape=teacher_hint_shape, temperature=temperature)
+        for name in self.names:  # a submodule per term, named after it (state_dict: skip.*)
+            self.add_module(name, KD_TERMS[name](ctx))
+        self.needs = frozenset().union(*(KD_TERMS[n].needs for n in self.names))
+
+    @property
+    def terms(self) -> dict:
+        return {name: getattr(self, name) for name in self.names}
 
     @property
     def connector(self) -> nn.Module | None:
-        if self.skip is None or isinstance(self.skip.connector, nn.Identity):
-            return None
-        return self.skip.connector
+        """The skip term's learned connector, if any (not part of the exported student)."""
+        conn = getattr(self.terms.get("skip"), "connector", None)
+        return None if conn is None or isinstance(conn, nn.Identity) else conn
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -97,7 +103,7 @@ class DistillationLoss(nn.Module):
         ctx = nullcontext() if dtype is None else torch.autocast(x.device.type, enabled=False)
         if dtype is not None:
             x = x.to(dtype)
-        hint_only = self.logit is None and hasattr(net, "forward_hint")
+        hint_only = "logits" not in self.needs and hasattr(net, "forward_hint")
         fn = net.forward_hint if hint_only else net
         if self.compile_teacher:
             compiled = self.__dict__.setdefault("_compiled", {})
@@ -119,12 +125,9 @@ class DistillationLoss(nn.Module):
         total = ce
         if self.teacher is not None:
             t_logits, t_hint = self.teacher_forward(x)
-            if self.skip is not None:
-                skip = self.skip(student_out.hint, t_hint)
-                total = total + self.alpha * skip
-                parts["skip"] = skip.detach()
-            if self.logit is not None:
-                logit = self.logit(student_out.logits, t_logits)
-                total = total + self.beta * logit
-                parts["logit"] = logit.detach()
+            teacher_out = TeacherOutput(logits=t_logits, hint=t_hint)
+            for name, term in self.terms.items():
+                value = term(student_out, teacher_out)
+                total = total + self.weights[name] * value
+                parts[name] = value.detach()
         return total, parts

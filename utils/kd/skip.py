@@ -5,7 +5,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["SkipHintLoss"]
+from .connector import build_connector
+from .registry import register_term
+
+__all__ = ["SkipHintLoss", "SkipTerm"]
 
 
 class SkipHintLoss(nn.Module):
@@ -21,3 +24,22 @@ class SkipHintLoss(nn.Module):
             raise ValueError(f"hint shapes differ after the connector: student {tuple(s.shape)} "
                              f"vs teacher {tuple(teacher_hint.shape)}")
         return F.mse_loss(s.float(), teacher_hint.float())
+
+
+@register_term
+class SkipTerm(SkipHintLoss):
+    """The method of this toolkit: the hint block's projection-shortcut output of the student
+    pulled towards the teacher's (weight alpha = 0.3). Needs only the teacher's hint, so the
+    teacher runs only up to its hint block's shortcut. A connector is learned when the hint
+    shapes differ."""
+    name, needs, default_weight = "skip", frozenset({"hint"}), 0.3
+    paper = "skip-connection KD with ECA (this toolkit's method)"
+
+    def __init__(self, ctx):
+        connector = None
+        if ctx.student_hint_shape is not None and ctx.teacher_hint_shape is not None:
+            connector = build_connector(ctx.student_hint_shape, ctx.teacher_hint_shape)
+        super().__init__(connector)
+
+    def forward(self, student_out, teacher_out):
+        return super().forward(student_out.hint, teacher_out.hint)

@@ -1,0 +1,79 @@
+"""Distillation terms are a registry: a term registered from inside a test (no edit elsewhere)
+trains a tiny student through the real script's main(), and its part shows up in the console,
+the arrays, the JSON summary and TensorBoard."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import model_training_mid
+from utils.kd import KD_TERMS, DistillationLoss, parse_kd, register_term
+
+
+@pytest.fixture
+def toy_term():
+    @register_term
+    class ToyLogitMSE(torch.nn.Module):
+        """MSE between the logits (a toy: Ba & Caruana, 2014, in spirit)."""
+        name, needs, default_weight, paper = "toy", frozenset({"logits"}), 0.5, "a test"
+
+        def __init__(self, ctx):
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.ones(()))  # something it learns
+
+        def forward(self, student_out, teacher_out):
+            return F.mse_loss(self.scale * student_out.logits.float(), teacher_out.logits.float())
+
+    yield ToyLogitMSE
+    KD_TERMS.pop("toy")
+
+
+def test_parse_kd_names_registered_terms(toy_term):
+    assert parse_kd("none") == [] and parse_kd("skip+toy") == ["skip", "toy"]
+    with pytest.raises(ValueError, match="unknown distillation term 'nope'"):
+        parse_kd("skip+nope")
+
+
+def test_a_term_registered_in_a_test_trains_a_student(toy_term, tmp_path, tiny_cifar, capsys):
+    args = model_training_mid.parse_args([
+        "--dataset", "cifar10", "--data-dir", tiny_cifar, "--width", "4", "--epochs", "2",
+        "--batch-size", "50", "--eval-batch-size", "100", "--device", "cpu", "--no-progress",
+        "--teacher", "resnet18", "--kd", "skip+toy", "--kd-weights", "toy=0.25",
+        "--output-dir", str(tmp_path), "--run-name", "toyrun"])
+    summary = model_training_mid.main(args)
+    out = capsys.readouterr().out
+    assert "toy " in out and "skip " in out
+    st = summary["student"]
+    assert st["kd_weights"] == {"skip": 0.3, "toy": 0.25}
+    arr = np.load(tmp_path / "numpy_outputs" / "train_loss_toy_student_toyrun.npy")
+    assert arr.shape == (2,) and np.isfinite(arr).all() and (arr > 0).all()
+    on_disk = json.loads((tmp_path / "numpy_outputs" / "summary_toyrun.json").read_text())
+    assert on_disk["student"]["kd"] == "skip+toy"
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(tmp_path / "runs" / "toyrun" / "student"),
+                           size_guidance={"scalars": 0})
+    acc.Reload()
+    events = acc.Scalars("student/train_loss_toy")
+    np.testing.assert_allclose([e.value for e in events], arr, rtol=1e-6)
+    # the teacher ran whole (the toy term needs its logits); the learned scale trained and
+    # stays out of the exported student
+    ckpt = torch.load(tmp_path / "saved_pth_model" / "toyrun_student.pth", weights_only=True)
+    assert not any("scale" in k or k.startswith("toy") for k in ckpt["state_dict"])
+
+
+def test_the_teacher_runs_only_as_far_as_the_terms_need(toy_term):
+    from models import create_model
+    torch.manual_seed(0)
+    teacher = create_model("resnet18", base_width=4).eval()
+    calls = []
+    teacher.forward_hint = lambda x, _f=teacher.forward_hint: calls.append("hint") or _f(x)
+    x = torch.randn(2, 3, 32, 32)
+    hint_only = DistillationLoss("skip", teacher, fast_teacher=False)
+    logits, hint = hint_only.teacher_forward(x)
+    assert logits is None and hint is not None and calls == ["hint"]
+    whole = DistillationLoss("skip+toy", teacher, fast_teacher=False)
+    logits, hint = whole.teacher_forward(x)
+    assert logits is not None and hint is not None and calls == ["hint"]
