@@ -10,7 +10,6 @@ CUDA both paths run with cuDNN's autotuner on (as RepDistiller and most CIFAR sc
 """
 import argparse
 import json
-import os
 import platform
 import statistics
 import sys
@@ -20,12 +19,14 @@ import numpy as np
 import torch
 
 from models import ECA_PLACEMENTS, create_model
-from utils.cli import OneLineParser, add_bool, model_name, positive_int
+from utils.cli import OneLineParser, add_bool, kd_spec, model_name, positive_int
 from utils.data import Augment, TensorLoader, channel_stats, make_synthetic
 from utils.engine import autocast_context
 from utils.errors import exit_on_user_error
-from utils.kd import KD_MODES, DistillationLoss
+from utils.kd import DistillationLoss
+from utils.outputs import atomic_write_text
 from utils.pipeline import resolve_device
+from utils.toolargs import check_output_path
 
 
 def get_args_parser():
@@ -35,7 +36,8 @@ def get_args_parser():
     p.add_argument("--student", type=model_name, default="resnet18", help="student architecture")
     p.add_argument("--width", type=positive_int, default=16, help="base width of both nets")
     p.add_argument("--eca", choices=ECA_PLACEMENTS, default="parallel", help="ECA placement")
-    p.add_argument("--kd", choices=KD_MODES, default="skip", help="distillation mode")
+    p.add_argument("--kd", type=kd_spec, default="skip",
+                   help="distillation terms joined by '+' (see model_training_mid.py --help)")
     p.add_argument("--batch-size", type=positive_int, default=128, help="training batch size")
     p.add_argument("--eval-batch-size", type=positive_int, default=512, help="evaluation batch size")
     p.add_argument("--steps", type=positive_int, default=10, help="timed steps per repeat")
@@ -226,6 +228,8 @@ def _run(step, loader, bs, args, device):
 
 # ------------------------------------------------------------------ main
 def main(args):
+    if args.json:  # before any timing: not a folder, a writable place
+        check_output_path(args.json, what="--json", create=True)
     device = resolve_device(args.device)
     benches = [b.strip() for b in args.benches.split(",") if b.strip()]
     for b in benches:
@@ -241,11 +245,8 @@ def main(args):
 
     def add(row):  # the JSON is rewritten after every row: a run stopped midway keeps its rows
         rows.append(row)
-        if args.json:
-            tmp = args.json + ".tmp"
-            with open(tmp, "w") as f:
-                json.dump(result, f, indent=2)
-            os.replace(tmp, args.json)
+        if args.json:  # a private temporary file, then os.replace (utils.outputs)
+            atomic_write_text(args.json, json.dumps(result, indent=2))
 
     for bench in benches:
         ref = reference(bench, args, data, device) if args.reference else None

@@ -8,13 +8,14 @@ run, or a model_training_mid.py run with --kd none. Unless given, it is found au
 same student architecture, width, dataset and test-set size, preferring the same ECA
 placement, then the same training-set size, epochs and seed.
 """
+import glob
 import math
 import os
 
 from utils.errors import UserError, exit_on_user_error
 from utils.outputs import atomic_write_text
 from utils.runs import load_summaries, unknown_key_message
-from utils.toolargs import tool_parser
+from utils.toolargs import check_output_path, tool_parser
 
 
 def get_args_parser():
@@ -29,10 +30,11 @@ def get_args_parser():
                         "an automatic match")
     p.add_argument("--no-auto-baseline", dest="auto_baseline", action="store_false",
                    help="do not match baselines automatically")
-    p.add_argument("--acc", choices=["test", "best", "final"], default="test",
-                   help="test: test accuracy of the best-epoch checkpoint (= its validation "
-                        "accuracy under the test-as-val protocol); best / final: best-epoch / "
-                        "final-epoch validation accuracy")
+    p.add_argument("--acc", choices=["test", "last", "best", "final"], default="test",
+                   help="test: test accuracy of the best-validation checkpoint (under the "
+                        "test-as-val protocol, its validation accuracy, which is optimistic); "
+                        "last: test accuracy of the last epoch; best / final: best-epoch / "
+                        "final-epoch validation accuracy. The table names each run's protocol")
     p.add_argument("--output", default=None,
                    help="markdown file to write (default: <numpy-dir>/comparison.md)")
     return p
@@ -48,6 +50,12 @@ def _student_of(summary):
     return None
 
 
+def protocol(summary) -> str:
+    """'held-out' or 'test-as-val' (older summaries without the field: test-as-val)."""
+    p = (summary.get("dataset") or {}).get("protocol") or "test-as-val"
+    return "held-out" if p.startswith("held-out") else "test-as-val"
+
+
 def _dataset_id(summary):
     d = summary.get("dataset") or {}
     return d.get("dataset"), d.get("test_size")
@@ -57,10 +65,10 @@ def _acc(result, which):
     if not result:
         return None
     v = None
-    if which == "test":  # summaries without a test report: test-as-val, the same number
-        v = result.get("test_acc_best")
+    if which in ("test", "last"):  # summaries without a test report: test-as-val, the same
+        v = result.get("test_acc_best" if which == "test" else "test_acc_last")
     if v is None:
-        v = result.get("final_val_acc" if which == "final" else "best_val_acc")
+        v = result.get("final_val_acc" if which in ("final", "last") else "best_val_acc")
     return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
 
 
@@ -140,6 +148,7 @@ def comparison_rows(summaries, keys, default_baseline, per_run, auto, which):
         rows.append({
             "run": key,
             "dataset": f"{d.get('dataset', '?')} ({d.get('train_size', '?')}/{d.get('test_size', '?')})",
+            "protocol": protocol(run),
             "teacher": f"{t['arch']} w{t['base_width']}" if t else "-",
             "student": f"{s['arch']} w{s['base_width']}",
             "eca": s.get("eca", "-"), "kd": s.get("kd") or (run.get("args") or {}).get("kd", "-"),
@@ -151,30 +160,33 @@ def comparison_rows(summaries, keys, default_baseline, per_run, auto, which):
 
 
 def markdown(rows, baselines, which):
-    head = ["run", "dataset (train/test)", "teacher", "student", "ECA", "KD", "teacher acc",
+    head = ["run", "dataset (train/test)", "protocol", "teacher", "student", "ECA", "KD", "teacher acc",
             "baseline acc", "KD student acc", "Δ student−baseline", "Δ student−teacher",
             "params T / S", "baseline run"]
-    what = {"test": "test accuracy of the best-epoch checkpoint",
+    what = {"test": "test accuracy of the best-validation checkpoint",
+            "last": "test accuracy of the last epoch",
             "best": "best-epoch validation accuracy",
             "final": "final-epoch validation accuracy"}[which]
-    out = [f"Accuracy: {what} (%); Δ in percentage points.", "",
+    out = [f"Accuracy: {what} (%); Δ in percentage points. Protocol: held-out = checkpoint "
+           f"chosen on a held-out part of the training set; test-as-val = chosen on the test set "
+           f"(optimistic).", "",
            "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         out.append("| " + " | ".join([
-            r["run"], r["dataset"], r["teacher"], r["student"], r["eca"], r["kd"],
+            r["run"], r["dataset"], r["protocol"], r["teacher"], r["student"], r["eca"], r["kd"],
             _pct(r["teacher_acc"]), _pct(r["baseline_acc"]), _pct(r["student_acc"]),
             _delta(r["student_acc"], r["baseline_acc"]), _delta(r["student_acc"], r["teacher_acc"]),
             f"{_params(r['teacher_params'])} / {_params(r['student_params'])}",
             r["baseline_key"] or "-"]) + " |")
     if baselines:
         out += ["", "Baselines (no teacher):", "",
-                "| run | dataset (train/test) | model | ECA | acc | params |",
-                "|---|---|---|---|---|---|"]
+                "| run | dataset (train/test) | protocol | model | ECA | acc | params |",
+                "|---|---|---|---|---|---|---|"]
         for key, summ in baselines.items():
             b = _student_of(summ)
             d = summ.get("dataset") or {}
             out.append(f"| {key} | {d.get('dataset', '?')} ({d.get('train_size', '?')}/"
-                       f"{d.get('test_size', '?')}) | {b['arch']} w{b['base_width']} | "
+                       f"{d.get('test_size', '?')}) | {protocol(summ)} | {b['arch']} w{b['base_width']} | "
                        f"{b.get('eca', '-')} | {_pct(_acc(b, which))} | {_params(b.get('params'))} |")
     return "\n".join(out)
 
@@ -182,6 +194,10 @@ def markdown(rows, baselines, which):
 def main(args):
     if not os.path.isdir(args.numpy_dir):
         raise UserError(f"--numpy-dir folder not found: {args.numpy_dir}")
+    output = args.output or os.path.join(args.numpy_dir, "comparison.md")
+    inputs = {p for d in (args.numpy_dir, glob.escape(args.numpy_dir))  # what load_summaries reads
+              for p in glob.glob(os.path.join(d, "summary_*.json"))}
+    check_output_path(output, inputs, "--output", create=True)
     summaries = load_summaries(args.numpy_dir)
     if not summaries:
         raise UserError(f"no summary_*.json files in {args.numpy_dir}: train a run first")
@@ -200,7 +216,6 @@ def main(args):
         raise UserError(f"no distillation or baseline runs in {args.numpy_dir}")
     text = markdown(rows, baselines, args.acc)
     print(text)
-    output = args.output or os.path.join(args.numpy_dir, "comparison.md")
     atomic_write_text(output, "# Run comparison\n\n" + text + "\n")
     print(f"\nwrote {output}")
     return rows

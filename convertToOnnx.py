@@ -9,6 +9,7 @@ The graph has one input 'input' (B, C, H, W) float32, normalised like the traini
 or pass --fold-bn to fold it at export time).
 """
 import os
+import tempfile
 import warnings
 
 import numpy as np
@@ -18,7 +19,7 @@ from utils.analysis import OutputsAsTuple
 from utils.checkpoint import load_checkpoint, model_from_checkpoint
 from utils.cli import positive_int
 from utils.errors import UserError, exit_on_user_error
-from utils.toolargs import tool_parser
+from utils.toolargs import check_output_path, tool_parser
 
 
 def get_args_parser():
@@ -96,20 +97,34 @@ def compare_with_onnxruntime(model, path, input_shape, batch_sizes, with_hint=Fa
     return diffs
 
 
+def export_to(output, model, example, with_hint=False, opset=None, fold_bn=False):
+    """export_onnx into a temporary file beside `output`, then os.replace: a failed export
+    leaves an earlier file at `output` as it was and no partial file behind."""
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".onnx",
+                               dir=os.path.dirname(os.path.abspath(output)))
+    os.close(fd)
+    try:
+        proto = export_onnx(model, tmp, example, with_hint, opset, fold_bn)
+        os.replace(tmp, output)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return proto
+
+
 def main(args):
+    output = args.output or os.path.splitext(args.checkpoint)[0] + ".onnx"
+    check_output_path(output, inputs=[args.checkpoint], what="--output")
     ckpt = load_checkpoint(args.checkpoint)
     model = model_from_checkpoint(ckpt, args.checkpoint).eval()
     cfg = ckpt["model"]
     c = cfg.get("in_channels", 3)
     size = cfg.get("image_size") or (ckpt.get("data") or {}).get("image_size") or 32
-    output = args.output or os.path.splitext(args.checkpoint)[0] + ".onnx"
-    folder = os.path.dirname(os.path.abspath(output))
-    if not os.path.isdir(folder):
-        raise UserError(f"output folder does not exist: {folder}")
     example = torch.zeros(1, c, size, size)
     import onnx
     try:
-        proto = export_onnx(model, output, example, args.with_hint, args.opset, args.fold_bn)
+        proto = export_to(output, model, example, args.with_hint, args.opset, args.fold_bn)
     except onnx.checker.ValidationError as exc:
         raise UserError(f"the exported model fails onnx.checker: {str(exc).splitlines()[0]}") from None
     opset = max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))

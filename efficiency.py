@@ -16,9 +16,10 @@ from utils.analysis import (count_macs, count_parameters, file_size_mb, time_lat
 from utils.checkpoint import load_checkpoint, model_from_checkpoint
 from utils.cli import positive_int
 from utils.errors import UserError, exit_on_user_error
+from utils.outputs import atomic_write_text
 from utils.pipeline import resolve_device
 from utils.runs import run_checkpoints
-from utils.toolargs import tool_parser
+from utils.toolargs import check_distinct_outputs, check_output_path, tool_parser
 
 
 def get_args_parser():
@@ -137,6 +138,13 @@ def main(args):
         name = os.path.splitext(os.path.basename(args.checkpoints[0]))[0]
     else:
         raise UserError("nothing to measure: pass checkpoints or --run KEY (see --help)")
+    inputs = [p for p, _ in entries]
+    json_path = args.json or os.path.join(os.path.dirname(os.path.abspath(entries[0][0])),
+                                          f"efficiency_{name}.json")
+    check_output_path(json_path, inputs, "--json", create=True)
+    if args.markdown:
+        check_output_path(args.markdown, inputs, "--markdown", create=True)
+        check_distinct_outputs([("--json", json_path), ("--markdown", args.markdown)])
     rows = [measure(p, role, device, args) for p, role in entries]
     labels = [r["label"] for r in rows]
     if len(set(labels)) < len(labels):  # e.g. two students: label by file instead
@@ -152,15 +160,9 @@ def main(args):
         report["mac_ratio"] = rows[0]["macs"] / rows[1]["macs"]
         print(f"\ncompression: {rows[0]['label']} has {report['compression_ratio']:.2f}x the "
               f"parameters and {report['mac_ratio']:.2f}x the MACs of {rows[1]['label']}")
-    json_path = args.json or os.path.join(os.path.dirname(os.path.abspath(entries[0][0])),
-                                          f"efficiency_{name}.json")
-    os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
-    with open(json_path, "w") as f:
-        json.dump(report, f, indent=2)
-        f.write("\n")
+    atomic_write_text(json_path, json.dumps(report, indent=2) + "\n")
     if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(table + "\n")
+        atomic_write_text(args.markdown, table + "\n")
     print(f"wrote {json_path}")
     return report
 

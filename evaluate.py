@@ -18,9 +18,11 @@ from utils.checkpoint import load_checkpoint, model_from_checkpoint
 from utils.cli import add_bool, positive_int
 from utils.data import DATASETS
 from utils.errors import exit_on_user_error
+from utils.outputs import atomic_write, atomic_write_text
 from utils.pipeline import resolve_device
 from utils.tensorboard import predictions_figure
-from utils.toolargs import tool_parser
+from utils.toolargs import (check_distinct_outputs, check_output_dir, check_output_path,
+                            tool_parser)
 
 
 def get_args_parser():
@@ -31,7 +33,8 @@ def get_args_parser():
                    help="evaluate on this dataset's test split (default: the checkpoint's own; the "
                         "synthetic split is rebuilt with the run's sizes and seed)")
     p.add_argument("--data-dir", default=None,
-                   help="folder holding the dataset (default: the run's --data-dir)")
+                   help="folder holding the dataset (default: the run's --data-dir saved in the "
+                        "checkpoint, printed when used)")
     add_bool(p, "--download", False, "download the dataset when it is not in --data-dir")
     p.add_argument("--split", choices=["test", "val"], default="test",
                    help="test: the test split; val: the run's validation set (its held-out part "
@@ -55,7 +58,8 @@ def get_args_parser():
                         "else ./runs/eval_<stem>)")
     p.add_argument("--num-images", type=positive_int, default=16,
                    help="test images in the predictions-vs-labels figure")
-    add_bool(p, "--quiet", False, "print only the accuracy line")
+    add_bool(p, "--quiet", False, "print only the accuracy line (and the data folder when it "
+                                  "comes from the checkpoint)")
     return p
 
 
@@ -65,12 +69,41 @@ def default_logdir(checkpoint, stem):
     return os.path.join(root, "runs", f"eval_{stem}")
 
 
+def _class_names(names, k):
+    """Class names from checkpoint metadata or a dataset: k strings (indices where missing)."""
+    names = [str(c) for c in names] if isinstance(names, (list, tuple)) else []
+    return names[:k] + [str(i) for i in range(len(names), k)]
+
+
+def output_paths(args):
+    """-> (stem, out_dir, json path, confusion PNG path, TensorBoard folder or None), checked
+    before any work: none may be the checkpoint, an existing folder where a file goes, or an
+    unwritable place."""
+    stem = (os.path.splitext(os.path.basename(args.checkpoint))[0]
+            + ("_val" if args.split == "val" else "") + ("_tta" if args.tta else ""))
+    inputs = [args.checkpoint]
+    out_dir = args.out_dir or os.path.dirname(os.path.abspath(args.checkpoint))
+    check_output_dir(out_dir, inputs, "--out-dir")
+    json_path = args.json or os.path.join(out_dir, f"{stem}_eval.json")
+    cm_path = os.path.join(out_dir, f"{stem}_confusion.png")
+    check_output_path(json_path, inputs, "--json", create=True)
+    check_output_path(cm_path, inputs, "the confusion-matrix PNG", create=True)
+    check_distinct_outputs([("--json", json_path), ("the confusion-matrix PNG", cm_path)])
+    tb_dir = None
+    if args.tensorboard:
+        tb_dir = args.logdir or default_logdir(args.checkpoint, stem)
+        check_output_dir(tb_dir, inputs, "--logdir")
+    return stem, out_dir, json_path, cm_path, tb_dir
+
+
 def main(args):
+    stem, out_dir, json_path, cm_path, tb_dir = output_paths(args)
     ckpt = load_checkpoint(args.checkpoint)
     device = resolve_device(args.device)
     model = model_from_checkpoint(ckpt, args.checkpoint).to(device).eval()
+    source = {}  # the data folder read, and whether it came from the checkpoint (printed then)
     test, dataset = checkpoint_test_data(ckpt, args.dataset, args.data_dir, args.download,
-                                         args.limit, args.split)
+                                         args.limit, args.split, info=source)
     loader = checkpoint_loader(ckpt, test, args.batch_size, device)
     logits, labels = predict_logits(model, loader, tta=args.tta)  # (N, K), (N,)
     preds = logits.argmax(1)
@@ -78,51 +111,56 @@ def main(args):
     cm = confusion_matrix(labels, preds, k)                        # (K, K) true x predicted
     per_class_total = cm.sum(1)
     per_class_acc = (100.0 * cm.diag().double() / per_class_total.clamp_min(1)).tolist()
-    data_cfg = ckpt.get("data") or {}
+    data_cfg = ckpt.get("data") if isinstance(ckpt.get("data"), dict) else {}
     # class names: the checkpoint's for its own dataset, the loaded dataset's otherwise
-    classes = list(data_cfg.get("classes") or []) if dataset == data_cfg.get("dataset") \
-        else list(test.classes)
-    classes = classes[:k] + [str(i) for i in range(len(classes), k)]
+    classes = _class_names(data_cfg.get("classes") if dataset == data_cfg.get("dataset")
+                           else test.classes, k)
     acc = 100.0 * (preds == labels).double().mean().item()
     loss = F.cross_entropy(logits, labels).item()
-    logged = ((ckpt.get("metrics") or {}).get("val") or {}).get("acc")  # training's own eval
+    metrics = ckpt.get("metrics") if isinstance(ckpt.get("metrics"), dict) else {}
+    val = metrics.get("val")
+    logged = val.get("acc") if isinstance(val, dict) else None  # training's own evaluation
+    if isinstance(logged, bool) or not isinstance(logged, (int, float)):
+        logged = None
+    epoch = ckpt.get("epoch")
+    step = epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else 0
+    role = ckpt.get("role") if isinstance(ckpt.get("role"), str) else None
     # the logged accuracy is on these very images: the run's dataset, its validation set (the
     # test split unless a held-out --val-split was used), no --limit of our own
-    held_out = float(data_cfg.get("val_split") or 0) > 0
+    try:
+        held_out = float(data_cfg.get("val_split") or 0) > 0
+    except (TypeError, ValueError):  # already refused by checkpoint_test_data for --split val
+        held_out = False
     own_split = (dataset == data_cfg.get("dataset") and args.limit is None
                  and (args.split == "val" or not held_out))
 
-    stem = (os.path.splitext(os.path.basename(args.checkpoint))[0]
-            + ("_val" if args.split == "val" else "") + ("_tta" if args.tta else ""))
-    out_dir = args.out_dir or os.path.dirname(os.path.abspath(args.checkpoint))
     os.makedirs(out_dir, exist_ok=True)
     cfg = ckpt["model"]
-    title = (f"{cfg['arch']} ({ckpt.get('role', '?')}, eca {cfg.get('eca')}, width "
+    title = (f"{cfg['arch']} ({role or '?'}, eca {cfg.get('eca')}, width "
              f"{cfg['base_width']}) on {dataset} {args.split}: {acc:.2f}%"
              + (" with flip TTA" if args.tta else ""))
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig = confusion_figure(cm, classes, title, normalize=args.normalize_cm)
-    cm_path = os.path.join(out_dir, f"{stem}_confusion.png")
-    fig.savefig(cm_path, dpi=110)
+    atomic_write(cm_path, lambda f: fig.savefig(f, format="png", dpi=110), "wb", suffix=".png")
     plt.close(fig)
 
-    tb_dir = None
-    if args.tensorboard:
+    if tb_dir is not None:
         from torch.utils.tensorboard import SummaryWriter
-        tb_dir = args.logdir or default_logdir(args.checkpoint, stem)
         n = min(args.num_images, len(test))
         fig = predictions_figure(test.images[:n], labels[:n], preds[:n], classes, n=n)
         with SummaryWriter(log_dir=tb_dir) as writer:
-            writer.add_figure(f"{ckpt.get('role', 'model')}/eval_predictions_vs_labels", fig,
-                              global_step=int(ckpt.get("epoch") or 0), close=True)
-            writer.add_scalar("eval/accuracy", acc, int(ckpt.get("epoch") or 0))
+            writer.add_figure(f"{role or 'model'}/eval_predictions_vs_labels", fig,
+                              global_step=step, close=True)
+            writer.add_scalar("eval/accuracy", acc, step)
 
     result = {
-        "checkpoint": os.path.abspath(args.checkpoint), "role": ckpt.get("role"),
+        "checkpoint": os.path.abspath(args.checkpoint), "role": role,
         "arch": cfg["arch"], "eca": cfg.get("eca"), "base_width": cfg["base_width"],
-        "epoch": ckpt.get("epoch"), "dataset": dataset, "split": args.split,
+        "epoch": epoch if step == epoch else None, "dataset": dataset, "split": args.split,
+        "data_dir": source.get("data_dir"),
+        "data_dir_from_checkpoint": source.get("data_dir_from_checkpoint", False),
         "num_images": len(test), "tta": args.tta,
         "accuracy": acc, "loss": loss, "logged_val_accuracy": logged,
         "same_split_as_training": own_split,
@@ -131,11 +169,7 @@ def main(args):
         "classes": classes, "confusion_matrix": cm.tolist(),
         "confusion_png": cm_path, "tensorboard_dir": tb_dir,
     }
-    json_path = args.json or os.path.join(out_dir, f"{stem}_eval.json")
-    os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
-    with open(json_path, "w") as f:
-        json.dump(result, f, indent=2)
-        f.write("\n")
+    atomic_write_text(json_path, json.dumps(result, indent=2) + "\n")
 
     print(f"{title}  (loss {loss:.4f}, {len(test)} images"
           + (f"; logged val accuracy {logged:.2f}%" if logged is not None and own_split else "")

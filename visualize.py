@@ -4,13 +4,14 @@
 """
 import os
 import shutil
+import tempfile
 
 import torch
 
 from utils.checkpoint import load_checkpoint, model_from_checkpoint
 from utils.cli import positive_int
 from utils.errors import UserError, exit_on_user_error
-from utils.toolargs import tool_parser
+from utils.toolargs import check_output_path, tool_parser
 
 FORMATS = ("png", "svg", "pdf")
 
@@ -53,35 +54,41 @@ def make_graph(model, example, with_hint=False, show_attrs=False, rankdir="TB", 
     return dot
 
 
+def render(dot, output, fmt):
+    """Render into a private temporary folder beside `output` (graphviz writes its dot source
+    next to the image and deletes it afterwards: never in the user's folder, where that name
+    could be an existing file such as the checkpoint), then move only the image into place."""
+    import graphviz
+    folder = os.path.dirname(os.path.abspath(output))
+    with tempfile.TemporaryDirectory(prefix=".visualize-", dir=folder) as tmp:
+        try:
+            image = dot.render(filename="graph", directory=tmp, format=fmt, cleanup=True)
+        except graphviz.ExecutableNotFound:
+            check_dot()
+            raise UserError("Graphviz's 'dot' could not be run: install the Debian package "
+                            "'graphviz'") from None
+        except graphviz.CalledProcessError as exc:
+            raise UserError(f"Graphviz failed to render the graph (exit {exc.returncode})") from None
+        os.replace(image, output)  # same folder: atomic, an earlier image stays until then
+    return output
+
+
 def main(args):
-    ckpt = load_checkpoint(args.checkpoint)
-    model = model_from_checkpoint(ckpt, args.checkpoint)
     output = args.output or os.path.splitext(args.checkpoint)[0] + "_graph.png"
-    stem, ext = os.path.splitext(output)
-    fmt = ext.lstrip(".").lower()
+    fmt = os.path.splitext(output)[1].lstrip(".").lower()
     if fmt not in FORMATS:
         raise UserError(f"--output must end in one of {', '.join('.' + f for f in FORMATS)}, "
                         f"got {output!r}")
-    folder = os.path.dirname(os.path.abspath(output))
-    if not os.path.isdir(folder):
-        raise UserError(f"output folder does not exist: {folder}")
+    check_output_path(output, inputs=[args.checkpoint], what="--output")
+    ckpt = load_checkpoint(args.checkpoint)
+    model = model_from_checkpoint(ckpt, args.checkpoint)
     check_dot()
     cfg = ckpt["model"]
     c = cfg.get("in_channels", 3)
     size = cfg.get("image_size") or 32
     dot = make_graph(model, torch.zeros(1, c, size, size), args.with_hint, args.show_attrs,
                      args.rankdir, args.dpi)
-    import graphviz
-    try:
-        # render writes `stem` (the dot source) and `stem.fmt`; cleanup removes the source
-        path = dot.render(filename=os.path.basename(stem), directory=folder, format=fmt,
-                          cleanup=True)
-    except graphviz.ExecutableNotFound:
-        check_dot()
-        raise UserError("Graphviz's 'dot' could not be run: install the Debian package "
-                        "'graphviz'") from None
-    except graphviz.CalledProcessError as exc:
-        raise UserError(f"Graphviz failed to render the graph (exit {exc.returncode})") from None
+    path = render(dot, output, fmt)
     print(f"wrote {path} ({cfg['arch']}, eca {cfg.get('eca')}, width {cfg['base_width']}, "
           f"{len(dot.body)} graph elements)")
     return path

@@ -4,6 +4,7 @@
     python numpy_outputs/plotting.py --list
     python numpy_outputs/plotting.py --run KEY [KEY ...] [--baseline KEY] [--metric both]
 """
+import glob
 import os
 import sys
 
@@ -13,14 +14,18 @@ if ROOT not in sys.path:  # run as a script from anywhere: the repo's packages c
 
 from utils.cli import positive_int  # noqa: E402
 from utils.errors import UserError, exit_on_user_error  # noqa: E402
+from utils.outputs import atomic_write  # noqa: E402
 from utils.runs import check_run_keys, list_run_keys, load_history  # noqa: E402
-from utils.toolargs import tool_parser  # noqa: E402
+from utils.toolargs import check_output_dir, check_output_path, tool_parser  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROLE_ORDER = ("teacher", "student", "baseline")
 SPLIT_STYLE = {"val": "-", "train": "--"}          # matplotlib line styles
 SPLIT_DASH = {"val": "solid", "train": "dash"}     # plotly dash styles
-METRIC_LABEL = {"accuracy": "accuracy (%)", "loss": "loss (mean per image)"}
+METRIC_LABEL = {"accuracy": "accuracy (%)", "loss": "cross-entropy (mean per image)",
+                "distillation": "distillation term (mean per image)"}
+PANEL_TITLE = {"accuracy": "accuracy", "loss": "cross-entropy: training vs validation",
+               "distillation": "distillation terms (training)"}
 
 
 def get_args_parser():
@@ -33,7 +38,8 @@ def get_args_parser():
                    help="also draw this baseline run (a model_training.py run, or the student of "
                         "a --kd none run)")
     p.add_argument("--metric", choices=["accuracy", "loss", "both"], default="both",
-                   help="which curves to draw")
+                   help="which curves to draw; 'loss' compares training and validation "
+                        "cross-entropy, and adds a panel of the distillation terms")
     p.add_argument("--split", choices=["train", "val", "both"], default="both",
                    help="training and/or validation curves (validation solid, training dashed)")
     p.add_argument("--numpy-dir", default=HERE,
@@ -46,9 +52,9 @@ def get_args_parser():
                    dest="formats", help="output formats")
     p.add_argument("--plotlyjs", choices=["inline", "cdn"], default="inline",
                    help="embed plotly.js in the HTML (works offline, ~4 MB) or load it from a CDN")
-    p.add_argument("--loss-scale", choices=["linear", "log"], default="linear",
-                   help="y axis of the loss plot (log helps when a distillation term dominates "
-                        "the training loss)")
+    p.add_argument("--loss-scale", choices=["linear", "log"], default="log",
+                   help="y axis of the loss panels (log keeps a first-epoch spike from flattening "
+                        "every other curve)")
     p.add_argument("--dpi", type=positive_int, default=120, help="PNG resolution (dots per inch)")
     p.add_argument("--list", action="store_true", help="list the run keys found and exit")
     return p
@@ -72,8 +78,18 @@ def collect_series(numpy_dir, keys, baseline, metrics, splits):
     series = []
     for key, role, hist, prefix in entries:
         for metric in metrics:
+            if metric == "distillation":  # the training loss's distillation parts
+                for (split, name), y in hist.items():
+                    if split == "train" and name.startswith("loss_") and name != "loss_ce":
+                        series.append({"label": f"{prefix} {name[5:]}", "role": role, "key": key,
+                                       "split": "train", "metric": metric, "part": name[5:],
+                                       "y": [float(v) for v in y]})
+                continue
             for split in splits:
+                # like with like: training CE against validation CE (validation has no KD term)
                 y = hist.get((split, metric))
+                if metric == "loss" and split == "train" and ("train", "loss_ce") in hist:
+                    y = hist[("train", "loss_ce")]
                 if y is not None and len(y):
                     series.append({"label": f"{prefix} {split}", "role": role, "key": key,
                                    "split": split, "metric": metric,
@@ -103,20 +119,23 @@ def plot_png(series, metrics, path, title, dpi=120, loss_scale="linear"):
     for ax, metric in zip(axes[0], metrics):
         for s in (s for s in series if s["metric"] == metric):
             epochs = range(1, len(s["y"]) + 1)
-            ax.plot(epochs, s["y"], SPLIT_STYLE[s["split"]], color=colours[(s["key"], s["role"])],
+            style = ":" if metric == "distillation" and s.get("part") != "skip" else SPLIT_STYLE[s["split"]]
+            ax.plot(epochs, s["y"], style, color=colours[(s["key"], s["role"])],
                     label=s["label"], marker="o" if len(s["y"]) <= 20 else None, markersize=3)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs only
         ax.set_ylabel(METRIC_LABEL[metric])
-        if metric == "loss":
+        if metric != "accuracy":
             ax.set_yscale(loss_scale)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-        ax.set_title(metric)
+        ax.set_title(PANEL_TITLE[metric], fontsize=9)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi), "wb", suffix=".png")
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -125,7 +144,7 @@ def plot_html(series, metrics, path, title, plotlyjs="inline", loss_scale="linea
     from plotly.subplots import make_subplots
 
     colours = _colours(series)
-    fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=list(metrics))
+    fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=[PANEL_TITLE[m] for m in metrics])
     for col, metric in enumerate(metrics, start=1):
         for s in (s for s in series if s["metric"] == metric):
             # plain lists keep the values readable in the HTML (numpy arrays become base64)
@@ -137,9 +156,10 @@ def plot_html(series, metrics, path, title, plotlyjs="inline", loss_scale="linea
                           row=1, col=col)
         fig.update_xaxes(title_text="epoch", row=1, col=col)
         fig.update_yaxes(title_text=METRIC_LABEL[metric], row=1, col=col,
-                         type=loss_scale if metric == "loss" else "linear")
+                         type=loss_scale if metric != "accuracy" else "linear")
     fig.update_layout(title=title, hovermode="x unified", template="plotly_white")
-    fig.write_html(path, include_plotlyjs=True if plotlyjs == "inline" else "cdn", full_html=True)
+    html = fig.to_html(include_plotlyjs=True if plotlyjs == "inline" else "cdn", full_html=True)
+    atomic_write(path, lambda f: f.write(html.encode("utf-8")), "wb", suffix=".html")
     return path
 
 
@@ -168,12 +188,22 @@ def main(args):
         print(f"plotting the newest run '{args.run[0]}' (choose with --run; see --list)")
     metrics = ["accuracy", "loss"] if args.metric == "both" else [args.metric]
     splits = ["val", "train"] if args.split == "both" else [args.split]
-    series = collect_series(numpy_dir, args.run, args.baseline, metrics, splits)
-
     out_dir = args.out_dir or os.path.join(numpy_dir, "plots")
-    os.makedirs(out_dir, exist_ok=True)
     more = f"_and_{len(args.run) - 1}_more" if len(args.run) > 1 else ""
     name = args.name or f"curves_{args.run[0]}{more}"
+    # the arrays and summaries of the folder are this tool's inputs: never an output
+    inputs = [p for pattern in ("*.npy", "summary_*.json")
+              for p in glob.glob(os.path.join(glob.escape(numpy_dir), pattern))]
+    check_output_dir(out_dir, inputs, "--out-dir")
+    for fmt in args.formats:
+        check_output_path(os.path.join(out_dir, f"{name}.{fmt}"), inputs, f"the {fmt.upper()} "
+                          f"output", create=True)
+    if "loss" in metrics:  # the distillation terms get their own panel, when a run has any
+        metrics.append("distillation")
+    series = collect_series(numpy_dir, args.run, args.baseline, metrics, splits)
+    metrics = [m for m in metrics if any(s["metric"] == m for s in series)]
+
+    os.makedirs(out_dir, exist_ok=True)
     title = " vs ".join(args.run) + (f" (baseline {args.baseline})" if args.baseline else "")
     written = []
     if "png" in args.formats:

@@ -93,6 +93,8 @@ CASES = {
     "data-dir-without-cifar": (BASE, ["--data-dir", "{empty_data}"], ["cifar-10-batches-py"]),
     "empty-cifar-folder": (BASE, ["--data-dir", "{empty_cifar}"], ["data_batch_1"]),
     "malformed-cifar-batch": (BASE, ["--data-dir", "{malformed}"], ["data_batch_3"]),
+    "crafted-cifar-pickle": (BASE, ["--data-dir", "{crafted}"], ["data_batch_2", "refusing"]),
+    "cifar-label-10": (MID, ["--data-dir", "{label10}"], ["data_batch_1", "label"]),
     # ---- teacher checkpoints
     "teacher-ckpt-other-arch": (MID, ["--teacher-checkpoint", "{r50}", "--teacher", "resnet34"],
                                 ["resnet50", "resnet34"]),
@@ -105,7 +107,19 @@ CASES = {
                              ["does_not_exist.pth", "not found"]),
     "teacher-ckpt-directory": (MID, ["--teacher-checkpoint", "{ckpt_dir}"], ["is a directory"]),
     "teacher-ckpt-100-classes": (MID, ["--teacher-checkpoint", "{c100}"], ["100 classes"]),
+    "teacher-ckpt-width-text": (MID, ["--teacher-checkpoint", "{width_text}"], ["base_width"]),
+    "teacher-ckpt-std-zero": (MID, ["--teacher-checkpoint", "{std_zero}"], ["std"]),
 }
+
+
+class _RunsCode:
+    """Unpickled without restriction, this would call os.makedirs(path)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.makedirs, (self.path,))
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +153,12 @@ def paths(tmp_path_factory, tiny_cifar, tiny_data):
     torch.save({"weights": torch.zeros(3)}, foreign)
     (d / "a_folder.pth").mkdir()
 
+    good = torch.load(r50, weights_only=True)
+    width_text = str(d / "width_text.pth")
+    torch.save({**good, "model": {**good["model"], "base_width": "4"}}, width_text)
+    std_zero = str(d / "std_zero.pth")
+    torch.save({**good, "data": {**good["data"], "std": [0.25, 0.0, 0.25]}}, std_zero)
+
     data = tmp_path_factory.mktemp("bad_data")
     (data / "empty").mkdir()
     (data / "empty_cifar" / "cifar-10-batches-py").mkdir(parents=True)
@@ -146,7 +166,18 @@ def paths(tmp_path_factory, tiny_cifar, tiny_data):
     # a readable pickle that is not a CIFAR batch (wrong row length)
     with open(os.path.join(folder, "data_batch_3"), "wb") as f:
         pickle.dump({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}, f)
-    return {"data": tiny_cifar, "r50": r50, "mislabelled": mislabelled, "c100": c100,
+    # a batch whose unpickling would run code (it would create the folder `ran`)
+    crafted = write_cifar10(str(data / "crafted"), *tiny_data)
+    with open(os.path.join(crafted, "data_batch_2"), "wb") as f:
+        pickle.dump(_RunsCode(str(data / "ran")), f)
+    label10 = write_cifar10(str(data / "label10"), *tiny_data)
+    with open(os.path.join(label10, "data_batch_1"), "rb") as f:
+        batch = pickle.load(f, encoding="bytes")  # written by this fixture: trusted
+    batch[b"labels"] = [10] + list(batch[b"labels"])[1:]
+    with open(os.path.join(label10, "data_batch_1"), "wb") as f:
+        pickle.dump(batch, f)
+    return {"data": tiny_cifar, "r50": r50, "width_text": width_text, "std_zero": std_zero,
+            "crafted": str(data / "crafted"), "label10": str(data / "label10"), "mislabelled": mislabelled, "c100": c100,
             "corrupt": str(corrupt), "truncated": str(truncated), "foreign": str(foreign),
             "missing": str(d / "does_not_exist.pth"), "ckpt_dir": str(d / "a_folder.pth"),
             "missing_data": str(data / "no_such_data"), "empty_data": str(data / "empty"),
@@ -198,6 +229,11 @@ def test_bad_input(case, battery, good_run):
     _, before = good_run
     assert files_digest(out) == before, f"{case} changed the earlier outputs"
     BATTERY_VERDICTS[case] += "  [outputs unchanged]"
+
+
+def test_crafted_pickle_ran_nothing(battery, paths):
+    assert "crafted-cifar-pickle" in battery
+    assert not os.path.exists(os.path.join(os.path.dirname(paths["crafted"]), "ran"))
 
 
 def test_battery_is_broad():

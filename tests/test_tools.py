@@ -205,9 +205,16 @@ def test_evaluate_reproduces_logged_accuracy(tools_run, tmp_path):
     _ok(_run("evaluate.py", tools_run["student"], "--out-dir", out, "--logdir", tmp_path / "tb"))
     stem = f"{KD_KEY}_student"
     result = json.loads((out / f"{stem}_eval.json").read_text())
+    # the test split: the run's report of its best-validation checkpoint
+    assert result["accuracy"] == pytest.approx(tools_run["summary"]["student"]["test_acc_best"],
+                                               abs=1e-9)
+    # the held-out validation split: what training logged when it chose that checkpoint
+    val_json = tmp_path / "val.json"
+    _ok(_run("evaluate.py", tools_run["student"], "--split", "val", "--out-dir", tmp_path / "v",
+             "--json", val_json, "--no-tensorboard"))
     logged = load_checkpoint(tools_run["student"])["metrics"]["val"]["acc"]
-    assert result["accuracy"] == pytest.approx(logged, abs=1e-9)
-    assert result["accuracy"] == pytest.approx(tools_run["summary"]["student"]["best_val_acc"], abs=1e-9)
+    assert json.loads(val_json.read_text())["accuracy"] == pytest.approx(logged, abs=1e-9)
+    assert logged == pytest.approx(tools_run["summary"]["student"]["best_val_acc"], abs=1e-9)
     assert result["num_images"] == 100 and result["dataset"] == "synthetic"
     cm = np.array(result["confusion_matrix"])
     assert cm.shape == (10, 10) and cm.sum() == 100
@@ -298,11 +305,12 @@ def test_compare_runs_table(tools_run, tmp_path):
     cells = [c.strip() for c in rows[0].strip("|").split("|")]
     s = tools_run["summary"]
     base = json.load(open(os.path.join(tools_run["numpy"], f"summary_{BASE_KEY}.json")))["baseline"]
-    s_acc, t_acc, b_acc = (s["student"]["best_val_acc"], s["teacher"]["best_val_acc"],
-                           base["best_val_acc"])
-    assert cells[2:6] == ["resnet34 w8", "resnet18 w4", "parallel", "skip"]
-    assert cells[6:9] == [f"{t_acc:.2f}", f"{b_acc:.2f}", f"{s_acc:.2f}"]
-    assert cells[9] == f"{s_acc - b_acc:+.2f}" and cells[10] == f"{s_acc - t_acc:+.2f}"
+    # the default: the test accuracy of each best-validation checkpoint (held-out protocol)
+    s_acc, t_acc, b_acc = (s["student"]["test_acc_best"], s["teacher"]["test_acc_best"],
+                           base["test_acc_best"])
+    assert cells[2:7] == ["held-out", "resnet34 w8", "resnet18 w4", "parallel", "skip"]
+    assert cells[7:10] == [f"{t_acc:.2f}", f"{b_acc:.2f}", f"{s_acc:.2f}"]
+    assert cells[10] == f"{s_acc - b_acc:+.2f}" and cells[11] == f"{s_acc - t_acc:+.2f}"
     assert cells[-1] == BASE_KEY  # matched automatically: resnet18, width 4, same data
     assert any(line.startswith(f"| {BASE_KEY} |") for line in text.splitlines())  # baselines
 
@@ -436,3 +444,22 @@ def test_bad_input_command_line(bad_files):
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("error: cannot load checkpoint")
+
+
+def test_plotting_compares_training_and_validation_cross_entropy(tools_run):
+    """The loss panel draws training CE (not CE + alpha * hint MSE) beside validation CE; the
+    distillation term gets its own panel; the loss axes are logarithmic by default."""
+    plotting = _import_script("numpy_outputs/plotting.py", "plotting_tool")
+    series = plotting.collect_series(tools_run["numpy"], [KD_KEY], None,
+                                     ["loss", "distillation"], ["val", "train"])
+    npy = lambda name: np.load(os.path.join(tools_run["numpy"], name)).tolist()
+    train = next(s for s in series if s["metric"] == "loss" and s["role"] == "student"
+                 and s["split"] == "train")
+    assert train["y"] == pytest.approx(npy(f"train_loss_ce_student_{KD_KEY}.npy"))
+    assert train["y"] != pytest.approx(npy(f"train_loss_student_{KD_KEY}.npy"))
+    val = next(s for s in series if s["metric"] == "loss" and s["role"] == "student"
+               and s["split"] == "val")
+    assert val["y"] == pytest.approx(npy(f"val_loss_student_{KD_KEY}.npy"))
+    kd = [s for s in series if s["metric"] == "distillation"]
+    assert [(s["role"], s["part"]) for s in kd] == [("student", "skip")]
+    assert plotting.get_args_parser().parse_args([]).loss_scale == "log"

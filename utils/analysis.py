@@ -11,58 +11,120 @@ from torch import nn
 from .data import ImageData, TensorLoader, held_out_split, load_dataset
 from .errors import UserError
 
-__all__ = ["checkpoint_test_data", "checkpoint_loader", "predict_logits", "confusion_matrix",
+__all__ = ["checkpoint_test_data", "checkpoint_data_dir", "checkpoint_loader", "predict_logits", "confusion_matrix",
            "confusion_figure", "count_parameters", "count_macs", "time_latency",
            "time_throughput", "OutputsAsTuple", "file_size_mb"]
 
 SYNTHETIC_SEED = 1234  # utils/pipeline.py prepare_data: the synthetic dataset is fixed
 
 
+def _ckpt_number(section: dict, key: str, default, kind=int, where="args"):
+    """A number saved in a checkpoint's metadata, checked before use (a checkpoint is not
+    trusted): None/missing -> default; anything but an int/float (or a numeric string) -> a
+    one-line UserError."""
+    value = section.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise UserError(f"the checkpoint's {where}.{key} is not a number ({type(value).__name__})")
+    try:
+        number = kind(value)
+    except (TypeError, ValueError, OverflowError):
+        raise UserError(f"the checkpoint's {where}.{key} is not a number: {str(value)[:40]!r}") \
+            from None
+    if kind is float and number != number:  # NaN
+        raise UserError(f"the checkpoint's {where}.{key} is not a number: NaN")
+    return number
+
+
+def _ckpt_dict(ckpt: dict, key: str) -> dict:
+    value = ckpt.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise UserError(f"the checkpoint's '{key}' entry is not a mapping ({type(value).__name__})")
+    return value
+
+
+def checkpoint_data_dir(ckpt: dict, data_dir: str | None = None, name: str | None = None,
+                        log=print) -> str:
+    """The folder to read the data from: `data_dir` when the user gave one; else the run's
+    --data-dir saved in the checkpoint, which must be a string and is announced with one line
+    through `log` (a checkpoint could otherwise send a tool to any folder); else ./data."""
+    if data_dir is not None:
+        return data_dir
+    saved = _ckpt_dict(ckpt, "args").get("data_dir")
+    if saved is None or saved == "":
+        return "./data"
+    if not isinstance(saved, str) or "\0" in saved:
+        raise UserError(f"the checkpoint's args.data_dir is not a folder name "
+                        f"({type(saved).__name__}): pass --data-dir")
+    if name != "synthetic" and log is not None:  # the synthetic set is made in memory
+        where = "" if os.path.isabs(saved) else f" ({os.path.abspath(saved)})"
+        log(f"data folder {saved!r}{where} taken from the checkpoint's saved args; pass "
+            f"--data-dir to choose another")
+    return saved
+
+
 def checkpoint_test_data(ckpt: dict, dataset: str | None = None, data_dir: str | None = None,
                          download: bool = False, limit: int | None = None,
-                         split: str = "test") -> tuple[ImageData, str]:
+                         split: str = "test", log=print,
+                         info: dict | None = None) -> tuple[ImageData, str]:
     """A split of the data a checkpoint was trained on, rebuilt like utils/pipeline.prepare_data.
 
     split 'test': the test split (the run's validation set under the 'test-as-val' protocol);
     'val': the run's validation set itself: the held-out part of the training split under
     --val-split (rebuilt with its fraction and split seed, and checked against the recorded
-    digest), else the test split. dataset / data_dir override the checkpoint's own (args.data_dir
-    is relative to where the run was started). limit: first N images; default for the test split:
-    the run's --limit-test when the dataset is the run's own.
+    digest), else the test split. dataset / data_dir override the checkpoint's own; without
+    data_dir the run's saved --data-dir (relative to where the run was started) is used and
+    announced through `log` (see checkpoint_data_dir). limit: first N images; default for the
+    test split: the run's --limit-test when the dataset is the run's own. Every value read from
+    the checkpoint is type-checked first (one-line UserError). info: a dict that receives
+    'data_dir' (the folder read; None for the in-memory synthetic set) and
+    'data_dir_from_checkpoint'.
     Returns (ImageData with uint8 images (N, C, H, W), dataset name).
     """
     if split not in ("test", "val"):
         raise ValueError(f"split must be 'test' or 'val', got {split!r}")
-    args = ckpt.get("args") or {}
-    data_cfg = ckpt.get("data") or {}
+    args = _ckpt_dict(ckpt, "args")
+    data_cfg = _ckpt_dict(ckpt, "data")
     own = data_cfg.get("dataset") or args.get("dataset")
+    if own is not None and not isinstance(own, str):
+        raise UserError(f"the checkpoint's dataset name is not a string ({type(own).__name__})")
     name = dataset or own
     if name in (None, "auto"):
         raise UserError("the checkpoint does not record its dataset: pass --dataset")
-    held_out = split == "val" and float(data_cfg.get("val_split") or 0) > 0
+    val_split = _ckpt_number(data_cfg, "val_split", 0.0, float, "data")
+    held_out = split == "val" and val_split > 0
     if held_out and name != own:
         raise UserError(f"--split val is the run's held-out part of {own}; it does not exist "
                         f"for --dataset {name}")
-    data_dir = data_dir or args.get("data_dir") or "./data"
+    given = data_dir
+    data_dir = checkpoint_data_dir(ckpt, data_dir, name, log)
+    if info is not None:
+        synthetic = name == "synthetic"
+        info["data_dir"] = None if synthetic else os.path.abspath(data_dir)
+        info["data_dir_from_checkpoint"] = (not synthetic and given is None
+                                            and bool(_ckpt_dict(ckpt, "args").get("data_dir")))
     same = name == own
     # reader options as in prepare_data (readers drop those they do not take)
-    kwargs = {"image_size": int(args.get("image_size") or 32) if same else 32}
+    kwargs = {"image_size": (_ckpt_number(args, "image_size", 32) or 32) if same else 32}
     if name == "synthetic":
-        kwargs = dict(train_size=int(args.get("synthetic_train_size", 5000)) if same else 5000,
-                      test_size=int(args.get("synthetic_test_size", 1000)) if same else 1000,
+        kwargs = dict(train_size=_ckpt_number(args, "synthetic_train_size", 5000) if same else 5000,
+                      test_size=_ckpt_number(args, "synthetic_test_size", 1000) if same else 1000,
                       seed=SYNTHETIC_SEED)
     train, data = load_dataset(name, data_dir, download, **kwargs)
     if held_out:
-        if args.get("limit_train"):
-            train.images, train.labels = (train.images[:args["limit_train"]],
-                                          train.labels[:args["limit_train"]])
-        _, data, digest = held_out_split(train, float(data_cfg["val_split"]),
-                                         int(data_cfg.get("split_seed") or 0))
+        limit_train = _ckpt_number(args, "limit_train", None)
+        if limit_train:
+            train.images, train.labels = train.images[:limit_train], train.labels[:limit_train]
+        _, data, digest = held_out_split(train, val_split,
+                                         _ckpt_number(data_cfg, "split_seed", 0, where="data"))
         if data_cfg.get("val_indices_sha1") not in (None, digest):
             raise UserError(f"cannot rebuild the run's held-out validation split from {data_dir} "
                             f"(the data differ from the run's)")
     elif limit is None and same:
-        limit = args.get("limit_test")
+        limit = _ckpt_number(args, "limit_test", None)
     if limit:
         data.images, data.labels = data.images[:limit], data.labels[:limit]
     if len(data) == 0:
@@ -77,14 +139,36 @@ def checkpoint_test_data(ckpt: dict, dataset: str | None = None, data_dir: str |
     return data, name
 
 
+def _ckpt_stats(d: dict, key: str, channels: int):
+    """The saved per-channel mean/std: None, or `channels` finite numbers (std > 0)."""
+    value = d.get(key)
+    if value is None:
+        return None
+    if (not isinstance(value, (list, tuple)) or len(value) != channels
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and
+                       abs(v) != float("inf") and v == v for v in value)
+            or (key == "std" and not all(v > 0 for v in value))):
+        raise UserError(f"the checkpoint's data.{key} is not {channels} per-channel numbers"
+                        + (" > 0" if key == "std" else ""))
+    return [float(v) for v in value]
+
+
 def checkpoint_loader(ckpt: dict, data: ImageData, batch_size: int | None = None,
                       device="cpu") -> TensorLoader:
-    """Evaluation loader normalising with the checkpoint's own mean/std (training statistics)."""
-    d = ckpt.get("data") or {}
-    args = ckpt.get("args") or {}
-    batch_size = batch_size or int(args.get("eval_batch_size") or 256)
-    return TensorLoader(data, batch_size, device, d.get("mean"), d.get("std"),
-                        channels_last=bool(args.get("channels_last", False)))
+    """Evaluation loader normalising with the checkpoint's own mean/std (training statistics);
+    the saved values are checked before use."""
+    d = _ckpt_dict(ckpt, "data")
+    args = _ckpt_dict(ckpt, "args")
+    if batch_size is None:
+        batch_size = _ckpt_number(args, "eval_batch_size", 256) or 256
+        if batch_size < 1:
+            raise UserError(f"the checkpoint's args.eval_batch_size is not positive: {batch_size}")
+    channels = data.images.shape[1]
+    channels_last = args.get("channels_last", False)
+    if not isinstance(channels_last, bool) and channels_last is not None:
+        raise UserError("the checkpoint's args.channels_last is not true/false")
+    return TensorLoader(data, batch_size, device, _ckpt_stats(d, "mean", channels),
+                        _ckpt_stats(d, "std", channels), channels_last=bool(channels_last))
 
 
 @torch.no_grad()

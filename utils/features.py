@@ -119,15 +119,20 @@ def load_image(path: str, size: int = 32, channels: int = 3) -> torch.Tensor:
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
 
 
-def test_image(ckpt: dict, index: int = 0, data_dir: str | None = None):
-    """-> (uint8 (C, H, W), label, class name) from the checkpoint's own test split."""
+def test_image(ckpt: dict, index: int = 0, data_dir: str | None = None, log=print):
+    """-> (uint8 (C, H, W), label, class name) from the checkpoint's own test split.
+
+    data_dir: the folder holding the dataset; when None, the run's --data-dir saved in the
+    checkpoint is used and announced with one line through `log` (utils.analysis)."""
     from .analysis import checkpoint_test_data
-    test, _ = checkpoint_test_data(ckpt, data_dir=data_dir)
+    test, _ = checkpoint_test_data(ckpt, data_dir=data_dir, log=log)
     if not 0 <= index < len(test):
         raise UserError(f"image index {index} out of range: the test split has {len(test)} images")
     label = int(test.labels[index])
     classes = test.classes or (ckpt.get("data") or {}).get("classes") or []
-    return test.images[index], label, classes[label] if label < len(classes) else str(label)
+    if not isinstance(classes, (list, tuple)):  # checkpoint metadata: not trusted
+        classes = []
+    return test.images[index], label, str(classes[label]) if label < len(classes) else str(label)
 
 
 # ---------------------------------------------------------------- plots
@@ -240,10 +245,19 @@ def plot_hint(hint: torch.Tensor, max_channels=32):
 
 
 def save_figure(fig, path: str, dpi: int = 100, close: bool = False) -> str:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=dpi, bbox_inches="tight")
-    if close:
-        _plt().close(fig)
+    """Save atomically (a temporary file beside `path`, then os.replace); a path that is a
+    folder or cannot be written is a one-line UserError. The extension picks the format."""
+    from .outputs import atomic_write
+    from .toolargs import check_output_path
+    try:
+        check_output_path(path, what="figure path", create=True)
+        fmt = os.path.splitext(path)[1].lstrip(".").lower() or "png"
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=dpi, bbox_inches="tight"),
+                     "wb", suffix="." + fmt)
+    finally:
+        if close:
+            _plt().close(fig)
     return path
 
 
@@ -264,9 +278,12 @@ def save_feature_figures(model, ckpt, image_u8, out_dir, layer="stages.0.0", pre
 
 # ---------------------------------------------------------------- a tiny real model
 def train_tiny_checkpoint(path: str, arch="resnet18", width=4, eca="parallel", epochs=1,
-                          train_size=512, test_size=128, batch_size=64, lr=0.05, seed=0) -> str:
-    """Train a small model on the synthetic dataset with the repo's engine and save a regular
-    checkpoint (the same format as the training scripts). Seconds on a CPU."""
+                          train_size=512, test_size=128, batch_size=64, lr=0.05, seed=0,
+                          dataset="synthetic", data_dir=None) -> str:
+    """Train a small model with the repo's engine and save a regular checkpoint (the same format
+    as the training scripts). Seconds on a CPU. dataset: 'synthetic' (made in memory), or a
+    dataset read from `data_dir` (its first train_size / test_size images; the folder is saved
+    as the run's --data-dir, like a training script does)."""
     from models import create_model
 
     from .checkpoint import save_checkpoint
@@ -275,11 +292,17 @@ def train_tiny_checkpoint(path: str, arch="resnet18", width=4, eca="parallel", e
     from .kd import DistillationLoss
 
     torch.manual_seed(seed)
-    # the same split evaluate.py / test_image rebuild from the saved args
-    train, test = load_dataset("synthetic", train_size=train_size, test_size=test_size, seed=1234)
+    if dataset == "synthetic":
+        # the same split evaluate.py / test_image rebuild from the saved args
+        train, test = load_dataset("synthetic", train_size=train_size, test_size=test_size,
+                                   seed=1234)
+    else:
+        train, test = load_dataset(dataset, data_dir or "./data")
+        train.images, train.labels = train.images[:train_size], train.labels[:train_size]
+        test.images, test.labels = test.images[:test_size], test.labels[:test_size]
     mean, std = channel_stats(train.images)
     c, size = train.images.shape[1], train.images.shape[-1]
-    data_cfg = {"dataset": "synthetic", "mean": mean, "std": std, "classes": list(train.classes),
+    data_cfg = {"dataset": dataset, "mean": mean, "std": std, "classes": list(train.classes),
                 "num_classes": len(train.classes), "in_channels": c, "image_size": size,
                 "train_size": len(train), "test_size": len(test)}
     model_cfg = {"num_classes": len(train.classes), "base_width": width, "in_channels": c,
@@ -293,10 +316,13 @@ def train_tiny_checkpoint(path: str, arch="resnet18", width=4, eca="parallel", e
     for epoch in range(epochs):
         tr = train_one_epoch(model, loss_fn, train_loader, opt, show_progress=False)
         va = evaluate(model, test_loader)
-    args = {"dataset": "synthetic", "synthetic_train_size": train_size,
+    args = {"dataset": dataset, "synthetic_train_size": train_size,
             "synthetic_test_size": test_size, "eval_batch_size": 256, "epochs": epochs,
             "batch_size": batch_size, "lr": lr, "seed": seed, "width": width, "eca": eca,
-            "limit_test": None, "script": "utils.features.train_tiny_checkpoint"}
+            "limit_test": None if dataset == "synthetic" else test_size,
+            "script": "utils.features.train_tiny_checkpoint"}
+    if dataset != "synthetic":
+        args.update(data_dir=data_dir or "./data", limit_train=train_size)
     save_checkpoint(path, model, arch=arch, role="baseline", model_cfg=model_cfg, data_cfg=data_cfg,
                     args=args, metrics={"epoch": epochs, "train": tr, "val": va}, epoch=epochs)
     return path

@@ -80,17 +80,20 @@ def load_history(numpy_dir: str, key: str) -> dict:
     """-> {role: {(split, metric): 1-D float array per epoch}} for the roles found.
 
     Roles are 'teacher' and 'student' for distillation runs and 'baseline' for model_training.py
-    runs. Accuracy is in percent, loss is the mean per-sample loss of that epoch.
+    runs. Accuracy is in percent, loss is the mean per-sample loss of that epoch (training: the
+    total; ('train', 'loss_ce') and ('train', 'loss_<term>') its parts; validation: CE).
     """
     history = {}
     for role in ROLES + ("baseline",):
         infix = "" if role == "baseline" else f"_{role}"
         series = {}
-        for split in SPLITS:
-            for metric in METRICS:
-                path = os.path.join(numpy_dir, f"{split}_{metric}{infix}_{key}.npy")
-                if os.path.exists(path):
-                    series[(split, metric)] = _load_npy(path)
+        from .kd import KD_TERMS
+        wanted = [(split, metric) for split in SPLITS for metric in METRICS]
+        wanted += [("train", f"loss_{part}") for part in ("ce", *KD_TERMS)]  # the loss's parts
+        for split, metric in wanted:
+            path = os.path.join(numpy_dir, f"{split}_{metric}{infix}_{key}.npy")
+            if os.path.exists(path):
+                series[(split, metric)] = _load_npy(path)
         if series:
             history[role] = series
     return history
