@@ -18,6 +18,9 @@ from utils.checkpoint import save_checkpoint
 from utils.data import write_cifar10
 
 MID, BASE = "model_training_mid.py", "model_training.py"
+EVAL, VIS, ONNX, EFF = "evaluate.py", "visualize.py", "convertToOnnx.py", "efficiency.py"
+CMP, PLOT = "compare_runs.py", "numpy_outputs/plotting.py"
+TOOLS = (EVAL, VIS, ONNX, EFF, CMP, PLOT)  # their cases take no training flags
 KEY = "good"  # every case uses the good run's key: anything it wrote would land on its files
 
 
@@ -108,6 +111,31 @@ CASES = {
     "teacher-ckpt-directory": (MID, ["--teacher-checkpoint", "{ckpt_dir}"], ["is a directory"]),
     "teacher-ckpt-100-classes": (MID, ["--teacher-checkpoint", "{c100}"], ["100 classes"]),
     "teacher-ckpt-width-text": (MID, ["--teacher-checkpoint", "{width_text}"], ["base_width"]),
+    # ---- the analysis tools, on the same folder (their outputs would land beside the run's)
+    "evaluate-missing-ckpt": (EVAL, ["{missing}"], ["does_not_exist.pth", "not found"]),
+    "evaluate-corrupt-ckpt": (EVAL, ["{corrupt}"], ["corrupt.pth"]),
+    "evaluate-std-zero": (EVAL, ["{std_zero}"], ["std"]),
+    "evaluate-json-is-the-checkpoint": (EVAL, ["{out}/saved_pth_model/good_student.pth", "--json",
+                                               "{out}/saved_pth_model/good_student.pth"],
+                                        ["good_student.pth"]),
+    "evaluate-data-dir-missing": (EVAL, ["{out}/saved_pth_model/good_student.pth", "--data-dir",
+                                         "{missing_data}"], ["{missing_data}"]),
+    "visualize-foreign-ckpt": (VIS, ["{foreign}"], ["foreign.pth"]),
+    "visualize-output-is-the-checkpoint": (VIS, ["{out}/saved_pth_model/good_student.pth",
+                                                 "--output",
+                                                 "{out}/saved_pth_model/good_student.pth"],
+                                           ["good_student.pth"]),
+    "onnx-truncated-ckpt": (ONNX, ["{truncated}"], ["truncated.pth"]),
+    "onnx-output-is-a-folder": (ONNX, ["{out}/saved_pth_model/good_student.pth", "--output",
+                                       "{out}/saved_pth_model"], ["saved_pth_model"]),
+    "efficiency-width-text": (EFF, ["{width_text}", "--no-timing"], ["base_width"]),
+    "efficiency-unknown-run": (EFF, ["--run", "nope", "--ckpt-dir", "{out}/saved_pth_model"],
+                               ["nope"]),
+    "compare-unknown-run": (CMP, ["--numpy-dir", "{out}/numpy_outputs", "--runs", "nope"],
+                            ["nope", KEY]),
+    "plotting-unknown-run": (PLOT, ["--numpy-dir", "{out}/numpy_outputs", "--run", "nope"],
+                             ["nope", KEY]),
+    "plotting-bad-dpi": (PLOT, ["--numpy-dir", "{out}/numpy_outputs", "--dpi", "0"], ["--dpi"]),
     "teacher-ckpt-std-zero": (MID, ["--teacher-checkpoint", "{std_zero}"], ["std"]),
 }
 
@@ -213,8 +241,8 @@ def battery(good_run, paths, tmp_path_factory):
         out = str(root / case)
         shutil.copytree(good, out)
         fill = {**paths, "out": out}
-        proc = run_script(script, *_common(paths["data"], out),
-                          *[a.format(**fill) for a in extra])
+        common = [] if script in TOOLS else _common(paths["data"], out)
+        proc = run_script(script, *common, *[a.format(**fill) for a in extra])
         return proc, out, [n.format(**fill) for n in needles]
 
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -238,6 +266,7 @@ def test_crafted_pickle_ran_nothing(battery, paths):
 
 def test_battery_is_broad():
     assert len(CASES) >= 60 and len({(s, tuple(a)) for s, a, _ in CASES.values()}) == len(CASES)
+    assert {s for s, _, _ in CASES.values()} == {MID, BASE, *TOOLS}  # every script and tool
 
 
 def _assert_one_line_error(proc, needles):

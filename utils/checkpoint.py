@@ -182,8 +182,14 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # truncated zip, foreign pickle, random bytes: all one message
-        msg = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"cannot load checkpoint {path}: not a readable checkpoint ({msg})") from None
+        text = str(exc).strip()
+        if text.startswith("Weights only load failed"):  # torch's advice to unpickle: never
+            why = "not a PyTorch file, or it holds objects that a weights-only load refuses"
+        elif "central directory" in text or "zip archive" in text:
+            why = "truncated or damaged (its zip archive is incomplete)"
+        else:
+            why = text.splitlines()[0][:160] if text else type(exc).__name__
+        raise UserError(f"cannot load checkpoint {path}: not a readable checkpoint ({why})") from None
     return validate_checkpoint(ckpt, path)
 
 
