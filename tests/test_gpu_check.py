@@ -39,7 +39,7 @@ def test_dry_run_passes_every_part(dry_run):
             ("distill", "ours", "bf16"), ("teacher", "ours", "bf16"), ("eval", "ours", "fp32")} <= eager
     compiled = summary["benchmarks"]["bench_compile"]
     assert compiled["config"]["compile"] is True
-    assert {r["precision"] for r in compiled["rows"] if r["path"] == "ours"} == {"fp32", "bf16"}
+    assert {r["precision"] for r in compiled["rows"] if r["path"] == "ours"} == {"fp32"}  # dry
     assert all(r["images_per_s"] > 0 for r in compiled["rows"])
     fm = summary["fmnist"]
     assert fm["protocol"].startswith("held-out-val")
