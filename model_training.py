@@ -20,7 +20,7 @@ def get_args_parser():
     g = p.add_argument_group("model")
     g.add_argument("--model", "--arch", dest="model", type=model_name, default="resnet18",
                    help="architecture")
-    g.add_argument("--eca", choices=ECA_PLACEMENTS, default=None,
+    g.add_argument("--eca", "--eca-placement", dest="eca", choices=ECA_PLACEMENTS, default=None,
                    help="ECA placement: none, parallel (additive on stage-1 shortcuts), last "
                         "(hint block), all (every block) (default: none)")
     return p
@@ -31,7 +31,8 @@ def main(args):
     device = resolve_device(args.device)
     seed_everything(args.seed)
     train, test, data_cfg = prepare_data(args)
-    key = args.run_name or f"{args.model}_eca-{args.eca}_w{args.width}_{data_cfg['dataset']}_s{args.seed}"
+    key = args.run_name or (f"{args.model}_{args.attn}-{args.eca}_w{args.width}_"
+                            f"{data_cfg['dataset']}_s{args.seed}")
     outputs = RunOutputs(args.output_dir, key)
     outputs.prepare(args.overwrite, args.resume, roles=("baseline",), write=is_main(),
                     tensorboard=args.tensorboard)
@@ -41,7 +42,7 @@ def main(args):
     barrier()
     train_loader, test_loader, report_loader = make_loaders(train, test, data_cfg, args, device)
     model, model_cfg = build_model(args.model, data_cfg, args.width, args.eca, args.eca_k, device,
-                                   args.channels_last)
+                                   args.channels_last, attn=args.attn)
     print(f"baseline {args.model} (eca {args.eca}, width {args.width}) on {data_cfg['dataset']} "
           f"[{data_cfg['train_size']} train / {data_cfg['test_size']} test, {data_cfg['protocol']}] "
           f"device {device}; run '{key}'")

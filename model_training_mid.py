@@ -38,7 +38,7 @@ def get_args_parser():
                    help="student base width (default: --width)")
     g.add_argument("--teacher-epochs", type=EPOCHS, default=None,
                    help="teacher epochs (default: --epochs)")
-    g.add_argument("--eca", choices=ECA_PLACEMENTS, default=None,
+    g.add_argument("--eca", "--eca-placement", dest="eca", choices=ECA_PLACEMENTS, default=None,
                    help="ECA placement in both nets: none, parallel (additive on stage-1 "
                         "shortcuts, the original idea), last (hint block), all (every block) "
                         "(default: parallel)")
@@ -127,7 +127,7 @@ def main(args):
         args.teacher = pre[1]["arch"]
         teacher_width = pre[1]["base_width"]
     args.teacher = args.teacher or "resnet34"
-    key = args.run_name or (f"{args.teacher}-{args.student}_kd-{args.kd}_eca-{args.eca}_"
+    key = args.run_name or (f"{args.teacher}-{args.student}_kd-{args.kd}_{args.attn}-{args.eca}_"
                             f"w{teacher_width}-{student_width}_{data_cfg['dataset']}_s{args.seed}")
     outputs = RunOutputs(args.output_dir, key)
     outputs.prepare(args.overwrite, args.resume, roles=("teacher", "student"), write=is_main(),
@@ -161,7 +161,7 @@ def main(args):
                         "final_val_acc": None}
         else:
             teacher, t_cfg = build_model(args.teacher, data_cfg, teacher_width, args.eca, args.eca_k,
-                                         device, args.channels_last)
+                                         device, args.channels_last, attn=args.attn)
             print(f"teacher: {args.teacher} (eca {args.eca}, width {teacher_width}), "
                   f"{count_params(teacher):,} parameters, {teacher_epochs} epochs")
             t_state = load_state(outputs.checkpoint("teacher", state=True)) if args.resume else None
@@ -180,7 +180,7 @@ def main(args):
     # ---- stage 2: the student
     seed_everything(args.seed + 1)
     student, s_cfg = build_model(args.student, data_cfg, student_width, args.eca, args.eca_k,
-                                 device, args.channels_last)
+                                 device, args.channels_last, attn=args.attn)
     s_hint = hint_shape_of(student, data_cfg, device)
     t_hint = hint_shape_of(teacher, data_cfg, device) if teacher is not None else None
     loss_fn = DistillationLoss(args.kd, teacher, alpha=args.alpha, beta=args.beta,

@@ -58,10 +58,10 @@ class _Block(nn.Module):
 
     expansion = 1
 
-    def _init_tail(self, in_ch, out_ch, stride, attn, shortcut_attn, eca_k):
+    def _init_tail(self, in_ch, out_ch, stride, attn, shortcut_attn, eca_k, attn_layer="eca"):
         self.shortcut = _projection(in_ch, out_ch, stride) if (stride != 1 or in_ch != out_ch) else None
-        self.attn = create_attn(attn, out_ch, eca_k)
-        self.shortcut_attn = create_attn(shortcut_attn, out_ch, eca_k)
+        self.attn = create_attn(attn, out_ch, eca_k, attn_layer)
+        self.shortcut_attn = create_attn(shortcut_attn, out_ch, eca_k, attn_layer)
         self.relu = nn.ReLU(inplace=True)
 
     def forward_with_shortcut(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,7 +80,8 @@ class _Block(nn.Module):
 class BasicBlock(_Block):
     expansion = 1
 
-    def __init__(self, in_ch, width, stride=1, attn=None, shortcut_attn=None, eca_k=None):
+    def __init__(self, in_ch, width, stride=1, attn=None, shortcut_attn=None, eca_k=None,
+                 attn_layer="eca"):
         super().__init__()
         out_ch = width * self.expansion
         self.residual = nn.Sequential(
@@ -90,13 +91,14 @@ class BasicBlock(_Block):
             nn.Conv2d(width, width, 3, padding=1, bias=False),
             nn.BatchNorm2d(width),
         )
-        self._init_tail(in_ch, out_ch, stride, attn, shortcut_attn, eca_k)
+        self._init_tail(in_ch, out_ch, stride, attn, shortcut_attn, eca_k, attn_layer)
 
 
 class Bottleneck(_Block):
     expansion = 4
 
-    def __init__(self, in_ch, width, stride=1, attn=None, shortcut_attn=None, eca_k=None):
+    def __init__(self, in_ch, width, stride=1, attn=None, shortcut_attn=None, eca_k=None,
+                 attn_layer="eca"):
         super().__init__()
         out_ch = width * self.expansion
         self.residual = nn.Sequential(
@@ -109,7 +111,7 @@ class Bottleneck(_Block):
             nn.Conv2d(width, out_ch, 1, bias=False),
             nn.BatchNorm2d(out_ch),
         )
-        self._init_tail(in_ch, out_ch, stride, attn, shortcut_attn, eca_k)
+        self._init_tail(in_ch, out_ch, stride, attn, shortcut_attn, eca_k, attn_layer)
 
 
 class ResNet(nn.Module):
@@ -119,7 +121,9 @@ class ResNet(nn.Module):
     """
 
     def __init__(self, block: str, layers, num_classes=10, base_width=64, in_channels=3,
-                 eca="none", eca_k=None):
+                 eca="none", eca_k=None, attn="eca"):
+        """eca: where attention goes (ECA_PLACEMENTS); attn: which attention module
+        (models.eca.ATTENTION_LAYERS: eca, se, ...)."""
         super().__init__()
         if block not in ("basic", "bottleneck"):
             raise ValueError(f"block must be 'basic' or 'bottleneck', got {block!r}")
@@ -130,6 +134,7 @@ class ResNet(nn.Module):
         block_cls = BasicBlock if block == "basic" else Bottleneck
         self.block_type = block
         self.eca = eca
+        self.attn_layer = attn
         self.hint_stage = 3 if block == "basic" else 2  # 0-based stage index of the hint block
 
         self.stem = nn.Sequential(
@@ -148,7 +153,8 @@ class ResNet(nn.Module):
                 attn = "eca" if (eca == "all" or (eca == "last" and is_hint)) else None
                 shortcut_attn = "parallel" if (eca == "parallel" and stage_idx == 0) else None
                 blocks.append(block_cls(in_ch, width, stride, attn=attn,
-                                        shortcut_attn=shortcut_attn, eca_k=eca_k))
+                                        shortcut_attn=shortcut_attn, eca_k=eca_k,
+                                        attn_layer=self.attn_layer))
                 in_ch = width * block_cls.expansion
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.ModuleList(stages)

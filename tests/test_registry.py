@@ -77,3 +77,72 @@ def test_the_teacher_runs_only_as_far_as_the_terms_need(toy_term):
     whole = DistillationLoss("skip+toy", teacher, fast_teacher=False)
     logits, hint = whole.teacher_forward(x)
     assert logits is not None and hint is not None and calls == ["hint"]
+
+
+# ------------------------------------------------------------------ attention modules
+def test_se_is_placed_where_eca_would_be():
+    from models import SE, ParallelSE, create_model
+    from models.eca import ECA, ParallelECA
+    for placement, kinds in (("parallel", {ParallelSE}), ("all", {SE}), ("last", {SE})):
+        model = create_model("resnet18", base_width=8, eca=placement, attn="se")
+        found = {type(m) for m in model.modules() if isinstance(m, (SE, ParallelSE, ECA, ParallelECA))}
+        assert found == kinds, (placement, found)
+        out = model(torch.randn(2, 3, 32, 32))
+        assert out.logits.shape == (2, 10) and torch.isfinite(out.logits).all()
+
+
+@pytest.fixture
+def toy_attention():
+    from models import ATTENTION_LAYERS, register_attention
+
+    class Gate(torch.nn.Module):  # one learned scalar gate per channel
+        def __init__(self, channels, k_size=None):
+            super().__init__()
+            self.gate = torch.nn.Parameter(torch.zeros(1, channels, 1, 1))
+
+    class ToyMul(Gate):
+        def forward(self, x):
+            return x * torch.sigmoid(self.gate)
+
+    class ToyAdd(Gate):
+        def forward(self, s):
+            return s + torch.sigmoid(self.gate)
+
+    register_attention("toygate", ToyMul, ToyAdd)
+    yield ToyMul, ToyAdd
+    ATTENTION_LAYERS.pop("toygate")
+
+
+def test_an_attention_registered_in_a_test_trains_and_reloads(toy_attention, tmp_path, tiny_cifar):
+    import model_training
+    from utils.checkpoint import load_checkpoint, model_from_checkpoint
+    args = model_training.parse_args([
+        "--dataset", "cifar10", "--data-dir", tiny_cifar, "--width", "4", "--epochs", "1",
+        "--batch-size", "50", "--eval-batch-size", "100", "--device", "cpu", "--no-progress",
+        "--attn", "toygate", "--eca-placement", "all", "--output-dir", str(tmp_path),
+        "--run-name", "gate"])
+    model_training.main(args)
+    path = str(tmp_path / "saved_pth_model" / "gate_baseline.pth")
+    ckpt = load_checkpoint(path)
+    assert (ckpt["model"]["attn"], ckpt["model"]["eca"]) == ("toygate", "all")
+    model = model_from_checkpoint(ckpt, path)
+    gates = [m for m in model.modules() if isinstance(m, toy_attention[0])]
+    assert len(gates) == 8  # every block of a resnet18
+    assert any(g.gate.abs().sum() > 0 for g in gates)  # trained away from their zero init
+
+
+def test_checkpoints_from_before_the_attention_choice_load_as_eca(tmp_path):
+    from models import create_model
+    from utils.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+    model = create_model("resnet18", base_width=4, eca="parallel")
+    cfg = {"num_classes": 10, "base_width": 4, "in_channels": 3, "eca": "parallel",
+           "eca_k": None, "image_size": 32}  # no 'attn': as written before the registry
+    data = {"dataset": "synthetic", "mean": [0.5] * 3, "std": [0.25] * 3, "num_classes": 10,
+            "in_channels": 3, "image_size": 32, "classes": [str(i) for i in range(10)]}
+    path = save_checkpoint(str(tmp_path / "old.pth"), model, arch="resnet18", role="baseline",
+                           model_cfg=cfg, data_cfg=data)
+    again = model_from_checkpoint(load_checkpoint(path), path)
+    assert again.attn_layer == "eca"
+    x = torch.randn(2, 3, 32, 32)
+    model.eval(), again.eval()
+    torch.testing.assert_close(again(x).logits, model(x).logits)

@@ -5,7 +5,7 @@ import os
 
 import torch
 
-from models import ECA_PLACEMENTS, MODELS, create_model
+from models import ATTENTION_LAYERS, ECA_PLACEMENTS, MODELS, create_model
 
 from .errors import UserError
 from .outputs import atomic_write
@@ -129,6 +129,10 @@ def validate_checkpoint(ckpt, path="checkpoint"):
     if not isinstance(eca, str) or eca not in ECA_PLACEMENTS:
         raise UserError(f"{path}: checkpoint field model.eca must be one of "
                         f"{', '.join(ECA_PLACEMENTS)}, got {_shown(eca)}")
+    attn = cfg.get("attn", "eca")  # checkpoints from before the attention registry: ECA
+    if not isinstance(attn, str) or attn not in ATTENTION_LAYERS:
+        raise UserError(f"{path}: checkpoint field model.attn must be one of "
+                        f"{', '.join(ATTENTION_LAYERS)}, got {_shown(attn)}")
     if cfg.get("eca_k") is not None:
         _int_field(cfg["eca_k"], "model.eca_k", 1, MAX_ECA_K, path, odd=True)
     channels = cfg.get("in_channels", 3)
@@ -201,7 +205,7 @@ def model_from_checkpoint(ckpt: dict, path: str = "checkpoint"):
     cfg = ckpt["model"]
     kwargs = dict(num_classes=cfg["num_classes"], base_width=cfg["base_width"],
                   in_channels=cfg.get("in_channels", 3), eca=cfg.get("eca", "none"),
-                  eca_k=cfg.get("eca_k"))
+                  eca_k=cfg.get("eca_k"), attn=cfg.get("attn", "eca"))
     state = ckpt["state_dict"]
     try:
         with torch.device("meta"):

@@ -104,6 +104,14 @@ BATCH = int_in(1, 65_536)
 WIDTH = int_in(1, 1024)              # 16x the standard nets' 64
 
 
+def attention_name(v):
+    from models import ATTENTION_LAYERS
+    if v not in ATTENTION_LAYERS:
+        raise argparse.ArgumentTypeError(f"unknown attention {v!r}; choose from "
+                                         f"{', '.join(ATTENTION_LAYERS)}")
+    return v
+
+
 def kd_spec(v):
     """--kd: 'none' or registered distillation terms joined by '+' (utils.kd.KD_TERMS)."""
     from .kd import parse_kd
@@ -229,6 +237,10 @@ def common_parser(description) -> OneLineParser:
     g = p.add_argument_group("models")
     g.add_argument("--width", "--base-width", dest="width", type=WIDTH, default=64,
                    help="base width of the ResNets (64 = the standard nets; 8-16 for CPU runs)")
+    g.add_argument("--attn", type=attention_name, default="eca",
+                   help="the attention module that --eca places: eca (ECA-Net) or se "
+                        "(Squeeze-and-Excitation); any module registered with "
+                        "models.register_attention")
     g.add_argument("--eca-k", type=int_in(1, 255), default=None,
                    help="ECA kernel size (odd) (default: ECA-Net's adaptive rule per layer)")
     g.add_argument("--ECA", dest="eca_yes", type=str2bool, default=None, metavar="yes|no",

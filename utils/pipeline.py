@@ -168,13 +168,15 @@ def report_test_accuracy(model, best_path, report_loader, data_cfg, device, prec
     return out
 
 
-def build_model(arch, data_cfg, width, eca, eca_k, device, channels_last=False):
+def build_model(arch, data_cfg, width, eca, eca_k, device, channels_last=False, attn="eca"):
+    """eca: the attention placement; attn: the attention module (models.ATTENTION_LAYERS)."""
     model = create_model(arch, num_classes=data_cfg["num_classes"], base_width=width,
-                         in_channels=data_cfg["in_channels"], eca=eca, eca_k=eca_k).to(device)
+                         in_channels=data_cfg["in_channels"], eca=eca, eca_k=eca_k,
+                         attn=attn).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     cfg = {"num_classes": data_cfg["num_classes"], "base_width": width,
-           "in_channels": data_cfg["in_channels"], "eca": eca, "eca_k": eca_k,
+           "in_channels": data_cfg["in_channels"], "eca": eca, "eca_k": eca_k, "attn": attn,
            "image_size": data_cfg["image_size"]}
     return model, cfg
 
