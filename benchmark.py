@@ -18,7 +18,7 @@ import time
 import numpy as np
 import torch
 
-from models import ECA_PLACEMENTS, create_model
+from models import ECA_PLACEMENTS, create_model, hint_shape_of
 from utils.cli import OneLineParser, add_bool, kd_spec, model_name, positive_int
 from utils.data import Augment, TensorLoader, channel_stats, make_synthetic
 from utils.engine import autocast_context
@@ -114,9 +114,7 @@ def ours(bench, args, data, device, precision):
     student = create_model(args.student, base_width=args.width, eca=args.eca).to(device, memory_format=fmt)
     model = {"teacher": teacher, "distill": student, "eval": student}[bench]
     if bench == "distill":
-        with torch.no_grad():
-            x0 = torch.zeros(1, 3, 32, 32, device=device)
-            s_hint, t_hint = student(x0).hint.shape[1:], teacher(x0).hint.shape[1:]
+        s_hint, t_hint = hint_shape_of(student), hint_shape_of(teacher)
         loss_fn = DistillationLoss(args.kd, teacher, student_hint_shape=s_hint,
                                    teacher_hint_shape=t_hint, compile_teacher=args.compile).to(device)
     else:

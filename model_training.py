@@ -40,7 +40,7 @@ def main(args):
         print(f"run '{key}' is complete: nothing to resume (its outputs are unchanged)")
         return None
     barrier()
-    train_loader, test_loader, report_loader = make_loaders(train, test, data_cfg, args, device)
+    train_loader, val_loader, report_loader = make_loaders(train, test, data_cfg, args, device)
     model, model_cfg = build_model(args.model, data_cfg, args.width, args.eca, args.eca_k, device,
                                    args.channels_last, attn=args.attn)
     print(f"baseline {args.model} (eca {args.eca}, width {args.width}) on {data_cfg['dataset']} "
@@ -49,7 +49,7 @@ def main(args):
     start = time.perf_counter()
     result = train_stage(role="baseline", arch=args.model, model=model, model_cfg=model_cfg,
                          loss_fn=DistillationLoss("none"), args=args, device=device,
-                         train_loader=train_loader, test_loader=test_loader, data_cfg=data_cfg,
+                         train_loader=train_loader, val_loader=val_loader, data_cfg=data_cfg,
                          outputs=outputs, array_role="", report_loader=report_loader,
                          state=load_state(outputs.checkpoint("baseline", state=True)) if args.resume else None)
     if is_main():

@@ -5,10 +5,11 @@ student from it with CE + alpha * MSE(student hint, teacher hint) (and/or Hinton
 """
 import sys
 import time
+from typing import NamedTuple
 
 import torch
 
-from models import ECA_PLACEMENTS
+from models import ECA_PLACEMENTS, count_parameters, hint_shape_of
 from utils.checkpoint import load_checkpoint, model_from_checkpoint
 from utils.cli import (EPOCHS, WIDTH, common_parser, finalize_args, float_in, kd_spec, kd_weights,
                        model_name)
@@ -16,7 +17,7 @@ from utils.distributed import barrier, cleanup, init_distributed, is_main
 from utils.errors import UserError, exit_on_user_error
 from utils.kd import KD_TERMS, DistillationLoss
 from utils.outputs import RunOutputs
-from utils.pipeline import (build_model, count_params, environment, finished_stages, load_state,
+from utils.pipeline import (build_model, environment, finished_stages, load_state,
                             make_loaders, prepare_data, resolve_device, seed_everything,
                             train_stage)
 from utils.report import results_table
@@ -54,6 +55,13 @@ def get_args_parser():
     g.add_argument("--beta", type=float_in(0, 10_000), default=1.0, help="weight of the logit KD loss")
     g.add_argument("--temperature", type=float_in(0, 1000, lo_open=True), default=4.0, help="logit KD temperature")
     return p
+
+
+class LoadedTeacher(NamedTuple):
+    model: torch.nn.Module
+    cfg: dict          # the checkpoint's model description (arch, width, eca, ...)
+    saved_val: dict    # its validation metrics as saved
+    warnings: list     # printed once the run is accepted
 
 
 def load_teacher(args, data_cfg, device):
@@ -101,15 +109,7 @@ def load_teacher(args, data_cfg, device):
              f"{[round(v, 3) for v in data_cfg['std']]} (--normalize differs?)")
     teacher = model_from_checkpoint(ckpt, path).to(device)
     saved = (ckpt.get("metrics") or {}).get("val") or {}
-    return teacher, cfg, ckpt, saved, warnings
-
-
-@torch.no_grad()
-def hint_shape_of(model, data_cfg, device):
-    model.eval()
-    x = torch.zeros(1, data_cfg["in_channels"], data_cfg["image_size"], data_cfg["image_size"],
-                    device=device)
-    return tuple(model(x).hint.shape[1:])
+    return LoadedTeacher(teacher, cfg, saved, warnings)
 
 
 def main(args):
@@ -121,25 +121,25 @@ def main(args):
     student_width = args.student_width or args.width
     teacher_epochs = args.teacher_epochs or args.epochs
 
-    pre = None
+    loaded = None  # a teacher from --teacher-checkpoint
     if args.teacher_checkpoint and args.kd != "none":
-        pre = load_teacher(args, data_cfg, device)
-        args.teacher = pre[1]["arch"]
-        teacher_width = pre[1]["base_width"]
+        loaded = load_teacher(args, data_cfg, device)
+        args.teacher = loaded.cfg["arch"]
+        teacher_width = loaded.cfg["base_width"]
     args.teacher = args.teacher or "resnet34"
     key = args.run_name or (f"{args.teacher}-{args.student}_kd-{args.kd}_{args.attn}-{args.eca}_"
                             f"w{teacher_width}-{student_width}_{data_cfg['dataset']}_s{args.seed}")
     outputs = RunOutputs(args.output_dir, key)
     outputs.prepare(args.overwrite, args.resume, roles=("teacher", "student"), write=is_main(),
                     tensorboard=args.tensorboard)
-    for msg in (pre[4] if pre is not None and is_main() else ()):  # the teacher's warnings
+    for msg in (loaded.warnings if loaded is not None and is_main() else ()):
         print(f"warning: {msg}", file=sys.stderr, flush=True)
-    trained = ("student",) if pre is not None or args.kd == "none" else ("teacher", "student")
+    trained = ("student",) if loaded is not None or args.kd == "none" else ("teacher", "student")
     if args.resume and finished_stages(outputs, trained, args):
         print(f"run '{key}' is complete: nothing to resume (its outputs are unchanged)")
         return None
     barrier()
-    train_loader, test_loader, report_loader = make_loaders(train, test, data_cfg, args, device)
+    train_loader, val_loader, report_loader = make_loaders(train, test, data_cfg, args, device)
     print(f"run '{key}': {data_cfg['dataset']} [{data_cfg['train_size']} train / "
           f"{data_cfg['test_size']} test, {data_cfg['protocol']}], device {device}, "
           f"preset {args.preset}")
@@ -151,23 +151,23 @@ def main(args):
     # ---- stage 1: the teacher
     teacher = None
     if args.kd != "none":
-        if pre is not None:
-            teacher, t_cfg, ckpt, saved, _ = pre
+        if loaded is not None:
+            teacher, t_cfg, saved = loaded.model, loaded.cfg, loaded.saved_val
             print(f"teacher: {t_cfg['arch']} (eca {t_cfg['eca']}, width {t_cfg['base_width']}) "
                   f"loaded from {args.teacher_checkpoint}")
             t_result = {"arch": t_cfg["arch"], "eca": t_cfg["eca"], "base_width": t_cfg["base_width"],
-                        "params": count_params(teacher), "checkpoint": args.teacher_checkpoint,
+                        "params": count_parameters(teacher), "checkpoint": args.teacher_checkpoint,
                         "loaded": True, "best_val_acc": saved.get("acc", float("nan")),
                         "final_val_acc": None}
         else:
             teacher, t_cfg = build_model(args.teacher, data_cfg, teacher_width, args.eca, args.eca_k,
                                          device, args.channels_last, attn=args.attn)
             print(f"teacher: {args.teacher} (eca {args.eca}, width {teacher_width}), "
-                  f"{count_params(teacher):,} parameters, {teacher_epochs} epochs")
+                  f"{count_parameters(teacher):,} parameters, {teacher_epochs} epochs")
             t_state = load_state(outputs.checkpoint("teacher", state=True)) if args.resume else None
             t_result = train_stage(role="teacher", arch=args.teacher, model=teacher, model_cfg=t_cfg,
                                    loss_fn=DistillationLoss("none"), args=args, device=device,
-                                   train_loader=train_loader, test_loader=test_loader,
+                                   train_loader=train_loader, val_loader=val_loader,
                                    data_cfg=data_cfg, outputs=outputs, epochs=teacher_epochs,
                                    state=t_state, report_loader=report_loader)
             # distil from the best teacher, the one saved to disk
@@ -181,20 +181,21 @@ def main(args):
     seed_everything(args.seed + 1)
     student, s_cfg = build_model(args.student, data_cfg, student_width, args.eca, args.eca_k,
                                  device, args.channels_last, attn=args.attn)
-    s_hint = hint_shape_of(student, data_cfg, device)
-    t_hint = hint_shape_of(teacher, data_cfg, device) if teacher is not None else None
+    s_hint = hint_shape_of(student, data_cfg["in_channels"], data_cfg["image_size"])
+    t_hint = (hint_shape_of(teacher, data_cfg["in_channels"], data_cfg["image_size"])
+              if teacher is not None else None)
     loss_fn = DistillationLoss(args.kd, teacher, alpha=args.alpha, beta=args.beta,
                                temperature=args.temperature, student_hint_shape=s_hint,
                                teacher_hint_shape=t_hint, compile_teacher=args.compile,
                                weights=args.kd_weights).to(device)
     conn = loss_fn.connector
     print(f"student: {args.student} (eca {args.eca}, width {student_width}), "
-          f"{count_params(student):,} parameters, kd {args.kd}"
-          + (f", connector {s_hint} -> {t_hint} ({count_params(conn):,} params, not exported)"
+          f"{count_parameters(student):,} parameters, kd {args.kd}"
+          + (f", connector {s_hint} -> {t_hint} ({count_parameters(conn):,} params, not exported)"
              if conn is not None else ""))
     s_result = train_stage(role="student", arch=args.student, model=student, model_cfg=s_cfg,
                            loss_fn=loss_fn, args=args, device=device, train_loader=train_loader,
-                           test_loader=test_loader, data_cfg=data_cfg, outputs=outputs,
+                           val_loader=val_loader, data_cfg=data_cfg, outputs=outputs,
                            report_loader=report_loader,
                            state=load_state(outputs.checkpoint("student", state=True))
                            if args.resume else None)
@@ -202,7 +203,7 @@ def main(args):
                      "beta": args.beta,
                      "temperature": args.temperature, "hint_shape": list(s_hint),
                      "teacher_hint_shape": list(t_hint) if t_hint else None,
-                     "connector_params": count_params(conn) if conn is not None else 0})
+                     "connector_params": count_parameters(conn) if conn is not None else 0})
     summary["student"] = s_result
     rows.append(("student", s_result))
     summary["wall_time_s"] = round(time.perf_counter() - start, 2)

@@ -1,13 +1,16 @@
 """Model registry: name -> factory. Every model returns ModelOutput(logits, hint)."""
 from functools import partial
 
+import torch
+
 from .eca import ATTENTION_LAYERS, ECA, SE, ParallelECA, ParallelSE, eca_kernel_size, register_attention
 from .fuse import fold_batchnorm
-from .resnet import ARCHS, ECA_PLACEMENTS, ModelOutput, ResNet
+from .resnet import ARCHS, ECA_PLACEMENTS, ModelOutput, OutputsAsTuple, ResNet, count_parameters
 
 __all__ = ["MODELS", "ECA_PLACEMENTS", "ATTENTION_LAYERS", "register_attention", "SE",
            "ParallelSE", "ModelOutput", "ResNet", "ECA", "ParallelECA",
-           "eca_kernel_size", "create_model", "hint_shape", "fold_batchnorm"]
+           "eca_kernel_size", "create_model", "hint_shape", "hint_shape_of", "fold_batchnorm",
+           "OutputsAsTuple", "count_parameters"]
 
 
 def _resnet(name, **kwargs) -> ResNet:
@@ -27,11 +30,22 @@ def create_model(name: str, num_classes: int = 10, base_width: int = 64, in_chan
                         eca=eca, eca_k=eca_k, attn=attn)
 
 
+@torch.no_grad()
+def hint_shape_of(model, in_channels: int = 3, image_size: int = 32) -> tuple:
+    """(C, H, W) of a model's hint, found by running it once on an image_size x image_size
+    input (on the model's device; a meta-device model costs nothing)."""
+    was_training = model.training
+    model.eval()
+    p = next(model.parameters())
+    x = torch.zeros(1, in_channels, image_size, image_size, device=p.device, dtype=p.dtype)
+    try:
+        return tuple(model(x).hint.shape[1:])
+    finally:
+        model.train(was_training)
+
+
 def hint_shape(name: str, base_width: int = 64, image_size: int = 32) -> tuple[int, int, int]:
-    """(C, H, W) of the hint for an image_size x image_size input, without building the model."""
-    if name not in ARCHS:
-        raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
-    block, _ = ARCHS[name]
-    if block == "basic":   # first block of stage 4: stride 8 overall
-        return (8 * base_width, -(-image_size // 8), -(-image_size // 8))
-    return (16 * base_width, -(-image_size // 4), -(-image_size // 4))
+    """(C, H, W) of a registered architecture's hint, without allocating the model."""
+    with torch.device("meta"):
+        model = create_model(name, base_width=base_width)
+    return hint_shape_of(model, 3, image_size)

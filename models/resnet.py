@@ -12,7 +12,7 @@ from torch import nn
 
 from .eca import create_attn
 
-__all__ = ["ModelOutput", "PointwiseConv", "BasicBlock", "Bottleneck", "ResNet", "ECA_PLACEMENTS", "ARCHS"]
+__all__ = ["ModelOutput", "OutputsAsTuple", "count_parameters", "PointwiseConv", "BasicBlock", "Bottleneck", "ResNet", "ECA_PLACEMENTS", "ARCHS"]
 
 ECA_PLACEMENTS = ("none", "parallel", "last", "all")
 
@@ -29,6 +29,25 @@ ARCHS = {
 class ModelOutput(NamedTuple):
     logits: torch.Tensor  # (B, num_classes)
     hint: torch.Tensor    # (B, C_hint, H_hint, W_hint)
+
+
+class OutputsAsTuple(nn.Module):
+    """Plain outputs for tracing and export: logits (B, K), plus the hint (B, C, H, W) when
+    asked (TensorBoard's graph, ONNX)."""
+
+    def __init__(self, model: nn.Module, with_hint: bool = False):
+        super().__init__()
+        self.model = model
+        self.with_hint = with_hint
+
+    def forward(self, x):
+        out = self.model(x)
+        return (out.logits, out.hint) if self.with_hint else out.logits
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Every parameter's element count, summed."""
+    return sum(p.numel() for p in model.parameters())
 
 
 class PointwiseConv(nn.Conv2d):

@@ -332,7 +332,7 @@ def test_nonfinite_loss_keeps_last_good_state(tmp_path):
 
         kw = dict(role="baseline", arch="resnet18", model=model, model_cfg=cfg,
                   loss_fn=Poisoned("none"), args=args, device=torch.device("cpu"),
-                  train_loader=loaders[0], test_loader=loaders[1], data_cfg=data_cfg,
+                  train_loader=loaders[0], val_loader=loaders[1], data_cfg=data_cfg,
                   outputs=outputs, array_role="")
         return kw, outputs
 

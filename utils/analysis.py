@@ -8,14 +8,15 @@ import time
 import torch
 from torch import nn
 
-from .data import ImageData, TensorLoader, held_out_split, load_dataset
+from models import OutputsAsTuple, count_parameters  # noqa: F401  (re-exported for the tools)
+
+from .data import SYNTHETIC_SEED, ImageData, TensorLoader, held_out_split, load_dataset
 from .errors import UserError
 
 __all__ = ["checkpoint_test_data", "checkpoint_data_dir", "checkpoint_loader", "predict_logits", "confusion_matrix",
            "confusion_figure", "count_parameters", "count_macs", "time_latency",
            "time_throughput", "OutputsAsTuple", "file_size_mb"]
 
-SYNTHETIC_SEED = 1234  # utils/pipeline.py prepare_data: the synthetic dataset is fixed
 
 
 def _ckpt_number(section: dict, key: str, default, kind=int, where="args"):
@@ -223,12 +224,6 @@ def confusion_figure(cm: torch.Tensor, classes, title="", normalize=True):
     return fig
 
 
-def count_parameters(model: nn.Module) -> int:
-    """Sum of numel over parameters (shared parameters once)."""
-    return sum(p.numel() for p in model.parameters())
-
-
-@torch.no_grad()
 def count_macs(model: nn.Module, input_shape) -> int:
     """Multiply-accumulates of one forward pass for an input of `input_shape` (B, C, H, W),
     counted by torch.utils.flop_counter.FlopCounterMode (convolutions and matmuls; BN, ReLU,
@@ -277,19 +272,6 @@ def time_throughput(model: nn.Module, x: torch.Tensor, iters: int = 10, warmup: 
         model(x)
     _sync(x.device)
     return iters * x.shape[0] / max(time.perf_counter() - t0, 1e-9)
-
-
-class OutputsAsTuple(nn.Module):
-    """Plain outputs for tracing/export: logits (B, K), plus the hint (B, C, H, W) when asked."""
-
-    def __init__(self, model: nn.Module, with_hint: bool = False):
-        super().__init__()
-        self.model = model
-        self.with_hint = with_hint
-
-    def forward(self, x):
-        out = self.model(x)
-        return (out.logits, out.hint) if self.with_hint else out.logits
 
 
 def file_size_mb(path: str) -> float:

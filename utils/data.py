@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from .errors import UserError
 
-__all__ = ["ImageData", "DATASETS", "load_dataset", "make_synthetic", "write_cifar10",
+__all__ = ["ImageData", "DATASETS", "SYNTHETIC_SEED", "load_dataset", "make_synthetic", "write_cifar10",
            "channel_stats", "TensorLoader", "Augment", "read_idx", "write_idx", "split_indices",
            "held_out_split", "IMAGE_EXTENSIONS"]
 
@@ -339,6 +339,9 @@ def make_synthetic(n: int, seed: int = 0, image_size: int = 32, num_classes: int
     img = np.clip(img * 255, 0, 255).astype(np.uint8)
     classes = SYNTHETIC_CLASSES if num_classes == 10 else [f"pattern{i}" for i in range(num_classes)]
     return ImageData(torch.from_numpy(img), torch.from_numpy(labels.astype(np.int64)), classes)
+
+
+SYNTHETIC_SEED = 1234  # the training scripts' synthetic dataset is fixed; --seed changes training
 
 
 def load_synthetic(data_dir=None, download=False, train_size=5000, test_size=1000, seed=0):

@@ -287,7 +287,7 @@ def train_tiny_checkpoint(path: str, arch="resnet18", width=4, eca="parallel", e
     from models import create_model
 
     from .checkpoint import save_checkpoint
-    from .data import Augment, TensorLoader, channel_stats, load_dataset
+    from .data import SYNTHETIC_SEED, Augment, TensorLoader, channel_stats, load_dataset
     from .engine import evaluate, train_one_epoch
     from .kd import DistillationLoss
 
@@ -295,7 +295,7 @@ def train_tiny_checkpoint(path: str, arch="resnet18", width=4, eca="parallel", e
     if dataset == "synthetic":
         # the same split evaluate.py / test_image rebuild from the saved args
         train, test = load_dataset("synthetic", train_size=train_size, test_size=test_size,
-                                   seed=1234)
+                                   seed=SYNTHETIC_SEED)
     else:
         train, test = load_dataset(dataset, data_dir or "./data")
         train.images, train.labels = train.images[:train_size], train.labels[:train_size]

@@ -11,10 +11,11 @@ import time
 import numpy as np
 import torch
 
-from models import create_model
+from models import count_parameters, create_model
 
 from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from .data import Augment, TensorLoader, channel_stats, held_out_split, load_dataset
+from .data import (SYNTHETIC_SEED, Augment, TensorLoader, channel_stats, held_out_split,
+                   load_dataset)
 from .engine import NonFiniteLoss, evaluate, recalibrate_bn, train_one_epoch
 from .distributed import all_reduce_sum, barrier, broadcast_flag, dist_info, is_main
 from .errors import RunInterrupted, UserError
@@ -22,7 +23,7 @@ from .optim import build_optimizer, build_scheduler, effective_lr
 from .tensorboard import log_epoch, log_graph, log_hparams, log_predictions, make_writer
 
 __all__ = ["resolve_device", "seed_everything", "prepare_data", "make_loaders", "build_model",
-           "count_params", "train_stage", "report_test_accuracy", "environment", "load_state",
+           "train_stage", "report_test_accuracy", "environment", "load_state",
            "finished_stages", "loss_parts", "StopFlag"]
 
 
@@ -85,7 +86,7 @@ def prepare_data(args):
     kwargs = {"image_size": getattr(args, "image_size", 32)}  # readers that do not take it ignore it
     if name == "synthetic":
         kwargs = dict(train_size=args.synthetic_train_size, test_size=args.synthetic_test_size,
-                      seed=1234)  # the dataset is fixed; --seed only changes training
+                      seed=SYNTHETIC_SEED)  # the dataset is fixed; --seed only changes training
     train, test = load_dataset(name, args.data_dir, args.download, **kwargs)
     if args.limit_train:
         train.images, train.labels = train.images[:args.limit_train], train.labels[:args.limit_train]
@@ -179,10 +180,6 @@ def build_model(arch, data_cfg, width, eca, eca_k, device, channels_last=False, 
            "in_channels": data_cfg["in_channels"], "eca": eca, "eca_k": eca_k, "attn": attn,
            "image_size": data_cfg["image_size"]}
     return model, cfg
-
-
-def count_params(model) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def environment(device):
@@ -310,7 +307,7 @@ def check_resume_args(state, args, path):
                         f"start again with --overwrite")
 
 
-def train_stage(*, role, arch, model, model_cfg, loss_fn, args, device, train_loader, test_loader,
+def train_stage(*, role, arch, model, model_cfg, loss_fn, args, device, train_loader, val_loader,
                 data_cfg, outputs, array_role=None, epochs=None, state=None, report_loader=None):
     """Train one model for `epochs`; keep the best (by args.select_by) and the last checkpoint,
     and a full training state after every epoch (and on Ctrl-C/SIGTERM, mid-epoch) in
@@ -366,7 +363,7 @@ def train_stage(*, role, arch, model, model_cfg, loss_fn, args, device, train_lo
     writer = make_writer(os.path.join(outputs.tb_dir, role), args.tensorboard and main,
                          purge_step=start_epoch)
     if state is None:
-        log_graph(writer, model, next(iter(test_loader.iterate(0)))[0])
+        log_graph(writer, model, next(iter(val_loader.iterate(0)))[0])
     ckpt_kwargs = dict(arch=arch, role=role, model_cfg=model_cfg, data_cfg=data_cfg, args=vars(args))
 
     def save_state(epoch, step, carry, complete=False, result=None):
@@ -408,7 +405,7 @@ def train_stage(*, role, arch, model, model_cfg, loss_fn, args, device, train_lo
             if getattr(args, "bn_recalibrate", 0):
                 recalibrate_bn(model, train_loader.iterate(epoch), args.bn_recalibrate)
             sync_buffers(model)
-            va = evaluate(model, test_loader, device, "fp32")
+            va = evaluate(model, val_loader, device, "fp32")
             for k in loss_parts(tr):  # 'ce' and one per distillation term
                 history.setdefault(f"train_loss_{k}", []).append(tr[k])
             history.setdefault("train_lr", []).append(tr["lr"])
@@ -430,18 +427,18 @@ def train_stage(*, role, arch, model, model_cfg, loss_fn, args, device, train_lo
             if main:
                 print(epoch_line(role, epoch, epochs, tr, va, time.perf_counter() - t0), flush=True)
     if va is None:  # resumed at the very end: evaluate the final weights once more
-        va = evaluate(model, test_loader, device, "fp32")
+        va = evaluate(model, val_loader, device, "fp32")
         tr = {"loss": history["train_loss"][-1], "acc": history["train_acc"][-1]}
     if main:
         save_checkpoint(last_path, model, metrics={"epoch": epochs, "train": tr, "val": va},
                         epoch=epochs, **ckpt_kwargs)
     barrier()  # rank 0's checkpoints are on disk before any rank reads them
-    log_predictions(writer, f"{role}/predictions_vs_labels", model, test_loader,
+    log_predictions(writer, f"{role}/predictions_vs_labels", model, val_loader,
                     data_cfg["classes"], epochs)
     wall = time.perf_counter() - start
     result = {
         "arch": arch, "eca": model_cfg["eca"], "base_width": model_cfg["base_width"],
-        "params": count_params(model),
+        "params": count_parameters(model),
         "best_epoch": best_epoch,
         "best_val_acc": history["val_acc"][best_epoch - 1],
         "best_val_loss": history["val_loss"][best_epoch - 1],

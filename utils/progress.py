@@ -13,10 +13,6 @@ class _PlainProgress:
     def __init__(self, iterable, total, desc, lines=4):
         self.iterable, self.total, self.desc = iterable, total, desc
         self.every = max(1, total // lines) if total else 1
-        self.postfix = ""
-
-    def set_postfix_str(self, s):
-        self.postfix = s
 
     def __iter__(self):
         start = time.perf_counter()
@@ -24,7 +20,7 @@ class _PlainProgress:
             yield item
             if i % self.every == 0 or i == self.total:
                 el = time.perf_counter() - start
-                print(f"{self.desc}: {i}/{self.total} [{el:.1f}s] {self.postfix}",
+                print(f"{self.desc}: {i}/{self.total} [{el:.1f}s]",
                       file=sys.stderr, flush=True)
 
     def close(self):
@@ -47,9 +43,6 @@ class _Silent:
 
     def __iter__(self):
         return iter(self.iterable)
-
-    def set_postfix_str(self, s):
-        pass
 
     def close(self):
         pass

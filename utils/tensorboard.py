@@ -2,7 +2,8 @@
 import warnings
 
 import torch
-from torch import nn
+
+from models import OutputsAsTuple
 
 __all__ = ["make_writer", "log_epoch", "log_graph", "log_predictions", "predictions_figure",
            "log_hparams"]
@@ -33,25 +34,13 @@ def log_epoch(writer, role, epoch, train, val):
     writer.flush()
 
 
-class _TupleOutput(nn.Module):
-    """Tracing wants plain tuples: (logits, hint)."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        out = self.model(x)
-        return out.logits, out.hint
-
-
 def log_graph(writer, model, example):
     if writer is None:
         return
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            writer.add_graph(_TupleOutput(model).eval(), example[:1])
+            writer.add_graph(OutputsAsTuple(model, with_hint=True).eval(), example[:1])
     except Exception as exc:  # tracing is best-effort: never lose a run over a graph
         print(f"note: model graph not logged ({type(exc).__name__})")
 
