@@ -9,13 +9,13 @@ from typing import NamedTuple
 
 import torch
 
-from models import ECA_PLACEMENTS, count_parameters, hint_shape_of
+from models import ECA_PLACEMENTS, count_parameters, feature_shapes
 from utils.checkpoint import load_checkpoint, model_from_checkpoint
-from utils.cli import (EPOCHS, WIDTH, common_parser, finalize_args, float_in, kd_spec, kd_weights,
-                       model_name)
+from utils.cli import (EPOCHS, WIDTH, common_parser, finalize_args, float_in, kd_options, kd_spec,
+                       kd_weights, merge_kd_options, model_name)
 from utils.distributed import barrier, cleanup, init_distributed, is_main
 from utils.errors import UserError, exit_on_user_error
-from utils.kd import KD_TERMS, DistillationLoss
+from utils.kd import KD_TERMS, DistillationLoss, TermContext
 from utils.outputs import RunOutputs
 from utils.pipeline import (build_model, environment, finished_stages, load_state,
                             make_loaders, prepare_data, resolve_device, seed_everything,
@@ -51,6 +51,10 @@ def get_args_parser():
     g.add_argument("--kd-weights", type=kd_weights, default=None, metavar="NAME=W,...",
                    help="per-term weights, e.g. skip=0.3,logit=1 (default: --alpha for skip, "
                         "--beta for logit, each other term's own default)")
+    g.add_argument("--kd-opt", type=kd_options, action="append", default=None,
+                   metavar="TERM.KEY=V,...",
+                   help="options of the chosen terms, e.g. dkd.warmup=5 or logit.standardize=1 "
+                        "(repeatable; each term's options and defaults: docs/METHODS.md)")
     g.add_argument("--alpha", type=float_in(0, 10_000), default=0.3, help="weight of the skip (hint) loss")
     g.add_argument("--beta", type=float_in(0, 10_000), default=1.0, help="weight of the logit KD loss")
     g.add_argument("--temperature", type=float_in(0, 1000, lo_open=True), default=4.0, help="logit KD temperature")
@@ -181,18 +185,26 @@ def main(args):
     seed_everything(args.seed + 1)
     student, s_cfg = build_model(args.student, data_cfg, student_width, args.eca, args.eca_k,
                                  device, args.channels_last, attn=args.attn)
-    s_hint = hint_shape_of(student, data_cfg["in_channels"], data_cfg["image_size"])
-    t_hint = (hint_shape_of(teacher, data_cfg["in_channels"], data_cfg["image_size"])
-              if teacher is not None else None)
+    shape_of = lambda m: feature_shapes(m, data_cfg["in_channels"], data_cfg["image_size"])  # noqa: E731
+    s_shapes = shape_of(student)
+    t_shapes = shape_of(teacher) if teacher is not None else {}
+    s_hint, t_hint = s_shapes["hint"], t_shapes.get("hint")
+    context = TermContext(student_shapes=s_shapes, teacher_shapes=t_shapes,
+                          num_classes=data_cfg["num_classes"],
+                          num_samples=len(train_loader.labels), train_labels=train_loader.labels,
+                          epochs=args.epochs)
     loss_fn = DistillationLoss(args.kd, teacher, alpha=args.alpha, beta=args.beta,
-                               temperature=args.temperature, student_hint_shape=s_hint,
-                               teacher_hint_shape=t_hint, compile_teacher=args.compile,
-                               weights=args.kd_weights).to(device)
+                               temperature=args.temperature, compile_teacher=args.compile,
+                               weights=args.kd_weights, context=context,
+                               options=args.kd_opt).to(device)
+    student.request_features(loss_fn.features)  # what the terms read besides logits and hint
     conn = loss_fn.connector
+    learned = {n: c for n, c in loss_fn.learned_parameters().items() if c}
     print(f"student: {args.student} (eca {args.eca}, width {student_width}), "
           f"{count_parameters(student):,} parameters, kd {args.kd}"
-          + (f", connector {s_hint} -> {t_hint} ({count_parameters(conn):,} params, not exported)"
-             if conn is not None else ""))
+          + (f", connector {s_hint} -> {t_hint}" if conn is not None else "")
+          + (f"; learned for distillation, not exported: "
+             f"{', '.join(f'{n} {c:,}' for n, c in learned.items())} params" if learned else ""))
     s_result = train_stage(role="student", arch=args.student, model=student, model_cfg=s_cfg,
                            loss_fn=loss_fn, args=args, device=device, train_loader=train_loader,
                            val_loader=val_loader, data_cfg=data_cfg, outputs=outputs,
@@ -203,6 +215,8 @@ def main(args):
                      "beta": args.beta,
                      "temperature": args.temperature, "hint_shape": list(s_hint),
                      "teacher_hint_shape": list(t_hint) if t_hint else None,
+                     "kd_options": loss_fn.options,
+                     "kd_learned_params": loss_fn.learned_parameters(),
                      "connector_params": count_parameters(conn) if conn is not None else 0})
     summary["student"] = s_result
     rows.append(("student", s_result))
@@ -218,7 +232,9 @@ def main(args):
 
 def parse_args(argv=None):
     parser = get_args_parser()
-    return finalize_args(parser, parser.parse_args(argv), default_eca="parallel", argv=argv)
+    args = finalize_args(parser, parser.parse_args(argv), default_eca="parallel", argv=argv)
+    args.kd_opt = merge_kd_options(parser, args.kd, args.kd_opt)
+    return args
 
 
 if __name__ == "__main__":

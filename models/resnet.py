@@ -12,7 +12,7 @@ from torch import nn
 
 from .eca import create_attn
 
-__all__ = ["ModelOutput", "OutputsAsTuple", "count_parameters", "PointwiseConv", "BasicBlock", "Bottleneck", "ResNet", "ECA_PLACEMENTS", "ARCHS"]
+__all__ = ["FEATURES", "ModelOutput", "OutputsAsTuple", "count_parameters", "PointwiseConv", "BasicBlock", "Bottleneck", "ResNet", "ECA_PLACEMENTS", "ARCHS"]
 
 ECA_PLACEMENTS = ("none", "parallel", "last", "all")
 
@@ -26,9 +26,19 @@ ARCHS = {
 }
 
 
+# what a model can return besides logits and the hint, computed only when requested
+FEATURES = ("feats", "preact_feats", "embedding")
+
+
 class ModelOutput(NamedTuple):
-    logits: torch.Tensor  # (B, num_classes)
-    hint: torch.Tensor    # (B, C_hint, H_hint, W_hint)
+    """The feature contract every model honours. logits and hint always; the rest only after
+    `model.request_features(...)` asked for them (None otherwise, so the default path costs
+    nothing extra)."""
+    logits: torch.Tensor                  # (B, num_classes)
+    hint: torch.Tensor                    # (B, C_hint, H_hint, W_hint)
+    feats: tuple | None = None            # stem output, then each stage's output (B, C, H, W)
+    preact_feats: tuple | None = None     # the same before their last ReLU
+    embedding: torch.Tensor | None = None  # the pooled features the classifier sees (B, C)
 
 
 class OutputsAsTuple(nn.Module):
@@ -83,13 +93,17 @@ class _Block(nn.Module):
         self.shortcut_attn = create_attn(shortcut_attn, out_ch, eca_k, attn_layer)
         self.relu = nn.ReLU(inplace=True)
 
-    def forward_with_shortcut(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns (block output, shortcut tensor after its BN and before the residual add)."""
+    def forward_with_shortcut(self, x: torch.Tensor, preact: bool = False):
+        """Returns (block output, shortcut tensor after its BN and before the residual add), and
+        with preact=True also the sum before the final ReLU."""
         out = self.residual(x)
         if self.attn is not None:
             out = self.attn(out)
         s = x if self.shortcut is None else self.shortcut(x)
         s_added = s if self.shortcut_attn is None else self.shortcut_attn(s)
+        if preact:
+            pre = out + s_added
+            return F.relu(pre), s, pre
         return self.relu(out + s_added), s
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -180,6 +194,7 @@ class ResNet(nn.Module):
         self.num_features = in_ch
         self.fc = nn.Linear(in_ch, num_classes)
         self.hint_block = self.stages[self.hint_stage][0]
+        self.feature_request = frozenset()  # see request_features
         assert self.hint_block.shortcut is not None, "the hint block must have a projection shortcut"
         self._init_weights()
 
@@ -195,6 +210,16 @@ class ResNet(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
+    def request_features(self, names) -> "ResNet":
+        """From now on forward() also returns these of FEATURES (what distillation terms need);
+        an empty set restores the plain path."""
+        names = frozenset(names)
+        unknown = names - set(FEATURES)
+        if unknown:
+            raise ValueError(f"unknown features {sorted(unknown)}; known: {', '.join(FEATURES)}")
+        self.feature_request = names
+        return self
+
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(final feature map (B, C, H/8, W/8), hint)."""
         x = self.stem(x)
@@ -208,6 +233,21 @@ class ResNet(nn.Module):
                 x = stage(x)
         return x, hint
 
+    def forward_all(self, x: torch.Tensor) -> tuple[tuple, tuple, torch.Tensor]:
+        """(feats, preact_feats, hint): the stem's and every stage's output, before and after
+        their last ReLU (the same values forward_features computes)."""
+        pre = self.stem[1](self.stem[0](x))
+        x = F.relu(pre)
+        feats, preacts, hint = [x], [pre], None
+        for stage_idx, stage in enumerate(self.stages):
+            for i, blk in enumerate(stage):
+                x, s, pre = blk.forward_with_shortcut(x, preact=True)
+                if stage_idx == self.hint_stage and i == 0:
+                    hint = s
+            feats.append(x)
+            preacts.append(pre)
+        return tuple(feats), tuple(preacts), hint
+
     def forward_hint(self, x: torch.Tensor) -> torch.Tensor:
         """Only the hint: stops at the hint block's shortcut (skips the rest of the network and
         the hint block's own residual branch). What a frozen teacher computes for skip KD."""
@@ -217,6 +257,14 @@ class ResNet(nn.Module):
         return self.hint_block.shortcut(x)
 
     def forward(self, x: torch.Tensor) -> ModelOutput:
-        x, hint = self.forward_features(x)
-        x = torch.flatten(x.mean(dim=(2, 3)), 1)  # GAP -> (B, C); no .view (channels_last safe)
-        return ModelOutput(self.fc(x), hint)
+        want = self.feature_request
+        if not want:
+            x, hint = self.forward_features(x)
+            x = torch.flatten(x.mean(dim=(2, 3)), 1)  # GAP -> (B, C); no .view (channels_last safe)
+            return ModelOutput(self.fc(x), hint)
+        feats, preacts, hint = self.forward_all(x)
+        emb = torch.flatten(feats[-1].mean(dim=(2, 3)), 1)
+        return ModelOutput(self.fc(emb), hint,
+                           feats=feats if "feats" in want else None,
+                           preact_feats=preacts if "preact_feats" in want else None,
+                           embedding=emb if "embedding" in want else None)

@@ -24,7 +24,7 @@ def toy_term():
             super().__init__()
             self.scale = torch.nn.Parameter(torch.ones(()))  # something it learns
 
-        def forward(self, student_out, teacher_out):
+        def forward(self, student_out, teacher_out, batch):
             return F.mse_loss(self.scale * student_out.logits.float(), teacher_out.logits.float())
 
     yield ToyLogitMSE
@@ -72,11 +72,12 @@ def test_the_teacher_runs_only_as_far_as_the_terms_need(toy_term):
     teacher.forward_hint = lambda x, _f=teacher.forward_hint: calls.append("hint") or _f(x)
     x = torch.randn(2, 3, 32, 32)
     hint_only = DistillationLoss("skip", teacher, fast_teacher=False)
-    logits, hint = hint_only.teacher_forward(x)
-    assert logits is None and hint is not None and calls == ["hint"]
+    out = hint_only.teacher_forward(x)
+    assert out.logits is None and out.hint is not None and calls == ["hint"]
     whole = DistillationLoss("skip+toy", teacher, fast_teacher=False)
-    logits, hint = whole.teacher_forward(x)
-    assert logits is not None and hint is not None and calls == ["hint"]
+    out = whole.teacher_forward(x)
+    assert out.logits is not None and out.hint is not None and calls == ["hint"]
+    assert out.feats is None and out.embedding is None  # nothing asked for them
 
 
 # ------------------------------------------------------------------ attention modules

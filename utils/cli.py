@@ -10,7 +10,7 @@ from .errors import UserError
 from .outputs import validate_run_key
 
 __all__ = ["OneLineParser", "str2bool", "add_bool", "common_parser", "PRESETS", "finalize_args",
-           "kd_spec", "kd_weights"]
+           "kd_spec", "kd_weights", "kd_options", "merge_kd_options"]
 
 
 def cpu_has_native_bf16() -> bool:
@@ -133,6 +133,39 @@ def kd_weights(v):
                                              f"({', '.join(KD_TERMS)}), got {item!r}")
         out[name.strip()] = float_in(0, 10_000)(value)
     return out
+
+
+def kd_options(v):
+    """--kd-opt 'dkd.beta=8,dkd.warmup=5': options of registered terms, checked against each
+    term's declared options -> {term: {key: value}}."""
+    from .kd import KD_TERMS, term_options
+    out = {}
+    for item in filter(None, (i.strip() for i in str(v).split(","))):
+        lhs, sep, value = item.partition("=")
+        name, dot, key = lhs.strip().partition(".")
+        if not sep or not dot or name not in KD_TERMS:
+            raise argparse.ArgumentTypeError(f"expected term.option=value with a registered term "
+                                             f"({', '.join(KD_TERMS)}), got {item!r}")
+        try:
+            term_options(name, {key: value.strip()})
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        out.setdefault(name, {})[key] = value.strip()
+    return out
+
+
+def merge_kd_options(parser, kd: str, given) -> dict:
+    """The --kd-opt values (one dict per use of the flag) merged and cast, {term: {key: value}};
+    an option of a term that --kd does not choose is an error (it would do nothing)."""
+    from .kd import parse_kd, term_options
+    chosen, merged = parse_kd(kd), {}
+    for opts in given or ():
+        for name, kv in opts.items():
+            merged.setdefault(name, {}).update(kv)
+    for name in merged:
+        if name not in chosen:
+            parser.error(f"--kd-opt sets options of {name!r}, which --kd {kd} does not choose")
+    return {name: {k: term_options(name, kv)[k] for k in kv} for name, kv in merged.items()}
 
 
 def model_name(v):

@@ -28,7 +28,8 @@ def train_one_epoch(model, loss_fn, loader, optimizer, scheduler=None, device="c
                     precision="fp32", scaler=None, desc="train", show_progress=True, epoch=None,
                     start_step=0, carry=None, should_stop=None):
     """One pass over `loader` (epoch `epoch`, from batch `start_step`).
-    loss_fn(x, model_out, y) -> (loss, parts).
+    loss_fn(x, model_out, y, index=..., epoch=epochs done, fractional) -> (loss, parts); the
+    batch's training-set indices are passed when loss_fn.needs_index.
 
     Returns {'loss', 'acc' (percent), 'ce', 'skip', 'logit' (those present)} as floats averaged
     per sample, 'lr' (the learning rate of the epoch's last step) and 'lr_start' (its first). When `should_stop()` turns true the epoch stops at a step boundary and
@@ -45,20 +46,24 @@ def train_one_epoch(model, loss_fn, loader, optimizer, scheduler=None, device="c
     seen = int(carry.get("seen", 0))
     lr_start = carry.get("lr_start", carry.get("lr"))  # the rate of the epoch's first step
     lr = lr_start
-    if epoch is None:
+    with_index = getattr(loss_fn, "needs_index", False)  # a term keeps per-sample state
+    if epoch is None:  # any iterable of (x, y)
+        if with_index:
+            raise ValueError("a distillation term needs sample indices: pass the epoch")
         batches = iter(loader)
     else:
-        batches = loader.iterate(epoch, start_step)
+        batches = loader.iterate(epoch, start_step, with_index=with_index)
     total = len(loader) - start_step
     bar = progress(batches, total=total, desc=desc, enabled=show_progress)
     step = start_step
-    for x, y in bar:
+    for batch in bar:
+        x, y, index = batch if with_index else (*batch, None)
         lr = optimizer.param_groups[0]["lr"]  # the rate this step uses (a float: no sync)
         if lr_start is None:
             lr_start = lr
         with autocast_context(device, precision):
             out = model(x)
-            loss, parts = loss_fn(x, out, y)
+            loss, parts = loss_fn(x, out, y, index=index, epoch=(epoch or 0) + step / len(loader))
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()

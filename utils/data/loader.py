@@ -125,8 +125,9 @@ class TensorLoader:
         x = x_uint8.float() * self.scale + self.shift
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
-    def iterate(self, epoch: int, start_step: int = 0):
-        """Batches of `epoch`, starting at batch `start_step` (for an exact resume)."""
+    def iterate(self, epoch: int, start_step: int = 0, with_index: bool = False):
+        """Batches of `epoch`, starting at batch `start_step` (for an exact resume); with
+        with_index, (x, y, indices into this loader's images) (for memory banks)."""
         plain = not self.shuffle and self.world_size == 1
         order = None if plain else self._order(epoch).to(self.device)
         g = self._global_batch()
@@ -134,6 +135,8 @@ class TensorLoader:
             if plain:
                 lo, hi = i * self.batch_size, (i + 1) * self.batch_size
                 xb, yb = self.images[lo:hi], self.labels[lo:hi]
+                idx = torch.arange(lo, min(hi, len(self.labels)), device=self.device) \
+                    if with_index else None
             else:
                 idx = order[i * g:(i + 1) * g][self.rank::self.world_size]
                 xb, yb = self.images[idx], self.labels[idx]
@@ -141,7 +144,7 @@ class TensorLoader:
                 # one generator per global batch, then this rank's share of its draws
                 gen = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 100_003 + i)
                 xb = self.augment(xb, gen, rank=self.rank, world_size=self.world_size)
-            yield self.normalise(xb), yb
+            yield (self.normalise(xb), yb, idx) if with_index else (self.normalise(xb), yb)
 
     def __iter__(self):
         epoch, self.epoch = self.epoch, self.epoch + 1

@@ -3,9 +3,10 @@ cross-entropy by DistillationLoss (loss.py)."""
 from .connector import Connector, build_connector
 from .logit import LogitKDLoss, LogitTerm
 from .loss import KD_MODES, DistillationLoss
-from .registry import KD_TERMS, KDTerm, TeacherOutput, TermContext, parse_kd, register_term
+from .registry import (KD_TERMS, NEEDS, KDBatch, KDTerm, TermContext, parse_kd, register_term,
+                       term_options)
 from .skip import SkipHintLoss, SkipTerm
 
 __all__ = ["Connector", "build_connector", "LogitKDLoss", "LogitTerm", "SkipHintLoss",
-           "SkipTerm", "DistillationLoss", "KD_MODES", "KD_TERMS", "KDTerm", "TeacherOutput",
-           "TermContext", "parse_kd", "register_term"]
+           "SkipTerm", "DistillationLoss", "KD_MODES", "KD_TERMS", "KDTerm", "KDBatch", "NEEDS",
+           "TermContext", "parse_kd", "register_term", "term_options"]

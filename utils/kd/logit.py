@@ -1,24 +1,36 @@
-"""Logit distillation (Hinton, Vinyals & Dean, 2015): T^2 * KL(softmax(t/T) || softmax(s/T))."""
+"""Logit distillation (Hinton, Vinyals & Dean, 2015): T^2 * KL(softmax(t/T) || softmax(s/T)),
+and logit standardisation (Sun et al., 2024), an option of every logit-based term."""
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .registry import register_term
 
-__all__ = ["LogitKDLoss", "LogitTerm"]
+__all__ = ["LogitKDLoss", "LogitTerm", "standardize"]
+
+
+def standardize(logits: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Z-score each sample's logits (Sun et al., Logit Standardization in Knowledge
+    Distillation, CVPR 2024): (z - mean(z)) / std(z), so the student matches the teacher's
+    logit relations rather than their scale. Then divided by the (base) temperature as usual."""
+    z = logits.float()
+    return (z - z.mean(dim=1, keepdim=True)) / (z.std(dim=1, keepdim=True) + eps)
 
 
 class LogitKDLoss(nn.Module):
     """Logits (B, num_classes); the T^2 factor keeps gradient scale independent of T."""
 
-    def __init__(self, temperature: float = 4.0):
+    def __init__(self, temperature: float = 4.0, standardize: bool = False):
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
         self.temperature = float(temperature)
+        self.standardize = bool(standardize)
 
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
         t = self.temperature
+        if self.standardize:
+            student_logits, teacher_logits = standardize(student_logits), standardize(teacher_logits)
         log_p_s = F.log_softmax(student_logits.float() / t, dim=1)
         log_p_t = F.log_softmax(teacher_logits.float() / t, dim=1)
         return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * t * t
@@ -27,12 +39,14 @@ class LogitKDLoss(nn.Module):
 @register_term
 class LogitTerm(LogitKDLoss):
     """Hinton et al., 2015: the softened teacher distribution as a target (weight beta = 1,
-    temperature T = 4 by default)."""
+    temperature T = 4 by default). Option standardize: z-score both logits first (Sun et al.,
+    2024)."""
     name, needs, default_weight = "logit", frozenset({"logits"}), 1.0
     paper = "Hinton, Vinyals & Dean, Distilling the Knowledge in a Neural Network, 2015"
+    options = {"standardize": False}
 
     def __init__(self, ctx):
-        super().__init__(ctx.temperature)
+        super().__init__(ctx.temperature, ctx.options.get("standardize", False))
 
-    def forward(self, student_out, teacher_out):
+    def forward(self, student_out, teacher_out, batch=None):
         return super().forward(student_out.logits, teacher_out.logits)

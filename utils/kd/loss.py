@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.fuse import fold_batchnorm
+from models import FEATURES, ModelOutput, fold_batchnorm
 
 from . import logit, skip  # noqa: F401  (the built-in terms register themselves)
-from .registry import KD_TERMS, TeacherOutput, TermContext, parse_kd
+from .registry import KD_TERMS, KDBatch, TermContext, parse_kd, term_options
 
 __all__ = ["KD_MODES", "DistillationLoss"]
 
@@ -26,7 +26,10 @@ class DistillationLoss(nn.Module):
     mode: 'none' or registered term names joined by '+' (utils.kd.registry.KD_TERMS): 'skip'
     (alpha * hint MSE), 'logit' (beta * Hinton KD), 'skip+logit', ... weights: {term: weight};
     alpha and beta are the skip and logit weights under their original names.
-    `forward` returns (total loss, dict of detached parts: 'ce' and one per term).
+    `forward` returns (total loss, dict of detached parts: 'ce' and one per term, and
+    name_part for the parts of terms that return several).
+    context: a TermContext with the models' feature shapes, the training set's size and labels;
+    options: {term: {key: value}} (--kd-opt).
     fast_teacher: run the frozen teacher as a BatchNorm-folded copy, and only as far as the
     terms need (hint-only when no term needs its logits). Same values, less work.
     compile_teacher: torch.compile that inference function (worth it on CPU and GPU alike).
@@ -35,7 +38,8 @@ class DistillationLoss(nn.Module):
     def __init__(self, mode: str = "none", teacher: nn.Module | None = None, alpha: float = 0.3,
                  beta: float = 1.0, temperature: float = 4.0, student_hint_shape=None,
                  teacher_hint_shape=None, label_smoothing: float = 0.0, fast_teacher: bool = True,
-                 compile_teacher: bool = False, weights: dict | None = None):
+                 compile_teacher: bool = False, weights: dict | None = None,
+                 context: TermContext | None = None, options: dict | None = None):
         super().__init__()
         self.names = parse_kd(mode)
         if self.names and teacher is None:
@@ -58,15 +62,38 @@ class DistillationLoss(nn.Module):
                 p.requires_grad_(False)
             if fast_teacher:
                 self.__dict__["teacher_infer"] = fold_batchnorm(self.teacher)
-        ctx = TermContext(student_hint_shape=student_hint_shape,
-                          teacher_hint_shape=teacher_hint_shape, temperature=temperature)
+        ctx = context or TermContext()
+        ctx.temperature = temperature
+        ctx.student_hint_shape = student_hint_shape or ctx.student_shapes.get("hint")
+        ctx.teacher_hint_shape = teacher_hint_shape or ctx.teacher_shapes.get("hint")
+        options = options or {}
+        unknown = sorted(set(options) - set(self.names))
+        if unknown:
+            raise ValueError(f"--kd-opt names {unknown[0]!r}, which is not among the chosen "
+                             f"terms ({', '.join(self.names) or 'none'})")
+        self.options = {}
         for name in self.names:  # a submodule per term, named after it (state_dict: skip.*)
+            ctx.options = self.options[name] = term_options(name, options.get(name))
             self.add_module(name, KD_TERMS[name](ctx))
         self.needs = frozenset().union(*(KD_TERMS[n].needs for n in self.names))
+        self.features = self.needs & set(FEATURES)  # what both nets must return besides logits
+        if self.features:  # the folded copy when there is one, else the teacher itself
+            (self.teacher_infer or self.teacher).request_features(self.features)
 
     @property
     def terms(self) -> dict:
         return {name: getattr(self, name) for name in self.names}
+
+    @property
+    def needs_index(self) -> bool:
+        """Whether the loader must give each batch's training-set indices."""
+        return "index" in self.needs
+
+    def learned_parameters(self) -> dict:
+        """{term: number of parameters it trains with the student} (connectors, heads; not
+        exported with the student)."""
+        return {n: sum(p.numel() for p in t.parameters() if p.requires_grad)
+                for n, t in self.terms.items()}
 
     @property
     def connector(self) -> nn.Module | None:
@@ -97,13 +124,14 @@ class DistillationLoss(nn.Module):
             cache[dtype] = copy.deepcopy(self.teacher_infer).to(dtype)
         return cache[dtype], dtype
 
-    def teacher_forward(self, x: torch.Tensor):
-        """(teacher logits or None when not needed, teacher hint), without autograd."""
+    def teacher_forward(self, x: torch.Tensor) -> ModelOutput:
+        """The teacher's outputs, without autograd: only the hint (logits None) when no term
+        needs more, else logits, hint and the requested features."""
         net, dtype = self._teacher_for(x)
         ctx = nullcontext() if dtype is None else torch.autocast(x.device.type, enabled=False)
         if dtype is not None:
             x = x.to(dtype)
-        hint_only = "logits" not in self.needs and hasattr(net, "forward_hint")
+        hint_only = not (self.needs & {"logits", *FEATURES}) and hasattr(net, "forward_hint")
         fn = net.forward_hint if hint_only else net
         if self.compile_teacher:
             compiled = self.__dict__.setdefault("_compiled", {})
@@ -112,22 +140,31 @@ class DistillationLoss(nn.Module):
                 compiled[key] = torch.compile(fn)
             fn = compiled[key]
         with torch.inference_mode(), ctx:
-            if hint_only:
-                logits, hint = None, fn(x)
-            else:
-                logits, hint = fn(x)
-        # inference tensors cannot be saved for backward: clone into normal tensors (small)
-        return (logits.clone() if logits is not None else None), hint.clone()
+            out = ModelOutput(None, fn(x)) if hint_only else fn(x)
+        # inference tensors cannot be saved for backward: clone them into normal tensors
+        return ModelOutput(*(_clone(v) for v in out))
 
-    def forward(self, x, student_out, y):
+    def forward(self, x, student_out, y, index=None, epoch: float = 0.0):
         ce = F.cross_entropy(student_out.logits.float(), y, label_smoothing=self.label_smoothing)
         parts = {"ce": ce.detach()}
         total = ce
         if self.teacher is not None:
-            t_logits, t_hint = self.teacher_forward(x)
-            teacher_out = TeacherOutput(logits=t_logits, hint=t_hint)
+            teacher_out = self.teacher_forward(x)
+            batch = KDBatch(y=y, index=index, epoch=float(epoch))
             for name, term in self.terms.items():
-                value = term(student_out, teacher_out)
+                value = term(student_out, teacher_out, batch)
+                sub = value if isinstance(value, dict) else {}  # named parts that sum to it
+                if sub:
+                    value = sum(sub.values())
                 total = total + self.weights[name] * value
                 parts[name] = value.detach()
+                parts.update((f"{name}_{part}", v.detach()) for part, v in sub.items())
         return total, parts
+
+
+def _clone(v):
+    if v is None:
+        return None
+    if isinstance(v, (tuple, list)):
+        return tuple(t.clone() for t in v)
+    return v.clone()

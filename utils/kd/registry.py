@@ -1,47 +1,69 @@
 """The registry of distillation terms: `--kd skip+logit` names registered terms joined by `+`.
 
 A term is an nn.Module subclass of KDTerm in its own file, registered with @register_term. It
-declares what it needs from the frozen teacher (`needs`: "hint", "logits"), may learn something
-(a connector: its parameters train with the student and are not exported), and returns one
-scalar loss, which appears under its name in the console, the arrays, TensorBoard and the JSON.
+declares what it needs (`needs`: model outputs of the feature contract, models.FEATURES, plus
+"logits", "hint", and "index" for the training-set indices of the batch), may learn something
+(connectors, embedding heads: their parameters train with the student and are not exported;
+buffers such as a memory bank are part of the resumable training state), takes options with
+defaults (`options`, set with --kd-opt NAME.KEY=VALUE), and returns one scalar loss or a dict
+of named parts that sum to it. The loss appears under the term's name (the parts as
+name_part) in the console, the arrays, TensorBoard and the JSON.
 """
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
 from torch import nn
 
-__all__ = ["KDTerm", "TermContext", "TeacherOutput", "KD_TERMS", "register_term", "parse_kd"]
+__all__ = ["KDTerm", "TermContext", "KDBatch", "KD_TERMS", "NEEDS", "register_term", "parse_kd",
+           "term_options"]
 
 KD_TERMS: dict[str, type] = {}
+
+# what a term may need: model outputs (both nets) and the batch's sample indices
+NEEDS = frozenset({"logits", "hint", "feats", "preact_feats", "embedding", "index"})
 
 
 @dataclass
 class TermContext:
-    """What a term may need to build itself."""
+    """What a term may need to build itself. Shapes are per sample, as models.feature_shapes
+    gives them ({'logits': (K,), 'hint': (C, H, W), 'feats': [...], 'embedding': (D,)})."""
     student_hint_shape: tuple | None = None   # (C, H, W)
     teacher_hint_shape: tuple | None = None
     temperature: float = 4.0
+    student_shapes: dict = field(default_factory=dict)
+    teacher_shapes: dict = field(default_factory=dict)
+    num_classes: int | None = None
+    num_samples: int | None = None            # training images (a memory bank's size)
+    train_labels: torch.Tensor | None = None  # their labels, by sample index
+    epochs: int | None = None                 # the stage's length (warm-ups)
+    options: dict = field(default_factory=dict)  # this term's options, defaults filled in
 
 
 @dataclass
-class TeacherOutput:
-    logits: torch.Tensor | None
-    hint: torch.Tensor | None
+class KDBatch:
+    """What a term sees of the batch besides the two models' outputs."""
+    y: torch.Tensor                      # labels (B,)
+    index: torch.Tensor | None = None    # training-set indices (B,), when a term needs "index"
+    epoch: float = 0.0                   # epochs done so far, fractional (warm-ups)
 
 
 class KDTerm(nn.Module):
-    """Base class: set `name`, `needs`, `default_weight` and `paper`; implement forward."""
+    """Base class: set `name`, `needs`, `default_weight`, `paper` (and `options`); implement
+    forward(student_out, teacher_out, batch) -> scalar tensor or {part: scalar tensor}."""
 
     name: ClassVar[str] = ""
-    needs: ClassVar[frozenset] = frozenset()       # teacher outputs: {"hint", "logits"}
+    needs: ClassVar[frozenset] = frozenset()
     default_weight: ClassVar[float] = 1.0
     paper: ClassVar[str] = ""
+    options: ClassVar[dict] = {}
 
     def __init__(self, ctx: TermContext):
         super().__init__()
+        self.opts = dict(ctx.options)
 
-    def forward(self, student_out, teacher_out: TeacherOutput) -> torch.Tensor:
+    def forward(self, student_out, teacher_out, batch: KDBatch):
         raise NotImplementedError
 
 
@@ -51,8 +73,9 @@ def register_term(cls):
     name = cls.name
     if not name.isidentifier() or name in ("none", "ce", "loss"):
         raise ValueError(f"bad distillation term name {name!r}")
-    if not cls.needs <= {"hint", "logits"}:
-        raise ValueError(f"term {name!r} needs {set(cls.needs)}; known: hint, logits")
+    if not cls.needs <= NEEDS:
+        raise ValueError(f"term {name!r} needs {sorted(cls.needs - NEEDS)}; known: "
+                         f"{', '.join(sorted(NEEDS))}")
     KD_TERMS[name] = cls
     return cls
 
@@ -70,3 +93,26 @@ def parse_kd(spec: str) -> list[str]:
     if len(set(names)) != len(names):
         raise ValueError(f"a distillation term is repeated in {spec!r}")
     return names
+
+
+def term_options(name: str, given: dict | None = None) -> dict:
+    """A term's options: its defaults updated with `given` ({key: value}), each value cast to
+    its default's type. Unknown keys or values that do not cast: ValueError."""
+    defaults = dict(getattr(KD_TERMS[name], "options", {}))
+    out = dict(defaults)
+    for key, value in (given or {}).items():
+        if key not in defaults:
+            known = ", ".join(defaults) or "none"
+            raise ValueError(f"term {name!r} has no option {key!r} (its options: {known})")
+        kind = type(defaults[key])
+        try:
+            if kind is bool and isinstance(value, str):
+                if value.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                    raise ValueError(value)
+                value = value.lower() in ("1", "true", "yes", "on")
+            out[key] = kind(value)
+            if kind in (int, float) and not math.isfinite(out[key]):
+                raise ValueError(value)
+        except (TypeError, ValueError, OverflowError):
+            raise ValueError(f"option {name}.{key} must be a {kind.__name__}, got {value!r}") from None
+    return out

@@ -41,5 +41,5 @@ class SkipTerm(SkipHintLoss):
             connector = build_connector(ctx.student_hint_shape, ctx.teacher_hint_shape)
         super().__init__(connector)
 
-    def forward(self, student_out, teacher_out):
+    def forward(self, student_out, teacher_out, batch=None):
         return super().forward(student_out.hint, teacher_out.hint)
