@@ -21,12 +21,12 @@ import torch
 from models import ECA_PLACEMENTS, create_model, hint_shape_of
 from utils.cli import OneLineParser, add_bool, kd_spec, model_name, positive_int
 from utils.data import Augment, TensorLoader, channel_stats, make_synthetic
-from utils.engine import autocast_context
+from utils.train.engine import autocast_context
 from utils.errors import exit_on_user_error
 from utils.kd import DistillationLoss
-from utils.outputs import atomic_write_text
-from utils.pipeline import resolve_device
-from utils.toolargs import check_output_path
+from utils.train.outputs import atomic_write_text
+from utils.train.setup import resolve_device
+from utils.analysis.toolargs import check_output_path
 
 
 def get_args_parser():
@@ -243,7 +243,7 @@ def main(args):
 
     def add(row):  # the JSON is rewritten after every row: a run stopped midway keeps its rows
         rows.append(row)
-        if args.json:  # a private temporary file, then os.replace (utils.outputs)
+        if args.json:  # a private temporary file, then os.replace (utils.train.outputs)
             atomic_write_text(args.json, json.dumps(result, indent=2))
 
     for bench in benches:

@@ -13,9 +13,9 @@ import math
 import os
 
 from utils.errors import UserError, exit_on_user_error
-from utils.outputs import atomic_write_text
-from utils.runs import load_summaries, unknown_key_message
-from utils.toolargs import check_output_path, tool_parser
+from utils.train.outputs import atomic_write_text
+from utils.analysis.runs import load_summaries, unknown_key_message
+from utils.analysis.toolargs import check_output_path, tool_parser
 
 
 def get_args_parser():

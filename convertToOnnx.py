@@ -16,10 +16,10 @@ import numpy as np
 import torch
 
 from utils.analysis import OutputsAsTuple
-from utils.checkpoint import load_checkpoint, model_from_checkpoint
+from utils.train.checkpoint import load_checkpoint, model_from_checkpoint
 from utils.cli import positive_int
 from utils.errors import UserError, exit_on_user_error
-from utils.toolargs import check_output_path, tool_parser
+from utils.analysis.toolargs import check_output_path, tool_parser
 
 
 def get_args_parser():

@@ -14,14 +14,14 @@ import torch.nn.functional as F
 
 from utils.analysis import (checkpoint_loader, checkpoint_test_data, confusion_figure,
                             confusion_matrix, predict_logits)
-from utils.checkpoint import load_checkpoint, model_from_checkpoint
+from utils.train.checkpoint import load_checkpoint, model_from_checkpoint
 from utils.cli import add_bool, positive_int
 from utils.data import DATASETS
 from utils.errors import exit_on_user_error
-from utils.outputs import atomic_write, atomic_write_text
-from utils.pipeline import resolve_device
-from utils.tensorboard import predictions_figure
-from utils.toolargs import (check_distinct_outputs, check_output_dir, check_output_path,
+from utils.train.outputs import atomic_write, atomic_write_text
+from utils.train.setup import resolve_device
+from utils.train.tensorboard import predictions_figure
+from utils.analysis.toolargs import (check_distinct_outputs, check_output_dir, check_output_path,
                             tool_parser)
 
 

@@ -4,15 +4,17 @@
 """
 import time
 
+from models import ECA_PLACEMENTS
+from utils.analysis.report import results_table
 from utils.cli import common_parser, finalize_args, model_name
-from utils.distributed import barrier, cleanup, init_distributed, is_main
 from utils.errors import exit_on_user_error
 from utils.kd import DistillationLoss
-from utils.outputs import RunOutputs
-from utils.pipeline import (build_model, environment, finished_stages, load_state, make_loaders,
-                            prepare_data, resolve_device, seed_everything, train_stage)
-from utils.report import results_table
-from models import ECA_PLACEMENTS
+from utils.train.distributed import barrier, cleanup, init_distributed, is_main
+from utils.train.outputs import RunOutputs
+from utils.train.resume import finished_stages, load_state
+from utils.train.setup import (build_model, environment, make_loaders, prepare_data,
+                               resolve_device, seed_everything)
+from utils.train.stage import RunContext, Stage, train_stage
 
 
 def get_args_parser():
@@ -40,18 +42,18 @@ def main(args):
         print(f"run '{key}' is complete: nothing to resume (its outputs are unchanged)")
         return None
     barrier()
-    train_loader, val_loader, report_loader = make_loaders(train, test, data_cfg, args, device)
+    run = RunContext(args, device, make_loaders(train, test, data_cfg, args, device), data_cfg,
+                     outputs)
     model, model_cfg = build_model(args.model, data_cfg, args.width, args.eca, args.eca_k, device,
                                    args.channels_last, attn=args.attn)
     print(f"baseline {args.model} (eca {args.eca}, width {args.width}) on {data_cfg['dataset']} "
           f"[{data_cfg['train_size']} train / {data_cfg['test_size']} test, {data_cfg['protocol']}] "
           f"device {device}; run '{key}'")
     start = time.perf_counter()
-    result = train_stage(role="baseline", arch=args.model, model=model, model_cfg=model_cfg,
-                         loss_fn=DistillationLoss("none"), args=args, device=device,
-                         train_loader=train_loader, val_loader=val_loader, data_cfg=data_cfg,
-                         outputs=outputs, array_role="", report_loader=report_loader,
-                         state=load_state(outputs.checkpoint("baseline", state=True)) if args.resume else None)
+    stage = Stage("baseline", args.model, model, model_cfg, DistillationLoss("none"), args.epochs,
+                  array_role="")
+    saved = load_state(outputs.checkpoint("baseline", state=True)) if args.resume else None
+    result = train_stage(stage, run, saved)
     if is_main():
         outputs.write_summary({"run_key": key, "script": "model_training.py", "dataset": data_cfg,
                            "args": vars(args), "baseline": result, "environment": environment(device),

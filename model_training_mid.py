@@ -10,18 +10,18 @@ from typing import NamedTuple
 import torch
 
 from models import ECA_PLACEMENTS, count_parameters, feature_shapes
-from utils.checkpoint import load_checkpoint, model_from_checkpoint
+from utils.analysis.report import results_table
 from utils.cli import (EPOCHS, WIDTH, common_parser, finalize_args, float_in, kd_options, kd_spec,
                        kd_weights, merge_kd_options, model_name)
-from utils.distributed import barrier, cleanup, init_distributed, is_main
 from utils.errors import UserError, exit_on_user_error
 from utils.kd import KD_TERMS, DistillationLoss, TermContext
-from utils.outputs import RunOutputs
-from utils.pipeline import (build_model, environment, finished_stages, load_state,
-                            make_loaders, prepare_data, resolve_device, seed_everything,
-                            train_stage)
-from utils.report import results_table
-
+from utils.train.checkpoint import load_checkpoint, model_from_checkpoint
+from utils.train.distributed import barrier, cleanup, init_distributed, is_main
+from utils.train.outputs import RunOutputs
+from utils.train.resume import finished_stages, load_state
+from utils.train.setup import (build_model, environment, make_loaders, prepare_data,
+                               resolve_device, seed_everything)
+from utils.train.stage import RunContext, Stage, train_stage
 
 def get_args_parser():
     p = common_parser("Train a ResNet teacher, then distil a student from it through the "
@@ -143,7 +143,8 @@ def main(args):
         print(f"run '{key}' is complete: nothing to resume (its outputs are unchanged)")
         return None
     barrier()
-    train_loader, val_loader, report_loader = make_loaders(train, test, data_cfg, args, device)
+    run = RunContext(args, device, make_loaders(train, test, data_cfg, args, device), data_cfg,
+                     outputs)
     print(f"run '{key}': {data_cfg['dataset']} [{data_cfg['train_size']} train / "
           f"{data_cfg['test_size']} test, {data_cfg['protocol']}], device {device}, "
           f"preset {args.preset}")
@@ -169,11 +170,8 @@ def main(args):
             print(f"teacher: {args.teacher} (eca {args.eca}, width {teacher_width}), "
                   f"{count_parameters(teacher):,} parameters, {teacher_epochs} epochs")
             t_state = load_state(outputs.checkpoint("teacher", state=True)) if args.resume else None
-            t_result = train_stage(role="teacher", arch=args.teacher, model=teacher, model_cfg=t_cfg,
-                                   loss_fn=DistillationLoss("none"), args=args, device=device,
-                                   train_loader=train_loader, val_loader=val_loader,
-                                   data_cfg=data_cfg, outputs=outputs, epochs=teacher_epochs,
-                                   state=t_state, report_loader=report_loader)
+            t_result = train_stage(Stage("teacher", args.teacher, teacher, t_cfg,
+                                         DistillationLoss("none"), teacher_epochs), run, t_state)
             # distil from the best teacher, the one saved to disk
             teacher = model_from_checkpoint(load_checkpoint(t_result["checkpoint"])).to(device)
             if args.channels_last:
@@ -191,7 +189,8 @@ def main(args):
     s_hint, t_hint = s_shapes["hint"], t_shapes.get("hint")
     context = TermContext(student_shapes=s_shapes, teacher_shapes=t_shapes,
                           num_classes=data_cfg["num_classes"],
-                          num_samples=len(train_loader.labels), train_labels=train_loader.labels,
+                          num_samples=len(run.loaders.train.labels),
+                          train_labels=run.loaders.train.labels,
                           epochs=args.epochs)
     loss_fn = DistillationLoss(args.kd, teacher, alpha=args.alpha, beta=args.beta,
                                temperature=args.temperature, compile_teacher=args.compile,
@@ -205,12 +204,9 @@ def main(args):
           + (f", connector {s_hint} -> {t_hint}" if conn is not None else "")
           + (f"; learned for distillation, not exported: "
              f"{', '.join(f'{n} {c:,}' for n, c in learned.items())} params" if learned else ""))
-    s_result = train_stage(role="student", arch=args.student, model=student, model_cfg=s_cfg,
-                           loss_fn=loss_fn, args=args, device=device, train_loader=train_loader,
-                           val_loader=val_loader, data_cfg=data_cfg, outputs=outputs,
-                           report_loader=report_loader,
-                           state=load_state(outputs.checkpoint("student", state=True))
-                           if args.resume else None)
+    s_state = load_state(outputs.checkpoint("student", state=True)) if args.resume else None
+    s_result = train_stage(Stage("student", args.student, student, s_cfg, loss_fn, args.epochs),
+                           run, s_state)
     s_result.update({"kd": args.kd, "kd_weights": loss_fn.weights, "alpha": args.alpha,
                      "beta": args.beta,
                      "temperature": args.temperature, "hint_shape": list(s_hint),

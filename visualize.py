@@ -8,10 +8,10 @@ import tempfile
 
 import torch
 
-from utils.checkpoint import load_checkpoint, model_from_checkpoint
+from utils.train.checkpoint import load_checkpoint, model_from_checkpoint
 from utils.cli import positive_int
 from utils.errors import UserError, exit_on_user_error
-from utils.toolargs import check_output_path, tool_parser
+from utils.analysis.toolargs import check_output_path, tool_parser
 
 FORMATS = ("png", "svg", "pdf")
 

@@ -24,8 +24,8 @@ cp "$RUN/eval/docs-kd_student_confusion.png" "$IMG/confusion_matrix.png"
 import sys
 from PIL import Image
 sys.path.insert(0, ".")
-from utils.checkpoint import load_checkpoint, model_from_checkpoint
-from utils.features import save_feature_figures, test_image
+from utils.train.checkpoint import load_checkpoint, model_from_checkpoint
+from utils.analysis.features import save_feature_figures, test_image
 
 run, img = sys.argv[1], sys.argv[2]
 path = f"{run}/saved_pth_model/docs-kd_student.pth"

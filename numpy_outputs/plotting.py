@@ -14,9 +14,9 @@ if ROOT not in sys.path:  # run as a script from anywhere: the repo's packages c
 
 from utils.cli import positive_int  # noqa: E402
 from utils.errors import UserError, exit_on_user_error  # noqa: E402
-from utils.outputs import atomic_write  # noqa: E402
-from utils.runs import check_run_keys, list_run_keys, load_history  # noqa: E402
-from utils.toolargs import check_output_dir, check_output_path, tool_parser  # noqa: E402
+from utils.train.outputs import atomic_write  # noqa: E402
+from utils.analysis.runs import check_run_keys, list_run_keys, load_history  # noqa: E402
+from utils.analysis.toolargs import check_output_dir, check_output_path, tool_parser  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROLE_ORDER = ("teacher", "student", "baseline")

@@ -14,7 +14,7 @@ import torch
 
 from conftest import BATTERY_VERDICTS, files_digest, run_script
 from models import create_model
-from utils.checkpoint import save_checkpoint
+from utils.train.checkpoint import save_checkpoint
 from utils.data import write_cifar10
 
 MID, BASE = "model_training_mid.py", "model_training.py"
@@ -54,7 +54,7 @@ CASES = {
     "run-name-too-long": (BASE, ["--run-name", "k" * 300], ["run-name", "300"]),
     "run-name-leading-dash": (BASE, ["--run-name=-good"], ["run-name", "letter or a digit"]),
     "run-name-empty": (MID, ["--run-name", ""], ["run-name", "empty"]),
-    "unknown-kd": (MID, ["--kd", "fitnet"], ["fitnet"]),
+    "unknown-kd": (MID, ["--kd", "skip+fitnets"], ["fitnets"]),
     "unknown-flag": (MID, ["--teacher-lr", "0.1"], ["--teacher-lr"]),
     "device-mps": (BASE, ["--device", "mps"], ["mps"]),
     "device-cuda-without-cuda": (BASE, ["--device", "cuda"], ["cuda"]),

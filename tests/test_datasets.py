@@ -13,7 +13,7 @@ import torch
 from utils.cli import common_parser, finalize_args
 from utils.data import (FASHION_MNIST_CLASSES, DATASETS, load_dataset, read_idx, split_indices)
 from utils.errors import UserError
-from utils.pipeline import make_loaders, prepare_data
+from utils.train.setup import make_loaders, prepare_data
 
 
 # ------------------------------------------------------------------ Fashion-MNIST (IDX)

@@ -13,9 +13,9 @@ from torch import nn
 
 from conftest import run_script
 from models import create_model
-from utils.engine import recalibrate_bn, train_one_epoch
+from utils.train.engine import recalibrate_bn, train_one_epoch
 from utils.kd import DistillationLoss
-from utils.optim import build_scheduler
+from utils.train.optim import build_scheduler
 
 SPE = 5  # steps per epoch in the schedule tests
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from conftest import REPO_ROOT, script_env
-from utils.checkpoint import load_checkpoint, model_from_checkpoint
+from utils.train.checkpoint import load_checkpoint, model_from_checkpoint
 from utils.data import Augment, ImageData, TensorLoader, make_synthetic
-from utils.engine import evaluate
+from utils.train.engine import evaluate
 
 TRAIN, TEST, EPOCHS = 256, 96, 2
 

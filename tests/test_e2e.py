@@ -8,9 +8,9 @@ import torch
 
 from conftest import files_digest
 
-from utils.checkpoint import FORMAT, load_checkpoint, model_from_checkpoint
+from utils.train.checkpoint import FORMAT, load_checkpoint, model_from_checkpoint
 from utils.data import TensorLoader, held_out_split, load_dataset
-from utils.engine import evaluate
+from utils.train.engine import evaluate
 
 KD_KEY = "resnet34-resnet18_kd-skip_eca-parallel_w4-4_cifar10_s0"
 BASE_KEY = "resnet18_eca-all_w4_cifar10_s0"

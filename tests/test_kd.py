@@ -122,8 +122,8 @@ def test_mode_none_ignores_teacher(fixed_case):
 
 def test_invalid_arguments_raise(fixed_case):
     teacher = fixed_case[3]
-    with pytest.raises(ValueError, match="unknown distillation term 'fitnet'"):
-        DistillationLoss("fitnet", teacher)
+    with pytest.raises(ValueError, match="unknown distillation term 'fitnets'"):
+        DistillationLoss("fitnets", teacher)
     with pytest.raises(ValueError, match="repeated"):
         DistillationLoss("skip+skip", teacher)
     with pytest.raises(ValueError):

@@ -116,7 +116,7 @@ def toy_attention():
 
 def test_an_attention_registered_in_a_test_trains_and_reloads(toy_attention, tmp_path, tiny_cifar):
     import model_training
-    from utils.checkpoint import load_checkpoint, model_from_checkpoint
+    from utils.train.checkpoint import load_checkpoint, model_from_checkpoint
     args = model_training.parse_args([
         "--dataset", "cifar10", "--data-dir", tiny_cifar, "--width", "4", "--epochs", "1",
         "--batch-size", "50", "--eval-batch-size", "100", "--device", "cpu", "--no-progress",
@@ -134,7 +134,7 @@ def test_an_attention_registered_in_a_test_trains_and_reloads(toy_attention, tmp
 
 def test_checkpoints_from_before_the_attention_choice_load_as_eca(tmp_path):
     from models import create_model
-    from utils.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+    from utils.train.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
     model = create_model("resnet18", base_width=4, eca="parallel")
     cfg = {"num_classes": 10, "base_width": 4, "in_channels": 3, "eca": "parallel",
            "eca_k": None, "image_size": 32}  # no 'attn': as written before the registry

@@ -306,9 +306,10 @@ def test_nonfinite_loss_keeps_last_good_state(tmp_path):
     import model_training
     from utils.errors import UserError
     from utils.kd import DistillationLoss
-    from utils.outputs import RunOutputs
-    from utils.pipeline import (build_model, load_state, make_loaders, prepare_data,
-                                seed_everything, train_stage)
+    from utils.train.outputs import RunOutputs
+    from utils.train.resume import load_state
+    from utils.train.setup import build_model, make_loaders, prepare_data, seed_everything
+    from utils.train.stage import RunContext, Stage, train_stage
 
     def setup(key, poison_from=None, resume=False):
         args = model_training.parse_args([str(a) for a in (
@@ -323,22 +324,20 @@ def test_nonfinite_loss_keeps_last_good_state(tmp_path):
         class Poisoned(DistillationLoss):
             calls = 0
 
-            def forward(self, x, out, y):
-                loss, parts = super().forward(x, out, y)
+            def forward(self, x, out, y, **kw):
+                loss, parts = super().forward(x, out, y, **kw)
                 Poisoned.calls += 1
                 if poison_from is not None and Poisoned.calls > poison_from:
                     loss = loss * float("nan")
                 return loss, parts
 
-        kw = dict(role="baseline", arch="resnet18", model=model, model_cfg=cfg,
-                  loss_fn=Poisoned("none"), args=args, device=torch.device("cpu"),
-                  train_loader=loaders[0], val_loader=loaders[1], data_cfg=data_cfg,
-                  outputs=outputs, array_role="")
-        return kw, outputs
+        stage = Stage("baseline", "resnet18", model, cfg, Poisoned("none"), args.epochs,
+                      array_role="")
+        return (stage, RunContext(args, torch.device("cpu"), loaders, data_cfg, outputs)), outputs
 
     kw, outputs = setup("bad", poison_from=STEPS)  # every step of epoch 2 onwards
     with pytest.raises(UserError) as info:
-        train_stage(**kw)
+        train_stage(*kw)
     msg = str(info.value)
     state_path = outputs.checkpoint("baseline", state=True)
     assert len(msg.splitlines()) == 1 and "non-finite training loss" in msg
@@ -353,9 +352,9 @@ def test_nonfinite_loss_keeps_last_good_state(tmp_path):
     assert not os.path.exists(outputs.checkpoint("baseline", last=True))
 
     kw, _ = setup("bad", resume=True)
-    train_stage(**kw, state=state)
+    train_stage(*kw, saved=state)
     kw, _ = setup("good")
-    train_stage(**kw)
+    train_stage(*kw)
     _assert_same_run(str(tmp_path), "bad", str(tmp_path), "good", ("baseline",), epochs=3)
 
 
@@ -366,7 +365,7 @@ def _boom_after_partial_write(obj, f, *args, **kwargs):
 
 
 def test_atomic_save_keeps_old_file_when_save_fails(tmp_path, monkeypatch):
-    from utils import checkpoint
+    from utils.train import checkpoint
     path = tmp_path / "model.pth"
     checkpoint.atomic_save({"w": torch.arange(3)}, str(path))
     before = path.read_bytes()
@@ -388,7 +387,7 @@ def test_atomic_save_keeps_old_file_when_save_fails(tmp_path, monkeypatch):
 
 
 def test_atomic_save_new_file_and_replace(tmp_path):
-    from utils.checkpoint import atomic_save
+    from utils.train.checkpoint import atomic_save
     path = tmp_path / "sub" / "x.pth"
     atomic_save({"a": 1}, str(path))
     atomic_save({"a": 2}, str(path))
@@ -397,7 +396,7 @@ def test_atomic_save_new_file_and_replace(tmp_path):
 
 
 def test_atomic_npy_and_text_keep_old_file_when_write_fails(tmp_path, monkeypatch):
-    from utils import outputs
+    from utils.train import outputs
     npy, txt = tmp_path / "a.npy", tmp_path / "s.json"
     outputs.atomic_save_npy(str(npy), [1.0, 2.0])
     outputs.atomic_write_text(str(txt), "old\n")

@@ -21,7 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from utils.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
+from utils.train.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
 
 KD_KEY, BASE_KEY = "tools-kd", "tools-base"
 DATA_FLAGS = ["--dataset", "synthetic", "--synthetic-train-size", "300",
@@ -317,12 +317,12 @@ def test_compare_runs_table(tools_run, tmp_path):
 
 # ---------------------------------------------------------------- feature maps + notebook
 def test_features_capture_real_outputs(tools_run, tmp_path):
-    from utils.features import capture_features, layer_names, save_feature_figures, test_image
+    from utils.analysis.features import capture_features, layer_names, save_feature_figures, test_image
     ckpt = load_checkpoint(tools_run["student"])
     model = model_from_checkpoint(ckpt).eval()
     image, label, name = test_image(ckpt, 0)
     assert image.dtype == torch.uint8 and image.shape == (3, 32, 32)
-    from utils.features import normalise_image
+    from utils.analysis.features import normalise_image
     x = normalise_image(image, ckpt)
     feats, out = capture_features(model, x)
     assert list(feats) == layer_names(model) and len(feats) == 1 + 8 + 1
@@ -337,7 +337,7 @@ def test_features_capture_real_outputs(tools_run, tmp_path):
 def test_load_image_file(tmp_path):
     from PIL import Image
     from utils.errors import UserError
-    from utils.features import load_image
+    from utils.analysis.features import load_image
     rgb = np.zeros((48, 64, 3), dtype=np.uint8)
     rgb[..., 0] = 200                                   # a red picture, not square
     Image.fromarray(rgb).save(tmp_path / "red.png")
@@ -351,7 +351,7 @@ def test_load_image_file(tmp_path):
 
 def test_train_tiny_checkpoint_round_trip(tmp_path):
     from utils.analysis import checkpoint_loader, checkpoint_test_data, predict_logits
-    from utils.features import train_tiny_checkpoint
+    from utils.analysis.features import train_tiny_checkpoint
     path = train_tiny_checkpoint(str(tmp_path / "tiny.pth"), train_size=128, test_size=64)
     ckpt = load_checkpoint(path)
     model = model_from_checkpoint(ckpt, path)

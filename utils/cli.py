@@ -7,7 +7,7 @@ from models import ECA_PLACEMENTS, MODELS
 
 from .data import DATASETS
 from .errors import UserError
-from .outputs import validate_run_key
+from .train.outputs import validate_run_key
 
 __all__ = ["OneLineParser", "str2bool", "add_bool", "common_parser", "PRESETS", "finalize_args",
            "kd_spec", "kd_weights", "kd_options", "merge_kd_options"]

@@ -3,6 +3,7 @@
 The training loop calls `loss_fn(x, student_output, y)` and never knows which method is used.
 """
 import copy
+import dataclasses
 from contextlib import nullcontext
 
 import torch
@@ -11,7 +12,8 @@ from torch import nn
 
 from models import FEATURES, ModelOutput, fold_batchnorm
 
-from . import logit, skip  # noqa: F401  (the built-in terms register themselves)
+# the built-in terms register themselves on import
+from . import at, crd, dist, dkd, fitnet, logit, pkt, rkd, skip, sp  # noqa: F401
 from .registry import KD_TERMS, KDBatch, TermContext, parse_kd, term_options
 
 __all__ = ["KD_MODES", "DistillationLoss"]
@@ -62,10 +64,11 @@ class DistillationLoss(nn.Module):
                 p.requires_grad_(False)
             if fast_teacher:
                 self.__dict__["teacher_infer"] = fold_batchnorm(self.teacher)
-        ctx = context or TermContext()
-        ctx.temperature = temperature
-        ctx.student_hint_shape = student_hint_shape or ctx.student_shapes.get("hint")
-        ctx.teacher_hint_shape = teacher_hint_shape or ctx.teacher_shapes.get("hint")
+        base = context or TermContext()  # not modified: each term gets its own copy
+        ctx = dataclasses.replace(
+            base, temperature=temperature,
+            student_hint_shape=student_hint_shape or base.student_shapes.get("hint"),
+            teacher_hint_shape=teacher_hint_shape or base.teacher_shapes.get("hint"))
         options = options or {}
         unknown = sorted(set(options) - set(self.names))
         if unknown:
@@ -73,8 +76,8 @@ class DistillationLoss(nn.Module):
                              f"terms ({', '.join(self.names) or 'none'})")
         self.options = {}
         for name in self.names:  # a submodule per term, named after it (state_dict: skip.*)
-            ctx.options = self.options[name] = term_options(name, options.get(name))
-            self.add_module(name, KD_TERMS[name](ctx))
+            self.options[name] = term_options(name, options.get(name))
+            self.add_module(name, KD_TERMS[name](dataclasses.replace(ctx, options=self.options[name])))
         self.needs = frozenset().union(*(KD_TERMS[n].needs for n in self.names))
         self.features = self.needs & set(FEATURES)  # what both nets must return besides logits
         if self.features:  # the folded copy when there is one, else the teacher itself

@@ -61,7 +61,7 @@ class KDTerm(nn.Module):
 
     def __init__(self, ctx: TermContext):
         super().__init__()
-        self.opts = dict(ctx.options)
+        self.opts = {**type(self).options, **ctx.options}  # defaults, then what was given
 
     def forward(self, student_out, teacher_out, batch: KDBatch):
         raise NotImplementedError

@@ -10,8 +10,8 @@ from torch import nn
 
 from models import OutputsAsTuple, count_parameters  # noqa: F401  (re-exported for the tools)
 
-from .data import SYNTHETIC_SEED, ImageData, TensorLoader, held_out_split, load_dataset
-from .errors import UserError
+from ..data import SYNTHETIC_SEED, ImageData, TensorLoader, held_out_split, load_dataset
+from ..errors import UserError
 
 __all__ = ["checkpoint_test_data", "checkpoint_data_dir", "checkpoint_loader", "predict_logits", "confusion_matrix",
            "confusion_figure", "count_parameters", "count_macs", "time_latency",
@@ -71,7 +71,7 @@ def checkpoint_test_data(ckpt: dict, dataset: str | None = None, data_dir: str |
                          download: bool = False, limit: int | None = None,
                          split: str = "test", log=print,
                          info: dict | None = None) -> tuple[ImageData, str]:
-    """A split of the data a checkpoint was trained on, rebuilt like utils/pipeline.prepare_data.
+    """A split of the data a checkpoint was trained on, rebuilt like utils/train/setup.prepare_data.
 
     split 'test': the test split (the run's validation set under the 'test-as-val' protocol);
     'val': the run's validation set itself: the held-out part of the training split under

@@ -1,6 +1,6 @@
 """Finding finished runs on disk: run keys, per-epoch arrays, JSON summaries and checkpoints.
 
-A run key names every file of one training run (see utils/outputs.py):
+A run key names every file of one training run (see utils/train/outputs.py):
     numpy_outputs/{split}_{metric}_{role}_{key}.npy   role teacher/student (model_training_mid.py)
     numpy_outputs/{split}_{metric}_{key}.npy          baseline (model_training.py)
     numpy_outputs/summary_{key}.json
@@ -15,7 +15,7 @@ import re
 
 import numpy as np
 
-from .errors import UserError
+from ..errors import UserError
 
 __all__ = ["ROLES", "SPLITS", "METRICS", "list_run_keys", "check_run_keys", "load_history",
            "load_summary", "load_summaries", "run_checkpoints", "unknown_key_message"]
@@ -87,7 +87,7 @@ def load_history(numpy_dir: str, key: str) -> dict:
     for role in ROLES + ("baseline",):
         infix = "" if role == "baseline" else f"_{role}"
         series = {}
-        from .kd import KD_TERMS
+        from ..kd import KD_TERMS
         wanted = [(split, metric) for split in SPLITS for metric in METRICS]
         wanted += [("train", f"loss_{part}") for part in ("ce", *KD_TERMS)]  # the loss's parts
         for split, metric in wanted:

@@ -22,7 +22,7 @@ import tempfile
 
 import numpy as np
 
-from .errors import UserError
+from ..errors import UserError
 
 __all__ = ["RunOutputs", "atomic_write", "atomic_write_text", "atomic_save_npy",
            "validate_run_key", "RUN_KEY_MAX", "HISTORY_METRICS"]
@@ -37,7 +37,7 @@ HISTORY_METRICS = ("accuracy", "loss", "loss_ce", "lr", "lr_start")
 
 
 def history_metrics() -> tuple:
-    from .kd import KD_TERMS
+    from ..kd import KD_TERMS
     return HISTORY_METRICS + tuple(f"loss_{name}" for name in KD_TERMS)
 _ROLES = ("teacher", "student", "baseline")
 
@@ -335,7 +335,7 @@ class RunOutputs:
             path = self.array(split, metric, role)
             if path not in self.candidates():
                 raise RuntimeError(f"{path}: not a name of run '{self.key}' (add its metric to "
-                                   f"utils.outputs.HISTORY_METRICS or register it as a term)")
+                                   f"utils.train.outputs.HISTORY_METRICS or register it as a term)")
             atomic_save_npy(path, np.asarray(values, dtype=np.float64))
 
     def write_summary(self, summary: dict):

@@ -7,7 +7,7 @@ import torch
 
 from models import ATTENTION_LAYERS, ECA_PLACEMENTS, MODELS, create_model
 
-from .errors import UserError
+from ..errors import UserError
 from .outputs import atomic_write
 
 __all__ = ["FORMAT", "atomic_save", "save_checkpoint", "load_checkpoint", "model_from_checkpoint",

@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["DistInfo", "init_distributed", "dist_info", "is_main", "all_reduce_sum", "barrier",
-           "broadcast_flag", "cleanup"]
+           "broadcast_flag", "cleanup", "wrap_distributed", "sync_buffers", "reduce_carry"]
 
 
 @dataclass
@@ -82,3 +82,37 @@ def broadcast_flag(flag: bool, device) -> bool:
 def cleanup():
     if _INFO.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def wrap_distributed(model, loss_fn, device):
+    """DistributedDataParallel around the trained model under torchrun; the connector's few
+    gradients (if any) are averaged across ranks by hooks. A single process gets `model` back."""
+    info = dist_info()
+    if not info.enabled:
+        return model
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    for p in (p for p in loss_fn.parameters() if p.requires_grad):
+        def _average(param, world=info.world_size):
+            dist.all_reduce(param.grad)
+            param.grad.div_(world)
+        p.register_post_accumulate_grad_hook(_average)
+    return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+def sync_buffers(model):
+    """BN running statistics drift apart between ranks after DDP's last broadcast: give every
+    rank rank 0's, the ones that are saved, before evaluating."""
+    if dist_info().enabled:
+        for b in model.buffers():
+            dist.broadcast(b, src=0)
+
+def reduce_carry(carry, device):
+    """The interrupted epoch's running sums over all ranks (saved by rank 0, resumed by it)."""
+    if not dist_info().enabled or carry is None:
+        return carry
+    keys = sorted(carry["sums"])
+    t = torch.tensor([carry["sums"][k] for k in keys] + [carry["correct"], carry["seen"]],
+                     dtype=torch.float64, device=device)
+    all_reduce_sum(t)
+    vals = t.tolist()
+    return {"sums": dict(zip(keys, vals[:len(keys)])), "correct": int(round(vals[-2])),
+            "seen": int(round(vals[-1])), "lr": carry["lr"], "lr_start": carry.get("lr_start")}

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import UserError
+from ..errors import UserError
 
 __all__ = ["FeatureCapture", "capture_features", "layer_names", "mean_activation_maps",
            "normalise_image", "load_image", "test_image", "plot_mean_activations",
@@ -124,7 +124,7 @@ def test_image(ckpt: dict, index: int = 0, data_dir: str | None = None, log=prin
 
     data_dir: the folder holding the dataset; when None, the run's --data-dir saved in the
     checkpoint is used and announced with one line through `log` (utils.analysis)."""
-    from .analysis import checkpoint_test_data
+    from .tools import checkpoint_test_data
     test, _ = checkpoint_test_data(ckpt, data_dir=data_dir, log=log)
     if not 0 <= index < len(test):
         raise UserError(f"image index {index} out of range: the test split has {len(test)} images")
@@ -247,7 +247,7 @@ def plot_hint(hint: torch.Tensor, max_channels=32):
 def save_figure(fig, path: str, dpi: int = 100, close: bool = False) -> str:
     """Save atomically (a temporary file beside `path`, then os.replace); a path that is a
     folder or cannot be written is a one-line UserError. The extension picks the format."""
-    from .outputs import atomic_write
+    from ..train.outputs import atomic_write
     from .toolargs import check_output_path
     try:
         check_output_path(path, what="figure path", create=True)
@@ -286,10 +286,10 @@ def train_tiny_checkpoint(path: str, arch="resnet18", width=4, eca="parallel", e
     as the run's --data-dir, like a training script does)."""
     from models import create_model
 
-    from .checkpoint import save_checkpoint
-    from .data import SYNTHETIC_SEED, Augment, TensorLoader, channel_stats, load_dataset
-    from .engine import evaluate, train_one_epoch
-    from .kd import DistillationLoss
+    from ..train.checkpoint import save_checkpoint
+    from ..data import SYNTHETIC_SEED, Augment, TensorLoader, channel_stats, load_dataset
+    from ..train.engine import evaluate, train_one_epoch
+    from ..kd import DistillationLoss
 
     torch.manual_seed(seed)
     if dataset == "synthetic":
@@ -320,7 +320,7 @@ def train_tiny_checkpoint(path: str, arch="resnet18", width=4, eca="parallel", e
             "synthetic_test_size": test_size, "eval_batch_size": 256, "epochs": epochs,
             "batch_size": batch_size, "lr": lr, "seed": seed, "width": width, "eca": eca,
             "limit_test": None if dataset == "synthetic" else test_size,
-            "script": "utils.features.train_tiny_checkpoint"}
+            "script": "utils.analysis.features.train_tiny_checkpoint"}
     if dataset != "synthetic":
         args.update(data_dir=data_dir or "./data", limit_train=train_size)
     save_checkpoint(path, model, arch=arch, role="baseline", model_cfg=model_cfg, data_cfg=data_cfg,

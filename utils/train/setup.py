@@ -1,0 +1,162 @@
+"""Setting up a run: the device, the seeds, the data and its loaders, a model and the
+environment record."""
+import os
+import platform
+import random
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from models import create_model
+
+from ..data import SYNTHETIC_SEED, Augment, TensorLoader, channel_stats, held_out_split, load_dataset
+from ..errors import UserError
+from .distributed import dist_info
+
+__all__ = ["resolve_device", "seed_everything", "prepare_data", "Loaders", "make_loaders",
+           "build_model", "environment"]
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch.device for --device (auto: this rank's GPU if there is one, else the CPU); on
+    CUDA it also turns on cuDNN's autotuner (the input size is fixed, so each convolution's
+    fastest algorithm is picked once)."""
+    dev = _resolve_device(name)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    return dev
+
+def _resolve_device(name: str) -> torch.device:
+    info = dist_info()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", info.local_rank) if info.enabled else torch.device("cuda")
+        return torch.device("cpu")
+    if info.enabled and name == "cuda":
+        return torch.device("cuda", info.local_rank)
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r} (use auto, cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {name} requested but CUDA is not available")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UserError(f"device {name} requested but only {torch.cuda.device_count()} CUDA "
+                        f"device(s) are visible")
+    if dev.type not in ("cpu", "cuda"):  # e.g. 'mps', 'xla': a RuntimeError traceback later
+        raise UserError(f"unsupported device {name!r} (use auto, cpu, cuda or cuda:N)")
+    return dev
+
+def seed_everything(seed: int):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+def prepare_data(args):
+    """-> (train, test, data_cfg). Normalisation statistics come from the training images.
+
+    With --val-split F > 0 a stratified, seeded (--split-seed) fraction F of the training set is
+    held out for validation (checkpoint selection) and the test set is only reported:
+    data_cfg['protocol'] says which ('test-as-val' or 'held-out-val (...)'), data_cfg['train_size']
+    counts the images trained on and data_cfg['val_size'] the held-out ones. `train` is still
+    the whole (--limit-train'ed) training split: make_loaders carves the same held-out part out
+    of it (split_indices is deterministic), so the statistics here are of the train part only.
+    """
+    name = args.dataset
+    if name == "auto":
+        if os.path.isdir(os.path.join(args.data_dir, "cifar-10-batches-py")) or args.download:
+            name = "cifar10"
+        else:
+            print(f"notice: CIFAR-10 not found in {args.data_dir}/cifar-10-batches-py; using the "
+                  f"built-in synthetic dataset instead (put CIFAR-10 there or pass --download)")
+            name = "synthetic"
+    kwargs = {"image_size": getattr(args, "image_size", 32)}  # readers that do not take it ignore it
+    if name == "synthetic":
+        kwargs = dict(train_size=args.synthetic_train_size, test_size=args.synthetic_test_size,
+                      seed=SYNTHETIC_SEED)  # the dataset is fixed; --seed only changes training
+    train, test = load_dataset(name, args.data_dir, args.download, **kwargs)
+    if args.limit_train:
+        train.images, train.labels = train.images[:args.limit_train], train.labels[:args.limit_train]
+    if args.limit_test:
+        test.images, test.labels = test.images[:args.limit_test], test.labels[:args.limit_test]
+    if len(train) == 0 or len(test) == 0:
+        raise UserError(f"dataset {name} in {args.data_dir} has no images")
+    if name == "svhn" and getattr(args, "hflip", False):
+        print("notice: --hflip mirrors SVHN's digits at random; --no-hflip usually suits digits")
+    fraction = float(getattr(args, "val_split", 0) or 0)
+    split_seed = int(getattr(args, "split_seed", 0) or 0)
+    fit = train
+    split = {"protocol": "test-as-val", "val_split": 0.0, "val_size": len(test)}
+    if fraction > 0:
+        fit, val, digest = held_out_split(train, fraction, split_seed)
+        if len(val) == 0 or len(fit) == 0:
+            raise UserError(f"--val-split {fraction:g} of {len(train)} training images leaves "
+                            f"{len(fit)} to train on and {len(val)} to validate on; use a "
+                            f"fraction that leaves both non-empty")
+        split = {"protocol": f"held-out-val ({100 * fraction:g}% of train, stratified, "
+                             f"split seed {split_seed})",
+                 "val_split": fraction, "split_seed": split_seed, "val_size": len(val),
+                 "val_indices_sha1": digest}
+    c = fit.images.shape[1]
+    if args.normalize:
+        mean, std = channel_stats(fit.images)
+    else:
+        mean, std = [0.0] * c, [1.0] * c
+    num_classes = max(len(train.classes), int(train.labels.max()) + 1)
+    data_cfg = {"dataset": name, "mean": mean, "std": std, "classes": list(train.classes),
+                "num_classes": num_classes, "in_channels": c,
+                "image_size": int(train.images.shape[-1]),
+                "train_size": len(fit), "test_size": len(test), **split,
+                **({"preprocessing": train.info["preprocessing"]}
+                   if train.info.get("preprocessing") else {})}
+    return train, test, data_cfg
+
+
+class Loaders(NamedTuple):
+    train: TensorLoader
+    val: TensorLoader             # checkpoint selection: held-out images, or the test set
+    report: TensorLoader | None   # the test set under a held-out split (reported once per stage)
+
+
+def make_loaders(train, test, data_cfg, args, device) -> Loaders:
+    """-> Loaders(train, val, report). Under 'test-as-val' the validation loader
+    is the test set's and report_loader is None; under a held-out split the validation loader
+    holds the held-out training images and report_loader the test set (evaluated once per
+    stage by train_stage for the report)."""
+    report_loader = None
+    info = dist_info()
+    shard = {"rank": info.rank, "world_size": info.world_size}  # each rank its share of a batch
+    if data_cfg.get("val_split", 0) > 0:
+        train, val, digest = held_out_split(train, data_cfg["val_split"], data_cfg["split_seed"])
+        if digest != data_cfg.get("val_indices_sha1") or len(val) != data_cfg["val_size"]:
+            raise RuntimeError("make_loaders: the held-out split differs from prepare_data's")
+        report_loader = TensorLoader(test, args.eval_batch_size, device, data_cfg["mean"],
+                                     data_cfg["std"], channels_last=args.channels_last, **shard)
+    else:
+        val = test
+    aug = Augment(crop_padding=args.crop_padding, hflip=args.hflip, vflip=args.vflip)
+    train_loader = TensorLoader(train, args.batch_size, device, data_cfg["mean"], data_cfg["std"],
+                                shuffle=args.shuffle, augment=aug, seed=args.seed,
+                                channels_last=args.channels_last, **shard)
+    val_loader = TensorLoader(val, args.eval_batch_size, device, data_cfg["mean"], data_cfg["std"],
+                              channels_last=args.channels_last, **shard)
+    return Loaders(train_loader, val_loader, report_loader)
+
+def build_model(arch, data_cfg, width, eca, eca_k, device, channels_last=False, attn="eca"):
+    """eca: the attention placement; attn: the attention module (models.ATTENTION_LAYERS)."""
+    model = create_model(arch, num_classes=data_cfg["num_classes"], base_width=width,
+                         in_channels=data_cfg["in_channels"], eca=eca, eca_k=eca_k,
+                         attn=attn).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    cfg = {"num_classes": data_cfg["num_classes"], "base_width": width,
+           "in_channels": data_cfg["in_channels"], "eca": eca, "eca_k": eca_k, "attn": attn,
+           "image_size": data_cfg["image_size"]}
+    return model, cfg
+
+def environment(device):
+    return {"torch": torch.__version__, "python": platform.python_version(),
+            "device": str(device), "threads": torch.get_num_threads(),
+            "world_size": dist_info().world_size, "dist_backend": dist_info().backend,
+            "cuda": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
