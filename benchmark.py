@@ -18,12 +18,12 @@ import time
 import numpy as np
 import torch
 
-from models import ECA_PLACEMENTS, create_model, hint_shape_of
+from models import ECA_PLACEMENTS, create_model, feature_shapes
 from utils.cli import OneLineParser, add_bool, kd_spec, model_name, positive_int
 from utils.data import Augment, TensorLoader, channel_stats, make_synthetic
 from utils.train.engine import autocast_context
 from utils.errors import exit_on_user_error
-from utils.kd import DistillationLoss
+from utils.kd import KD_TERMS, DistillationLoss, TermContext, parse_kd
 from utils.train.outputs import atomic_write_text
 from utils.train.setup import resolve_device
 from utils.analysis.toolargs import check_output_path
@@ -52,7 +52,11 @@ def get_args_parser():
     add_bool(p, "--reference", True, "also time the reference path")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the reference path")
     p.add_argument("--benches", default="teacher,distill,eval",
-                   help="comma-separated: teacher (teacher training), distill (student step), eval")
+                   help="comma-separated: teacher (teacher training), distill (student step), eval, "
+                        "terms (the student step with each distillation term of --terms alone, "
+                        "against the plain student step)")
+    p.add_argument("--terms", default="all",
+                   help="the terms bench's terms: 'all' registered ones, or names joined by '+'")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     return p
 
@@ -101,8 +105,22 @@ def _peak(device):
 
 
 # ------------------------------------------------------------------ our path
-def ours(bench, args, data, device, precision):
+class _WithIndex:
+    """Iterating gives one epoch of (x, y, training-set indices), for terms with memory banks."""
+
+    def __init__(self, loader):
+        self.loader, self.epoch = loader, 0
+
+    def __iter__(self):
+        self.epoch += 1
+        return self.loader.iterate(self.epoch - 1, with_index=True)
+
+
+def ours(bench, args, data, device, precision, kd=None):
+    """Our path's images/s for `bench`; kd: the distillation terms of the student step
+    (default --kd)."""
     torch.manual_seed(0)
+    kd = args.kd if kd is None else kd
     mean, std = channel_stats(data.images)
     cl = args.channels_last
     train_loader = TensorLoader(data, args.batch_size, device, mean, std, shuffle=True,
@@ -114,9 +132,14 @@ def ours(bench, args, data, device, precision):
     student = create_model(args.student, base_width=args.width, eca=args.eca).to(device, memory_format=fmt)
     model = {"teacher": teacher, "distill": student, "eval": student}[bench]
     if bench == "distill":
-        s_hint, t_hint = hint_shape_of(student), hint_shape_of(teacher)
-        loss_fn = DistillationLoss(args.kd, teacher, student_hint_shape=s_hint,
-                                   teacher_hint_shape=t_hint, compile_teacher=args.compile).to(device)
+        ctx = TermContext(student_shapes=feature_shapes(student), teacher_shapes=feature_shapes(teacher),
+                          num_classes=int(data.labels.max()) + 1, num_samples=len(data.labels),
+                          train_labels=train_loader.labels)
+        loss_fn = DistillationLoss(kd, teacher, compile_teacher=args.compile,
+                                   context=ctx).to(device)
+        student.request_features(loss_fn.features)
+        if loss_fn.needs_index:
+            train_loader = _WithIndex(train_loader)
     else:
         loss_fn = DistillationLoss("none")
     # as in training: the CPU training step measured slower compiled, so only CUDA compiles it
@@ -125,7 +148,7 @@ def ours(bench, args, data, device, precision):
                           momentum=0.9, nesterov=True, weight_decay=5e-4, fused=True)
     correct = torch.zeros((), dtype=torch.long, device=device)
     loss_sum = torch.zeros((), device=device)
-    ctx = lambda: autocast_context(device, precision)
+    ctx = lambda: autocast_context(device, precision)  # noqa: E731
 
     if bench == "eval":
         model.eval()
@@ -140,10 +163,10 @@ def ours(bench, args, data, device, precision):
         model.train()
         loss_fn.train()
 
-        def step(x, y):
+        def step(x, y, index=None):
             with ctx():
                 out = fwd(x)
-                loss, _ = loss_fn(x, out, y)
+                loss, _ = loss_fn(x, out, y, index=index)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -231,8 +254,13 @@ def main(args):
     device = resolve_device(args.device)
     benches = [b.strip() for b in args.benches.split(",") if b.strip()]
     for b in benches:
-        if b not in ("teacher", "distill", "eval"):
-            raise SystemExit(f"benchmark.py: error: unknown bench {b!r} (teacher, distill, eval)")
+        if b not in ("teacher", "distill", "eval", "terms"):
+            raise SystemExit(f"benchmark.py: error: unknown bench {b!r} "
+                             f"(teacher, distill, eval, terms)")
+    try:
+        terms = list(KD_TERMS) if args.terms == "all" else parse_kd(args.terms)
+    except ValueError as exc:
+        raise SystemExit(f"benchmark.py: error: --terms: {exc}") from None
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
     n = max(args.batch_size, args.eval_batch_size) * (args.steps + args.warmup + 1)
     data = make_synthetic(min(n, 20000), seed=0)
@@ -247,6 +275,15 @@ def main(args):
             atomic_write_text(args.json, json.dumps(result, indent=2))
 
     for bench in benches:
+        if bench == "terms":  # each term alone against the plain student step, per precision
+            for prec in precisions:
+                plain = ours("distill", args, data, device, prec, kd="none")
+                add({"bench": "terms", "path": "none", "precision": prec, **plain, "ratio": 1.0})
+                for term in terms:
+                    r = ours("distill", args, data, device, prec, kd=term)
+                    add({"bench": "terms", "path": term, "precision": prec, **r,
+                         "ratio": r["images_per_s"] / plain["images_per_s"]})
+            continue
         ref = reference(bench, args, data, device) if args.reference else None
         if ref:
             add({"bench": bench, "path": "reference", "precision": "fp32", **ref, "ratio": 1.0})
@@ -254,7 +291,8 @@ def main(args):
             r = ours(bench, args, data, device, prec)
             ratio = r["images_per_s"] / ref["images_per_s"] if ref else None
             add({"bench": bench, "path": "ours", "precision": prec, **r, "ratio": ratio})
-    head = f"{'bench':8} {'path':10} {'prec':5} {'images/s':>10} {'x ref':>7} {'peak MiB':>9}"
+    # the ratio is against the reference path, or (terms bench) against the plain student step
+    head = f"{'bench':8} {'path':10} {'prec':5} {'images/s':>10} {'ratio':>7} {'peak MiB':>9}"
     print(f"device {device}, {args.teacher} -> {args.student}, width {args.width}, eca {args.eca}, "
           f"kd {args.kd}, batch {args.batch_size} (eval {args.eval_batch_size}), "
           f"channels_last {args.channels_last}, compile {args.compile}, threads {torch.get_num_threads()}")

@@ -151,7 +151,7 @@ def comparison_rows(summaries, keys, default_baseline, per_run, auto, which):
             "protocol": protocol(run),
             "teacher": f"{t['arch']} w{t['base_width']}" if t else "-",
             "student": f"{s['arch']} w{s['base_width']}",
-            "eca": s.get("eca", "-"), "kd": s.get("kd") or (run.get("args") or {}).get("kd", "-"),
+            "eca": s.get("eca", "-"), "kd": kd_label(s, run),
             "teacher_acc": t_acc, "baseline_acc": b_acc, "student_acc": s_acc,
             "baseline_key": bkey, "teacher_params": t.get("params") if t else None,
             "student_params": s.get("params"),
@@ -159,8 +159,20 @@ def comparison_rows(summaries, keys, default_baseline, per_run, auto, which):
     return rows
 
 
+def kd_label(student: dict, run: dict) -> str:
+    """The distillation terms with their weights ('skip 0.3 + logit 1'), or the --kd string
+    when the summary does not record the weights (older runs)."""
+    kd = str(student.get("kd") or (run.get("args") or {}).get("kd", "-"))
+    weights = student.get("kd_weights")
+    if isinstance(weights, dict) and weights and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in weights.values()):
+        return " + ".join(f"{str(name)[:32]} {w:g}" for name, w in weights.items())
+    return kd
+
+
 def markdown(rows, baselines, which):
-    head = ["run", "dataset (train/test)", "protocol", "teacher", "student", "ECA", "KD", "teacher acc",
+    head = ["run", "dataset (train/test)", "protocol", "teacher", "student", "ECA",
+            "KD (term weight)", "teacher acc",
             "baseline acc", "KD student acc", "Δ student−baseline", "Δ student−teacher",
             "params T / S", "baseline run"]
     what = {"test": "test accuracy of the best-validation checkpoint",

@@ -97,9 +97,9 @@ def test_loss_z_and_memory_update_match_the_equations(full_product, nce_t, momen
 
     parts = term(s_out, t_out, KDBatch(y=LABELS[INDEX], index=INDEX))
     ls, lt, zs, zt, s, t = reference(term, s_out, t_out, INDEX, NEG, mem_s, mem_t, nce_t)
-    assert set(parts) == {"student", "teacher"}
-    assert parts["student"].item() == pytest.approx(ls, rel=1e-4)
-    assert parts["teacher"].item() == pytest.approx(lt, rel=1e-4)
+    assert set(parts) == {"anchor_s", "anchor_t"}
+    assert parts["anchor_s"].item() == pytest.approx(ls, rel=1e-4)
+    assert parts["anchor_t"].item() == pytest.approx(lt, rel=1e-4)
     assert term.z_s.item() == pytest.approx(zs, rel=1e-5)
     assert term.z_t.item() == pytest.approx(zt, rel=1e-5)
 
@@ -119,8 +119,8 @@ def test_loss_z_and_memory_update_match_the_equations(full_product, nce_t, momen
     s_out2, t_out2 = outputs(2)
     parts2 = term(s_out2, t_out2, KDBatch(y=LABELS[INDEX], index=INDEX))
     ls2, lt2, *_ = reference(term, s_out2, t_out2, INDEX, NEG, mem_s2, mem_t2, nce_t, (zs, zt))
-    assert parts2["student"].item() == pytest.approx(ls2, rel=1e-4)
-    assert parts2["teacher"].item() == pytest.approx(lt2, rel=1e-4)
+    assert parts2["anchor_s"].item() == pytest.approx(ls2, rel=1e-4)
+    assert parts2["anchor_t"].item() == pytest.approx(lt2, rel=1e-4)
     assert term.z_s.item() == pytest.approx(zs, rel=1e-5)
 
 
@@ -130,12 +130,12 @@ def test_gradients_reach_the_student_and_both_heads_not_through_the_banks():
     s_out, t_out = outputs(1)
     parts = term(s_out, t_out, KDBatch(y=LABELS[INDEX], index=INDEX))
     # the student part: student embedding and head only (the teacher bank is a constant)
-    grads = torch.autograd.grad(parts["student"], [s_out.embedding, *term.embed_s.parameters(),
+    grads = torch.autograd.grad(parts["anchor_s"], [s_out.embedding, *term.embed_s.parameters(),
                                                    *term.embed_t.parameters()], allow_unused=True)
     assert all(g is not None and g.abs().sum() > 0 for g in grads[:3])
     assert all(g is None for g in grads[3:])
     # the teacher part trains the teacher's head only; the teacher output carries no grad
-    parts["teacher"].backward()
+    parts["anchor_t"].backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in term.embed_t.parameters())
     assert s_out.embedding.grad is None and t_out.embedding.grad is None
     assert not term.memory_s.requires_grad and not term.memory_t.requires_grad
@@ -159,7 +159,7 @@ def test_eval_mode_does_not_update_the_banks():
     mem_s, mem_t = term.memory_s.clone(), term.memory_t.clone()
     s_out, t_out = outputs(1)
     value = term(s_out, t_out, KDBatch(y=LABELS[INDEX], index=INDEX))
-    assert torch.isfinite(value["student"]) and torch.isfinite(value["teacher"])
+    assert torch.isfinite(value["anchor_s"]) and torch.isfinite(value["anchor_t"])
     assert torch.equal(term.memory_s, mem_s) and torch.equal(term.memory_t, mem_t)
 
 
@@ -234,8 +234,8 @@ def test_banks_and_z_survive_save_and_load_into_a_fresh_term():
     a = term(s_out2, t_out2, KDBatch(y=LABELS[INDEX], index=INDEX))
     torch.manual_seed(5)
     b = fresh(s_out2, t_out2, KDBatch(y=LABELS[INDEX], index=INDEX))
-    assert a["student"].item() == pytest.approx(b["student"].item(), rel=1e-6)
-    assert a["teacher"].item() == pytest.approx(b["teacher"].item(), rel=1e-6)
+    assert a["anchor_s"].item() == pytest.approx(b["anchor_s"].item(), rel=1e-6)
+    assert a["anchor_t"].item() == pytest.approx(b["anchor_t"].item(), rel=1e-6)
 
 
 # ------------------------------------------------------------------- registry and errors
@@ -286,9 +286,9 @@ def test_distillation_loss_with_real_tiny_models():
     x, y = torch.randn(6, 3, 32, 32), labels[index]
     mem_s = term.memory_s.clone()
     total, parts = loss_fn(x, student(x), y, index=index)
-    assert torch.isfinite(total) and set(parts) == {"ce", "crd", "crd_student", "crd_teacher"}
+    assert torch.isfinite(total) and set(parts) == {"ce", "crd", "crd_anchor_s", "crd_anchor_t"}
     assert parts["crd"].item() == pytest.approx(
-        parts["crd_student"].item() + parts["crd_teacher"].item(), rel=1e-6)
+        parts["crd_anchor_s"].item() + parts["crd_anchor_t"].item(), rel=1e-6)
     assert total.item() == pytest.approx(parts["ce"].item() + 0.8 * parts["crd"].item(), rel=1e-5)
     total.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())

@@ -185,6 +185,33 @@ def test_sigkill_mid_student_epoch_then_resume(tmp_path, start, run, mid_referen
         _assert_tb_one_event_per_epoch(out, "kill", role)
 
 
+def test_crd_sigkill_mid_student_epoch_then_resume(tmp_path, start, run):
+    """crd keeps per-sample memory banks and its normalising constants in the resumable state:
+    kill -9 in the student's 2nd epoch, --resume, and the weights, the arrays and the banks
+    end bit-identical to an uninterrupted run of the same command."""
+    crd = ["--kd", "crd+logit", "--kd-opt", "crd.nce_k=16", "--no-tensorboard"]
+    out, ref = str(tmp_path / "out"), str(tmp_path / "ref")
+    log = open(tmp_path / "ref.log", "w")
+    ref_proc = start(MID, *ARGS, *crd, "--no-progress", "--output-dir", ref, "--run-name", "full",
+                     stdout=log, stderr=subprocess.STDOUT)
+    r = Interruptible(start, tmp_path, MID, *ARGS, *crd, "--output-dir", out, "--run-name", "crd")
+    r.wait_for(f"student 2/{EPOCHS}: 2/{STEPS}")
+    assert r.signal(signal.SIGKILL) == -signal.SIGKILL
+    state = _load(_ckpt(out, "crd_student_state.pth"))
+    assert (state["epoch"], state["step"]) == (1, 0)
+    assert float(state["loss_state"]["crd.z_s"]) > 0  # the constants were fixed in epoch 1
+    _ok(run(MID, *ARGS, *crd, "--output-dir", out, "--run-name", "crd", "--resume",
+            "--no-progress"))
+    assert ref_proc.wait(300) == 0, open(tmp_path / "ref.log").read()
+    log.close()
+    _assert_same_run(out, "crd", ref, "full", ("teacher", "student"))
+    got = _load(_ckpt(out, "crd_student_state.pth"))["loss_state"]
+    want = _load(_ckpt(ref, "full_student_state.pth"))["loss_state"]
+    assert set(got) == set(want) and any("memory" in k for k in got)
+    for k in want:
+        assert torch.equal(got[k], want[k]), k
+
+
 def test_sigkill_between_epoch_log_and_state_then_resume(tmp_path, start, run, mid_reference):
     """The teacher stage: kill -9 in the student's 1st epoch with the teacher's state rolled back
     to its 1st epoch, as if the kill had landed after the teacher's 2nd epoch was logged (arrays,

@@ -87,9 +87,10 @@ def load_history(numpy_dir: str, key: str) -> dict:
     for role in ROLES + ("baseline",):
         infix = "" if role == "baseline" else f"_{role}"
         series = {}
-        from ..kd import KD_TERMS
+        from ..kd.registry import KD_TERMS, term_outputs
         wanted = [(split, metric) for split in SPLITS for metric in METRICS]
-        wanted += [("train", f"loss_{part}") for part in ("ce", *KD_TERMS)]  # the loss's parts
+        wanted += [("train", f"loss_{part}") for part in  # the loss's parts
+                   ("ce", *(n for name in KD_TERMS for n in term_outputs(name)))]
         for split, metric in wanted:
             path = os.path.join(numpy_dir, f"{split}_{metric}{infix}_{key}.npy")
             if os.path.exists(path):

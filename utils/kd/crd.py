@@ -20,7 +20,8 @@ the NCE loss of one direction (the paper's Eq. 18, RepDistiller's ContrastLoss)
     L = -1/B sum_i [ log P(i,i) / (P(i,i) + K/N + eps)
                      + sum_k log (K/N) / (P(i,j_k) + K/N + eps) ].
 
-The term is L_s + L_t, returned as parts {"student": L_s, "teacher": L_t}. The bank entries are
+The term is L_s + L_t, returned as parts {"anchor_s": L_s, "anchor_t": L_t}
+(logged as crd_anchor_s, crd_anchor_t). The bank entries are
 constants (no gradient), so the student network learns from L_s only and L_t trains the
 teacher's head. The normalising constants Z_s, Z_t are set on the first call ever (in
 either mode, as in RepDistiller) as mean(exp(score / T)) * N over that batch's B x (K+1)
@@ -93,6 +94,7 @@ class CRDTerm(KDTerm):
     docstring for the equation, defaults and their sources. Needs the training-set size and
     labels in the TermContext; not supported under torchrun (per-process memory bank)."""
     name, needs, default_weight = "crd", frozenset({"embedding", "index"}), 0.8
+    parts = ("anchor_s", "anchor_t")
     paper = ("Tian, Krishnan & Isola, Contrastive Representation Distillation, ICLR 2020")
     options = {"feat_dim": 128, "nce_k": 16384, "nce_t": 0.07, "momentum": 0.5}
 
@@ -197,4 +199,4 @@ class CRDTerm(KDTerm):
                         bank = getattr(self, name)
                         upd = bank[index] * self.momentum + new.detach() * (1 - self.momentum)
                         setattr(self, name, bank.index_copy(0, index, F.normalize(upd, dim=1)))
-        return {"student": loss_s, "teacher": loss_t}
+        return {"anchor_s": loss_s, "anchor_t": loss_t}

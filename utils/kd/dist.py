@@ -64,6 +64,7 @@ class DISTTerm(KDTerm):
     per sample across classes (inter) and per class across the batch (intra), times tau^2.
     Parts: inter, intra."""
     name, needs, default_weight = "dist", frozenset({"logits"}), 1.0
+    parts = ("inter", "intra")
     paper = ("Huang, You, Wang, Qian & Xu, Knowledge Distillation from A Stronger Teacher, "
              "NeurIPS 2022")
     options = {"beta": 2.0, "gamma": 2.0, "tau": 4.0, "standardize": False}

@@ -90,6 +90,7 @@ class DKDTerm(KDTerm):
     """DKD (Zhao et al., CVPR 2022): alpha * TCKD + beta * NCKD at temperature T, times T^2 and a
     linear warm-up over the first `warmup` epochs. Parts: tckd, nckd."""
     name, needs, default_weight = "dkd", frozenset({"logits"}), 1.0
+    parts = ("tckd", "nckd")
     paper = ("Zhao, Cui, Song, Qiu & Liang, Decoupled Knowledge Distillation, CVPR 2022")
     options = {"alpha": 1.0, "beta": 8.0, "temperature": 4.0, "warmup": 20.0,
                "standardize": False}

@@ -158,6 +158,9 @@ class DistillationLoss(nn.Module):
                 value = term(student_out, teacher_out, batch)
                 sub = value if isinstance(value, dict) else {}  # named parts that sum to it
                 if sub:
+                    if tuple(sub) != tuple(getattr(term, "parts", ())):
+                        raise ValueError(f"term {name!r} returned parts {tuple(sub)}, but "
+                                         f"declares {tuple(getattr(term, 'parts', ()))}")
                     value = sum(sub.values())
                 total = total + self.weights[name] * value
                 parts[name] = value.detach()

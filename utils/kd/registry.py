@@ -6,7 +6,7 @@ declares what it needs (`needs`: model outputs of the feature contract, models.F
 (connectors, embedding heads: their parameters train with the student and are not exported;
 buffers such as a memory bank are part of the resumable training state), takes options with
 defaults (`options`, set with --kd-opt NAME.KEY=VALUE), and returns one scalar loss or a dict
-of named parts that sum to it. The loss appears under the term's name (the parts as
+of named parts that sum to it (their names declared in `parts`). The loss appears under the term's name (the parts as
 name_part) in the console, the arrays, TensorBoard and the JSON.
 """
 import math
@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 __all__ = ["KDTerm", "TermContext", "KDBatch", "KD_TERMS", "NEEDS", "register_term", "parse_kd",
-           "term_options"]
+           "term_options", "term_outputs"]
 
 KD_TERMS: dict[str, type] = {}
 
@@ -58,6 +58,7 @@ class KDTerm(nn.Module):
     default_weight: ClassVar[float] = 1.0
     paper: ClassVar[str] = ""
     options: ClassVar[dict] = {}
+    parts: ClassVar[tuple] = ()   # the names of the parts forward returns, if it returns a dict
 
     def __init__(self, ctx: TermContext):
         super().__init__()
@@ -76,8 +77,16 @@ def register_term(cls):
     if not cls.needs <= NEEDS:
         raise ValueError(f"term {name!r} needs {sorted(cls.needs - NEEDS)}; known: "
                          f"{', '.join(sorted(NEEDS))}")
+    parts = tuple(getattr(cls, "parts", ()))
+    if not all(isinstance(p, str) and p.isidentifier() for p in parts):
+        raise ValueError(f"term {name!r}: part names must be identifiers, got {parts}")
     KD_TERMS[name] = cls
     return cls
+
+
+def term_outputs(name: str) -> tuple:
+    """The loss names a registered term logs: its own, then name_part for each part."""
+    return (name,) + tuple(f"{name}_{p}" for p in getattr(KD_TERMS[name], "parts", ()))
 
 
 def parse_kd(spec: str) -> list[str]:

@@ -58,6 +58,7 @@ class RKDTerm(KDTerm):
     """Distance-wise (x25) plus angle-wise (x50) relational losses on the embeddings
     (Park et al., 2019); weights as in RepDistiller."""
     name = "rkd"
+    parts = ("distance", "angle")
     needs = frozenset({"embedding"})
     default_weight = 1.0
     paper = "Park, Kim, Lu & Cho, Relational Knowledge Distillation, CVPR 2019"

@@ -37,8 +37,8 @@ HISTORY_METRICS = ("accuracy", "loss", "loss_ce", "lr", "lr_start")
 
 
 def history_metrics() -> tuple:
-    from ..kd import KD_TERMS
-    return HISTORY_METRICS + tuple(f"loss_{name}" for name in KD_TERMS)
+    from ..kd.registry import KD_TERMS, term_outputs
+    return HISTORY_METRICS + tuple(f"loss_{n}" for name in KD_TERMS for n in term_outputs(name))
 _ROLES = ("teacher", "student", "baseline")
 
 
