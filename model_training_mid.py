@@ -45,9 +45,10 @@ def get_args_parser():
                         "(default: parallel)")
     g = p.add_argument_group("distillation")
     g.add_argument("--kd", type=kd_spec, default="skip", metavar="TERMS",
-                   help=f"distillation terms joined by '+', from {', '.join(KD_TERMS)}: skip = "
-                        f"alpha * hint MSE, logit = beta * Hinton KD, skip+logit = both; none = "
-                        f"the student alone with the same recipe (the fair baseline)")
+                   help=f"distillation terms joined by '+', from {', '.join(KD_TERMS)} "
+                        f"(docs/METHODS.md): skip = alpha * hint MSE (this toolkit's method), "
+                        f"logit = beta * Hinton KD, skip+logit = both; none = the student alone "
+                        f"with the same recipe (the fair baseline)")
     g.add_argument("--kd-weights", type=kd_weights, default=None, metavar="NAME=W,...",
                    help="per-term weights, e.g. skip=0.3,logit=1 (default: --alpha for skip, "
                         "--beta for logit, each other term's own default)")
@@ -57,7 +58,8 @@ def get_args_parser():
                         "(repeatable; each term's options and defaults: docs/METHODS.md)")
     g.add_argument("--alpha", type=float_in(0, 10_000), default=0.3, help="weight of the skip (hint) loss")
     g.add_argument("--beta", type=float_in(0, 10_000), default=1.0, help="weight of the logit KD loss")
-    g.add_argument("--temperature", type=float_in(0, 1000, lo_open=True), default=4.0, help="logit KD temperature")
+    g.add_argument("--temperature", type=float_in(0, 1000, lo_open=True), default=4.0, help="temperature of the logit term (dkd and dist have their own: "
+                        "--kd-opt dkd.temperature=T, dist.tau=T)")
     return p
 
 

@@ -120,3 +120,10 @@ def test_every_term_at_once_end_to_end(tmp_path, capsys):
     bank = [k for k in state["loss_state"] if k.startswith("crd.") and "memory" in k]
     assert bank and all(state["loss_state"][k].shape[0] == summary["dataset"]["train_size"]
                         for k in bank)
+
+
+def test_the_methods_docs_are_written_from_the_registry():
+    """docs/METHODS.md and the README's table are what experiments/methods.py writes now."""
+    from conftest import run_script
+    proc = run_script("experiments/methods.py", "--check")
+    assert proc.returncode == 0, proc.stdout + proc.stderr

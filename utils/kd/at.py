@@ -55,6 +55,7 @@ class ATTerm(KDTerm):
     default_weight = 1000.0
     paper = ("Zagoruyko & Komodakis, Paying More Attention to Attention: Improving the "
              "Performance of Convolutional Neural Networks via Attention Transfer, ICLR 2017")
+    matches = "spatial attention maps of every stage"
     options = {"p": 2.0}
 
     def __init__(self, ctx):

@@ -96,6 +96,7 @@ class CRDTerm(KDTerm):
     name, needs, default_weight = "crd", frozenset({"embedding", "index"}), 0.8
     parts = ("anchor_s", "anchor_t")
     paper = ("Tian, Krishnan & Isola, Contrastive Representation Distillation, ICLR 2020")
+    matches = "embeddings, contrasted against a memory bank of other-class samples"
     options = {"feat_dim": 128, "nce_k": 16384, "nce_t": 0.07, "momentum": 0.5}
 
     def __init__(self, ctx):

@@ -67,6 +67,7 @@ class DISTTerm(KDTerm):
     parts = ("inter", "intra")
     paper = ("Huang, You, Wang, Qian & Xu, Knowledge Distillation from A Stronger Teacher, "
              "NeurIPS 2022")
+    matches = "relations of the softened predictions: per sample across classes and per class across the batch"
     options = {"beta": 2.0, "gamma": 2.0, "tau": 4.0, "standardize": False}
 
     def __init__(self, ctx):

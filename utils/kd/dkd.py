@@ -92,6 +92,7 @@ class DKDTerm(KDTerm):
     name, needs, default_weight = "dkd", frozenset({"logits"}), 1.0
     parts = ("tckd", "nckd")
     paper = ("Zhao, Cui, Song, Qiu & Liang, Decoupled Knowledge Distillation, CVPR 2022")
+    matches = "logits, split into target-class and non-target-class parts"
     options = {"alpha": 1.0, "beta": 8.0, "temperature": 4.0, "warmup": 20.0,
                "standardize": False}
 

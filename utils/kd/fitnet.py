@@ -81,6 +81,7 @@ class FitNetTerm(KDTerm):
     default_weight = 100.0
     paper = ("Romero, Ballas, Kahou, Chassang, Gatta & Bengio, FitNets: Hints for Thin Deep "
              "Nets, ICLR 2015")
+    matches = "one middle stage's features, through a learned regressor"
     options = {"stage": 2}
 
     def __init__(self, ctx):

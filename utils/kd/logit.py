@@ -43,7 +43,8 @@ class LogitTerm(LogitKDLoss):
     2024)."""
     name, needs, default_weight = "logit", frozenset({"logits"}), 1.0
     paper = "Hinton, Vinyals & Dean, Distilling the Knowledge in a Neural Network, 2015"
-    options = {"standardize": False}
+    matches = "softened logits"
+    options, parts = {"standardize": False}, ()
 
     def __init__(self, ctx):
         super().__init__(ctx.temperature, ctx.options.get("standardize", False))

@@ -47,6 +47,7 @@ class PKTTerm(KDTerm):
     default_weight = 30000.0
     paper = ("Passalis & Tefas, Learning Deep Representations with Probabilistic Knowledge "
              "Transfer, ECCV 2018")
+    matches = "the batch's cosine-similarity distribution of the embeddings"
     options = {}
 
     def forward(self, student_out, teacher_out, batch=None):

@@ -57,6 +57,7 @@ class KDTerm(nn.Module):
     needs: ClassVar[frozenset] = frozenset()
     default_weight: ClassVar[float] = 1.0
     paper: ClassVar[str] = ""
+    matches: ClassVar[str] = ""   # what it makes the student match, in a few words (docs)
     options: ClassVar[dict] = {}
     parts: ClassVar[tuple] = ()   # the names of the parts forward returns, if it returns a dict
 

@@ -62,6 +62,7 @@ class RKDTerm(KDTerm):
     needs = frozenset({"embedding"})
     default_weight = 1.0
     paper = "Park, Kim, Lu & Cho, Relational Knowledge Distillation, CVPR 2019"
+    matches = "pairwise distances and triplet angles of the embeddings"
     options = {"distance_weight": 25.0, "angle_weight": 50.0}
 
     def __init__(self, ctx):

@@ -40,6 +40,7 @@ class SPTerm(KDTerm):
     needs = frozenset({"feats"})
     default_weight = 3000.0
     paper = "Tung & Mori, Similarity-Preserving Knowledge Distillation, ICCV 2019"
+    matches = "the batch's similarity (Gram) matrix of the last stage's features"
     options = {}
 
     def forward(self, student_out, teacher_out, batch=None):
