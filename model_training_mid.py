@@ -58,7 +58,8 @@ def get_args_parser():
                         "(repeatable; each term's options and defaults: docs/METHODS.md)")
     g.add_argument("--alpha", type=float_in(0, 10_000), default=0.3, help="weight of the skip (hint) loss")
     g.add_argument("--beta", type=float_in(0, 10_000), default=1.0, help="weight of the logit KD loss")
-    g.add_argument("--temperature", type=float_in(0, 1000, lo_open=True), default=4.0, help="temperature of the logit term (dkd and dist have their own: "
+    g.add_argument("--temperature", type=float_in(0, 1000, lo_open=True), default=4.0,
+                   help="temperature of the logit term (dkd and dist have their own: "
                         "--kd-opt dkd.temperature=T, dist.tau=T)")
     return p
 
