@@ -96,6 +96,56 @@ def output_paths(args):
     return stem, out_dir, json_path, cm_path, tb_dir
 
 
+def logged_accuracy(ckpt, data_cfg, dataset, args) -> tuple:
+    """(the validation accuracy the training run logged for this checkpoint, or None; whether it
+    was measured on these very images: the run's dataset, its validation set (the test split
+    unless a held-out --val-split was used), no --limit of our own). Checkpoint metadata is
+    untrusted: anything malformed counts as not logged."""
+    metrics = ckpt.get("metrics") if isinstance(ckpt.get("metrics"), dict) else {}
+    val = metrics.get("val")
+    logged = val.get("acc") if isinstance(val, dict) else None
+    if isinstance(logged, bool) or not isinstance(logged, (int, float)):
+        logged = None
+    try:
+        held_out = float(data_cfg.get("val_split") or 0) > 0
+    except (TypeError, ValueError):  # already refused by checkpoint_test_data for --split val
+        held_out = False
+    own_split = (dataset == data_cfg.get("dataset") and args.limit is None
+                 and (args.split == "val" or not held_out))
+    return logged, own_split
+
+
+def write_figures(args, cm, classes, title, cm_path, tb_dir, predictions, tag, acc, step):
+    """The confusion-matrix PNG, and (with --logdir) a grid of predictions and the accuracy in
+    TensorBoard. predictions: (images uint8, labels, predicted labels)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig = confusion_figure(cm, classes, title, normalize=args.normalize_cm)
+    atomic_write(cm_path, lambda f: fig.savefig(f, format="png", dpi=110), "wb", suffix=".png")
+    plt.close(fig)
+    if tb_dir is None:
+        return
+    from torch.utils.tensorboard import SummaryWriter
+    data, labels, preds = predictions
+    n = min(args.num_images, len(data))
+    fig = predictions_figure(data.images[:n], labels[:n], preds[:n], classes, n=n)
+    with SummaryWriter(log_dir=tb_dir) as writer:
+        writer.add_figure(tag, fig, global_step=step, close=True)
+        writer.add_scalar("eval/accuracy", acc, step)
+
+
+def print_per_class(classes, per_class_acc, per_class_total, k):
+    width = max(len(c) for c in classes[:k])
+    if k <= 20:
+        for c, a, n in zip(classes, per_class_acc, per_class_total):
+            print(f"  {c:<{width}}  {a:6.2f}%  ({n} images)")
+    else:  # 100 classes: the extremes only
+        order = sorted(range(k), key=lambda i: per_class_acc[i])
+        print("  worst: " + ", ".join(f"{classes[i]} {per_class_acc[i]:.0f}%" for i in order[:5]))
+        print("  best:  " + ", ".join(f"{classes[i]} {per_class_acc[i]:.0f}%" for i in order[-5:]))
+
+
 def main(args):
     stem, out_dir, json_path, cm_path, tb_dir = output_paths(args)
     ckpt = load_checkpoint(args.checkpoint)
@@ -117,43 +167,18 @@ def main(args):
                            else test.classes, k)
     acc = 100.0 * (preds == labels).double().mean().item()
     loss = F.cross_entropy(logits, labels).item()
-    metrics = ckpt.get("metrics") if isinstance(ckpt.get("metrics"), dict) else {}
-    val = metrics.get("val")
-    logged = val.get("acc") if isinstance(val, dict) else None  # training's own evaluation
-    if isinstance(logged, bool) or not isinstance(logged, (int, float)):
-        logged = None
+    logged, own_split = logged_accuracy(ckpt, data_cfg, dataset, args)
     epoch = ckpt.get("epoch")
     step = epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else 0
     role = ckpt.get("role") if isinstance(ckpt.get("role"), str) else None
-    # the logged accuracy is on these very images: the run's dataset, its validation set (the
-    # test split unless a held-out --val-split was used), no --limit of our own
-    try:
-        held_out = float(data_cfg.get("val_split") or 0) > 0
-    except (TypeError, ValueError):  # already refused by checkpoint_test_data for --split val
-        held_out = False
-    own_split = (dataset == data_cfg.get("dataset") and args.limit is None
-                 and (args.split == "val" or not held_out))
 
     os.makedirs(out_dir, exist_ok=True)
     cfg = ckpt["model"]
     title = (f"{cfg['arch']} ({role or '?'}, eca {cfg.get('eca')}, width "
              f"{cfg['base_width']}) on {dataset} {args.split}: {acc:.2f}%"
              + (" with flip TTA" if args.tta else ""))
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig = confusion_figure(cm, classes, title, normalize=args.normalize_cm)
-    atomic_write(cm_path, lambda f: fig.savefig(f, format="png", dpi=110), "wb", suffix=".png")
-    plt.close(fig)
-
-    if tb_dir is not None:
-        from torch.utils.tensorboard import SummaryWriter
-        n = min(args.num_images, len(test))
-        fig = predictions_figure(test.images[:n], labels[:n], preds[:n], classes, n=n)
-        with SummaryWriter(log_dir=tb_dir) as writer:
-            writer.add_figure(f"{role or 'model'}/eval_predictions_vs_labels", fig,
-                              global_step=step, close=True)
-            writer.add_scalar("eval/accuracy", acc, step)
+    write_figures(args, cm, classes, title, cm_path, tb_dir,
+                  (test, labels, preds), f"{role or 'model'}/eval_predictions_vs_labels", acc, step)
 
     result = {
         "checkpoint": os.path.abspath(args.checkpoint), "role": role,
@@ -175,14 +200,7 @@ def main(args):
           + (f"; logged val accuracy {logged:.2f}%" if logged is not None and own_split else "")
           + ")")
     if not args.quiet:
-        width = max(len(c) for c in classes[:k])
-        if k <= 20:
-            for c, a, n in zip(classes, per_class_acc, per_class_total.tolist()):
-                print(f"  {c:<{width}}  {a:6.2f}%  ({n} images)")
-        else:  # 100 classes: the extremes only
-            order = sorted(range(k), key=lambda i: per_class_acc[i])
-            print("  worst: " + ", ".join(f"{classes[i]} {per_class_acc[i]:.0f}%" for i in order[:5]))
-            print("  best:  " + ", ".join(f"{classes[i]} {per_class_acc[i]:.0f}%" for i in order[-5:]))
+        print_per_class(classes, per_class_acc, per_class_total.tolist(), k)
         print(f"wrote {json_path}\nwrote {cm_path}" + (f"\nTensorBoard: {tb_dir}" if tb_dir else ""))
     return result
 

@@ -3,13 +3,14 @@ student from it with CE + alpha * MSE(student hint, teacher hint) (and/or Hinton
 
     python model_training_mid.py --teacher resnet34 --student resnet18 --kd skip --eca parallel
 """
+import copy
 import sys
 import time
 from typing import NamedTuple
 
 import torch
 
-from models import ECA_PLACEMENTS, count_parameters, feature_shapes
+from models import ECA_PLACEMENTS, count_parameters, feature_shapes, hint_shape_of
 from utils.analysis.report import results_table
 from utils.cli import (EPOCHS, WIDTH, common_parser, finalize_args, float_in, kd_options, kd_spec,
                        kd_weights, merge_kd_options, model_name)
@@ -119,6 +120,94 @@ def load_teacher(args, data_cfg, device):
     return LoadedTeacher(teacher, cfg, saved, warnings)
 
 
+def build_loss(args, run, student, teacher) -> DistillationLoss:
+    """The student's loss: CE plus the --kd terms, built from both networks' feature shapes and
+    the training set (size, labels). A term that cannot be built for these networks or options
+    is a UserError."""
+    cfg = run.data_cfg
+    shape_of = lambda m: feature_shapes(m, cfg["in_channels"], cfg["image_size"])  # noqa: E731
+    context = TermContext(student_shapes=shape_of(student),
+                          teacher_shapes=shape_of(teacher) if teacher is not None else {},
+                          num_classes=cfg["num_classes"], epochs=args.epochs,
+                          num_samples=len(run.loaders.train.labels),
+                          train_labels=run.loaders.train.labels)
+    try:
+        return DistillationLoss(args.kd, teacher, alpha=args.alpha, beta=args.beta,
+                                temperature=args.temperature, compile_teacher=args.compile,
+                                weights=args.kd_weights, context=context,
+                                options=args.kd_opt).to(run.device)
+    except ValueError as exc:
+        raise UserError(f"--kd {args.kd}: {exc}") from None
+
+
+def check_terms(args, run, loaded, teacher_width, student_width):
+    """Build the distillation terms once on meta-device networks (nothing is computed), so a
+    term that does not fit (an option out of range, a stage the networks lack) is refused
+    before any output is touched or any epoch trained."""
+    if args.kd == "none":
+        return
+    meta = dict(device=torch.device("meta"), channels_last=False, attn=args.attn)
+    with torch.device("meta"):
+        student = build_model(args.student, run.data_cfg, student_width, args.eca, args.eca_k,
+                              **meta)[0]
+        teacher = (copy.deepcopy(loaded.model).to("meta") if loaded is not None else
+                   build_model(args.teacher, run.data_cfg, teacher_width, args.eca, args.eca_k,
+                               **meta)[0])
+    build_loss(args, run, student, teacher)
+
+
+def teacher_stage(args, run, loaded, width, epochs) -> tuple:
+    """(the frozen teacher, its result for the summary): the --teacher-checkpoint one, or one
+    trained here (then the best checkpoint on disk is the one distilled from)."""
+    if loaded is not None:
+        teacher, cfg, saved = loaded.model, loaded.cfg, loaded.saved_val
+        print(f"teacher: {cfg['arch']} (eca {cfg['eca']}, width {cfg['base_width']}) "
+              f"loaded from {args.teacher_checkpoint}")
+        return teacher, {"arch": cfg["arch"], "eca": cfg["eca"], "base_width": cfg["base_width"],
+                         "params": count_parameters(teacher), "loaded": True,
+                         "checkpoint": args.teacher_checkpoint,
+                         "best_val_acc": saved.get("acc", float("nan")), "final_val_acc": None}
+    teacher, cfg = build_model(args.teacher, run.data_cfg, width, args.eca, args.eca_k,
+                               run.device, args.channels_last, attn=args.attn)
+    print(f"teacher: {args.teacher} (eca {args.eca}, width {width}), "
+          f"{count_parameters(teacher):,} parameters, {epochs} epochs")
+    saved = load_state(run.outputs.checkpoint("teacher", state=True)) if args.resume else None
+    result = train_stage(Stage("teacher", args.teacher, teacher, cfg, DistillationLoss("none"),
+                               epochs), run, saved)
+    teacher = model_from_checkpoint(load_checkpoint(result["checkpoint"])).to(run.device)
+    if args.channels_last:
+        teacher = teacher.to(memory_format=torch.channels_last)
+    return teacher, result
+
+
+def student_stage(args, run, teacher, width) -> dict:
+    """Distil the student from the frozen teacher (or train it alone with --kd none)."""
+    seed_everything(args.seed + 1)
+    student, cfg = build_model(args.student, run.data_cfg, width, args.eca, args.eca_k,
+                               run.device, args.channels_last, attn=args.attn)
+    loss_fn = build_loss(args, run, student, teacher)
+    student.request_features(loss_fn.features)  # what the terms read besides logits and hint
+    conn = loss_fn.connector
+    s_hint = hint_shape_of(student, run.data_cfg["in_channels"], run.data_cfg["image_size"])
+    t_hint = (hint_shape_of(teacher, run.data_cfg["in_channels"], run.data_cfg["image_size"])
+              if teacher is not None else None)
+    learned = {n: c for n, c in loss_fn.learned_parameters().items() if c}
+    print(f"student: {args.student} (eca {args.eca}, width {width}), "
+          f"{count_parameters(student):,} parameters, kd {args.kd}"
+          + (f", connector {s_hint} -> {t_hint}" if conn is not None else "")
+          + (f"; learned for distillation, not exported: "
+             f"{', '.join(f'{n} {c:,}' for n, c in learned.items())} params" if learned else ""))
+    saved = load_state(run.outputs.checkpoint("student", state=True)) if args.resume else None
+    result = train_stage(Stage("student", args.student, student, cfg, loss_fn, args.epochs), run,
+                         saved)
+    result.update({"kd": args.kd, "kd_weights": loss_fn.weights, "kd_options": loss_fn.options,
+                   "kd_learned_params": loss_fn.learned_parameters(), "alpha": args.alpha,
+                   "beta": args.beta, "temperature": args.temperature,
+                   "hint_shape": list(s_hint), "teacher_hint_shape": list(t_hint) if t_hint else None,
+                   "connector_params": count_parameters(conn) if conn is not None else 0})
+    return result
+
+
 def main(args):
     init_distributed(args.device)
     device = resolve_device(args.device)
@@ -126,8 +215,6 @@ def main(args):
     train, test, data_cfg = prepare_data(args)
     teacher_width = args.teacher_width or args.width
     student_width = args.student_width or args.width
-    teacher_epochs = args.teacher_epochs or args.epochs
-
     loaded = None  # a teacher from --teacher-checkpoint
     if args.teacher_checkpoint and args.kd != "none":
         loaded = load_teacher(args, data_cfg, device)
@@ -137,6 +224,9 @@ def main(args):
     key = args.run_name or (f"{args.teacher}-{args.student}_kd-{args.kd}_{args.attn}-{args.eca}_"
                             f"w{teacher_width}-{student_width}_{data_cfg['dataset']}_s{args.seed}")
     outputs = RunOutputs(args.output_dir, key)
+    run = RunContext(args, device, make_loaders(train, test, data_cfg, args, device), data_cfg,
+                     outputs)
+    check_terms(args, run, loaded, teacher_width, student_width)
     outputs.prepare(args.overwrite, args.resume, roles=("teacher", "student"), write=is_main(),
                     tensorboard=args.tensorboard)
     for msg in (loaded.warnings if loaded is not None and is_main() else ()):
@@ -146,86 +236,25 @@ def main(args):
         print(f"run '{key}' is complete: nothing to resume (its outputs are unchanged)")
         return None
     barrier()
-    run = RunContext(args, device, make_loaders(train, test, data_cfg, args, device), data_cfg,
-                     outputs)
     print(f"run '{key}': {data_cfg['dataset']} [{data_cfg['train_size']} train / "
           f"{data_cfg['test_size']} test, {data_cfg['protocol']}], device {device}, "
           f"preset {args.preset}")
     start = time.perf_counter()
     summary = {"run_key": key, "script": "model_training_mid.py", "dataset": data_cfg,
                "args": vars(args), "environment": environment(device)}
-    rows = []
-
-    # ---- stage 1: the teacher
     teacher = None
     if args.kd != "none":
-        if loaded is not None:
-            teacher, t_cfg, saved = loaded.model, loaded.cfg, loaded.saved_val
-            print(f"teacher: {t_cfg['arch']} (eca {t_cfg['eca']}, width {t_cfg['base_width']}) "
-                  f"loaded from {args.teacher_checkpoint}")
-            t_result = {"arch": t_cfg["arch"], "eca": t_cfg["eca"], "base_width": t_cfg["base_width"],
-                        "params": count_parameters(teacher), "checkpoint": args.teacher_checkpoint,
-                        "loaded": True, "best_val_acc": saved.get("acc", float("nan")),
-                        "final_val_acc": None}
-        else:
-            teacher, t_cfg = build_model(args.teacher, data_cfg, teacher_width, args.eca, args.eca_k,
-                                         device, args.channels_last, attn=args.attn)
-            print(f"teacher: {args.teacher} (eca {args.eca}, width {teacher_width}), "
-                  f"{count_parameters(teacher):,} parameters, {teacher_epochs} epochs")
-            t_state = load_state(outputs.checkpoint("teacher", state=True)) if args.resume else None
-            t_result = train_stage(Stage("teacher", args.teacher, teacher, t_cfg,
-                                         DistillationLoss("none"), teacher_epochs), run, t_state)
-            # distil from the best teacher, the one saved to disk
-            teacher = model_from_checkpoint(load_checkpoint(t_result["checkpoint"])).to(device)
-            if args.channels_last:
-                teacher = teacher.to(memory_format=torch.channels_last)
-        summary["teacher"] = t_result
-        rows.append(("teacher", t_result))
-
-    # ---- stage 2: the student
-    seed_everything(args.seed + 1)
-    student, s_cfg = build_model(args.student, data_cfg, student_width, args.eca, args.eca_k,
-                                 device, args.channels_last, attn=args.attn)
-    shape_of = lambda m: feature_shapes(m, data_cfg["in_channels"], data_cfg["image_size"])  # noqa: E731
-    s_shapes = shape_of(student)
-    t_shapes = shape_of(teacher) if teacher is not None else {}
-    s_hint, t_hint = s_shapes["hint"], t_shapes.get("hint")
-    context = TermContext(student_shapes=s_shapes, teacher_shapes=t_shapes,
-                          num_classes=data_cfg["num_classes"],
-                          num_samples=len(run.loaders.train.labels),
-                          train_labels=run.loaders.train.labels,
-                          epochs=args.epochs)
-    loss_fn = DistillationLoss(args.kd, teacher, alpha=args.alpha, beta=args.beta,
-                               temperature=args.temperature, compile_teacher=args.compile,
-                               weights=args.kd_weights, context=context,
-                               options=args.kd_opt).to(device)
-    student.request_features(loss_fn.features)  # what the terms read besides logits and hint
-    conn = loss_fn.connector
-    learned = {n: c for n, c in loss_fn.learned_parameters().items() if c}
-    print(f"student: {args.student} (eca {args.eca}, width {student_width}), "
-          f"{count_parameters(student):,} parameters, kd {args.kd}"
-          + (f", connector {s_hint} -> {t_hint}" if conn is not None else "")
-          + (f"; learned for distillation, not exported: "
-             f"{', '.join(f'{n} {c:,}' for n, c in learned.items())} params" if learned else ""))
-    s_state = load_state(outputs.checkpoint("student", state=True)) if args.resume else None
-    s_result = train_stage(Stage("student", args.student, student, s_cfg, loss_fn, args.epochs),
-                           run, s_state)
-    s_result.update({"kd": args.kd, "kd_weights": loss_fn.weights, "alpha": args.alpha,
-                     "beta": args.beta,
-                     "temperature": args.temperature, "hint_shape": list(s_hint),
-                     "teacher_hint_shape": list(t_hint) if t_hint else None,
-                     "kd_options": loss_fn.options,
-                     "kd_learned_params": loss_fn.learned_parameters(),
-                     "connector_params": count_parameters(conn) if conn is not None else 0})
-    summary["student"] = s_result
-    rows.append(("student", s_result))
+        teacher, summary["teacher"] = teacher_stage(args, run, loaded, teacher_width,
+                                                    args.teacher_epochs or args.epochs)
+    summary["student"] = student_stage(args, run, teacher, student_width)
     summary["wall_time_s"] = round(time.perf_counter() - start, 2)
     if is_main():
         outputs.write_summary(summary)
     print()
-    print(results_table(rows))
-    print(f"\nstudent checkpoint: {s_result['checkpoint']}\nsummary:            {outputs.summary}"
-          f"\nwall time:          {summary['wall_time_s']:.1f}s")
+    print(results_table([(role, summary[role]) for role in ("teacher", "student")
+                         if role in summary]))
+    print(f"\nstudent checkpoint: {summary['student']['checkpoint']}\nsummary:            "
+          f"{outputs.summary}\nwall time:          {summary['wall_time_s']:.1f}s")
     return summary
 
 

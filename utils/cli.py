@@ -195,6 +195,8 @@ PRESETS = {
 }
 
 
+# Long on purpose: a flat list of the flags both training scripts share, in --help order;
+# splitting it would only scatter them.
 def common_parser(description) -> OneLineParser:
     p = OneLineParser(description=description, formatter_class=HelpFormatter)
     g = p.add_argument_group("data")

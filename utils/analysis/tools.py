@@ -67,6 +67,8 @@ def checkpoint_data_dir(ckpt: dict, data_dir: str | None = None, name: str | Non
     return saved
 
 
+# Long on purpose: each field of the (untrusted) checkpoint that says where its data is gets
+# its own check and message, in the order a user would fix them.
 def checkpoint_test_data(ckpt: dict, dataset: str | None = None, data_dir: str | None = None,
                          download: bool = False, limit: int | None = None,
                          split: str = "test", log=print,

@@ -100,6 +100,8 @@ def _decode_all(paths, size, what):
     return out[ok] if not ok.all() else out, ok
 
 
+# Long on purpose: the reader walks the format top to bottom (classes, files, decode, checks);
+# each step is a few lines with its own error message.
 def load_folder(data_dir, download=False, image_size=32):
     """An ImageFolder tree: data_dir/train/<class>/<images> and data_dir/test/<class>/<images>
     (val/ is accepted when there is no test/). The class list and indices come from train/

@@ -107,6 +107,8 @@ def _float_list(value, field, length, path, positive=False):
     return value
 
 
+# Long on purpose: one check after another over untrusted metadata, read top to bottom, each
+# ending in its own one-line error.
 def validate_checkpoint(ckpt, path="checkpoint"):
     """Check everything a checkpoint says about itself before anything is built from it: the
     file comes from outside. Raises a one-line UserError naming the field and the file."""

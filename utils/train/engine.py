@@ -24,6 +24,8 @@ def autocast_context(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+# Long on purpose: the training step is the hot path; it stays in one piece so what runs per
+# batch (and that nothing synchronises with the host) reads top to bottom.
 def train_one_epoch(model, loss_fn, loader, optimizer, scheduler=None, device="cpu",
                     precision="fp32", scaler=None, desc="train", show_progress=True, epoch=None,
                     start_step=0, carry=None, should_stop=None):
@@ -88,7 +90,16 @@ def train_one_epoch(model, loss_fn, loader, optimizer, scheduler=None, device="c
                               "correct": int(correct.item()), "seen": seen, "lr": lr,
                               "lr_start": lr_start}}
     bar.close()
-    if dist_info().enabled:  # sums over every rank's shard: metrics of the whole epoch
+    metrics = _epoch_metrics(sums, correct, seen, device, desc)
+    metrics["lr"] = lr                      # the rate of the epoch's last step
+    metrics["lr_start"] = lr if lr_start is None else lr_start
+    return metrics
+
+
+def _epoch_metrics(sums, correct, seen, device, desc) -> dict:
+    """Per-sample means of the summed losses, accuracy (percent) and the sample count, over every
+    rank's shard under torchrun; a non-finite loss raises NonFiniteLoss."""
+    if dist_info().enabled:
         keys = sorted(sums)
         packed = torch.stack([sums[k].float() for k in keys]
                              + [correct.float(), torch.tensor(float(seen), device=device)])
@@ -100,8 +111,6 @@ def train_one_epoch(model, loss_fn, loader, optimizer, scheduler=None, device="c
         raise NonFiniteLoss(f"non-finite training loss in {desc}: "
                             + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
     metrics["acc"] = 100.0 * correct.item() / max(seen, 1)
-    metrics["lr"] = lr                      # the rate of the epoch's last step
-    metrics["lr_start"] = lr if lr_start is None else lr_start
     metrics["samples"] = seen
     return metrics
 
