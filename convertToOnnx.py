@@ -118,6 +118,9 @@ def main(args):
     check_output_path(output, inputs=[args.checkpoint], what="--output")
     ckpt = load_checkpoint(args.checkpoint)
     model = model_from_checkpoint(ckpt, args.checkpoint).eval()
+    if args.with_hint and not getattr(model, "has_hint", True):
+        raise UserError(f"--with-hint: {ckpt['model']['arch']} has no skip-connection hint "
+                        f"(its family has no projection shortcut)")
     cfg = ckpt["model"]
     c = cfg.get("in_channels", 3)
     size = cfg.get("image_size") or (ckpt.get("data") or {}).get("image_size") or 32

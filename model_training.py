@@ -4,7 +4,7 @@
 """
 import time
 
-from models import ECA_PLACEMENTS
+from models import ECA_PLACEMENTS, default_width
 from utils.analysis.report import results_table
 from utils.cli import common_parser, finalize_args, model_name
 from utils.errors import exit_on_user_error
@@ -33,7 +33,8 @@ def main(args):
     device = resolve_device(args.device)
     seed_everything(args.seed)
     train, test, data_cfg = prepare_data(args)
-    key = args.run_name or (f"{args.model}_{args.attn}-{args.eca}_w{args.width}_"
+    width = args.width or default_width(args.model)
+    key = args.run_name or (f"{args.model}_{args.attn}-{args.eca}_w{width}_"
                             f"{data_cfg['dataset']}_s{args.seed}")
     outputs = RunOutputs(args.output_dir, key)
     outputs.prepare(args.overwrite, args.resume, roles=("baseline",), write=is_main(),
@@ -44,9 +45,9 @@ def main(args):
     barrier()
     run = RunContext(args, device, make_loaders(train, test, data_cfg, args, device), data_cfg,
                      outputs)
-    model, model_cfg = build_model(args.model, data_cfg, args.width, args.eca, args.eca_k, device,
+    model, model_cfg = build_model(args.model, data_cfg, width, args.eca, args.eca_k, device,
                                    args.channels_last, attn=args.attn)
-    print(f"baseline {args.model} (eca {args.eca}, width {args.width}) on {data_cfg['dataset']} "
+    print(f"baseline {args.model} (eca {args.eca}, width {width}) on {data_cfg['dataset']} "
           f"[{data_cfg['train_size']} train / {data_cfg['test_size']} test, {data_cfg['protocol']}] "
           f"device {device}; run '{key}'")
     start = time.perf_counter()

@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 import torch
 
-from models import ECA_PLACEMENTS, count_parameters, feature_shapes, hint_shape_of
+from models import ECA_PLACEMENTS, count_parameters, default_width, feature_shapes, hint_shape_of
 from utils.analysis.report import results_table
 from utils.cli import (EPOCHS, WIDTH, common_parser, finalize_args, float_in, kd_options, kd_spec,
                        kd_weights, merge_kd_options, model_name)
@@ -57,6 +57,9 @@ def get_args_parser():
                    metavar="TERM.KEY=V,...",
                    help="options of the chosen terms, e.g. dkd.warmup=5 or logit.standardize=1 "
                         "(repeatable; each term's options and defaults: docs/METHODS.md)")
+    g.add_argument("--ce-weight", type=float_in(0, 10_000), default=1.0,
+                   help="weight of the student's cross-entropy (Hinton KD's CIFAR-100 runs in the "
+                        "literature use 0.1 with logit=0.9: docs/BENCHMARK.md)")
     g.add_argument("--alpha", type=float_in(0, 10_000), default=0.3, help="weight of the skip (hint) loss")
     g.add_argument("--beta", type=float_in(0, 10_000), default=1.0, help="weight of the logit KD loss")
     g.add_argument("--temperature", type=float_in(0, 1000, lo_open=True), default=4.0,
@@ -135,7 +138,7 @@ def build_loss(args, run, student, teacher) -> DistillationLoss:
         return DistillationLoss(args.kd, teacher, alpha=args.alpha, beta=args.beta,
                                 temperature=args.temperature, compile_teacher=args.compile,
                                 weights=args.kd_weights, context=context,
-                                options=args.kd_opt).to(run.device)
+                                options=args.kd_opt, ce_weight=args.ce_weight).to(run.device)
     except ValueError as exc:
         raise UserError(f"--kd {args.kd}: {exc}") from None
 
@@ -200,7 +203,8 @@ def student_stage(args, run, teacher, width) -> dict:
     saved = load_state(run.outputs.checkpoint("student", state=True)) if args.resume else None
     result = train_stage(Stage("student", args.student, student, cfg, loss_fn, args.epochs), run,
                          saved)
-    result.update({"kd": args.kd, "kd_weights": loss_fn.weights, "kd_options": loss_fn.options,
+    result.update({"kd": args.kd, "ce_weight": loss_fn.ce_weight, "kd_weights": loss_fn.weights,
+                   "kd_options": loss_fn.options,
                    "kd_learned_params": loss_fn.learned_parameters(), "alpha": args.alpha,
                    "beta": args.beta, "temperature": args.temperature,
                    "hint_shape": list(s_hint), "teacher_hint_shape": list(t_hint) if t_hint else None,
@@ -213,14 +217,14 @@ def main(args):
     device = resolve_device(args.device)
     seed_everything(args.seed)
     train, test, data_cfg = prepare_data(args)
-    teacher_width = args.teacher_width or args.width
-    student_width = args.student_width or args.width
     loaded = None  # a teacher from --teacher-checkpoint
     if args.teacher_checkpoint and args.kd != "none":
         loaded = load_teacher(args, data_cfg, device)
         args.teacher = loaded.cfg["arch"]
-        teacher_width = loaded.cfg["base_width"]
     args.teacher = args.teacher or "resnet34"
+    teacher_width = (loaded.cfg["base_width"] if loaded is not None else
+                     args.teacher_width or args.width or default_width(args.teacher))
+    student_width = args.student_width or args.width or default_width(args.student)
     key = args.run_name or (f"{args.teacher}-{args.student}_kd-{args.kd}_{args.attn}-{args.eca}_"
                             f"w{teacher_width}-{student_width}_{data_cfg['dataset']}_s{args.seed}")
     outputs = RunOutputs(args.output_dir, key)

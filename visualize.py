@@ -82,6 +82,9 @@ def main(args):
     check_output_path(output, inputs=[args.checkpoint], what="--output")
     ckpt = load_checkpoint(args.checkpoint)
     model = model_from_checkpoint(ckpt, args.checkpoint)
+    if args.with_hint and not getattr(model, "has_hint", True):
+        raise UserError(f"--with-hint: {ckpt['model']['arch']} has no skip-connection hint "
+                        f"(its family has no projection shortcut)")
     check_dot()
     cfg = ckpt["model"]
     c = cfg.get("in_channels", 3)

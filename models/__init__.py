@@ -1,14 +1,18 @@
-"""Model registry: name -> factory. Every model returns ModelOutput(logits, hint) and,
-when asked (request_features), its stage features and pooled embedding."""
+"""Models: a registry of names (registry.py) over model families that honour one feature
+contract (contract.py): ModelOutput(logits, hint) and, when asked (request_features), stage
+features and the pooled embedding."""
 from functools import partial
 
 import torch
 
+from .contract import FEATURES, FeatureModel, ModelOutput
 from .eca import ATTENTION_LAYERS, ECA, SE, ParallelECA, ParallelSE, eca_kernel_size, register_attention
 from .fuse import fold_batchnorm
-from .resnet import ARCHS, ECA_PLACEMENTS, FEATURES, ModelOutput, OutputsAsTuple, ResNet, count_parameters
+from .registry import ECA_PLACEMENTS, MODELS, ModelSpec, model_spec, register_model
+from .resnet import ARCHS, OutputsAsTuple, ResNet, count_parameters
 
-__all__ = ["MODELS", "ECA_PLACEMENTS", "ATTENTION_LAYERS", "register_attention", "SE",
+__all__ = ["MODELS", "ModelSpec", "register_model", "model_spec", "default_width",
+           "FeatureModel", "ECA_PLACEMENTS", "ATTENTION_LAYERS", "register_attention", "SE",
            "ParallelSE", "ModelOutput", "ResNet", "ECA", "ParallelECA",
            "eca_kernel_size", "create_model", "hint_shape", "hint_shape_of", "feature_shapes",
            "FEATURES", "fold_batchnorm",
@@ -20,16 +24,31 @@ def _resnet(name, **kwargs) -> ResNet:
     return ResNet(block, layers, **kwargs)
 
 
-MODELS = {name: partial(_resnet, name) for name in ARCHS}
+for _name in ARCHS:  # the 4-stage ResNets of this toolkit (base width 64 = the standard nets)
+    register_model(_name, partial(_resnet, _name), default_width=64, family="resnet")
 
 
-def create_model(name: str, num_classes: int = 10, base_width: int = 64, in_channels: int = 3,
-                 eca: str = "none", eca_k: int | None = None, attn: str = "eca") -> ResNet:
-    """Build a registered model; unknown names raise ValueError listing the valid ones."""
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
-    return MODELS[name](num_classes=num_classes, base_width=base_width, in_channels=in_channels,
-                        eca=eca, eca_k=eca_k, attn=attn)
+# the KD literature's CIFAR benchmark models (docs/MODELS.md); they register themselves
+from . import cifar_resnet, vgg, wrn  # noqa: E402,F401  (after the ResNets: registry order)
+
+
+def default_width(name: str) -> int:
+    """The base width a model gets when none is given (its reference network's)."""
+    return model_spec(name).default_width
+
+
+def create_model(name: str, num_classes: int = 10, base_width: int | None = None,
+                 in_channels: int = 3, eca: str = "none", eca_k: int | None = None,
+                 attn: str = "eca") -> FeatureModel:
+    """Build a registered model (base_width None: its default); unknown names, or an ECA
+    placement its family does not define, raise ValueError listing the valid ones."""
+    spec = model_spec(name)
+    if eca not in spec.placements:
+        raise ValueError(f"{name} ({spec.family}) defines the ECA placements "
+                         f"{', '.join(spec.placements)}; got {eca!r}")
+    return spec.factory(num_classes=num_classes,
+                        base_width=spec.default_width if base_width is None else base_width,
+                        in_channels=in_channels, eca=eca, eca_k=eca_k, attn=attn)
 
 
 @torch.no_grad()
@@ -46,7 +65,8 @@ def feature_shapes(model, in_channels: int = 3, image_size: int = 32) -> dict:
         out = model.request_features(FEATURES)(x)
     finally:
         model.request_features(request).train(was_training)
-    return {"logits": tuple(out.logits.shape[1:]), "hint": tuple(out.hint.shape[1:]),
+    return {"logits": tuple(out.logits.shape[1:]),
+            "hint": tuple(out.hint.shape[1:]) if out.hint is not None else None,
             "feats": [tuple(f.shape[1:]) for f in out.feats],
             "preact_feats": [tuple(f.shape[1:]) for f in out.preact_feats],
             "embedding": tuple(out.embedding.shape[1:])}
@@ -57,7 +77,7 @@ def hint_shape_of(model, in_channels: int = 3, image_size: int = 32) -> tuple:
     return feature_shapes(model, in_channels, image_size)["hint"]
 
 
-def hint_shape(name: str, base_width: int = 64, image_size: int = 32) -> tuple[int, int, int]:
+def hint_shape(name: str, base_width: int | None = None, image_size: int = 32) -> tuple | None:
     """(C, H, W) of a registered architecture's hint, without allocating the model."""
     with torch.device("meta"):
         model = create_model(name, base_width=base_width)

@@ -1,20 +1,22 @@
 """CIFAR-style ResNets (He et al., 2016) with optional ECA, returning the skip-connection hint.
 
-One BasicBlock, one Bottleneck and one ResNet; the ECA placement is injected per block.
+One BasicBlock, one Bottleneck and one ResNet; the ECA placement is injected per block, and the
+stem width, the stage widths and the number of stages are arguments (the 3-stage CIFAR ResNets
+of the KD literature are configurations of it: models/cifar_resnet.py).
 The hint is the output of the hint block's projection shortcut (after its BN, before the
-residual add): the first block of stage 4 for basic-block nets, of stage 3 for bottleneck nets.
+residual add): the first block of the last stage for basic-block nets (stage 4 of resnet18/34),
+of the stage before it for bottleneck nets (stage 3 of resnet50/101/152).
 """
-from typing import NamedTuple
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .contract import FEATURES, FeatureModel, ModelOutput
 from .eca import create_attn
+from .registry import ECA_PLACEMENTS
 
 __all__ = ["FEATURES", "ModelOutput", "OutputsAsTuple", "count_parameters", "PointwiseConv", "BasicBlock", "Bottleneck", "ResNet", "ECA_PLACEMENTS", "ARCHS"]
 
-ECA_PLACEMENTS = ("none", "parallel", "last", "all")
 
 # name -> (block type, blocks per stage)
 ARCHS = {
@@ -26,24 +28,9 @@ ARCHS = {
 }
 
 
-# what a model can return besides logits and the hint, computed only when requested
-FEATURES = ("feats", "preact_feats", "embedding")
-
-
-class ModelOutput(NamedTuple):
-    """The feature contract every model honours. logits and hint always; the rest only after
-    `model.request_features(...)` asked for them (None otherwise, so the default path costs
-    nothing extra)."""
-    logits: torch.Tensor                  # (B, num_classes)
-    hint: torch.Tensor                    # (B, C_hint, H_hint, W_hint)
-    feats: tuple | None = None            # stem output, then each stage's output (B, C, H, W)
-    preact_feats: tuple | None = None     # the same before their last ReLU
-    embedding: torch.Tensor | None = None  # the pooled features the classifier sees (B, C)
-
-
 class OutputsAsTuple(nn.Module):
     """Plain outputs for tracing and export: logits (B, K), plus the hint (B, C, H, W) when
-    asked (TensorBoard's graph, ONNX)."""
+    asked and the model has one (TensorBoard's graph, ONNX)."""
 
     def __init__(self, model: nn.Module, with_hint: bool = False):
         super().__init__()
@@ -52,7 +39,7 @@ class OutputsAsTuple(nn.Module):
 
     def forward(self, x):
         out = self.model(x)
-        return (out.logits, out.hint) if self.with_hint else out.logits
+        return (out.logits, out.hint) if self.with_hint and out.hint is not None else out.logits
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -147,16 +134,21 @@ class Bottleneck(_Block):
         self._init_tail(in_ch, out_ch, stride, attn, shortcut_attn, eca_k, attn_layer)
 
 
-class ResNet(nn.Module):
-    """CIFAR ResNet: 3x3 stem, no max-pool, four stages, GAP, linear head.
+class ResNet(FeatureModel):
+    """CIFAR ResNet: 3x3 stem, no max-pool, stages of residual blocks (the first block of every
+    stage after the first has stride 2), GAP, linear head.
 
     forward(x) -> ModelOutput(logits, hint).
     """
 
     def __init__(self, block: str, layers, num_classes=10, base_width=64, in_channels=3,
-                 eca="none", eca_k=None, attn="eca"):
-        """eca: where attention goes (ECA_PLACEMENTS); attn: which attention module
-        (models.eca.ATTENTION_LAYERS: eca, se, ...)."""
+                 eca="none", eca_k=None, attn="eca", stage_widths=None, init="orthogonal"):
+        """layers: blocks per stage (any number of stages, at least 2); base_width: the stem's
+        output channels; stage_widths: each stage's block width (before the bottleneck's
+        expansion), default base_width * 2**stage (64-128-256-512 for the standard nets);
+        eca: where attention goes (ECA_PLACEMENTS); attn: which attention module
+        (models.eca.ATTENTION_LAYERS: eca, se, ...); init: "orthogonal" (ours) or "kaiming"
+        (RepDistiller's, see _init_weights)."""
         super().__init__()
         if block not in ("basic", "bottleneck"):
             raise ValueError(f"block must be 'basic' or 'bottleneck', got {block!r}")
@@ -164,11 +156,23 @@ class ResNet(nn.Module):
             raise ValueError(f"unknown ECA placement {eca!r}; choose from {', '.join(ECA_PLACEMENTS)}")
         if base_width < 1 or num_classes < 1 or in_channels < 1:
             raise ValueError("base_width, num_classes and in_channels must be positive")
+        layers = tuple(layers)
+        if len(layers) < 2 or min(layers) < 1:
+            raise ValueError(f"layers must give at least 2 stages of at least 1 block, got {layers}")
+        if stage_widths is None:
+            stage_widths = tuple(base_width * 2 ** i for i in range(len(layers)))
+        stage_widths = tuple(stage_widths)
+        if len(stage_widths) != len(layers) or min(stage_widths) < 1:
+            raise ValueError(f"stage_widths {stage_widths} must give a positive width per stage "
+                             f"of {layers}")
+        if init not in ("orthogonal", "kaiming"):
+            raise ValueError(f"init must be 'orthogonal' or 'kaiming', got {init!r}")
         block_cls = BasicBlock if block == "basic" else Bottleneck
         self.block_type = block
         self.eca = eca
         self.attn_layer = attn
-        self.hint_stage = 3 if block == "basic" else 2  # 0-based stage index of the hint block
+        # 0-based stage index of the hint block: the last stage (basic), the one before (bottleneck)
+        self.hint_stage = len(layers) - 1 if block == "basic" else len(layers) - 2
 
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, base_width, 3, stride=1, padding=1, bias=False),
@@ -177,8 +181,7 @@ class ResNet(nn.Module):
         )
         in_ch = base_width
         stages = []
-        for stage_idx, n_blocks in enumerate(layers):
-            width = base_width * 2 ** stage_idx
+        for stage_idx, (n_blocks, width) in enumerate(zip(layers, stage_widths)):
             blocks = []
             for i in range(n_blocks):
                 stride = 2 if (stage_idx > 0 and i == 0) else 1
@@ -194,34 +197,41 @@ class ResNet(nn.Module):
         self.num_features = in_ch
         self.fc = nn.Linear(in_ch, num_classes)
         self.hint_block = self.stages[self.hint_stage][0]
-        self.feature_request = frozenset()  # see request_features
-        assert self.hint_block.shortcut is not None, "the hint block must have a projection shortcut"
-        self._init_weights()
+        if self.hint_block.shortcut is None:
+            raise ValueError("the hint block (first block of stage "
+                             f"{self.hint_stage + 1}) must have a projection shortcut")
+        self._init_weights(init)
 
-    def _init_weights(self):
-        """Orthogonal conv and linear weights (the ECA modules' 1-D convolutions included: their
-        1 x k kernel becomes a random unit vector), zero biases, BN weight 1 and bias 0."""
+    def _init_weights(self, init: str = "orthogonal"):
+        """"orthogonal": orthogonal conv and linear weights (the ECA modules' 1-D convolutions
+        included: their 1 x k kernel becomes a random unit vector), zero biases, BN weight 1 and
+        bias 0. "kaiming": RepDistiller's CIFAR ResNet init for the layers it has (Conv2d:
+        kaiming_normal_, fan_out, ReLU gain; BN weight 1, bias 0; the Linear head keeps PyTorch's
+        default), the orthogonal rule above for the attention modules, which it does not have."""
+        attention = set()
+        if init != "orthogonal":
+            for stage in self.stages:
+                for blk in stage:
+                    for mod in (blk.attn, blk.shortcut_attn):
+                        if mod is not None:
+                            attention.update(mod.modules())
         for m in self.modules():
-            if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)):
-                nn.init.orthogonal_(m.weight)
-                if m.bias is not None:
+            if init == "orthogonal" or m in attention:
+                if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)):
+                    nn.init.orthogonal_(m.weight)
+                    if m.bias is not None:
+                        nn.init.zeros_(m.bias)
+                elif isinstance(m, nn.BatchNorm2d):
+                    nn.init.ones_(m.weight)
                     nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def request_features(self, names) -> "ResNet":
-        """From now on forward() also returns these of FEATURES (what distillation terms need);
-        an empty set restores the plain path."""
-        names = frozenset(names)
-        unknown = names - set(FEATURES)
-        if unknown:
-            raise ValueError(f"unknown features {sorted(unknown)}; known: {', '.join(FEATURES)}")
-        self.feature_request = names
-        return self
-
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(final feature map (B, C, H/8, W/8), hint)."""
+        """(final feature map (B, C, H / 2**(stages-1), W / 2**(stages-1)), hint)."""
         x = self.stem(x)
         hint = x  # replaced below; every net has a hint block
         for stage_idx, stage in enumerate(self.stages):
@@ -255,16 +265,3 @@ class ResNet(nn.Module):
         for stage in self.stages[:self.hint_stage]:
             x = stage(x)
         return self.hint_block.shortcut(x)
-
-    def forward(self, x: torch.Tensor) -> ModelOutput:
-        want = self.feature_request
-        if not want:
-            x, hint = self.forward_features(x)
-            x = torch.flatten(x.mean(dim=(2, 3)), 1)  # GAP -> (B, C); no .view (channels_last safe)
-            return ModelOutput(self.fc(x), hint)
-        feats, preacts, hint = self.forward_all(x)
-        emb = torch.flatten(feats[-1].mean(dim=(2, 3)), 1)
-        return ModelOutput(self.fc(emb), hint,
-                           feats=feats if "feats" in want else None,
-                           preact_feats=preacts if "preact_feats" in want else None,
-                           embedding=emb if "embedding" in want else None)

@@ -37,7 +37,7 @@ def _common(data_dir, out, tensorboard=False):
 CASES = {
     # ---- flags and values
     "unknown-teacher": (MID, ["--teacher", "resnet19"], ["resnet19", "resnet18", "resnet152"]),
-    "unknown-student": (MID, ["--student", "vgg16"], ["vgg16", "resnet50"]),
+    "unknown-student": (MID, ["--student", "vgg17"], ["vgg17", "resnet50"]),
     "unknown-baseline-model": (BASE, ["--model", "resnet19"], ["resnet19", "resnet34"]),
     "bad-eca": (BASE, ["--eca", "first"], ["first", "parallel"]),
     "negative-epochs": (MID, ["--epochs", "-1"], ["-1"]),

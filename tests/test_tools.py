@@ -308,7 +308,7 @@ def test_compare_runs_table(tools_run, tmp_path):
     # the default: the test accuracy of each best-validation checkpoint (held-out protocol)
     s_acc, t_acc, b_acc = (s["student"]["test_acc_best"], s["teacher"]["test_acc_best"],
                            base["test_acc_best"])
-    assert cells[2:7] == ["held-out", "resnet34 w8", "resnet18 w4", "parallel", "skip"]
+    assert cells[2:7] == ["held-out", "resnet34 w8", "resnet18 w4", "parallel", "skip 0.3"]
     assert cells[7:10] == [f"{t_acc:.2f}", f"{b_acc:.2f}", f"{s_acc:.2f}"]
     assert cells[10] == f"{s_acc - b_acc:+.2f}" and cells[11] == f"{s_acc - t_acc:+.2f}"
     assert cells[-1] == BASE_KEY  # matched automatically: resnet18, width 4, same data

@@ -168,6 +168,17 @@ def merge_kd_options(parser, kd: str, given) -> dict:
     return {name: {k: term_options(name, kv)[k] for k in kv} for name, kv in merged.items()}
 
 
+def milestones(v):
+    """'150,180,210' -> [150, 180, 210] (epochs, each in 1..100,000)."""
+    try:
+        out = sorted({int(x) for x in str(v).split(",") if x.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated epochs, got {v!r}") from None
+    if not out or out[0] < 1 or out[-1] > 100_000:
+        raise argparse.ArgumentTypeError(f"milestones must be epochs in 1..100,000, got {v!r}")
+    return out
+
+
 def model_name(v):
     if v not in MODELS:
         raise argparse.ArgumentTypeError(f"unknown model {v!r}; choose from {', '.join(MODELS)}")
@@ -192,6 +203,16 @@ PRESETS = {
                      nesterov=False, weight_decay=5e-4, warmup_epochs=0.0, t_max=200,
                      schedule="epoch", crop_padding=4, hflip=True, vflip=True, normalize=False,
                      select_by="loss", eval_batch_size=100, val_split=0.0),
+    # the KD literature's CIFAR-100 recipe (CRD, Tian et al. 2020; RepDistiller train_student.py,
+    # reused by mdistiller and every table since): SGD momentum 0.9 (no Nesterov), weight decay
+    # 5e-4, batch 64, 240 epochs, lr 0.05 (0.01 for MobileNetV2/ShuffleV1/ShuffleV2: lr=None
+    # picks it per model) divided by 10 at epochs 150, 180 and 210, random crop (padding 4) +
+    # horizontal flip, normalised; its tables report the best test-set epoch, so the test set is
+    # the validation set here too (say --val-split 0.1 for a held-out protocol)
+    "crd": dict(epochs=240, batch_size=64, lr=None, lr_scaling="none", momentum=0.9,
+                nesterov=False, weight_decay=5e-4, warmup_epochs=0.0, t_max=None,
+                schedule="multistep", crop_padding=4, hflip=True, vflip=False, normalize=True,
+                select_by="acc", eval_batch_size=1024, val_split=0.0),
 }
 
 
@@ -232,7 +253,8 @@ def common_parser(description) -> OneLineParser:
     g = p.add_argument_group("recipe (unset values come from --preset)")
     g.add_argument("--preset", default="default", choices=list(PRESETS),
                    help="'default': modern recipe (SGD nesterov, warm-up + cosine, normalised); "
-                        "'original': the original work's hyper-parameters")
+                        "'original': the original work's hyper-parameters; 'crd': the KD "
+                        "literature's CIFAR-100 recipe (240 epochs, step decay; docs/BENCHMARK.md)")
     g.add_argument("--epochs", "--epoch", dest="epochs", type=EPOCHS, default=None,
                    help="training epochs per stage (default: preset)")
     g.add_argument("--batch-size", "--batch", dest="batch_size", type=BATCH, default=None,
@@ -253,8 +275,14 @@ def common_parser(description) -> OneLineParser:
                    help="the cosine's half period in epochs, under both --schedule values "
                         "(default: the epochs after the warm-up, so the rate ends at 0; "
                         "original: 200)")
-    g.add_argument("--schedule", choices=["step", "epoch"], default=None,
-                   help="update the cosine schedule every step or every epoch (default: preset)")
+    g.add_argument("--schedule", choices=["step", "epoch", "multistep"], default=None,
+                   help="cosine updated every step or every epoch, or multistep: step decay by "
+                        "--lr-decay at --lr-milestones (default: preset)")
+    g.add_argument("--lr-milestones", type=milestones, default=None, metavar="E1,E2,...",
+                   help="multistep: the epochs at which the rate is multiplied by --lr-decay "
+                        "(default: 150,180,210 of 240 epochs, scaled to --epochs)")
+    g.add_argument("--lr-decay", type=float_in(0, 1, lo_open=True), default=0.1,
+                   help="multistep: the factor applied at each milestone")
     g.add_argument("--crop-padding", type=int_in(0, 64), default=None,
                    help="zero padding of the random crop in pixels, 0 = no crop (default: preset)")
     add_bool(g, "--hflip", None, "random horizontal flip (default: preset)")
@@ -270,8 +298,10 @@ def common_parser(description) -> OneLineParser:
                         "huge validation loss: the running statistics lag the weights")
 
     g = p.add_argument_group("models")
-    g.add_argument("--width", "--base-width", dest="width", type=WIDTH, default=64,
-                   help="base width of the ResNets (64 = the standard nets; 8-16 for CPU runs)")
+    g.add_argument("--width", "--base-width", dest="width", type=WIDTH, default=None,
+                   help="base width of the networks (default: each model's reference width, "
+                        "e.g. 64 for resnet18..152, 16 for resnet20, 32 for resnet8x4; 8-16 "
+                        "for CPU runs of the 4-stage ResNets)")
     g.add_argument("--attn", type=attention_name, default="eca",
                    help="the attention module that --eca places: eca (ECA-Net) or se "
                         "(Squeeze-and-Excitation); any module registered with "
@@ -333,7 +363,7 @@ def finalize_args(parser, args, default_eca, preset_overrides=None, argv=None):
         args.precision = "bf16" if native else "fp32"
     if args.resume and args.overwrite:
         parser.error("--resume and --overwrite exclude each other")
-    if args.preset != "original":
+    if args.preset == "default":
         used = [f for f in ORIGINAL_ONLY_FLAGS if any(a == f or a.startswith(f + "=")
                                                        for a in (argv or sys.argv[1:]))]
         if used:

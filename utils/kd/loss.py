@@ -23,7 +23,7 @@ KD_MODES = ("none", "skip", "logit", "skip+logit")
 
 
 class DistillationLoss(nn.Module):
-    """loss = CE(s, y) + sum over the chosen terms of weight * term(student, teacher).
+    """loss = ce_weight * CE(s, y) + sum over the chosen terms of weight * term(student, teacher).
 
     mode: 'none' or registered term names joined by '+' (utils.kd.registry.KD_TERMS): 'skip'
     (alpha * hint MSE), 'logit' (beta * Hinton KD), 'skip+logit', ... weights: {term: weight};
@@ -41,7 +41,8 @@ class DistillationLoss(nn.Module):
                  beta: float = 1.0, temperature: float = 4.0, student_hint_shape=None,
                  teacher_hint_shape=None, label_smoothing: float = 0.0, fast_teacher: bool = True,
                  compile_teacher: bool = False, weights: dict | None = None,
-                 context: TermContext | None = None, options: dict | None = None):
+                 context: TermContext | None = None, options: dict | None = None,
+                 ce_weight: float = 1.0):
         super().__init__()
         self.names = parse_kd(mode)
         if self.names and teacher is None:
@@ -55,6 +56,9 @@ class DistillationLoss(nn.Module):
         self.weights.update({k: v for k, v in (("skip", alpha), ("logit", beta)) if k in self.weights})
         self.weights.update({k: float(v) for k, v in (weights or {}).items() if k in self.weights})
         self.label_smoothing = label_smoothing
+        if ce_weight < 0:
+            raise ValueError("the cross-entropy weight must be >= 0")
+        self.ce_weight = float(ce_weight)  # 0.1 in Hinton KD's CIFAR-100 runs (RepDistiller)
         # the teacher is a plain attribute: not in state_dict, not in parameters(), never trained
         self.__dict__["teacher"] = teacher if self.names else None
         self.__dict__["teacher_infer"] = None
@@ -150,7 +154,7 @@ class DistillationLoss(nn.Module):
     def forward(self, x, student_out, y, index=None, epoch: float = 0.0):
         ce = F.cross_entropy(student_out.logits.float(), y, label_smoothing=self.label_smoothing)
         parts = {"ce": ce.detach()}
-        total = ce
+        total = ce if self.ce_weight == 1.0 else self.ce_weight * ce
         if self.teacher is not None:
             teacher_out = self.teacher_forward(x)
             batch = KDBatch(y=y, index=index, epoch=float(epoch))

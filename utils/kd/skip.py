@@ -38,6 +38,11 @@ class SkipTerm(SkipHintLoss):
     matches = "the hint block's projection-shortcut (skip-connection) output"
 
     def __init__(self, ctx):
+        for who, shapes in (("student", ctx.student_shapes), ("teacher", ctx.teacher_shapes)):
+            if shapes and shapes.get("hint") is None:
+                raise ValueError(f"skip needs a skip-connection hint, and the {who} has none (its "
+                                 f"family has no projection shortcut: docs/MODELS.md); choose "
+                                 f"another term, e.g. fitnet, at or crd")
         connector = None
         if ctx.student_hint_shape is not None and ctx.teacher_hint_shape is not None:
             connector = build_connector(ctx.student_hint_shape, ctx.teacher_hint_shape)

@@ -2,6 +2,7 @@
 and metrics travel with the weights, and everything loads with torch.load(weights_only=True)."""
 import math
 import os
+import warnings
 
 import torch
 
@@ -186,7 +187,9 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
     if os.path.isdir(path):
         raise UserError(f"checkpoint path is a directory: {path}")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about odd pickle protocols of damaged
+            warnings.simplefilter("ignore", UserWarning)  # files: the error below says it all
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # truncated zip, foreign pickle, random bytes: all one message
         text = str(exc).strip()
         if text.startswith("Weights only load failed"):  # torch's advice to unpickle: never

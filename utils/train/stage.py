@@ -99,7 +99,7 @@ class StageTrainer:
         if dist_info().enabled and getattr(args, "sync_bn", False):
             stage.model = model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same Parameters
         extra = [p for p in stage.loss_fn.parameters() if p.requires_grad]  # learned by terms
-        self.optimizer = build_optimizer(list(model.parameters()) + extra, args)
+        self.optimizer = build_optimizer(list(model.parameters()) + extra, args, stage.arch)
         self.scheduler = build_scheduler(self.optimizer, args, len(run.loaders.train), stage.epochs)
         self.scaler = torch.amp.GradScaler(run.device.type) if args.precision == "fp16" else None
         out = run.outputs
@@ -222,7 +222,7 @@ class StageTrainer:
             # throughput only for a stage trained in one go (a resumed one mixes two runs)
             "train_images_per_s": None if resumed else round(
                 stage.epochs * run.loaders.train.num_samples / max(state.train_time, 1e-9), 1),
-            "effective_lr": effective_lr(run.args),
+            "effective_lr": effective_lr(run.args, stage.arch),
         }
         result.update(report_test_accuracy(stage.model, self.best_path, run.loaders.report,
                                            run.data_cfg, run.device, "fp32", result))
@@ -261,7 +261,7 @@ class EpochLogger:
         log_hparams(self.writer, {"role": stage.role, "arch": stage.arch,
                                   "eca": stage.model_cfg["eca"],
                                   "width": stage.model_cfg["base_width"],
-                                  "lr": effective_lr(run.args),
+                                  "lr": effective_lr(run.args, stage.arch),
                                   "batch_size": run.args.batch_size, "epochs": stage.epochs},
                     {f"hparam/{stage.role}_best_val_acc": result["best_val_acc"]})
         self.close()
