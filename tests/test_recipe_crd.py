@@ -21,6 +21,7 @@ def test_the_preset_holds_the_published_recipe():
     assert lr_milestones(args, 24) == [15, 18, 21]  # scaled to a shorter run
     assert base_lr(args, "resnet8x4") == 0.05
     assert base_lr(args, "ShuffleV2") == base_lr(args, "MobileNetV2") == 0.01
+    assert base_lr(args, "shufflev1") == 0.01  # an alias is the same model
     given = model_training_mid.parse_args(["--preset", "crd", "--lr", "0.2", "--lr-milestones",
                                            "5,2"])
     assert base_lr(given, "ShuffleV1") == 0.2 and lr_milestones(given, 240) == [2, 5]
@@ -66,3 +67,32 @@ def test_the_cross_entropy_weight_scales_only_the_cross_entropy():
     assert parts_w["ce"].item() == pytest.approx(parts["ce"].item())  # the part is plain CE
     with pytest.raises(ValueError):
         DistillationLoss("none", ce_weight=-1)
+
+
+def test_resnet32x4_to_resnet8x4_on_tiny_cifar100_end_to_end(tmp_path):
+    """The benchmark's flagship pair under --preset crd on a tiny CIFAR-100-format folder (the
+    real python batches), one epoch, reduced width; read back from the files it wrote."""
+    from conftest import run_script
+    from test_untrusted import write_cifar100
+    from utils.data import make_synthetic
+    from utils.train.checkpoint import load_checkpoint, model_from_checkpoint
+    write_cifar100(str(tmp_path / "data"), make_synthetic(120, seed=3), make_synthetic(40, seed=4))
+    out = tmp_path / "out"
+    proc = run_script("model_training_mid.py", "--preset", "crd", "--dataset", "cifar100",
+                      "--data-dir", tmp_path / "data", "--teacher", "resnet32x4", "--student",
+                      "resnet8x4", "--width", "8", "--eca", "none", "--epochs", "1",
+                      "--batch-size", "40", "--kd", "logit", "--ce-weight", "0.1",
+                      "--kd-weights", "logit=0.9", "--device", "cpu", "--no-progress",
+                      "--no-tensorboard", "--output-dir", out, "--run-name", "r32x4")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    import json
+    summary = json.loads((out / "numpy_outputs" / "summary_r32x4.json").read_text())
+    assert summary["dataset"]["dataset"] == "cifar100" and summary["dataset"]["num_classes"] == 100
+    assert summary["dataset"]["protocol"] == "test-as-val"
+    st, te = summary["student"], summary["teacher"]
+    assert (te["arch"], st["arch"]) == ("resnet32x4", "resnet8x4")
+    assert st["ce_weight"] == 0.1 and st["kd_weights"] == {"logit": 0.9}
+    assert st["effective_lr"] == 0.05 and summary["args"]["schedule"] == "multistep"
+    ckpt = load_checkpoint(str(out / "saved_pth_model" / "r32x4_student.pth"))
+    model = model_from_checkpoint(ckpt)
+    assert ckpt["model"]["arch"] == "resnet8x4" and model.fc.out_features == 100

@@ -7,7 +7,7 @@ import torch
 from .distributed import dist_info
 
 __all__ = ["effective_lr", "base_lr", "build_optimizer", "build_scheduler", "lr_milestones",
-           "LIGHT_MODELS"]
+           "LIGHT_FAMILIES"]
 
 
 # RepDistiller's decay epochs of its 240-epoch CIFAR-100 runs
@@ -24,8 +24,8 @@ def lr_milestones(args, epochs: int) -> list:
 
 
 # the KD literature's CIFAR-100 recipe (RepDistiller train_student.py / train_teacher.py):
-# lr 0.05, but 0.01 for these light students
-LIGHT_MODELS = ("MobileNetV2", "ShuffleV1", "ShuffleV2")
+# lr 0.05, but 0.01 for MobileNetV2, ShuffleV1 and ShuffleV2 (these families, whatever alias)
+LIGHT_FAMILIES = ("mobilenetv2", "shufflenetv1", "shufflenetv2")
 
 
 def base_lr(args, arch: str | None = None) -> float:
@@ -33,7 +33,9 @@ def base_lr(args, arch: str | None = None) -> float:
     if args.lr is not None:
         return args.lr
     if getattr(args, "preset", None) == "crd":
-        return 0.01 if arch in LIGHT_MODELS else 0.05
+        from models import MODELS
+        light = arch in MODELS and MODELS[arch].family in LIGHT_FAMILIES
+        return 0.01 if light else 0.05
     raise ValueError("--lr is unset")
 
 

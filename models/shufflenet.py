@@ -1,0 +1,311 @@
+"""ShuffleNet V1 and V2 as the knowledge-distillation literature's CIFAR-100 benchmark uses them.
+
+Papers: Xiangyu Zhang, Xinyu Zhou, Mengxiao Lin, Jian Sun, "ShuffleNet: An Extremely Efficient
+Convolutional Neural Network for Mobile Devices", CVPR 2018 (V1); Ningning Ma, Xiangyu Zhang,
+Hai-Tao Zheng, Jian Sun, "ShuffleNet V2: Practical Guidelines for Efficient CNN Architecture
+Design", ECCV 2018 (V2).
+
+Reference matched: RepDistiller's models/ShuffleNetv1.py (`ShuffleV1`) and models/ShuffleNetv2.py
+(`ShuffleV2`, net_size 1) (github.com/HobbitLong/RepDistiller; mdistiller copies them under
+mdistiller/models/cifar/), the networks its and CRD's (Tian et al., ICLR 2020) tables call
+ShuffleNetV1 / ShuffleNetV2. Facts common to both: the stem is a 1x1 conv (3 -> 24, stride 1, no
+bias), BN, ReLU, and no max-pool (32x32 stays 32x32); three stages, each starting with a stride-2
+unit (16x16, 8x8, 4x4); global average pooling (the reference's avg_pool2d(4) at 32x32); one
+Linear with bias; no init of their own (PyTorch's defaults), so our orthogonal rule is used
+(conv, linear and the attention's conv weights orthogonal, biases 0, BN 1/0, as models/resnet.py).
+
+V1 (groups g = 3, stage widths 240, 480, 960, units 4, 8, 4): each unit is a 1x1 group conv
+(g groups; 1 group in the very first unit, whose input has only 24 channels: the reference's
+`in_planes == 24` rule, the paper's section 3.3) to a bottleneck of a quarter of the unit's
+branch width, BN, ReLU, channel shuffle (g groups), a 3x3 depthwise conv carrying the stride,
+BN, ReLU (the reference has this ReLU; the paper does not), a 1x1 group conv (g groups) back to
+the branch width, BN. Stride 1: out = ReLU(branch + x). Stride 2: out = ReLU(concat(branch,
+AvgPool2d(3, stride 2, padding 1)(x))), the branch giving the stage width minus the input width
+(216, 240, 480). The last unit's pre-ReLU sum is RepDistiller's preact feature.
+
+V2 (stage widths 116, 232, 464, 1x: 3, 7, 3 basic units after one down-sampling unit per stage,
+then a 1x1 conv 464 -> 1024 + BN + ReLU before pooling): a basic unit splits the input channels
+in two halves (ratio 0.5), keeps the first half x1 and passes the second through the branch
+1x1 conv (BN, ReLU), 3x3 depthwise (BN, no ReLU), 1x1 conv (BN, ReLU); out = shuffle(concat(x1,
+branch), 2 groups). A down-sampling unit has no split: its left branch is a 3x3 depthwise conv
+with stride 2 (BN) then a 1x1 conv to half the stage width (BN, ReLU); its right branch is the
+basic unit's branch with the stride in its depthwise conv and the full input as input;
+out = shuffle(concat(left, right), 2). RepDistiller's preact feature of a stage is the concat
+before the last unit's final ReLU, returned unshuffled; here preact_feats is shuffled like the
+output, so that relu(preact) equals the feature (the same values, channels in the same order).
+
+Feature lists: RepDistiller returns [f0, f1, f2, f3] = the stem's output and each stage's output
+(32x32, 16x16, 8x8, 4x4), and the pooled vector (V2: after the 1024-wide head conv); `feats` is
+exactly [f0..f3], the embedding is that pooled vector, and for V2 the head conv is part of
+`pool` (the classifier sees GAP(head(feats[-1])), as in the reference). preact_feats: the stem
+before its ReLU, then each stage's last unit before its last ReLU.
+
+base_width:
+- V1: the stem width (the paper's "ShuffleNet s x" has 24 s); the stages are 10, 20, 40 times it
+  and each bottleneck is a quarter of its branch width rounded down to a multiple of 3 (the
+  reference's widths already are). It must be a multiple of 3 (the groups). Default 24 (1x);
+  12 gives the official 0.5x (12, 120, 240, 480).
+- V2: the first stage's width (stages 1, 2, 4 times it; must be even, for the split and the
+  2-group shuffle). The stem (24) and the head (1024) are fixed, as in the paper's 0.5x-1.5x
+  tables, so base_width 48 is RepDistiller's net_size 0.5 and 176 its 1.5. Default 116 (1x).
+
+Hint: none for either (has_hint False). V1's shortcuts are the identity (added) or an average
+pool (concatenated): no learned layer. V2's basic units have no shortcut add at all (the first
+half is concatenated unchanged); its down-sampling unit's left branch (depthwise + BN + 1x1 +
+BN + ReLU) is sometimes called the shortcut, but it is a second branch of the unit, not a
+projection added to a residual: its (post-ReLU) output is concatenated and is literally half of
+the unit's output channels, so the "hint" would be a channel subset of an ordinary stage
+feature, which feature-based terms (fitnet, at) already cover.
+
+ECA placements (`attn` picks the module, `eca_k` its kernel):
+- V1 "parallel": additive attention on the identity shortcut of the stride-1 units of stage 1
+  (units 2-4: 240 channels, 16x16 at 1x) before the add; the first unit's pooled shortcut is
+  concatenated, not added, and gets none.
+- V1 "last" / "all": multiplicative attention on the branch output (after the last group
+  conv's BN, before the add or concat) of the last unit of stage 3 (960 channels, 4x4) / of
+  every unit.
+- V2 "last" / "all": multiplicative attention on the (right) branch after its last BN, before
+  its final ReLU and the concat, in the last unit of stage 3 (232 channels, 4x4) / in every
+  unit (down-sampling units included; ShuffleNetV2+ also puts SE at the end of this branch).
+  V2 has no "parallel": no unit adds a shortcut to a branch.
+
+Registered as "shufflev1" (aliases "ShuffleV1", RepDistiller's name, and "shufflenetv1") and
+"shufflev2" (aliases "ShuffleV2", "shufflenetv2").
+
+| model     | hint | placements                | default width | params (100 classes) |
+|-----------|------|---------------------------|---------------|----------------------|
+| shufflev1 | none | none, parallel, last, all | 24            | 949,258              |
+| shufflev2 | none | none, last, all           | 116           | 1,355,528            |
+"""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .contract import FeatureModel
+from .eca import create_attn
+from .registry import register_model
+
+__all__ = ["ShuffleV1Unit", "ShuffleV2Unit", "ShuffleNetV1", "ShuffleNetV2", "shufflev1",
+           "shufflev2"]
+
+STEM_WIDTH = 24         # both references' 1x1 stem (V2 keeps it at every size)
+V1_GROUPS = 3           # RepDistiller's ShuffleV1 cfg
+V1_UNITS = (4, 8, 4)
+V2_UNITS = (3, 7, 3)    # basic units after each stage's down-sampling unit (net_size 1)
+V2_HEAD_WIDTH = 1024
+
+
+def _conv_bn(in_ch, out_ch, kernel=1, stride=1, groups=1, relu=True) -> list:
+    layers = [nn.Conv2d(in_ch, out_ch, kernel, stride=stride, padding=kernel // 2,
+                        groups=groups, bias=False), nn.BatchNorm2d(out_ch)]
+    return layers + [nn.ReLU(inplace=True)] if relu else layers
+
+
+class ShuffleV1Unit(nn.Module):
+    """1x1 group conv -> shuffle -> 3x3 depthwise (stride) -> 1x1 group conv, each with BN;
+    stride 1: relu(attn(branch) + shortcut_attn(x)); stride 2: relu(concat(attn(branch),
+    avgpool3x3s2(x))), the branch giving out_ch - in_ch channels."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int, groups: int, first_groups: int,
+                 attn=None, shortcut_attn=None, eca_k=None, attn_layer="eca"):
+        super().__init__()
+        self.concat = stride == 2
+        if not self.concat and in_ch != out_ch:
+            raise ValueError(f"a stride-1 ShuffleNet unit keeps its width, got {in_ch} -> {out_ch}")
+        branch = out_ch - in_ch if self.concat else out_ch
+        mid = max(groups, branch // 4 // groups * groups)  # a quarter, whole groups
+        self.residual = nn.Sequential(
+            *_conv_bn(in_ch, mid, groups=first_groups),
+            nn.ChannelShuffle(first_groups) if first_groups > 1 else nn.Identity(),
+            *_conv_bn(mid, mid, 3, stride, groups=mid),
+            *_conv_bn(mid, branch, groups=groups, relu=False),
+        )
+        self.shortcut = nn.AvgPool2d(3, stride=2, padding=1) if self.concat else None
+        self.attn = create_attn(attn, branch, eca_k, attn_layer)
+        self.shortcut_attn = (None if self.concat
+                              else create_attn(shortcut_attn, out_ch, eca_k, attn_layer))
+
+    def forward(self, x: torch.Tensor, preact: bool = False):
+        """The unit's output; with preact=True (output, the same before its ReLU)."""
+        out = self.residual(x)
+        if self.attn is not None:
+            out = self.attn(out)
+        if self.concat:
+            pre = torch.cat([out, self.shortcut(x)], dim=1)
+        else:
+            pre = out + (x if self.shortcut_attn is None else self.shortcut_attn(x))
+        return (F.relu(pre), pre) if preact else F.relu(pre)
+
+
+class ShuffleV2Unit(nn.Module):
+    """Stride 1: shuffle(concat(x1, relu(attn(right(x2))))) for the channel halves x1, x2.
+    Stride 2: shuffle(concat(left(x), relu(attn(right(x))))); left = dw3x3 s2 + BN + 1x1 + BN +
+    ReLU. right = 1x1 + BN + ReLU, dw3x3 (stride) + BN, 1x1 + BN (its ReLU applied in forward)."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int, attn=None, eca_k=None,
+                 attn_layer="eca"):
+        super().__init__()
+        if out_ch % 2 or (stride == 1 and in_ch != out_ch):
+            raise ValueError(f"a ShuffleNetV2 unit needs an even width, kept by stride-1 units; "
+                             f"got {in_ch} -> {out_ch} (stride {stride})")
+        self.split = stride == 1
+        mid = out_ch // 2
+        right_in = in_ch // 2 if self.split else in_ch
+        self.right = nn.Sequential(
+            *_conv_bn(right_in, mid),
+            *_conv_bn(mid, mid, 3, stride, groups=mid, relu=False),
+            *_conv_bn(mid, mid, relu=False),
+        )
+        self.left = None if self.split else nn.Sequential(
+            *_conv_bn(in_ch, in_ch, 3, stride, groups=in_ch, relu=False),
+            *_conv_bn(in_ch, mid),
+        )
+        self.attn = create_attn(attn, mid, eca_k, attn_layer)
+        self.shuffle = nn.ChannelShuffle(2)
+
+    def forward(self, x: torch.Tensor, preact: bool = False):
+        """The unit's output; with preact=True (output, the same before the right branch's
+        last ReLU, shuffled alike)."""
+        if self.split:
+            keep, x = x.chunk(2, dim=1)  # (B, C/2, H, W) each
+        else:
+            keep = self.left(x)
+        pre = self.right(x)
+        if self.attn is not None:
+            pre = self.attn(pre)
+        out = self.shuffle(torch.cat([keep, F.relu(pre)], dim=1))
+        if not preact:
+            return out
+        return out, self.shuffle(torch.cat([keep, pre], dim=1))
+
+
+class _ShuffleNet(FeatureModel):
+    """Shared by V1 and V2: the 1x1 stem, stages of units (each with forward(x, preact)), an
+    optional head conv inside `pool`, GAP and the linear classifier."""
+
+    has_hint = False
+
+    def _finish(self, stages: list, in_ch: int, num_classes: int, head_width: int | None):
+        self.stages = nn.ModuleList(nn.Sequential(*units) for units in stages)
+        self.head = None
+        if head_width is not None:
+            self.head = nn.Sequential(*_conv_bn(in_ch, head_width))
+            in_ch = head_width
+        self.num_features = in_ch
+        self.fc = nn.Linear(in_ch, num_classes)
+        for m in self.modules():  # ours: the references define no init
+            if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)):
+                nn.init.orthogonal_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def pool(self, fmap: torch.Tensor) -> torch.Tensor:
+        """(B, C): GAP of the last stage's output (V1) or of the head conv's (V2)."""
+        return super().pool(fmap if self.head is None else self.head(fmap))
+
+    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
+        x = self.stem(x)
+        for stage in self.stages:
+            x = stage(x)
+        return x, None
+
+    def forward_all(self, x: torch.Tensor) -> tuple[tuple, tuple, None]:
+        """feats: the stem (B, 24, H, W) and each stage's output (H/2, H/4, H/8);
+        preact_feats: the same before their last ReLU."""
+        pre = self.stem[1](self.stem[0](x))
+        x = F.relu(pre)
+        feats, preacts = [x], [pre]
+        for stage in self.stages:
+            for unit in stage[:-1]:
+                x = unit(x)
+            x, pre = stage[-1](x, preact=True)
+            feats.append(x)
+            preacts.append(pre)
+        return tuple(feats), tuple(preacts), None
+
+
+class ShuffleNetV1(_ShuffleNet):
+    """CIFAR ShuffleNet (g = 3), RepDistiller's ShuffleV1; forward -> ModelOutput(logits, None)."""
+
+    def __init__(self, num_classes=100, base_width=24, in_channels=3, eca="none", eca_k=None,
+                 attn="eca", units=V1_UNITS, groups=V1_GROUPS):
+        super().__init__()
+        if eca not in ("none", "parallel", "last", "all"):
+            raise ValueError(f"unknown ECA placement {eca!r} for ShuffleNetV1; choose from "
+                             f"none, parallel, last, all")
+        if base_width < 1 or num_classes < 1 or in_channels < 1 or base_width % groups:
+            raise ValueError(f"ShuffleNetV1 needs a positive base_width divisible by its "
+                             f"{groups} groups (got {base_width}), positive num_classes and "
+                             f"in_channels")
+        self.eca = eca
+        self.attn_layer = attn
+        self.stem = nn.Sequential(*_conv_bn(in_channels, base_width))  # 1x1, 24 at 1x
+        in_ch, stages = base_width, []
+        for stage_idx, n_units in enumerate(units):
+            width = 10 * base_width * 2 ** stage_idx  # 240, 480, 960 at 1x
+            stage = []
+            for i in range(n_units):
+                last = stage_idx == len(units) - 1 and i == n_units - 1
+                stage.append(ShuffleV1Unit(
+                    in_ch, width, 2 if i == 0 else 1, groups,
+                    first_groups=1 if stage_idx == 0 and i == 0 else groups,
+                    attn="eca" if eca == "all" or (eca == "last" and last) else None,
+                    shortcut_attn="parallel" if eca == "parallel" and stage_idx == 0 else None,
+                    eca_k=eca_k, attn_layer=attn))
+                in_ch = width
+            stages.append(stage)
+        self._finish(stages, in_ch, num_classes, head_width=None)
+
+
+class ShuffleNetV2(_ShuffleNet):
+    """CIFAR ShuffleNet V2 (1x), RepDistiller's ShuffleV2; forward -> ModelOutput(logits, None)."""
+
+    def __init__(self, num_classes=100, base_width=116, in_channels=3, eca="none", eca_k=None,
+                 attn="eca", units=V2_UNITS, head_width=V2_HEAD_WIDTH):
+        super().__init__()
+        if eca not in ("none", "last", "all"):
+            raise ValueError(f"unknown ECA placement {eca!r} for ShuffleNetV2; choose from "
+                             f"none, last, all")
+        if base_width < 2 or base_width % 2 or num_classes < 1 or in_channels < 1:
+            raise ValueError(f"ShuffleNetV2 needs an even, positive base_width (got "
+                             f"{base_width}), positive num_classes and in_channels")
+        self.eca = eca
+        self.attn_layer = attn
+        self.stem = nn.Sequential(*_conv_bn(in_channels, STEM_WIDTH))  # 1x1, fixed
+        in_ch, stages = STEM_WIDTH, []
+        for stage_idx, n_basic in enumerate(units):
+            width = base_width * 2 ** stage_idx  # 116, 232, 464 at 1x
+            stage = []
+            for i in range(n_basic + 1):  # the down-sampling unit, then the basic units
+                last = stage_idx == len(units) - 1 and i == n_basic
+                stage.append(ShuffleV2Unit(
+                    in_ch, width, 2 if i == 0 else 1,
+                    attn="eca" if eca == "all" or (eca == "last" and last) else None,
+                    eca_k=eca_k, attn_layer=attn))
+                in_ch = width
+            stages.append(stage)
+        self._finish(stages, in_ch, num_classes, head_width=head_width)
+
+
+def shufflev1(num_classes=100, base_width=24, in_channels=3, eca="none", eca_k=None,
+              attn="eca") -> ShuffleNetV1:
+    """RepDistiller's ShuffleV1: g = 3, stages 240/480/960 with 4/8/4 units (base_width 24)."""
+    return ShuffleNetV1(num_classes=num_classes, base_width=base_width,
+                        in_channels=in_channels, eca=eca, eca_k=eca_k, attn=attn)
+
+
+def shufflev2(num_classes=100, base_width=116, in_channels=3, eca="none", eca_k=None,
+              attn="eca") -> ShuffleNetV2:
+    """RepDistiller's ShuffleV2 (net_size 1): stages 116/232/464, 3/7/3 basic units, head 1024."""
+    return ShuffleNetV2(num_classes=num_classes, base_width=base_width,
+                        in_channels=in_channels, eca=eca, eca_k=eca_k, attn=attn)
+
+
+register_model("ShuffleV1", shufflev1, default_width=24, family="shufflenetv1",
+               placements=("none", "parallel", "last", "all"),
+               aliases=("shufflev1", "shufflenetv1"))
+register_model("ShuffleV2", shufflev2, default_width=116, family="shufflenetv2",
+               placements=("none", "last", "all"), aliases=("shufflev2", "shufflenetv2"))
