@@ -96,3 +96,10 @@ def test_resnet32x4_to_resnet8x4_on_tiny_cifar100_end_to_end(tmp_path):
     ckpt = load_checkpoint(str(out / "saved_pth_model" / "r32x4_student.pth"))
     model = model_from_checkpoint(ckpt)
     assert ckpt["model"]["arch"] == "resnet8x4" and model.fc.out_features == 100
+
+
+def test_the_models_doc_is_written_from_the_registry():
+    """docs/MODELS.md is what experiments/models_doc.py writes from the models now."""
+    from conftest import run_script
+    proc = run_script("experiments/models_doc.py", "--check")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
