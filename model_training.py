@@ -4,6 +4,8 @@
 """
 import time
 
+import torch
+
 from models import ECA_PLACEMENTS, default_width
 from utils.analysis.report import results_table
 from utils.cli import common_parser, finalize_args, model_name
@@ -36,6 +38,9 @@ def main(args):
     width = args.width or default_width(args.model)
     key = args.run_name or (f"{args.model}_{args.attn}-{args.eca}_w{width}_"
                             f"{data_cfg['dataset']}_s{args.seed}")
+    with torch.device("meta"):  # a width or placement the family lacks: refused before any file
+        build_model(args.model, data_cfg, width, args.eca, args.eca_k, torch.device("meta"),
+                    attn=args.attn)
     outputs = RunOutputs(args.output_dir, key)
     outputs.prepare(args.overwrite, args.resume, roles=("baseline",), write=is_main(),
                     tensorboard=args.tensorboard)

@@ -141,22 +141,30 @@ def build_loss(args, run, student, teacher) -> DistillationLoss:
                                 options=args.kd_opt, ce_weight=args.ce_weight).to(run.device)
     except ValueError as exc:
         raise UserError(f"--kd {args.kd}: {exc}") from None
+    except (RuntimeError, MemoryError) as exc:  # e.g. a memory bank that does not fit
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise UserError(f"--kd {args.kd}: cannot build the terms on this machine ({first})") from None
 
 
-def check_terms(args, run, loaded, teacher_width, student_width):
-    """Build the distillation terms once on meta-device networks (nothing is computed), so a
-    term that does not fit (an option out of range, a stage the networks lack) is refused
+def check_run(args, run, loaded, teacher_width, student_width):
+    """Build both networks on the meta device (nothing is allocated or computed) and the
+    distillation terms over them, so a model or term that does not fit (a width or placement
+    the family lacks, an option out of range, a stage the networks do not have) is refused
     before any output is touched or any epoch trained."""
-    if args.kd == "none":
-        return
-    meta = dict(device=torch.device("meta"), channels_last=False, attn=args.attn)
-    with torch.device("meta"):
-        student = build_model(args.student, run.data_cfg, student_width, args.eca, args.eca_k,
-                              **meta)[0]
-        teacher = (copy.deepcopy(loaded.model).to("meta") if loaded is not None else
-                   build_model(args.teacher, run.data_cfg, teacher_width, args.eca, args.eca_k,
-                               **meta)[0])
-    build_loss(args, run, student, teacher)
+    # the terms' own parameters draw random numbers: this check must not move the generators
+    # that the teacher's initialisation draws from next (same seed, same teacher, any --kd)
+    devices = [run.device.index or 0] if run.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        meta = dict(device=torch.device("meta"), channels_last=False, attn=args.attn)
+        with torch.device("meta"):
+            student = build_model(args.student, run.data_cfg, student_width, args.eca,
+                                  args.eca_k, **meta)[0]
+            if args.kd == "none":
+                return
+            teacher = (copy.deepcopy(loaded.model).to("meta") if loaded is not None else
+                       build_model(args.teacher, run.data_cfg, teacher_width, args.eca,
+                                   args.eca_k, **meta)[0])
+        build_loss(args, run, student, teacher)
 
 
 def teacher_stage(args, run, loaded, width, epochs) -> tuple:
@@ -207,7 +215,8 @@ def student_stage(args, run, teacher, width) -> dict:
                    "kd_options": loss_fn.options,
                    "kd_learned_params": loss_fn.learned_parameters(), "alpha": args.alpha,
                    "beta": args.beta, "temperature": args.temperature,
-                   "hint_shape": list(s_hint), "teacher_hint_shape": list(t_hint) if t_hint else None,
+                   "hint_shape": list(s_hint) if s_hint else None,
+                   "teacher_hint_shape": list(t_hint) if t_hint else None,
                    "connector_params": count_parameters(conn) if conn is not None else 0})
     return result
 
@@ -230,7 +239,7 @@ def main(args):
     outputs = RunOutputs(args.output_dir, key)
     run = RunContext(args, device, make_loaders(train, test, data_cfg, args, device), data_cfg,
                      outputs)
-    check_terms(args, run, loaded, teacher_width, student_width)
+    check_run(args, run, loaded, teacher_width, student_width)
     outputs.prepare(args.overwrite, args.resume, roles=("teacher", "student"), write=is_main(),
                     tensorboard=args.tensorboard)
     for msg in (loaded.warnings if loaded is not None and is_main() else ()):
@@ -265,7 +274,7 @@ def main(args):
 def parse_args(argv=None):
     parser = get_args_parser()
     args = finalize_args(parser, parser.parse_args(argv), default_eca="parallel", argv=argv)
-    args.kd_opt = merge_kd_options(parser, args.kd, args.kd_opt)
+    args.kd_opt = merge_kd_options(parser, args.kd, args.kd_opt, args.kd_weights)
     return args
 
 

@@ -127,3 +127,19 @@ def test_the_methods_docs_are_written_from_the_registry():
     from conftest import run_script
     proc = run_script("experiments/methods.py", "--check")
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_the_teacher_does_not_depend_on_the_chosen_terms(tmp_path):
+    """Same seed, same teacher, whatever --kd: the terms are built once before the teacher is
+    (to refuse a bad option early) and must not move the random generators."""
+    def teacher_weights(kd, key):
+        args = model_training_mid.parse_args([
+            "--dataset", "synthetic", "--synthetic-train-size", "40", "--synthetic-test-size", "20",
+            "--width", "4", "--epochs", "1", "--batch-size", "20", "--device", "cpu",
+            "--no-progress", "--no-tensorboard", "--teacher", "resnet18", "--kd", kd,
+            "--output-dir", str(tmp_path), "--run-name", key])
+        model_training_mid.main(args)
+        return torch.load(tmp_path / "saved_pth_model" / f"{key}_teacher_last.pth",
+                          weights_only=True)["state_dict"]
+    a, b = teacher_weights("skip", "a"), teacher_weights("crd+fitnet", "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -113,13 +113,13 @@ def attention_name(v):
 
 
 def kd_spec(v):
-    """--kd: 'none' or registered distillation terms joined by '+' (utils.kd.KD_TERMS)."""
+    """--kd: 'none' or registered distillation terms joined by '+' (utils.kd.KD_TERMS),
+    returned normalised (' skip + logit' -> 'skip+logit')."""
     from .kd import parse_kd
     try:
-        parse_kd(v)
+        return "+".join(parse_kd(v)) or "none"
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-    return v
 
 
 def kd_weights(v):
@@ -131,7 +131,9 @@ def kd_weights(v):
         if not sep or name.strip() not in KD_TERMS:
             raise argparse.ArgumentTypeError(f"expected name=weight with a registered term "
                                              f"({', '.join(KD_TERMS)}), got {item!r}")
-        out[name.strip()] = float_in(0, 10_000)(value)
+        if name.strip() in out:
+            raise argparse.ArgumentTypeError(f"the weight of {name.strip()!r} is given twice")
+        out[name.strip()] = float_in(0, 1_000_000)(value)  # pkt's own default is 30,000
     return out
 
 
@@ -154,7 +156,7 @@ def kd_options(v):
     return out
 
 
-def merge_kd_options(parser, kd: str, given) -> dict:
+def merge_kd_options(parser, kd: str, given, weights=None) -> dict:
     """The --kd-opt values (one dict per use of the flag) merged and cast, {term: {key: value}};
     an option of a term that --kd does not choose is an error (it would do nothing)."""
     from .kd import parse_kd, term_options
@@ -165,6 +167,9 @@ def merge_kd_options(parser, kd: str, given) -> dict:
     for name in merged:
         if name not in chosen:
             parser.error(f"--kd-opt sets options of {name!r}, which --kd {kd} does not choose")
+    for name in weights or {}:
+        if name not in chosen:
+            parser.error(f"--kd-weights weighs {name!r}, which --kd {kd} does not choose")
     return {name: {k: term_options(name, kv)[k] for k in kv} for name, kv in merged.items()}
 
 

@@ -1,5 +1,10 @@
-"""Feature maps of a trained ResNet: real intermediate outputs captured with forward hooks.
+"""Feature maps of a trained model: real intermediate outputs.
 
+Our ResNets (resnet18..152 and the CIFAR ResNets) are read block by block with forward hooks;
+every other family through the feature contract (models/contract.py): 'stem', then
+'stages.i' (each stage's output), and 'hint' where the family has one.
+
+ResNets, captured with forward hooks:
 Captured for one input batch (B, C, H, W), detached on the CPU:
     'stem'           output of the stem (conv-BN-ReLU)                 (B, w, H, W)
     'stages.i.j'     output of block j of stage i (after its final ReLU) (B, C_i, H_i, W_i)
@@ -29,9 +34,22 @@ __all__ = ["FeatureCapture", "capture_features", "layer_names", "mean_activation
            "save_feature_figures", "train_tiny_checkpoint"]
 
 
+def _per_block(model: nn.Module) -> bool:
+    """Our ResNets: blocks with their own output ReLU and a hint block (hooks read them)."""
+    return hasattr(model, "hint_block") and all(
+        hasattr(b, "relu") for stage in model.stages for b in stage)
+
+
 def layer_names(model: nn.Module) -> list[str]:
-    """'stem', 'stages.0.0', ..., 'hint' in forward order."""
+    """'stem', 'stages.0.0', ..., 'hint' in forward order (ResNets); 'stem', 'stages.0', ...,
+    and 'hint' where there is one (every other family)."""
     names = ["stem"]
+    if not _per_block(model):
+        from models import feature_shapes
+        first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+        n_stages = len(feature_shapes(model, first.in_channels)["feats"]) - 1
+        return names + [f"stages.{i}" for i in range(n_stages)] + \
+            (["hint"] if getattr(model, "has_hint", True) else [])
     for i, stage in enumerate(model.stages):
         names += [f"stages.{i}.{j}" for j in range(len(stage))]
     return names + ["hint"]
@@ -83,6 +101,19 @@ def capture_features(model: nn.Module, x: torch.Tensor, layers=None):
     """-> (OrderedDict name -> feature tensor in forward order, model output). x: (B, C, H, W)
     normalised like the training data."""
     model.eval()
+    if not _per_block(model):  # the feature contract: stem, each stage, the hint if any
+        request = model.feature_request
+        try:
+            out = model.request_features({"feats"})(x)
+        finally:
+            model.request_features(request)
+        named = [("stem", out.feats[0])] + [(f"stages.{i}", f)
+                                            for i, f in enumerate(out.feats[1:])]
+        if out.hint is not None:
+            named.append(("hint", out.hint))
+        feats = OrderedDict((n, f.detach().float().cpu().clone()) for n, f in named
+                            if layers is None or n in layers)
+        return feats, out
     with FeatureCapture(model, layers) as cap:
         out = model(x)
     order = {n: i for i, n in enumerate(layer_names(model))}
@@ -198,7 +229,8 @@ def plot_first_layer_kernels(model: nn.Module, cols=8):
     """The stem convolution's kernels (out, in, k, k); RGB when there are 3 input channels,
     each kernel min-max scaled to [0, 1]."""
     plt = _plt()
-    w = model.stem[0].weight.detach().float().cpu()  # (C_out, C_in, k, k)
+    first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))  # the stem's conv
+    w = first.weight.detach().float().cpu()  # (C_out, C_in, k, k)
     n = w.shape[0]
     rows, cols = _grid(n, cols)
     fig, axes = plt.subplots(rows, cols, figsize=(1.0 * cols, 1.0 * rows + 0.4), squeeze=False)
@@ -262,16 +294,21 @@ def save_figure(fig, path: str, dpi: int = 100, close: bool = False) -> str:
 
 
 def save_feature_figures(model, ckpt, image_u8, out_dir, layer="stages.0.0", prefix="", dpi=100):
-    """All four figures for one image (C, H, W) uint8, saved as PNGs; -> {name: path}."""
+    """The figures for one image (C, H, W) uint8, saved as PNGs (the hint's only where the
+    model has one); -> {name: path}. layer: a name of layer_names (ResNets 'stages.0.0', other
+    families 'stages.0'; the default falls back to the first stage)."""
     feats, out = capture_features(model, normalise_image(image_u8, ckpt))
+    if layer == "stages.0.0" and layer not in feats and "stages.0" in feats:
+        layer = "stages.0"
     if layer not in feats:
         raise UserError(f"unknown layer {layer!r}; choose from {', '.join(feats)}")
     figs = {
         "mean_activations": plot_mean_activations(feats, image_u8),
         "channels": plot_channel_grid(feats[layer][0], f"channels of {layer}"),
         "first_layer_kernels": plot_first_layer_kernels(model),
-        "hint": plot_hint(feats["hint"][0]),
     }
+    if "hint" in feats:
+        figs["hint"] = plot_hint(feats["hint"][0])
     return {name: save_figure(fig, os.path.join(out_dir, f"{prefix}{name}.png"), dpi, close=True)
             for name, fig in figs.items()}
 

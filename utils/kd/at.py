@@ -57,6 +57,7 @@ class ATTerm(KDTerm):
              "Performance of Convolutional Neural Networks via Attention Transfer, ICLR 2017")
     matches = "spatial attention maps of every stage"
     options = {"p": 2.0}
+    bounds = {"p": (0.25, 16)}  # what --kd-opt accepts (sane, finite ranges)
 
     def __init__(self, ctx):
         super().__init__(ctx)

@@ -98,6 +98,7 @@ class CRDTerm(KDTerm):
     paper = ("Tian, Krishnan & Isola, Contrastive Representation Distillation, ICLR 2020")
     matches = "embeddings, contrasted against a memory bank of other-class samples"
     options = {"feat_dim": 128, "nce_k": 16384, "nce_t": 0.07, "momentum": 0.5}
+    bounds = {"feat_dim": (1, 4096), "nce_k": (1, 1_000_000), "nce_t": (1e-3, 100), "momentum": (0, 1)}  # what --kd-opt accepts (sane, finite ranges)
 
     def __init__(self, ctx):
         super().__init__(ctx)

@@ -69,6 +69,7 @@ class DISTTerm(KDTerm):
              "NeurIPS 2022")
     matches = "relations of the softened predictions: per sample across classes and per class across the batch"
     options = {"beta": 2.0, "gamma": 2.0, "tau": 4.0, "standardize": False}
+    bounds = {"beta": (0, 1e6), "gamma": (0, 1e6), "tau": (0.01, 1000)}  # what --kd-opt accepts (sane, finite ranges)
 
     def __init__(self, ctx):
         super().__init__(ctx)

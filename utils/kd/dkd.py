@@ -95,6 +95,7 @@ class DKDTerm(KDTerm):
     matches = "logits, split into target-class and non-target-class parts"
     options = {"alpha": 1.0, "beta": 8.0, "temperature": 4.0, "warmup": 20.0,
                "standardize": False}
+    bounds = {"alpha": (0, 1e6), "beta": (0, 1e6), "temperature": (0.01, 1000), "warmup": (0, 100_000)}  # what --kd-opt accepts (sane, finite ranges)
 
     def __init__(self, ctx):
         super().__init__(ctx)

@@ -83,6 +83,7 @@ class FitNetTerm(KDTerm):
              "Nets, ICLR 2015")
     matches = "one middle stage's features, through a learned regressor"
     options = {"stage": 2}
+    bounds = {"stage": (0, 64)}  # what --kd-opt accepts (sane, finite ranges)
 
     def __init__(self, ctx):
         super().__init__(ctx)

@@ -60,6 +60,7 @@ class KDTerm(nn.Module):
     matches: ClassVar[str] = ""   # what it makes the student match, in a few words (docs)
     options: ClassVar[dict] = {}
     parts: ClassVar[tuple] = ()   # the names of the parts forward returns, if it returns a dict
+    bounds: ClassVar[dict] = {}   # option -> (lowest, highest) accepted, both inclusive
 
     def __init__(self, ctx: TermContext):
         super().__init__()
@@ -124,5 +125,10 @@ def term_options(name: str, given: dict | None = None) -> dict:
             if kind in (int, float) and not math.isfinite(out[key]):
                 raise ValueError(value)
         except (TypeError, ValueError, OverflowError):
-            raise ValueError(f"option {name}.{key} must be a {kind.__name__}, got {value!r}") from None
+            article = "an" if kind.__name__[0] in "aeiou" else "a"
+            raise ValueError(f"option {name}.{key} must be {article} {kind.__name__}, got "
+                             f"{value!r}") from None
+        lo, hi = getattr(KD_TERMS[name], "bounds", {}).get(key, (None, None))
+        if lo is not None and not lo <= out[key] <= hi:
+            raise ValueError(f"option {name}.{key} must be in [{lo:g}, {hi:g}], got {value!r}")
     return out

@@ -64,6 +64,7 @@ class RKDTerm(KDTerm):
     paper = "Park, Kim, Lu & Cho, Relational Knowledge Distillation, CVPR 2019"
     matches = "pairwise distances and triplet angles of the embeddings"
     options = {"distance_weight": 25.0, "angle_weight": 50.0}
+    bounds = {"distance_weight": (0, 1e6), "angle_weight": (0, 1e6)}  # what --kd-opt accepts (sane, finite ranges)
 
     def __init__(self, ctx):
         super().__init__(ctx)

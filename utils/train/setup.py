@@ -143,11 +143,15 @@ def make_loaders(train, test, data_cfg, args, device) -> Loaders:
                               channels_last=args.channels_last, **shard)
     return Loaders(train_loader, val_loader, report_loader)
 
+
 def build_model(arch, data_cfg, width, eca, eca_k, device, channels_last=False, attn="eca"):
     """eca: the attention placement; attn: the attention module (models.ATTENTION_LAYERS)."""
-    model = create_model(arch, num_classes=data_cfg["num_classes"], base_width=width,
-                         in_channels=data_cfg["in_channels"], eca=eca, eca_k=eca_k,
-                         attn=attn).to(device)
+    try:
+        model = create_model(arch, num_classes=data_cfg["num_classes"], base_width=width,
+                             in_channels=data_cfg["in_channels"], eca=eca, eca_k=eca_k,
+                             attn=attn).to(device)
+    except ValueError as exc:  # a width or placement the family does not define
+        raise UserError(f"{arch}: {exc}") from None
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     cfg = {"num_classes": data_cfg["num_classes"], "base_width": width,
