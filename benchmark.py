@@ -18,7 +18,7 @@ import time
 import numpy as np
 import torch
 
-from models import ECA_PLACEMENTS, create_model, feature_shapes
+from models import ECA_PLACEMENTS, MODELS, create_model, default_width, feature_shapes
 from utils.cli import OneLineParser, add_bool, kd_spec, model_name, positive_int
 from utils.data import Augment, TensorLoader, channel_stats, make_synthetic
 from utils.train.engine import autocast_context
@@ -34,7 +34,9 @@ def get_args_parser():
                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--teacher", type=model_name, default="resnet34", help="teacher architecture")
     p.add_argument("--student", type=model_name, default="resnet18", help="student architecture")
-    p.add_argument("--width", type=positive_int, default=16, help="base width of both nets")
+    p.add_argument("--width", type=positive_int, default=None,
+                   help="base width of both nets (default: 16 for resnet18..152, each benchmark "
+                        "model's reference width otherwise)")
     p.add_argument("--eca", choices=ECA_PLACEMENTS, default="parallel", help="ECA placement")
     p.add_argument("--kd", type=kd_spec, default="skip",
                    help="distillation terms joined by '+' (see model_training_mid.py --help)")
@@ -105,6 +107,14 @@ def _peak(device):
 
 
 # ------------------------------------------------------------------ our path
+def width_of(args, arch: str) -> int:
+    """--width, else 16 for our 4-stage ResNets (a CPU-sized width) and the reference width of
+    the KD benchmark's models."""
+    if args.width is not None:
+        return args.width
+    return 16 if MODELS[arch].family == "resnet" else default_width(arch)
+
+
 class _WithIndex:
     """Iterating gives one epoch of (x, y, training-set indices), for terms with memory banks."""
 
@@ -128,8 +138,10 @@ def ours(bench, args, data, device, precision, kd=None):
     eval_loader = TensorLoader(data, args.eval_batch_size, device, mean, std, drop_last=True,
                                channels_last=cl)
     fmt = torch.channels_last if cl else torch.contiguous_format
-    teacher = create_model(args.teacher, base_width=args.width, eca=args.eca).to(device, memory_format=fmt)
-    student = create_model(args.student, base_width=args.width, eca=args.eca).to(device, memory_format=fmt)
+    teacher = create_model(args.teacher, base_width=width_of(args, args.teacher),
+                           eca=args.eca).to(device, memory_format=fmt)
+    student = create_model(args.student, base_width=width_of(args, args.student),
+                           eca=args.eca).to(device, memory_format=fmt)
     model = {"teacher": teacher, "distill": student, "eval": student}[bench]
     if bench == "distill":
         ctx = TermContext(student_shapes=feature_shapes(student), teacher_shapes=feature_shapes(teacher),
@@ -205,8 +217,10 @@ def reference(bench, args, data, device):
     bs = args.batch_size if train else args.eval_batch_size
     loader = torch.utils.data.DataLoader(ds, batch_size=bs, shuffle=train, drop_last=True,
                                          num_workers=args.workers, persistent_workers=args.workers > 0)
-    teacher = create_model(args.teacher, base_width=args.width, eca=args.eca).to(device)
-    student = create_model(args.student, base_width=args.width, eca=args.eca).to(device)
+    teacher = create_model(args.teacher, base_width=width_of(args, args.teacher),
+                           eca=args.eca).to(device)
+    student = create_model(args.student, base_width=width_of(args, args.student),
+                           eca=args.eca).to(device)
     model = teacher if bench == "teacher" else student
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
     stats = {"loss": 0.0, "correct": 0}
@@ -230,7 +244,13 @@ def reference(bench, args, data, device):
             loss = F.cross_entropy(out.logits, y)
             if bench == "distill":
                 t_out = teacher(x)                      # autograd on, as commonly written
-                loss = loss + 0.3 * F.mse_loss(out.hint, t_out.hint.detach())
+                if out.hint is not None and t_out.hint is not None and \
+                        out.hint.shape == t_out.hint.shape:
+                    loss = loss + 0.3 * F.mse_loss(out.hint, t_out.hint.detach())
+                else:  # no hint to match (or of another shape): Hinton KD, T = 4
+                    loss = loss + 16 * F.kl_div(F.log_softmax(out.logits / 4, 1),
+                                                F.softmax(t_out.logits.detach() / 4, 1),
+                                                reduction="batchmean")
             loss.backward()
             opt.step()
             stats["loss"] += loss.item()               # host sync every batch
@@ -293,7 +313,8 @@ def main(args):
             add({"bench": bench, "path": "ours", "precision": prec, **r, "ratio": ratio})
     # the ratio is against the reference path, or (terms bench) against the plain student step
     head = f"{'bench':8} {'path':10} {'prec':5} {'images/s':>10} {'ratio':>7} {'peak MiB':>9}"
-    print(f"device {device}, {args.teacher} -> {args.student}, width {args.width}, eca {args.eca}, "
+    print(f"device {device}, {args.teacher} -> {args.student}, width "
+          f"{width_of(args, args.teacher)}/{width_of(args, args.student)}, eca {args.eca}, "
           f"kd {args.kd}, batch {args.batch_size} (eval {args.eval_batch_size}), "
           f"channels_last {args.channels_last}, compile {args.compile}, threads {torch.get_num_threads()}")
     print(head)
