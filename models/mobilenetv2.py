@@ -52,7 +52,6 @@ Registered as "mobilenetv2" (aliases "MobileNetV2", RepDistiller's name, and "mo
 |-------------|------|---------------------------|---------------|----------------------|
 | mobilenetv2 | none | none, parallel, last, all | 16            | 812,836              |
 """
-import math
 
 import torch
 import torch.nn.functional as F
@@ -60,6 +59,7 @@ from torch import nn
 
 from .contract import FeatureModel
 from .eca import create_attn
+from .init import reference_init_
 from .registry import register_model
 
 __all__ = ["InvertedResidual", "MobileNetV2", "STAGES", "mobilenetv2"]
@@ -165,29 +165,7 @@ class MobileNetV2(FeatureModel):
 
     def _init_weights(self):
         """RepDistiller's init for the layers it has; our orthogonal rule for attention."""
-        attention = set()
-        for stage in self.stages:
-            for blk in stage:
-                for mod in (blk.attn, blk.shortcut_attn):
-                    if mod is not None:
-                        attention.update(mod.modules())
-        for m in self.modules():
-            if m in attention:
-                if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)):
-                    nn.init.orthogonal_(m.weight)
-                    if m.bias is not None:
-                        nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                nn.init.zeros_(m.bias)
+        reference_init_(self, linear="normal")
 
     def pool(self, fmap: torch.Tensor) -> torch.Tensor:
         """The head: 1x1 conv to 1280 channels (BN, ReLU), then global average pooling ->

@@ -13,6 +13,7 @@ from torch import nn
 
 from .contract import FEATURES, FeatureModel, ModelOutput
 from .eca import create_attn
+from .init import orthogonal_init_, reference_init_
 from .registry import ECA_PLACEMENTS
 
 __all__ = ["FEATURES", "ModelOutput", "OutputsAsTuple", "count_parameters", "PointwiseConv", "BasicBlock", "Bottleneck", "ResNet", "ECA_PLACEMENTS", "ARCHS"]
@@ -203,32 +204,13 @@ class ResNet(FeatureModel):
         self._init_weights(init)
 
     def _init_weights(self, init: str = "orthogonal"):
-        """"orthogonal": orthogonal conv and linear weights (the ECA modules' 1-D convolutions
-        included: their 1 x k kernel becomes a random unit vector), zero biases, BN weight 1 and
-        bias 0. "kaiming": RepDistiller's CIFAR ResNet init for the layers it has (Conv2d:
-        kaiming_normal_, fan_out, ReLU gain; BN weight 1, bias 0; the Linear head keeps PyTorch's
-        default), the orthogonal rule above for the attention modules, which it does not have."""
-        attention = set()
-        if init != "orthogonal":
-            for stage in self.stages:
-                for blk in stage:
-                    for mod in (blk.attn, blk.shortcut_attn):
-                        if mod is not None:
-                            attention.update(mod.modules())
-        for m in self.modules():
-            if init == "orthogonal" or m in attention:
-                if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)):
-                    nn.init.orthogonal_(m.weight)
-                    if m.bias is not None:
-                        nn.init.zeros_(m.bias)
-                elif isinstance(m, nn.BatchNorm2d):
-                    nn.init.ones_(m.weight)
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        """"orthogonal": this toolkit's rule; "kaiming": RepDistiller's CIFAR ResNet init (its
+        Linear head keeps PyTorch's default) with the orthogonal rule for attention
+        (models/init.py)."""
+        if init == "orthogonal":
+            orthogonal_init_(self)
+        else:
+            reference_init_(self, linear="default")
 
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(final feature map (B, C, H / 2**(stages-1), W / 2**(stages-1)), hint)."""

@@ -83,6 +83,7 @@ from torch import nn
 
 from .contract import FeatureModel
 from .eca import create_attn
+from .init import orthogonal_init_
 from .registry import register_model
 
 __all__ = ["ShuffleV1Unit", "ShuffleV2Unit", "ShuffleNetV1", "ShuffleNetV2", "shufflev1",
@@ -193,14 +194,7 @@ class _ShuffleNet(FeatureModel):
             in_ch = head_width
         self.num_features = in_ch
         self.fc = nn.Linear(in_ch, num_classes)
-        for m in self.modules():  # ours: the references define no init
-            if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)):
-                nn.init.orthogonal_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        orthogonal_init_(self)  # ours: the references define no init
 
     def pool(self, fmap: torch.Tensor) -> torch.Tensor:
         """(B, C): GAP of the last stage's output (V1) or of the head conv's (V2)."""

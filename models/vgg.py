@@ -47,7 +47,6 @@ ECA placements (`eca`; `attn` picks the module, `eca_k` its kernel):
 | vgg16 | 2, 2, 3, 3, 3   | none | none, last, all | 64            | 14,774,436           |
 | vgg19 | 2, 2, 4, 4, 4   | none | none, last, all | 64            | 20,086,692           |
 """
-import math
 from functools import partial
 
 import torch
@@ -57,7 +56,7 @@ from torch import nn
 from .contract import FeatureModel
 from .eca import create_attn
 from .registry import register_model
-from .wrn import init_attention_
+from .init import reference_init_
 
 __all__ = ["VGG_ARCHS", "VGG_PLACEMENTS", "STAGE_WIDTHS", "VGG"]
 
@@ -112,19 +111,8 @@ class VGG(FeatureModel):
         self._init_weights()
 
     def _init_weights(self):
-        """RepDistiller's init (module docstring); attention modules: init_attention_."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                nn.init.zeros_(m.bias)
-        init_attention_(self)
+        """RepDistiller's init (module docstring); attention modules: the orthogonal rule."""
+        reference_init_(self, linear="normal")
 
     @staticmethod
     def _pools_before(stage_idx: int, height: int) -> bool:

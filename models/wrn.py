@@ -49,7 +49,6 @@ ECA placements (the `eca` argument; `attn` picks the module, `eca_k` its kernel)
 | wrn_40_2 | 40, 2    | (128, 8, 8)        | none/parallel/last/all | 16    | 2,255,156            |
 (width: the default base_width.)
 """
-import math
 from functools import partial
 
 import torch
@@ -57,11 +56,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .contract import FeatureModel
-from .eca import ATTENTION_LAYERS, create_attn
+from .eca import create_attn
+from .init import reference_init_
 from .registry import ECA_PLACEMENTS, register_model
 from .resnet import PointwiseConv
 
-__all__ = ["WRN_ARCHS", "PreActBlock", "WideResNet", "init_attention_"]
+__all__ = ["WRN_ARCHS", "PreActBlock", "WideResNet"]
 
 # name -> (depth, widen factor)
 WRN_ARCHS = {
@@ -70,19 +70,6 @@ WRN_ARCHS = {
     "wrn_40_1": (40, 1),
     "wrn_40_2": (40, 2),
 }
-
-
-def init_attention_(model: nn.Module) -> None:
-    """This toolkit's init for the attention modules inside `model` (orthogonal conv weights,
-    zero biases, as models/resnet.py), for families whose reference defines no attention."""
-    attention_types = tuple(cls for pair in ATTENTION_LAYERS.values() for cls in pair)
-    for module in model.modules():
-        if isinstance(module, attention_types):
-            for m in module.modules():
-                if isinstance(m, (nn.Conv1d, nn.Conv2d)):
-                    nn.init.orthogonal_(m.weight)
-                    if m.bias is not None:
-                        nn.init.zeros_(m.bias)
 
 
 class PreActBlock(nn.Module):
@@ -171,17 +158,8 @@ class WideResNet(FeatureModel):
         self._init_weights()
 
     def _init_weights(self):
-        """RepDistiller's init (module docstring); attention modules: init_attention_."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.zeros_(m.bias)
-        init_attention_(self)
+        """RepDistiller's init (module docstring); attention modules: the orthogonal rule."""
+        reference_init_(self, linear="zero-bias")
 
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(ReLU(BN(group 3 output)) (B, 64k, H/4, W/4), hint (B, 64k, H/4, W/4))."""

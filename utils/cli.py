@@ -3,7 +3,7 @@ project's flags as aliases, presets, and validation that ends in a one-line erro
 import argparse
 import sys
 
-from models import ECA_PLACEMENTS, MODELS
+from models import MODELS
 
 from .data import DATASETS
 from .errors import UserError
