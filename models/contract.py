@@ -57,7 +57,13 @@ class FeatureModel(nn.Module):
         raise NotImplementedError
 
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(the last feature map, hint): the plain path."""
+        """(the last feature map, hint): the plain path. A family without a hint whose network
+        is `stem` then `stages` in sequence runs just those; otherwise forward_all's values."""
+        if not self.has_hint and hasattr(self, "stem") and hasattr(self, "stages"):
+            x = self.stem(x)
+            for stage in self.stages:
+                x = stage(x)
+            return x, None
         feats, _, hint = self.forward_all(x)
         return feats[-1], hint
 

@@ -172,13 +172,6 @@ class MobileNetV2(FeatureModel):
         (B, 1280). feats[-1] is the last stage's output, as in RepDistiller's feature list."""
         return super().pool(self.head(fmap))
 
-    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
-        """(last stage's output (B, C, H/16, W/16), None)."""
-        x = self.stem(x)
-        for stage in self.stages:
-            x = stage(x)
-        return x, None
-
     def forward_all(self, x: torch.Tensor) -> tuple[tuple, tuple, None]:
         """feats: stem (B, 16, H/2, W/2), stages (12, H/2), (16, H/4), (48, H/8), (160, H/16)
         at the default width; preact_feats: the stem before its ReLU, the stages' outputs

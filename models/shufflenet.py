@@ -200,12 +200,6 @@ class _ShuffleNet(FeatureModel):
         """(B, C): GAP of the last stage's output (V1) or of the head conv's (V2)."""
         return super().pool(fmap if self.head is None else self.head(fmap))
 
-    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
-        x = self.stem(x)
-        for stage in self.stages:
-            x = stage(x)
-        return x, None
-
     def forward_all(self, x: torch.Tensor) -> tuple[tuple, tuple, None]:
         """feats: the stem (B, 24, H, W) and each stage's output (H/2, H/4, H/8);
         preact_feats: the same before their last ReLU."""

@@ -34,7 +34,7 @@ tau as usual).
 """
 import torch
 
-from .logit import standardize as zscore
+from .logit import logit_pair
 from .registry import KDTerm, register_term
 
 __all__ = ["DISTTerm", "dist_parts", "pearson_rows"]
@@ -82,11 +82,6 @@ class DISTTerm(KDTerm):
             raise ValueError("dist.beta and dist.gamma must be >= 0")
 
     def forward(self, student_out, teacher_out, batch=None):
-        s, t = student_out.logits.float(), teacher_out.logits.float()
-        if s.shape != t.shape:
-            raise ValueError(f"dist needs logits of the same shape, got student {tuple(s.shape)} "
-                             f"and teacher {tuple(t.shape)}")
-        if self.standardize:
-            s, t = zscore(s), zscore(t)
+        s, t = logit_pair(student_out, teacher_out, "dist", self.standardize)
         inter, intra = dist_parts(s, t, self.tau)
         return {"inter": self.beta * inter, "intra": self.gamma * intra}

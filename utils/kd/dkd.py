@@ -39,7 +39,7 @@ al., Logit Standardization in Knowledge Distillation, CVPR 2024; then divided by
 import torch
 import torch.nn.functional as F
 
-from .logit import standardize as zscore
+from .logit import logit_pair
 from .registry import KDTerm, register_term
 
 __all__ = ["DKDTerm", "dkd_parts", "warmup_factor"]
@@ -109,12 +109,7 @@ class DKDTerm(KDTerm):
             raise ValueError("dkd.alpha, dkd.beta and dkd.warmup must be >= 0")
 
     def forward(self, student_out, teacher_out, batch):
-        s, t = student_out.logits.float(), teacher_out.logits.float()
-        if s.shape != t.shape:
-            raise ValueError(f"dkd needs logits of the same shape, got student {tuple(s.shape)} "
-                             f"and teacher {tuple(t.shape)}")
-        if self.standardize:
-            s, t = zscore(s), zscore(t)
+        s, t = logit_pair(student_out, teacher_out, "dkd", self.standardize)
         tckd, nckd = dkd_parts(s, t, batch.y, self.temperature)
         scale = warmup_factor(batch.epoch, self.warmup) * self.temperature ** 2
         return {"tckd": scale * self.alpha * tckd, "nckd": scale * self.beta * nckd}

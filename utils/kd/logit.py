@@ -6,7 +6,7 @@ from torch import nn
 
 from .registry import register_term
 
-__all__ = ["LogitKDLoss", "LogitTerm", "standardize"]
+__all__ = ["LogitKDLoss", "LogitTerm", "standardize", "logit_pair"]
 
 
 def standardize(logits: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
@@ -15,6 +15,16 @@ def standardize(logits: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
     logit relations rather than their scale. Then divided by the (base) temperature as usual."""
     z = logits.float()
     return (z - z.mean(dim=1, keepdim=True)) / (z.std(dim=1, keepdim=True) + eps)
+
+
+def logit_pair(student_out, teacher_out, term: str, standardized: bool = False):
+    """(student logits, teacher logits) in float32 for a logit-based term, z-scored when the
+    term's standardize option is on; logits of other shapes are a ValueError."""
+    s, t = student_out.logits.float(), teacher_out.logits.float()
+    if s.shape != t.shape:
+        raise ValueError(f"{term} needs logits of the same shape, got student {tuple(s.shape)} "
+                         f"and teacher {tuple(t.shape)}")
+    return (standardize(s), standardize(t)) if standardized else (s, t)
 
 
 class LogitKDLoss(nn.Module):
