@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import model_training_mid
-from models import ECA_PLACEMENTS, FEATURES, ModelOutput, create_model, feature_shapes
+from models import FEATURES, MODELS, ModelOutput, create_model, feature_shapes
 from utils.kd import KD_TERMS, DistillationLoss, KDBatch, TermContext
 
 ALL = "+".join(KD_TERMS)
@@ -21,20 +21,35 @@ def _context(student, teacher, labels):
                        num_classes=10, num_samples=N, train_labels=labels, epochs=2)
 
 
-# (student, teacher): a basic-block and a bottleneck family, the teacher twice as wide
-PAIRS = [("resnet18", "resnet34"), ("resnet50", "resnet50")]
+# (student, width, teacher, width): every model family as a student, with a teacher of its own
+# family or the one the KD benchmark pairs it with
+PAIRS = [("resnet18", 4, "resnet34", 8), ("resnet50", 4, "resnet50", 8),
+         ("resnet8x4", 8, "resnet32x4", 8), ("wrn_16_2", 4, "wrn_40_2", 8),
+         ("vgg8", 8, "vgg13", 8), ("MobileNetV2", 8, "vgg13", 8),
+         ("ShuffleV1", 6, "resnet32x4", 8), ("ShuffleV2", 16, "resnet32x4", 8)]
+CASES = [(*pair, placement) for pair in PAIRS for placement in MODELS[pair[0]].placements]
 
 
-@pytest.mark.parametrize("student_arch,teacher_arch", PAIRS)
-@pytest.mark.parametrize("placement", ECA_PLACEMENTS)
-def test_every_term_trains_the_student_and_its_own_parts_only(student_arch, teacher_arch,
-                                                              placement):
+def _terms_for(student, teacher):
+    """Every registered term these two networks can take: skip needs a hint on both sides, at
+    pairs stage outputs one to one."""
+    s, t = feature_shapes(student), feature_shapes(teacher)
+    names = [n for n in KD_TERMS
+             if not (n == "skip" and (s["hint"] is None or t["hint"] is None))
+             and not (n == "at" and len(s["feats"]) != len(t["feats"]))]
+    return "+".join(names)
+
+
+@pytest.mark.parametrize("student_arch,s_width,teacher_arch,t_width,placement", CASES)
+def test_every_term_trains_the_student_and_its_own_parts_only(student_arch, s_width, teacher_arch,
+                                                              t_width, placement):
     torch.manual_seed(0)
-    student = create_model(student_arch, base_width=4, eca=placement)
-    teacher = create_model(teacher_arch, base_width=8, eca=placement).eval()
+    student = create_model(student_arch, base_width=s_width, eca=placement)
+    t_placement = placement if placement in MODELS[teacher_arch].placements else "none"
+    teacher = create_model(teacher_arch, base_width=t_width, eca=t_placement).eval()
     labels = torch.arange(N) % 10
-    loss_fn = DistillationLoss(ALL, teacher, context=_context(student, teacher, labels),
-                               fast_teacher=False)
+    loss_fn = DistillationLoss(_terms_for(student, teacher), teacher,
+                               context=_context(student, teacher, labels), fast_teacher=False)
     student.request_features(loss_fn.features)
     index = torch.tensor([0, 5, 9, 13, 17, 22])
     x, y = torch.randn(B, 3, 32, 32), labels[index]
