@@ -212,8 +212,9 @@ PRESETS = {
     # reused by mdistiller and every table since): SGD momentum 0.9 (no Nesterov), weight decay
     # 5e-4, batch 64, 240 epochs, lr 0.05 (0.01 for MobileNetV2/ShuffleV1/ShuffleV2: lr=None
     # picks it per model) divided by 10 at epochs 150, 180 and 210, random crop (padding 4) +
-    # horizontal flip, normalised; its tables report the best test-set epoch, so the test set is
-    # the validation set here too (say --val-split 0.1 for a held-out protocol)
+    # horizontal flip, normalised. RepDistiller's tables report the last epoch, mdistiller's
+    # (DKD) the best test-set epoch: the test set is the validation set here, so a summary has
+    # both (test_acc_last, test_acc_best); --val-split 0.1 gives a held-out protocol instead
     "crd": dict(epochs=240, batch_size=64, lr=None, lr_scaling="none", momentum=0.9,
                 nesterov=False, weight_decay=5e-4, warmup_epochs=0.0, t_max=None,
                 schedule="multistep", crop_padding=4, hflip=True, vflip=False, normalize=True,
