@@ -26,7 +26,8 @@ $(STAMP): requirements.txt
 
 venv: $(STAMP)
 
-# graphviz's `dot` is needed by visualize.py (torchviz); Debian/Ubuntu package: graphviz
+# graphviz's `dot` is needed by visualize.py (torchviz); Debian/Ubuntu package: graphviz.
+# PostgreSQL (initdb, pg_ctl) for the sweep tests' database case; Debian package: postgresql.
 system-deps:
 	@if ! command -v dot >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
@@ -35,6 +36,15 @@ system-deps:
 	      || echo "warning: could not install graphviz; visualize.py needs it (apt-get install graphviz)"; \
 	  else \
 	    echo "note: graphviz's 'dot' is missing; visualize.py needs it: sudo apt-get install graphviz"; \
+	  fi; \
+	fi
+	@if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing postgresql (for the sweep tests' database case)"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) \
+	      || echo "warning: could not install postgresql; tests/test_sweep.py skips its PostgreSQL case"; \
+	  else \
+	    echo "note: PostgreSQL is missing; tests/test_sweep.py skips its PostgreSQL case (sudo apt-get install postgresql)"; \
 	  fi; \
 	fi
 
