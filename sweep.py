@@ -1,0 +1,271 @@
+"""Sweeps on Optuna: grids (methods x ECA placements x seeds x teacher/student pairs) or searches
+(alpha, temperature, per-term weights), any number of workers, one report. docs/SWEEPS.md.
+
+    python sweep.py create fm --grid experiments/grids/fashion_mnist.json
+    python sweep.py work fm          # as many as you like, here or on other machines
+    python sweep.py report fm        # sweeps/fm/report/report.md, CSV and figures
+"""
+import argparse
+import os
+import sys
+
+from utils.errors import UserError, exit_on_user_error
+
+STORAGE_HELP = ("where the study lives: a database URL Optuna accepts (e.g. "
+                "postgresql://user:pass@host:5432/db, for workers on many machines) or a journal "
+                "file (default: DIR/optuna-journal.log, nothing to install)")
+
+
+def _positive_seconds(text):
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not 0 < v < 1e6:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return v
+
+
+def _count(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 0 or v > 10_000_000:
+        raise argparse.ArgumentTypeError(f"must be in 0..10,000,000, got {text}")
+    return v
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """'(default: ...)' only where the help does not say it already (as utils/cli.py)."""
+
+    def _get_help_string(self, action):
+        if "(default:" in (action.help or "") or action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Errors are one line and exit 2, as in the training scripts. (utils/cli.py has the same
+    parser, but importing it imports torch: a worker stays light without it.)"""
+
+    def error(self, message):
+        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def _bool(text):
+    v = str(text).strip().lower()
+    if v in ("1", "true", "t", "yes", "y", "on"):
+        return True
+    if v in ("0", "false", "f", "no", "n", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (true/false, yes/no, 1/0), got {text!r}")
+
+
+def add_bool(parser, name, default, help):
+    """--name, --name true|false and --no-name."""
+    dest = name.lstrip("-").replace("-", "_")
+    parser.add_argument(name, dest=dest, nargs="?", const=True, default=default, type=_bool,
+                        metavar="BOOL", help=f"{help} (default: %(default)s)")
+    parser.add_argument("--no-" + name.lstrip("-"), dest=dest, action="store_false",
+                        help=argparse.SUPPRESS)
+
+
+def get_args_parser():
+    p = OneLineParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="{create,work,report}",
+                           parser_class=OneLineParser)
+    _add_create(sub)
+    _add_work(sub)
+    _add_report(sub)
+    return p
+
+
+def _subparser(sub, name, help, description):
+    """A command's parser, with what every command takes: the study, its folder, its storage."""
+    sp = sub.add_parser(name, formatter_class=HelpFormatter, help=help, description=description)
+    sp.add_argument("study", help="the study's name (letters, digits, . _ -); it names the "
+                                  "sweep folder and prefixes every run key")
+    sp.add_argument("--dir", default=None,
+                    help="the sweep folder: the runs' files (saved_pth_model/, "
+                         "numpy_outputs/, runs/), logs/, report/ and the default storage "
+                         "(default: sweeps/STUDY)")
+    sp.add_argument("--storage", default=None, help=STORAGE_HELP)
+    return sp
+
+
+def _add_create(sub):
+    c = _subparser(sub, "create", "define a grid or a search space as an Optuna study",
+                   "Define a grid or a search space as an Optuna study: from a grid file, or "
+                   "from flags. Every trial's command line is checked by its script's own "
+                   "parser first; nothing is written when one is wrong.")
+    c.add_argument("--grid", default=None, metavar="FILE",
+                   help="the grid or search file (.json or .toml; docs/SWEEPS.md, examples in "
+                        "experiments/grids/)")
+    c.add_argument("--script", choices=["model_training_mid.py", "model_training.py"],
+                   default=None, help="without --grid: the training script "
+                                      "(default: model_training_mid.py)")
+    c.add_argument("--args", default=None, metavar="'FLAGS'",
+                   help="without --grid: the script's flags of every trial, quoted, e.g. "
+                        "'--dataset cifar10 --epochs 100'")
+    c.add_argument("--axis", action="append", metavar="FLAG=V1,V2,...",
+                   help="without --grid: a grid axis over one flag, e.g. kd=none,skip,logit "
+                        "(repeatable)")
+    c.add_argument("--seeds", default=None, metavar="S1,S2,...",
+                   help="without --grid: the seed axis, e.g. 0,1,2")
+    c.add_argument("--search", action="append", metavar="FLAG=RANGE",
+                   help="without --grid: a searched flag: alpha=float:0.01:10:log, "
+                        "epochs=int:2:8, eca=choice:none,parallel, kd-weights.logit=float:0.1:2 "
+                        "(repeatable)")
+    c.add_argument("--n-trials", type=_count, default=None,
+                   help="without --grid: the search's number of trials (default 20)")
+    c.add_argument("--pruner", choices=["median", "none"], default=None,
+                   help="without --grid: stop unpromising search trials early on their per-epoch "
+                        "validation accuracy (default median)")
+    c.add_argument("--teacher-args", default=None, metavar="'FLAGS'",
+                   help="without --grid: share one teacher run per seed (model_training.py with "
+                        "these flags on top of the students' data and recipe flags, e.g. "
+                        "'--eca none')")
+    c.add_argument("--baseline", default=None, metavar="AXIS=VALUE",
+                   help="without --grid: what the deltas compare with (default: the axis value "
+                        "that sets --kd none)")
+    c.add_argument("--heartbeat", type=_positive_seconds, default=None,
+                   help="seconds between a running trial's heartbeats (default 30)")
+    c.add_argument("--grace", type=_positive_seconds, default=None,
+                   help="a running trial without a heartbeat for this long is taken up again "
+                        "(default 120; at least twice --heartbeat)")
+    c.add_argument("--max-retries", type=_count, default=None,
+                   help="how often a trial whose worker died is retried (default 3)")
+    add_bool(c, "--dry-run", False, "check the grid and print the trials; write nothing")
+
+
+def _add_work(sub):
+    w = _subparser(sub, "work", "a worker: run the study's trials until none is left",
+                   "A worker: takes the next trial, runs the training script on it, records "
+                   "its metrics; start as many as you like, on one machine or many. Ctrl-C "
+                   "stops it cleanly (the running trial saves its state and goes back to the "
+                   "queue).")
+    w.add_argument("--n-trials", type=_count, default=None,
+                   help="run at most this many trials, then stop (default: until the study is "
+                        "finished)")
+    add_bool(w, "--wait", True, "when no trial is free but others run, wait: a trial whose "
+                                "worker dies is taken up again (--no-wait: stop)")
+    add_bool(w, "--retry-failed", False, "first queue again every trial that failed")
+    w.add_argument("--poll", type=_positive_seconds, default=1.0,
+                   help="seconds between looks at the running child (an idle worker looks at "
+                        "the storage every heartbeat/2 seconds, at most 5)")
+    w.add_argument("--data-dir", default=None,
+                   help="this machine's dataset folder (overrides the grid's --data-dir; it may "
+                        "differ between machines and between a run and its resume)")
+    w.add_argument("--device", default=None,
+                   help="this worker's --device for its runs (e.g. cuda:1)")
+
+
+def _add_report(sub):
+    r = _subparser(sub, "report",
+                   "mean +- std over seeds, paired deltas, markdown, CSV, figures",
+                   "The study's report: markdown, CSV, plotly HTML and PNG figures (works while "
+                   "trials still run).")
+    r.add_argument("--out", default=None, help="the report folder (default: DIR/report)")
+    r.add_argument("--plotlyjs", choices=["inline", "cdn"], default="inline",
+                   help="embed plotly.js in figures.html (works offline, ~4 MB) or load it from "
+                        "a CDN")
+
+
+def _dir(args):
+    from utils.sweep.keys import validate_study_name
+    from utils.sweep.storage import default_dir
+    validate_study_name(args.study)
+    return args.dir or default_dir(args.study)
+
+
+def create(args):
+    from utils.sweep.expand import expand, grid_distributions
+    from utils.sweep.plan_check import check_plan
+    from utils.sweep.scripts import Parsers
+    from utils.sweep.spec import normalize_spec
+    from utils.sweep.spec_sources import load_spec_file, spec_from_flags
+    from utils.sweep.storage import create_sweep, open_store
+    from utils.sweep.worker import check_run_dir
+    sweep_dir = _dir(args)
+    flag_mode = any(v is not None for v in (args.script, args.args, args.axis, args.seeds,
+                                            args.search, args.n_trials, args.pruner,
+                                            args.teacher_args, args.baseline))
+    if args.grid is not None and flag_mode:
+        raise UserError("give --grid FILE or the grid's flags (--args, --axis, --seeds, "
+                        "--search, ...), not both")
+    if args.grid is None and not flag_mode:
+        raise UserError("nothing to sweep: give --grid FILE, or --args/--axis/--seeds/--search")
+    raw = load_spec_file(args.grid) if args.grid is not None else spec_from_flags(args)
+    for key in ("heartbeat", "grace", "max_retries"):
+        if getattr(args, key) is not None:
+            raw[key] = getattr(args, key)
+    spec = normalize_spec(raw, args.grid or "sweep")
+    parsers = Parsers()
+    plan = expand(spec, args.study, parsers)
+    check_plan(spec, plan, parsers)
+    n, nt = len(plan["trials"]), len(plan["teachers"])
+    what = (f"{n} trial(s)" if spec["search"] is None else
+            f"a search of {spec['search']['n_trials']} trial(s)") + \
+        (f" and {nt} shared teacher run(s)" if nt else "")
+    if args.dry_run:
+        for t in plan["teachers"] + plan["trials"]:
+            print(f"{t['key']}: python {t['script']} {' '.join(t['argv'])}")
+        print(f"{what}: the grid is valid (--dry-run: nothing written)")
+        return 0
+    if args.storage and "://" in args.storage:
+        store = open_store(args.storage, sweep_dir, create=True)  # reachable before any file
+        check_run_dir(sweep_dir)
+    else:
+        check_run_dir(sweep_dir)
+        store = open_store(args.storage, sweep_dir, create=True)
+    distributions = grid_distributions(spec) if spec["search"] is None else {}
+    create_sweep(store, args.study, spec, plan, distributions)
+    print(f"study '{args.study}' in {store.label}: {what}; runs go to {sweep_dir}")
+    more = "" if args.dir is None else f" --dir {args.dir}"
+    if args.storage is not None:
+        more += " --storage URL" if "***" in store.label else f" --storage '{store.label}'"
+    print(f"start workers with: python sweep.py work {args.study}{more}")
+    return 0
+
+
+def work(args):
+    from utils.sweep.storage import load_sweep, open_store
+    from utils.sweep.worker import Worker, check_run_dir
+    sweep_dir = _dir(args)
+    store = open_store(args.storage, sweep_dir, create=False)
+    sweep = load_sweep(store, args.study)
+    check_run_dir(sweep_dir)
+    return Worker(sweep, sweep_dir, args).run()
+
+
+def report(args):
+    from utils.sweep.report import build_report, command_line, write_report
+    from utils.sweep.storage import load_sweep, open_store
+    sweep_dir = _dir(args)
+    store = open_store(args.storage, sweep_dir, create=False)
+    sweep = load_sweep(store, args.study)
+    rep = build_report(sweep, sweep_dir)
+    out = args.out or os.path.join(sweep_dir, "report")
+    paths = write_report(rep, out, command_line(), args.plotlyjs)
+    with open(paths[0]) as f:
+        text = f.read()
+    if "## Results" in text:  # the table, on the terminal
+        print(text.split("## Results", 1)[1].split("\n## ", 1)[0].strip())
+    print(f"wrote {out}/: {', '.join(os.path.basename(p) for p in paths)}")
+    return 0
+
+
+@exit_on_user_error
+def main(argv=None):
+    args = get_args_parser().parse_args(argv)
+    return {"create": create, "work": work, "report": report}[args.command](args)
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except BrokenPipeError:  # `sweep.py create ... --dry-run | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)

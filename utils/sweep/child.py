@@ -1,0 +1,250 @@
+"""Running one trial: the training script as a child process, started through BOOTSTRAP (it
+dies with its worker), resumed or restarted from the run's files, and watched until it ends
+(heartbeats, per-epoch validation accuracy, pruning, the status line).
+"""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from .heartbeat import _now, _root_message, _transient
+from .results import val_curve
+from .scripts import REPO, SCRIPTS
+
+__all__ = ["BOOTSTRAP", "ChildMixin"]
+
+# Runs as `python -c BOOTSTRAP WORKER_PID PYTHON SCRIPT ARGS...`: SIGTERM when the worker dies
+# (Linux; elsewhere nothing), then exec the training script in this same process.
+BOOTSTRAP = (
+    "import os, signal, sys\n"
+    "try:\n"
+    "    import ctypes\n"
+    "    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG\n"
+    "except Exception:\n"
+    "    pass\n"
+    "if os.getppid() != int(sys.argv[1]):\n"
+    "    sys.exit(143)  # the worker died before the request took effect\n"
+    "os.execv(sys.argv[2], sys.argv[2:])\n")
+
+
+def _tail(path, size=4096) -> list:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - size))
+            text = f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return []
+    return [ln.strip() for ln in text.replace("\r", "\n").splitlines() if ln.strip()]
+
+
+class ChildMixin:
+    """Part of Worker (worker.py): start the trial's run, watch it, wait for its end."""
+
+    def _command(self, job) -> list:
+        argv = list(job.attrs["argv"])
+
+        def set_flag(flag, value):
+            if flag in argv:
+                argv[argv.index(flag) + 1] = value
+            else:
+                argv.extend([flag, value])
+
+        # the child runs in the sweep folder: paths are the worker's, relative to its cwd
+        i = argv.index("--data-dir") if "--data-dir" in argv else -1
+        given = argv[i + 1] if i >= 0 else "data"  # the scripts' default: ./data
+        set_flag("--data-dir", os.path.abspath(self.data_dir or given))
+        if "--teacher-checkpoint" in argv and not job.attrs.get("teacher_key"):
+            i = argv.index("--teacher-checkpoint")
+            argv[i + 1] = os.path.abspath(argv[i + 1])
+        if self.device:
+            set_flag("--device", self.device)
+        script = os.path.join(REPO, job.attrs["script"])
+        return [sys.executable, script] + argv + ["--run-name", job.key, "--output-dir", "."]
+
+    def _start_mode(self, job):
+        """('start' | 'resume' | 'restart', extra flags), or (None, reason) when the run key
+        has outputs that this sweep did not write."""
+        key, script = job.key, job.attrs["script"]
+        roles = ("teacher", "student") if SCRIPTS[script][1] == "student" else ("baseline",)
+        ckpt = os.path.join(self.run_dir, "saved_pth_model")
+        if any(os.path.isfile(os.path.join(ckpt, f"{key}_{r}_state.pth")) for r in roles):
+            return "resume", ["--resume"]
+        manifest = os.path.join(self.run_dir, "numpy_outputs", f"manifest_{key}.json")
+        if os.path.exists(manifest):
+            if job.attrs.get("attempt", 1) > 1:
+                # an earlier attempt of this trial started the run but saved no state yet:
+                # --overwrite removes only the files that the run recorded as its own
+                return "restart", ["--overwrite"]
+            return None, (f"run '{key}' already has outputs in {self.run_dir} that this sweep "
+                          f"did not write ({os.path.relpath(manifest, self.run_dir)}); move them "
+                          f"away or give the sweep another --dir")
+        return "start", []
+
+    def _run_job(self, job):
+        self.current = job
+        try:
+            self._run_job_inner(job)
+        finally:
+            self.current = None
+            self.child = None
+
+    def _refused(self, job) -> bool:
+        """Fail the trial without running it when its run key is done or running as another
+        trial, or its shared teacher failed; True when it was."""
+        from optuna.trial import TrialState
+        for t in self._trials(job.study, (TrialState.COMPLETE, TrialState.RUNNING)):
+            if t.user_attrs.get("key") == job.key and t.number != job.number:
+                self._finish(job, TrialState.FAIL, reason="duplicate",
+                             error=f"duplicate of trial {t.number}")
+                return True
+        if job.teacher_failed:
+            self.failed += 1
+            self._finish(job, TrialState.FAIL, reason="error",
+                         error=f"its teacher run {job.attrs['teacher_key']} failed")
+            self.status.event(f"{job.name()}: failed: its teacher run failed")
+            return True
+        return False
+
+    def _start_child(self, job, log, mode, flags):
+        """Start the training script on the trial, through BOOTSTRAP, its output going to log."""
+        cmd = self._command(job) + flags
+        self._set_attr(job, "worker", {"host": self.host, "pid": self.pid, "mode": mode,
+                                       "log": os.path.relpath(log, self.run_dir),
+                                       "started": _now()})
+        shown = os.path.relpath(log) if not os.path.relpath(log).startswith("..") else log
+        self.status.event(f"{job.name()}: {'resuming' if mode == 'resume' else 'starting'} "
+                          f"(attempt {job.attrs.get('attempt', 1)}) -> {shown}")
+        with open(log, "a") as f:
+            f.write(f"# {_now()} {self.host}:{self.pid} trial {job.number}: "
+                    f"{' '.join(cmd[1:])}\n")
+            f.flush()
+            env = dict(os.environ, PYTHONUNBUFFERED="1")
+            self.child = subprocess.Popen(
+                [sys.executable, "-c", BOOTSTRAP, str(os.getpid())] + cmd, cwd=self.run_dir,
+                stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT, env=env,
+                start_new_session=True)
+        self._set_attr(job, "child_pid", self.child.pid)
+        if self.stop is not None:  # a signal came while it started
+            self.child.send_signal(self.stop)
+
+    def _run_job_inner(self, job):
+        from optuna.trial import TrialState
+        if self._refused(job):
+            return
+        os.makedirs(os.path.join(self.run_dir, "logs"), exist_ok=True)
+        log = os.path.join(self.run_dir, "logs", f"{job.key}.trial{job.number}.log")
+        self.ran += 1
+        start = time.monotonic()
+        while True:
+            mode, flags = self._start_mode(job)
+            if mode is None:
+                self.failed += 1
+                self._finish(job, TrialState.FAIL, reason="error", error=flags)
+                self.status.event(f"{job.name()}: failed: {flags}")
+                return
+            self._start_child(job, log, mode, flags)
+            rc = self._monitor(job, log)
+            lines = _tail(log)
+            if rc == 2 and lines and "is in use by process" in lines[-1] and not job.lost \
+                    and self.stop is None:
+                # the previous attempt's child still holds the run (it saves its state on
+                # the way out): wait for it
+                self.status.event(f"{job.name()}: the run is still held by another process; "
+                                  f"waiting")
+                self._wait_beating(job, max(2.0, self.poll))
+                if self.stop is None:
+                    continue
+            break
+        elapsed = time.monotonic() - start
+        while True:  # the run is over: its result is recorded once the storage answers
+            try:
+                self._ended(job, rc, lines, elapsed)
+                break
+            except Exception as exc:
+                if not _transient(exc) or self.stop is not None:
+                    raise
+                self._storage_trouble(exc)
+
+    def _wait_beating(self, job, seconds):
+        end = time.monotonic() + seconds
+        last = time.monotonic()
+        while time.monotonic() < end and self.stop is None:
+            time.sleep(min(0.2, self.poll))
+            if time.monotonic() - last >= self.heartbeat:
+                self._beat(job.trial_id)
+                last = time.monotonic()
+
+    def _monitor(self, job, log) -> int:
+        """Wait for the child: heartbeats, per-epoch validation accuracy (intermediate values;
+        pruning in searches), the status line, other workers' stale trials."""
+        from optuna.trial import TrialState
+        last_beat = last_status = time.monotonic()
+        prune = self.spec["search"] is not None and self.spec["search"]["pruner"] != "none" \
+            and job.study is self.sweep.study
+        while True:
+            rc = self.child.poll()
+            self._report_epochs(job)
+            if prune and not job.pruned and rc is None and self.stop is None and job.reported \
+                    and self._should_prune(job):
+                job.pruned = True
+                self.child.send_signal(signal.SIGINT)  # saves its state and stops
+                self.status.event(f"{job.name()}: pruned at epoch {max(job.reported)} "
+                                  f"(validation accuracy {job.reported[max(job.reported)]:.2f}%)")
+            if rc is not None:
+                return rc
+            now = time.monotonic()
+            try:  # the storage's trouble must not stop the run: it goes on, and so do we
+                if now - last_beat >= self.heartbeat:
+                    last_beat = now
+                    self._beat(job.trial_id)
+                    state = self.storage.get_trial(job.trial_id).state
+                    self.trouble_since = None  # the storage answered
+                    if state != TrialState.RUNNING:
+                        taken = self._take_over(job)
+                        if taken is False and not job.lost:
+                            job.lost = True
+                            self.child.send_signal(signal.SIGTERM)
+                            self.status.event(f"{job.name()}: marked dead and taken by another "
+                                              f"worker: stopping this copy (its state is saved)")
+                self._scan_stale()
+                if self.status.tty and now - last_status >= 1:
+                    last_status = now
+                    lines = _tail(log, 512)
+                    self.status.update(self._progress_text(self._overview())
+                                       + f" | {job.number} {job.key}: "
+                                       + (lines[-1] if lines else ""))
+            except Exception as exc:
+                if not _transient(exc):
+                    raise
+                if self.trouble_since is None:
+                    self.trouble_since = now
+                    self.status.event(f"warning: the storage is unreachable "
+                                      f"({_root_message(exc)}); the run goes on")
+            time.sleep(min(0.5, self.poll))
+
+    def _report_epochs(self, job):
+        """Each new epoch's validation accuracy as the trial's intermediate value."""
+        from optuna.exceptions import UpdateFinishedTrialError
+        curve = val_curve(self.run_dir, job.key, job.attrs["script"])
+        for epoch, acc in enumerate(curve, start=1):
+            if epoch in job.reported:
+                continue
+            try:
+                job.trial.report(acc, epoch)
+            except UpdateFinishedTrialError:
+                pass  # marked dead by another worker: a takeover reports it again
+            except Exception as exc:
+                if not _transient(exc):
+                    raise
+                return  # the storage is away: the next look reports it
+            job.reported[epoch] = acc
+
+    def _should_prune(self, job) -> bool:
+        try:
+            return job.trial.should_prune()
+        except Exception as exc:
+            if not _transient(exc):
+                raise
+            return False

@@ -1,0 +1,74 @@
+"""Checking a plan before anything is written: every distinct command line of its trials and
+teachers through the script's own parser (a search: each parameter at both ends of its range).
+"""
+import argparse
+import contextlib
+import io
+
+from ..errors import UserError
+from .expand import search_trial
+from .keys import _label
+from .scripts import Parsers
+
+__all__ = ["check_argv", "check_plan"]
+
+
+class _ParseError(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _parse_errors_raise():
+    """argparse's error() (the scripts print one line and exit) raises instead."""
+    from utils.cli import OneLineParser
+
+    def error(self, message):
+        raise _ParseError(message)
+
+    saved = (argparse.ArgumentParser.error, OneLineParser.error)
+    argparse.ArgumentParser.error = OneLineParser.error = error
+    try:
+        yield
+    finally:
+        argparse.ArgumentParser.error, OneLineParser.error = saved
+
+
+def check_argv(parsers, script, argv, what):
+    """Parse one trial's command line with the script's own parse_args (as the run will)."""
+    mod = parsers.module(script)
+    sink = io.StringIO()
+    try:
+        with _parse_errors_raise(), contextlib.redirect_stdout(sink), \
+                contextlib.redirect_stderr(sink):
+            mod.parse_args(list(argv))
+    except _ParseError as exc:
+        raise UserError(f"{what}: {exc}") from None
+    except UserError as exc:
+        raise UserError(f"{what}: {exc}") from None
+    except SystemExit:
+        lines = sink.getvalue().strip().splitlines()
+        raise UserError(f"{what}: {lines[-1] if lines else 'invalid flags'}") from None
+
+
+def check_plan(spec: dict, plan: dict, parsers=None):
+    """Every distinct command line of the plan through its script's parser; a search checks
+    each parameter at its low and high end (or each choice)."""
+    parsers = parsers or Parsers()
+    seen = set()
+    runs = [(t["script"], t["argv"] + ["--run-name", t["key"]], f"trial {t['key']}")
+            for t in plan["trials"] + plan["teachers"]]
+    if spec["search"] is not None:
+        params = spec["search"]["params"]
+        ends = {f: ([r["low"], r["high"]] if "low" in r else r["choices"])
+                for f, r in params.items()}
+        base = {f: v[0] for f, v in ends.items()}
+        for flag, values in ends.items():
+            for v in values:
+                t = search_trial(spec, "check", 0, {**base, flag: v}, plan["teacher_key"])
+                runs.append((t["script"], t["argv"], f"search --{flag} {_label(v)}"))
+    for script, argv, what in runs:
+        sig = (script, tuple(a for a in argv))
+        if sig in seen:
+            continue
+        seen.add(sig)
+        check_argv(parsers, script, argv, what)

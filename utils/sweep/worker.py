@@ -1,0 +1,180 @@
+"""`sweep.py work`: a worker. Start as many as you like, on one machine or many; each claims the
+next trial, runs the real training script as a child process and records the run's metrics.
+
+A trial is one run key; its files are that run's files in the sweep folder (the child runs there
+with `--output-dir .`). What makes a killed worker lose nothing:
+
+- Heartbeats: while a trial runs, its worker writes a counter into the trial every `heartbeat`
+  seconds. Every worker watches the other running trials; one whose counter has not moved for
+  `grace` seconds *of the watching worker's own clock* (so clocks need not agree) is marked
+  failed and queued again as a new trial with the same run key. The transition RUNNING -> FAIL
+  is atomic in the storage, so exactly one worker queues the retry.
+- The retry resumes the run from its state files (`--resume`) when they are there (the sweep
+  folder on a shared disk), else starts it again; a run that had finished just says "nothing to
+  resume", and its summary is read, so no trial is trained twice to completion.
+- The child dies with its worker: it is started through a tiny bootstrap that asks Linux for
+  SIGTERM when the worker dies (PR_SET_PDEATHSIG) before it becomes the training script, and
+  SIGTERM makes the script save its state at the next step and exit. It runs in its own process
+  group, so Ctrl-C reaches the worker only, which forwards one SIGINT.
+- A worker whose own trial was marked dead (a stalled network, a suspended process) takes the
+  trial's retry over, or stops its child if another worker already has.
+- Ctrl-C (or SIGTERM) stops a worker cleanly: the child saves its state, the trial is queued
+  again for the next worker, and the worker exits 130 (143).
+
+Where each part lives: this module holds the worker's loop, its signals and the sweep folder's
+check; claim.py chooses and claims the next trial; child.py runs the training script as a child
+process (BOOTSTRAP) and watches it; heartbeat.py keeps the heartbeats, fails and re-queues stale
+trials and waits out the storage's trouble; results.py records what a finished run reported;
+progress.py counts the study's trials for the progress line. Worker is made of the mixins those
+modules define, which share its attributes (set in Worker.__init__).
+"""
+import os
+import signal
+import socket
+import sys
+import time
+
+from ..errors import UserError
+from .child import ChildMixin
+from .claim import ClaimMixin
+from .heartbeat import HeartbeatMixin, _transient
+from .progress import ProgressMixin, Status
+from .results import ResultMixin
+
+__all__ = ["Worker", "check_run_dir"]
+
+
+class Worker(ClaimMixin, HeartbeatMixin, ChildMixin, ResultMixin, ProgressMixin):
+    """One worker of a sweep (`sweep.py work`); run() until no trial is left or it is stopped."""
+
+    def __init__(self, sweep, run_dir, args):
+        self.sweep, self.spec = sweep, sweep.spec
+        self.storage = sweep.store.storage
+        self.run_dir = os.path.abspath(run_dir)
+        self.poll = args.poll
+        self.heartbeat, self.grace = self.spec["heartbeat"], self.spec["grace"]
+        self.limit, self.wait = args.n_trials, args.wait
+        self.data_dir, self.device = args.data_dir, args.device
+        self.retry_failed = args.retry_failed
+        self.stop = None          # the signal that asked this worker to stop
+        self.signals = 0
+        self.child = None
+        self.current = None       # the running Job
+        self.seen = {}            # trial id -> (heartbeat value, monotonic time first seen)
+        self.beats = 0
+        self.ran = self.failed = 0
+        self.last_scan = 0.0
+        self.elsewhere = 0
+        self.trouble_since = None  # when the storage became unreachable
+        self.host, self.pid = socket.gethostname(), os.getpid()
+        self.status = Status()
+        if self.spec["search"] is not None:
+            self._set_search_strategy()
+        import optuna
+        for study in self.sweep.studies:  # grids and teachers are queued, never sampled
+            if study is not self.sweep.study or self.spec["search"] is None:
+                study.sampler = optuna.samplers.RandomSampler()
+
+    # ------------------------------------------------------------------ set-up
+    def _set_search_strategy(self):
+        import optuna
+        s = self.spec["search"]
+        sampler = (optuna.samplers.TPESampler(seed=s["seed"]) if s["sampler"] == "tpe"
+                   else optuna.samplers.RandomSampler(seed=s["seed"]))
+        pruner = (optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+                  if s["pruner"] == "median" else optuna.pruners.NopPruner())
+        self.sweep.study.sampler, self.sweep.study.pruner = sampler, pruner
+
+    def _on_signal(self, signum, frame):
+        self.signals += 1
+        name = signal.Signals(signum).name
+        child = self.child if self.child is not None and self.child.poll() is None else None
+        if self.stop is None:
+            self.stop = signum
+            if child is not None:
+                child.send_signal(signum)  # the script saves its state at the next step
+                self.status.event(f"{name}: stopping; {self.current.name()} saves its state and "
+                                  f"goes back to the queue (again to stop at once)")
+            else:
+                self.status.event(f"{name}: stopping")
+        elif child is not None:
+            # a second one: the script stops at once (its last epoch's state is kept)
+            child.send_signal(signal.SIGINT if self.signals == 2 else signal.SIGKILL)
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> int:
+        handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        self.status.event(f"worker {self.host}:{self.pid} on study '{self.sweep.name}' "
+                          f"({self.sweep.store.label}); runs in {self.run_dir}")
+        try:
+            if self.retry_failed:
+                self._requeue_failed()
+            while self.stop is None:
+                if self.limit is not None and self.ran >= self.limit:
+                    self.status.event(f"ran {self.ran} trial(s) (--n-trials): stopping")
+                    break
+                try:
+                    self._scan_stale()
+                    job = self._next_job()
+                    if job is not None:
+                        self._run_job(job)
+                        continue
+                    view = self._overview()
+                except Exception as exc:
+                    if not _transient(exc):
+                        raise
+                    self._storage_trouble(exc)
+                    continue
+                self.trouble_since = None
+                if view["finished"]:
+                    self.status.event(f"study '{self.sweep.name}' is finished: {view['done']} "
+                                      f"done, {view['failed']} failed")
+                    break
+                if not self.wait:
+                    self.status.event("no trial to take now (--no-wait): stopping")
+                    break
+                if view["running"] == 0 and self.elsewhere and \
+                        view["waiting"] + view["new"] <= self.elsewhere:
+                    self.failed += 1
+                    self.status.event(
+                        f"{self.elsewhere} trial(s) need a shared teacher's checkpoint that is not "
+                        f"in {os.path.join(self.run_dir, 'saved_pth_model')} (it was trained on "
+                        f"another machine): put the sweep folder on a disk all workers share, or "
+                        f"run a worker where the teachers ran; stopping")
+                    break
+                self._idle(view)
+        finally:
+            self.status.close()
+            for s, h in handlers.items():
+                signal.signal(s, h)
+        if self.stop is not None:
+            print(f"stopped ({signal.Signals(self.stop).name}) after {self.ran} trial(s)",
+                  file=sys.stderr, flush=True)
+            return 128 + self.stop
+        return 1 if self.failed else 0
+
+    def _idle(self, view):
+        waiting = view["waiting"]
+        why = (f"{view['running']} running elsewhere" if view["running"] else
+               f"{waiting} waiting for a teacher" if waiting else "")
+        self.status.update(self._progress_text(view) + (f" | idle: {why}" if why else ""))
+        # many idle workers on one database: look every few seconds, not every --poll
+        end = time.monotonic() + max(self.poll, min(5.0, self.heartbeat / 2))
+        while self.stop is None and time.monotonic() < end:
+            time.sleep(min(0.2, self.poll))
+
+    def _trials(self, study, states=None):
+        """A study's trials (Optuna's own objects, not copies), of the given states."""
+        return study.get_trials(deepcopy=False, states=states)
+
+
+def check_run_dir(run_dir):
+    """The sweep folder must be a writable folder (made when missing)."""
+    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+        raise UserError(f"sweep folder {run_dir} is a file")
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create sweep folder {run_dir}: {exc.strerror}") from None
+    if not os.access(run_dir, os.W_OK | os.X_OK):
+        raise UserError(f"sweep folder {run_dir} is not writable")
