@@ -34,6 +34,9 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "cuda: needs a CUDA GPU (tests/test_cuda.py); skipped, "
                                        "with the reason, where none is visible")
     config.addinivalue_line("markers", "compile: runs torch.compile (slow to compile)")
+    config.addinivalue_line("markers", "slow: a heavy end-to-end check (the bad-input battery, "
+                                       "the GPU check's dry run, sweep workers, kill -9 and "
+                                       "resume, torchrun); `pytest -m 'not slow'` skips them")
 
 
 def script_env():

@@ -17,6 +17,8 @@ from models import create_model
 from utils.train.checkpoint import save_checkpoint
 from utils.data import write_cifar10
 
+pytestmark = pytest.mark.slow  # heavy end-to-end checks: `pytest -m "not slow"` skips them
+
 MID, BASE = "model_training_mid.py", "model_training.py"
 EVAL, VIS, ONNX, EFF = "evaluate.py", "visualize.py", "convertToOnnx.py", "efficiency.py"
 CMP, PLOT = "compare_runs.py", "numpy_outputs/plotting.py"

@@ -14,6 +14,8 @@ from utils.train.checkpoint import load_checkpoint, model_from_checkpoint
 from utils.data import Augment, ImageData, TensorLoader, make_synthetic
 from utils.train.engine import evaluate
 
+pytestmark = pytest.mark.slow  # heavy end-to-end checks: `pytest -m "not slow"` skips them
+
 TRAIN, TEST, EPOCHS = 256, 96, 2
 
 

@@ -10,6 +10,8 @@ import pytest
 
 from conftest import REPO_ROOT, script_env
 
+pytestmark = pytest.mark.slow  # heavy end-to-end checks: `pytest -m "not slow"` skips them
+
 
 @pytest.fixture(scope="module")
 def dry_run(tmp_path_factory):

@@ -17,6 +17,8 @@ import torch
 
 from conftest import REPO_ROOT, script_env
 
+pytestmark = pytest.mark.slow  # heavy end-to-end checks: `pytest -m "not slow"` skips them
+
 MID, BASE = "model_training_mid.py", "model_training.py"
 EPOCHS = 2
 STEPS = 8  # 200 images / batch 25; the plain progress lines come every 2 steps

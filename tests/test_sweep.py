@@ -21,6 +21,8 @@ import torch
 
 from conftest import REPO_ROOT, script_env
 
+pytestmark = pytest.mark.slow  # heavy end-to-end checks: `pytest -m "not slow"` skips them
+
 SWEEP = os.path.join(REPO_ROOT, "sweep.py")
 # tiny synthetic runs: the student (and a teacher of the same size) at width 4, one epoch
 TINY = {"dataset": "synthetic", "synthetic-train-size": 60, "synthetic-test-size": 20,
