@@ -9,6 +9,7 @@ import argparse
 import os
 import sys
 
+from utils.argparsing import HelpFormatter, OneLineParser, add_bool
 from utils.errors import UserError, exit_on_user_error
 
 STORAGE_HELP = ("where the study lives: a database URL Optuna accepts (e.g. "
@@ -34,42 +35,6 @@ def _count(text):
     if v < 0 or v > 10_000_000:
         raise argparse.ArgumentTypeError(f"must be in 0..10,000,000, got {text}")
     return v
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """'(default: ...)' only where the help does not say it already (as utils/cli.py)."""
-
-    def _get_help_string(self, action):
-        if "(default:" in (action.help or "") or action.default is None:
-            return action.help
-        return super()._get_help_string(action)
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """Errors are one line and exit 2, as in the training scripts. (utils/cli.py has the same
-    parser, but importing it imports torch: a worker stays light without it.)"""
-
-    def error(self, message):
-        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
-        sys.exit(2)
-
-
-def _bool(text):
-    v = str(text).strip().lower()
-    if v in ("1", "true", "t", "yes", "y", "on"):
-        return True
-    if v in ("0", "false", "f", "no", "n", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected a boolean (true/false, yes/no, 1/0), got {text!r}")
-
-
-def add_bool(parser, name, default, help):
-    """--name, --name true|false and --no-name."""
-    dest = name.lstrip("-").replace("-", "_")
-    parser.add_argument(name, dest=dest, nargs="?", const=True, default=default, type=_bool,
-                        metavar="BOOL", help=f"{help} (default: %(default)s)")
-    parser.add_argument("--no-" + name.lstrip("-"), dest=dest, action="store_false",
-                        help=argparse.SUPPRESS)
 
 
 def get_args_parser():
