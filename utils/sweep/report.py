@@ -32,7 +32,8 @@ __all__ = ["build_report", "write_report", "command_line"]
 
 RECORD = ".sweep-report.json"
 COMPLETE_FIELDS = ("test_acc_best", "test_acc_last", "best_val_acc", "final_val_acc",
-                   "best_epoch", "epochs", "params", "teacher_params", "wall_time_s",
+                   "best_epoch", "epochs", "params", "teacher_params", "kd_learned_params",
+                   "wall_time_s",
                    "train_images_per_s", "protocol", "environment", "val_acc")
 
 
@@ -124,6 +125,7 @@ def _configs(rows, spec, order):
         c["wall_time_total"] = sum(r["wall_time_s"] or 0 for r in rs)
         c["params"] = rs[0]["params"]
         c["teacher_params"] = rs[0]["teacher_params"]
+        c["kd_learned_params"] = rs[0].get("kd_learned_params")
         c["epochs"] = rs[0]["epochs"]
         c["protocols"] = sorted({str(r["protocol"]) for r in rs})
         bname = base_of(rs[0]["axes"])

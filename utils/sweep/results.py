@@ -40,10 +40,20 @@ def run_metrics(summary: dict, script: str) -> dict:
             "best_epoch": section.get("best_epoch"), "epochs": section.get("epochs"),
             "protocol": section.get("protocol"), "params": section.get("params"),
             "teacher_params": teacher.get("params"),
+            "kd_learned_params": _learned(section.get("kd_learned_params")),
             "wall_time_s": summary.get("wall_time_s"),
             "stage_wall_time_s": section.get("wall_time_s"),
             "train_images_per_s": section.get("train_images_per_s"),
             "environment": summary.get("environment")}
+
+
+def _learned(counts):
+    """The parameters the distillation terms learn (trained with the student, never exported),
+    summed over the terms; None when the run does not say (a run of model_training.py)."""
+    if not isinstance(counts, dict):
+        return None
+    values = [v for v in counts.values() if isinstance(v, int) and not isinstance(v, bool)]
+    return sum(values) if len(values) == len(counts) else None
 
 
 class ResultMixin:

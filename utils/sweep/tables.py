@@ -109,7 +109,9 @@ def _md_protocol(rep) -> list:
                          f"confidence interval = mean ± t(0.975, n−1)·sd/√n.")
         lines.append("- Cost: *wall time / run* is the run's training time from its summary (a "
                      "shared teacher's is listed with the teachers), *images/s* its training "
-                     "throughput (none for a resumed run).")
+                     "throughput (none for a resumed run); *learned by the KD terms*: the "
+                     "parameters the distillation terms train besides the student (connectors, "
+                     "regressors, embeddings), never exported with it.")
     return lines
 
 
@@ -190,8 +192,11 @@ def _grid_table(rep):
     if has_delta:
         head += " Δ test best [95% CI] | Δ test last [95% CI] |"
         sep += "---|---|"
-    head += " params | wall time / run | images/s |"
-    sep += "---|---|---|"
+    learned = any(c.get("kd_learned_params") is not None for c in rep["configs"])
+    head += " params |" + (" learned by the KD terms |" if learned else "")
+    sep += "---|" + ("---|" if learned else "")
+    head += " wall time / run | images/s |"
+    sep += "---|---|"
     lines = [head, sep]
     for c in rep["configs"]:
         line = (f"| {c['config']} | {len(c['seeds'])} | {_pm(*c['test_acc_best'])} | "
@@ -202,7 +207,10 @@ def _grid_table(rep):
                          f"{_delta_text(c['delta_test_acc_last'])} |")
             else:
                 line += " (baseline) | |" if _is_baseline(c, rep) else " | |"
-        line += (f" {_num(c['params'], '{:,}')} | {_secs(c['wall_time_s'][1])} | "
+        line += f" {_num(c['params'], '{:,}')} |"
+        if learned:
+            line += f" {_num(c.get('kd_learned_params'), '{:,}')} |"
+        line += (f" {_secs(c['wall_time_s'][1])} | "
                  f"{_num(c['train_images_per_s'][1], '{:,.0f}')} |")
         lines.append(line)
     return lines
@@ -246,8 +254,8 @@ def configs_csv(rep) -> str:
                "test_acc_last_std", "best_epoch_mean", "epochs", "baseline",
                "delta_best_n", "delta_best_mean", "delta_best_ci_low", "delta_best_ci_high",
                "delta_last_n", "delta_last_mean", "delta_last_ci_low", "delta_last_ci_high",
-               "params", "teacher_params", "wall_time_s_mean", "wall_time_s_total",
-               "train_images_per_s_mean", "protocol", "run_keys"])
+               "params", "teacher_params", "kd_learned_params", "wall_time_s_mean",
+               "wall_time_s_total", "train_images_per_s_mean", "protocol", "run_keys"])
     rows = []
     for c in rep["configs"]:
         db = c.get("delta_test_acc_best") or (None,) * 5
@@ -258,7 +266,8 @@ def configs_csv(rep) -> str:
                      c["test_acc_last"][1], c["test_acc_last"][2], c["best_epoch"][1],
                      c["epochs"], c.get("baseline") or "",
                      db[0], db[1], db[3], db[4], dl[0], dl[1], dl[3], dl[4],
-                     c["params"], c["teacher_params"], c["wall_time_s"][1],
+                     c["params"], c["teacher_params"], c.get("kd_learned_params"),
+                     c["wall_time_s"][1],
                      c["wall_time_total"], c["train_images_per_s"][1],
                      "; ".join(c["protocols"]), " ".join(c["keys"])])
     return _csv(header, rows)
