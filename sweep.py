@@ -133,6 +133,10 @@ def _add_report(sub):
                    "The study's report: markdown, CSV, plotly HTML and PNG figures (works while "
                    "trials still run).")
     r.add_argument("--out", default=None, help="the report folder (default: DIR/report)")
+    r.add_argument("--update", default=None, metavar="DOC",
+                   help="also put the report into this markdown document, between its lines "
+                        "'<!-- sweep.py report STUDY: begin -->' and '<!-- sweep.py report "
+                        "STUDY: end -->' (everything else in it is kept; e.g. docs/RESULTS.md)")
     r.add_argument("--plotlyjs", choices=["inline", "cdn"], default="inline",
                    help="embed plotly.js in figures.html (works offline, ~4 MB) or load it from "
                         "a CDN")
@@ -206,16 +210,22 @@ def work(args):
 
 
 def report(args):
+    from utils.sweep.document import check_document, update_document
     from utils.sweep.report import build_report, command_line, write_report
     from utils.sweep.storage import load_sweep, open_store
     sweep_dir = _dir(args)
     store = open_store(args.storage, sweep_dir, create=False)
     sweep = load_sweep(store, args.study)
+    if args.update:
+        check_document(args.update, args.study)  # before anything is written
     rep = build_report(sweep, sweep_dir)
     out = args.out or os.path.join(sweep_dir, "report")
     paths = write_report(rep, out, command_line(), args.plotlyjs)
     with open(paths[0]) as f:
         text = f.read()
+    if args.update:
+        update_document(args.update, args.study, text, out, paths)
+        print(f"updated the block of '{args.study}' in {args.update}")
     if "## Results" in text:  # the table, on the terminal
         print(text.split("## Results", 1)[1].split("\n## ", 1)[0].strip())
     print(f"wrote {out}/: {', '.join(os.path.basename(p) for p in paths)}")

@@ -166,6 +166,7 @@ def _expected_report(sweep_dir, study):
                 row[f"delta_{tag}_ci_high"] = statistics.mean(d) + half
         row["wall_time_s_mean"] = statistics.mean(runs[(kd, s)]["wall_time_s"] for s in (0, 1, 2))
         row["params"] = runs[(kd, 0)]["student"]["params"]
+        row["kd_learned_params"] = sum(runs[(kd, 0)]["student"]["kd_learned_params"].values())
         out[f"kd={kd}"] = row
     return out
 
@@ -280,9 +281,20 @@ def test_two_workers_complete_grid_and_report(tmp_path, backend, request, capsys
         assert log.count("[student] epoch 1/1") == 1, log
     assert len(pids) == 2, "both workers should have run trials"
 
-    assert _cli("report", study, "--dir", sweep_dir,
-                *(["--storage", storage] if storage else [])) == 0
+    doc = tmp_path / "docs" / "RESULTS.md"
+    doc.parent.mkdir()
+    kept_above, kept_below = "# Results\n\nDesign, kept.\n", "\n## Reading\n\nKept too.\n"
+    doc.write_text(f"{kept_above}<!-- sweep.py report {study}: begin -->\nold table\n"
+                   f"<!-- sweep.py report {study}: end -->{kept_below}")
     out = os.path.join(sweep_dir, "report")
+    for _ in range(2):  # regenerated: the block is replaced, never appended to
+        assert _cli("report", study, "--dir", sweep_dir, "--update", str(doc),
+                    *(["--storage", storage] if storage else [])) == 0
+    text = doc.read_text()
+    assert text.startswith(kept_above) and text.endswith(kept_below)
+    assert "old table" not in text and text.count("| kd=logit | 3 |") == 1
+    assert "\n### Results\n" in text and "\n## Results\n" not in text  # under the document's ##
+    assert "](../sweep/report/accuracy.png)" in text  # links relative to the document
     for name in ("report.md", "configs.csv", "trials.csv", "figures.html", "accuracy.png",
                  "deltas.png", "cost.png"):
         assert os.path.getsize(os.path.join(out, name)) > 0, name
@@ -302,6 +314,7 @@ def test_two_workers_complete_grid_and_report(tmp_path, backend, request, capsys
             f"{w['delta_best_mean']:+.2f} [{w['delta_best_ci_low']:+.2f}, "
             f"{w['delta_best_ci_high']:+.2f}] |") in md, md
     assert "held-out-val" in md  # the protocol is named
+    assert "| learned by the KD terms |" in md
     with open(os.path.join(out, "trials.csv")) as f:
         assert len(list(csv.DictReader(f))) == 6
     capsys.readouterr()
@@ -475,6 +488,10 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, digest, made
         (("work", "x", "--dir", new, "--storage", "postgresql://sweep@127.0.0.1:1/postgres"),
          "cannot connect"),
         (("create", "../x", "--grid", grid("ok3.json", ok)), "bad study name"),
+        (("report", "made", "--dir", made_study, "--update", str(tmp_path / "nodoc.md")),
+         "not a file"),
+        (("report", "made", "--dir", made_study, "--update", grid("doc.md", "no block")),
+         "needs exactly one line '<!-- sweep.py report made: begin -->'"),
     ]
     before = digest(str(tmp_path))
     for args, needle in cases:
