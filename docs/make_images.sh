@@ -1,37 +1,40 @@
 #!/usr/bin/env bash
-# Regenerate the README example images in docs/img/ from a short real run on the built-in
-# synthetic dataset (CPU, a few minutes). Usage: bash docs/make_images.sh [python]
+# Regenerate the README example images in docs/img/ from the evidence study's runs on the real
+# Fashion-MNIST (docs/RESULTS.md): the skip KD + ECA parallel student of seed 0 in the low-data
+# regime, against the no-teacher student of the same seed. Needs the study's sweep folder
+# (`python sweep.py work evidence_low`, after its pilot) and the dataset; about a minute on a CPU.
+# Usage: bash docs/make_images.sh [python] [sweep folder] [Fashion-MNIST folder]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${1:-.venv/bin/python}
+SWEEP=${2:-sweeps/evidence_low}
+DATA=${3:-/usr/share/datasets/fashion-mnist}
+KD=evidence_low_seed=0_method=skip-eca-parallel
+BASE=evidence_low_seed=0_method=none
+CKPT="$SWEEP/saved_pth_model/${KD}_student.pth"
+for f in "$CKPT" "$SWEEP/numpy_outputs/summary_${BASE}.json"; do
+    [ -f "$f" ] || { echo "error: $f not found: run the evidence study first (docs/RESULTS.md)" >&2; exit 2; }
+done
 RUN=$(mktemp -d)
 IMG=docs/img
 mkdir -p "$IMG"
-DATA=(--dataset synthetic --synthetic-train-size 2000 --synthetic-test-size 500 --epochs 8
-      --width 8 --no-progress --no-tensorboard --output-dir "$RUN")
 
-"$PY" model_training_mid.py "${DATA[@]}" --teacher resnet34 --student resnet18 --kd skip \
-    --eca parallel --run-name docs-kd
-"$PY" model_training.py "${DATA[@]}" --model resnet18 --run-name docs-base
-"$PY" model_training.py "${DATA[@]}" --model resnet18 --width 4 --epochs 1 --run-name docs-w4
-
-"$PY" numpy_outputs/plotting.py --numpy-dir "$RUN/numpy_outputs" --run docs-kd \
-    --baseline docs-base --format png --dpi 80 --loss-scale log --out-dir "$IMG" --name curves
-"$PY" evaluate.py "$RUN/saved_pth_model/docs-kd_student.pth" --out-dir "$RUN/eval" --no-tensorboard
-cp "$RUN/eval/docs-kd_student_confusion.png" "$IMG/confusion_matrix.png"
-"$PY" visualize.py "$RUN/saved_pth_model/docs-w4_baseline.pth" --output "$RUN/graph.png"
-"$PY" - "$RUN" "$IMG" <<'PY'
+"$PY" numpy_outputs/plotting.py --numpy-dir "$SWEEP/numpy_outputs" --run "$KD" \
+    --baseline "$BASE" --format png --dpi 80 --loss-scale log --out-dir "$IMG" --name curves
+"$PY" evaluate.py "$CKPT" --data-dir "$DATA" --out-dir "$RUN/eval" --no-tensorboard
+cp "$RUN/eval/${KD}_student_confusion.png" "$IMG/confusion_matrix.png"
+"$PY" visualize.py "$CKPT" --output "$RUN/graph.png"
+"$PY" - "$RUN" "$IMG" "$CKPT" "$DATA" <<'PY'
 import sys
 from PIL import Image
 sys.path.insert(0, ".")
 from utils.train.checkpoint import load_checkpoint, model_from_checkpoint
 from utils.analysis.features import save_feature_figures, test_image
 
-run, img = sys.argv[1], sys.argv[2]
-path = f"{run}/saved_pth_model/docs-kd_student.pth"
+run, img, path, data = sys.argv[1:5]
 ckpt = load_checkpoint(path)
 model = model_from_checkpoint(ckpt, path).eval()
-image, _, _ = test_image(ckpt, 0)
+image, _, _ = test_image(ckpt, 0, data_dir=data)
 paths = save_feature_figures(model, ckpt, image, run + "/fm", layer="stages.0.0", dpi=80)
 # torchviz graph: downscale; every figure: 256-colour palette to keep the files small
 graph = Image.open(f"{run}/graph.png").convert("RGB")

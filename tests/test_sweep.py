@@ -283,7 +283,8 @@ def test_two_workers_complete_grid_and_report(tmp_path, backend, request, capsys
 
     doc = tmp_path / "docs" / "RESULTS.md"
     doc.parent.mkdir()
-    kept_above, kept_below = "# Results\n\nDesign, kept.\n", "\n## Reading\n\nKept too.\n"
+    kept_above = "# Results\n\n## The study\n\n```bash\n# a comment, not a heading\n```\n"
+    kept_below = "\n## Reading\n\nKept too.\n"
     doc.write_text(f"{kept_above}<!-- sweep.py report {study}: begin -->\nold table\n"
                    f"<!-- sweep.py report {study}: end -->{kept_below}")
     out = os.path.join(sweep_dir, "report")
@@ -293,7 +294,7 @@ def test_two_workers_complete_grid_and_report(tmp_path, backend, request, capsys
     text = doc.read_text()
     assert text.startswith(kept_above) and text.endswith(kept_below)
     assert "old table" not in text and text.count("| kd=logit | 3 |") == 1
-    assert "\n### Results\n" in text and "\n## Results\n" not in text  # under the document's ##
+    assert "\n### Results\n" in text and "\n## Results\n" not in text  # under "## The study"
     assert "](../sweep/report/accuracy.png)" in text  # links relative to the document
     for name in ("report.md", "configs.csv", "trials.csv", "figures.html", "accuracy.png",
                  "deltas.png", "cost.png"):

@@ -8,8 +8,9 @@ The document marks where the report goes with two lines of its own:
 
 Everything between them is replaced by the report (its headings moved under the document's
 level, its links to figures and CSV files made relative to the document); everything outside
-them (the design, the reading of the numbers, earlier studies) is kept as it is. A document
-without exactly one such pair is refused before anything is written.
+them (the design, the reading of the numbers, earlier studies) is kept as it is. The report's
+own sections go one level under the document's heading above the block. A document without
+exactly one such pair is refused before anything is written.
 """
 import os
 import re
@@ -46,11 +47,28 @@ def check_document(path: str, study: str) -> str:
     return text
 
 
+def _headings(lines):
+    """(index, depth) of every markdown heading outside fenced code blocks."""
+    fenced = False
+    for i, line in enumerate(lines):
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        elif not fenced:
+            m = re.match(r"^(#+) ", line)
+            if m:
+                yield i, len(m.group(1))
+
+
 def embed(text: str, study: str, report_md: str, doc_path: str, out_dir: str,
-          files: list, level: int = 3) -> str:
+          files: list) -> str:
     """The document with the block of `study` replaced by `report_md`: its title dropped, its
-    headings starting at `level`, links to `files` (written in `out_dir`) relative to the
-    document's folder."""
+    sections one level under the document's heading above the block, links to `files`
+    (written in `out_dir`) relative to the document's folder."""
+    begin, end = markers(study)
+    lines = text.split("\n")
+    i, j = lines.index(begin), lines.index(end)
+    above = [d for k, d in _headings(lines[:i])]
+    level = (above[-1] if above else 1) + 1
     body = report_md.split("\n")
     if body and body[0].startswith("# "):
         body = body[1:]
@@ -58,17 +76,11 @@ def embed(text: str, study: str, report_md: str, doc_path: str, out_dir: str,
                           os.path.dirname(os.path.abspath(doc_path))).replace(os.sep, "/")
     names = "|".join(re.escape(os.path.basename(f)) for f in files)
     link = re.compile(rf"\]\(({names})\)") if names else None
-    out = []
-    for line in body:
-        m = re.match(r"^(#+) ", line)
-        if m:
-            line = "#" * (level + len(m.group(1)) - 2) + line[len(m.group(1)):]
-        if link is not None:
-            line = link.sub(lambda g: f"]({rel}/{g.group(1)})", line)
-        out.append(line)
-    begin, end = markers(study)
-    lines = text.split("\n")
-    i, j = lines.index(begin), lines.index(end)
+    out = list(body)
+    for k, depth in _headings(body):  # the report's ## sections start at `level`
+        out[k] = "#" * (level + depth - 2) + body[k][depth:]
+    if link is not None:
+        out = [link.sub(lambda g: f"]({rel}/{g.group(1)})", line) for line in out]
     return "\n".join(lines[:i + 1] + out + lines[j:])
 
 
