@@ -27,6 +27,13 @@ def _positive_seconds(text):
     return v
 
 
+def _threads(text):
+    v = _count(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return v
+
+
 def _count(text):
     try:
         v = int(text)
@@ -125,6 +132,11 @@ def _add_work(sub):
                         "differ between machines and between a run and its resume)")
     w.add_argument("--device", default=None,
                    help="this worker's --device for its runs (e.g. cuda:1)")
+    w.add_argument("--threads", type=_threads, default=None,
+                   help="CPU threads of each run (OMP_NUM_THREADS and MKL_NUM_THREADS of the "
+                        "child; default: inherited). On a CPU machine, start one worker per "
+                        "core with --threads 1: several multi-threaded runs on the same cores "
+                        "slow each other down many times over")
 
 
 def _add_report(sub):

@@ -79,8 +79,8 @@ def _stop_leftover_workers():
         proc.log_file.close()
 
 
-def _worker(sweep_dir, study, log_path, storage=None):
-    args = [sys.executable, SWEEP, "work", study, "--dir", sweep_dir, *WORKER_FLAGS]
+def _worker(sweep_dir, study, log_path, storage=None, extra=()):
+    args = [sys.executable, SWEEP, "work", study, "--dir", sweep_dir, *WORKER_FLAGS, *extra]
     if storage:
         args += ["--storage", storage]
     log = open(log_path, "w")
@@ -257,7 +257,9 @@ def test_two_workers_complete_grid_and_report(tmp_path, backend, request, capsys
                 *(["--storage", storage] if storage else [])) == 0
     if backend == "journal":
         assert os.path.isfile(os.path.join(sweep_dir, "optuna-journal.log"))
-    workers = [_worker(sweep_dir, study, tmp_path / f"w{i}.log", storage) for i in range(2)]
+    # --threads reaches the runs (the tests' environment has OMP_NUM_THREADS=1)
+    workers = [_worker(sweep_dir, study, tmp_path / f"w{i}.log", storage,
+                       extra=("--threads", "2") if i == 0 else ()) for i in range(2)]
     for w in workers:
         code, out = _finish(w)
         assert code == 0, out
@@ -273,6 +275,8 @@ def test_two_workers_complete_grid_and_report(tmp_path, backend, request, capsys
         t = ts[0]
         pids.add(t.user_attrs["worker"]["pid"])
         summary = _summary(sweep_dir, key)
+        by_first = t.user_attrs["worker"]["pid"] == workers[0].pid
+        assert summary["environment"]["threads"] == (2 if by_first else 1), key
         assert t.user_attrs["test_acc_best"] == summary["student"]["test_acc_best"]
         assert t.user_attrs["test_acc_last"] == summary["student"]["test_acc_last"]
         assert t.value == summary["student"]["best_val_acc"]  # the objective: held-out

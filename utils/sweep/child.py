@@ -121,6 +121,8 @@ class ChildMixin:
                     f"{' '.join(cmd[1:])}\n")
             f.flush()
             env = dict(os.environ, PYTHONUNBUFFERED="1")
+            if self.threads:
+                env.update(OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads))
             self.child = subprocess.Popen(
                 [sys.executable, "-c", BOOTSTRAP, str(os.getpid())] + cmd, cwd=self.run_dir,
                 stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT, env=env,

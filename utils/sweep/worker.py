@@ -55,6 +55,7 @@ class Worker(ClaimMixin, HeartbeatMixin, ChildMixin, ResultMixin, ProgressMixin)
         self.heartbeat, self.grace = self.spec["heartbeat"], self.spec["grace"]
         self.limit, self.wait = args.n_trials, args.wait
         self.data_dir, self.device = args.data_dir, args.device
+        self.threads = getattr(args, "threads", None)
         self.retry_failed = args.retry_failed
         self.stop = None          # the signal that asked this worker to stop
         self.signals = 0
