@@ -47,7 +47,8 @@ def _environments(rows):
     envs = set()
     for r in rows:
         e = r.get("environment") or {}
-        envs.add(f"{e.get('device', '?')}, {e.get('threads', '?')} threads, torch "
+        n = e.get("threads", "?")
+        envs.add(f"{e.get('device', '?')}, {n} thread{'' if n == 1 else 's'}, torch "
                  f"{e.get('torch', '?')}")
     return sorted(envs)
 
@@ -107,11 +108,13 @@ def _md_protocol(rep) -> list:
             lines.append(f"- Δ: the difference to `{shown}` "
                          f"(the other axes equal) of the same seed, paired over seeds; 95% "
                          f"confidence interval = mean ± t(0.975, n−1)·sd/√n.")
+        learned = any(c.get("kd_learned_params") is not None for c in rep["configs"])
         lines.append("- Cost: *wall time / run* is the run's training time from its summary (a "
                      "shared teacher's is listed with the teachers), *images/s* its training "
-                     "throughput (none for a resumed run); *learned by the KD terms*: the "
-                     "parameters the distillation terms train besides the student (connectors, "
-                     "regressors, embeddings), never exported with it.")
+                     "throughput (none for a resumed run)"
+                     + ("; *learned by the KD terms*: the parameters the distillation terms "
+                        "train besides the student (connectors, regressors, embeddings), never "
+                        "exported with it." if learned else "."))
     return lines
 
 
