@@ -233,7 +233,7 @@ def report(args):
     rep = build_report(sweep, sweep_dir)
     out = args.out or os.path.join(sweep_dir, "report")
     paths = write_report(rep, out, command_line(), args.plotlyjs)
-    with open(paths[0]) as f:
+    with open(paths[0], encoding="utf-8") as f:
         text = f.read()
     if args.update:
         update_document(args.update, args.study, text, out, paths)

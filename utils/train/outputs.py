@@ -90,7 +90,8 @@ def atomic_write(path, write, mode, suffix=""):
 
 
 def atomic_write_text(path, text):
-    atomic_write(path, lambda f: f.write(text), "w")
+    """UTF-8 whatever the locale, line ends as given."""
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")), "wb")
 
 
 def atomic_save_npy(path, array):
