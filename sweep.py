@@ -145,6 +145,10 @@ def _add_report(sub):
                    "The study's report: markdown, CSV, plotly HTML and PNG figures (works while "
                    "trials still run).")
     r.add_argument("--out", default=None, help="the report folder (default: DIR/report)")
+    r.add_argument("--baseline", default=None, metavar="AXIS=VALUE",
+                   help="compare with this grid point instead of the study's baseline (e.g. "
+                        "method=skip: the deltas of every other method against skip, paired by "
+                        "seed)")
     r.add_argument("--update", default=None, metavar="DOC",
                    help="also put the report into this markdown document, between its lines "
                         "'<!-- sweep.py report STUDY: begin -->' and '<!-- sweep.py report "
@@ -223,11 +227,18 @@ def work(args):
 
 def report(args):
     from utils.sweep.document import check_document, update_document
+    from utils.sweep.spec import normalize_baseline
     from utils.sweep.report import build_report, command_line, write_report
     from utils.sweep.storage import load_sweep, open_store
     sweep_dir = _dir(args)
     store = open_store(args.storage, sweep_dir, create=False)
     sweep = load_sweep(store, args.study)
+    if args.baseline:
+        axis, eq, value = args.baseline.partition("=")
+        if not eq:
+            raise UserError(f"--baseline {args.baseline!r}: expected AXIS=VALUE")
+        sweep.spec["baseline"] = normalize_baseline({"baseline": {axis: value}}, sweep.spec,
+                                                    "--baseline")
     if args.update:
         check_document(args.update, args.study)  # before anything is written
     rep = build_report(sweep, sweep_dir)

@@ -312,6 +312,15 @@ def test_two_workers_complete_grid_and_report(tmp_path, backend, request, capsys
             assert float(rows[config][field]) == pytest.approx(value, rel=1e-9, abs=1e-9), \
                 (config, field)
     assert rows["kd=logit"]["baseline"] == "kd=none" and rows["kd=none"]["baseline"] == ""
+    # another baseline at report time: the same pairs, the other way round
+    other = os.path.join(sweep_dir, "vs-logit")
+    assert _cli("report", study, "--dir", sweep_dir, "--baseline", "kd=logit", "--out", other,
+                *(["--storage", storage] if storage else [])) == 0
+    with open(os.path.join(other, "configs.csv")) as f:
+        flipped = {r["config"]: r for r in csv.DictReader(f)}
+    assert flipped["kd=none"]["baseline"] == "kd=logit" and flipped["kd=logit"]["baseline"] == ""
+    assert float(flipped["kd=none"]["delta_best_mean"]) == pytest.approx(
+        -want["kd=logit"]["delta_best_mean"], abs=1e-9)
     md = open(os.path.join(out, "report.md")).read()
     w = want["kd=logit"]
     assert (f"| kd=logit | 3 | {w['test_acc_best_mean']:.2f} ± {w['test_acc_best_std']:.2f} | "
@@ -493,6 +502,9 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, digest, made
         (("work", "x", "--dir", new, "--storage", "postgresql://sweep@127.0.0.1:1/postgres"),
          "cannot connect"),
         (("create", "../x", "--grid", grid("ok3.json", ok)), "bad study name"),
+        (("report", "made", "--dir", made_study, "--baseline", "nosuch=1"),
+         "baseline names 'nosuch', which is not a grid axis"),
+        (("report", "made", "--dir", made_study, "--baseline", "kd"), "expected AXIS=VALUE"),
         (("report", "made", "--dir", made_study, "--update", str(tmp_path / "nodoc.md")),
          "not a file"),
         (("report", "made", "--dir", made_study, "--update", grid("doc.md", "no block")),

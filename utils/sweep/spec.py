@@ -101,7 +101,7 @@ def normalize_spec(raw: dict, source: str) -> dict:
         raise UserError(f"{source}: 'teacher' (a shared teacher run) needs script "
                         f"model_training_mid.py")
     spec["teacher"] = None if teacher is None else _check_flags(teacher, f"{source}: teacher")
-    spec["baseline"] = _normalize_baseline(raw, spec, source)
+    spec["baseline"] = normalize_baseline(raw, spec, source)
     for key, default in DEFAULTS.items():
         spec[key] = _positive(raw, key, default, integer=key == "max_retries")
     if spec["grace"] < 2 * spec["heartbeat"]:
@@ -231,7 +231,7 @@ def _normalize_param(flag, rule, what) -> dict:
     return {"type": kind, "low": low, "high": high, "log": log, "step": step}
 
 
-def _normalize_baseline(raw, spec, source):
+def normalize_baseline(raw, spec, source):
     grid = spec["grid"] or {}
     if "baseline" in raw:
         base = raw["baseline"]
