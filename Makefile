@@ -55,7 +55,7 @@ demo: $(STAMP)
 	  --limit-train 4000 --limit-test 1000 --run-name demo --overwrite $(DEMO_ARGS)
 
 test: $(STAMP) system-deps
-	$(PY) -m pytest -q -rs tests
+	$(PY) -m pytest -q -rs -n auto --maxprocesses 4 --dist loadfile tests
 
 clean-outputs:
 	rm -rf runs saved_pth_model/*.pth numpy_outputs/*.npy numpy_outputs/*.json

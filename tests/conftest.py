@@ -23,6 +23,18 @@ TINY_TRAIN, TINY_TEST = 200, 100
 BATTERY_VERDICTS = {}
 
 
+def pytest_runtest_logreport(report):
+    """Gather the battery's verdicts from the test reports (in the main process, also when
+    pytest-xdist runs the tests in others)."""
+    if report.when != "call":
+        return
+    props = dict(report.user_properties)
+    if "battery_verdict" in props:
+        case = report.nodeid.rsplit("[", 1)[-1].rstrip("]")
+        BATTERY_VERDICTS[case] = props["battery_verdict"] + (
+            "  [outputs unchanged]" if props.get("battery_unchanged") else "")
+
+
 def pytest_terminal_summary(terminalreporter):
     if BATTERY_VERDICTS:
         terminalreporter.section(f"bad-input battery: {len(BATTERY_VERDICTS)} cases")
