@@ -228,17 +228,15 @@ def work(args):
 def report(args):
     from utils.sweep.document import check_document, update_document
     from utils.sweep.spec import normalize_baseline
+    from utils.sweep.spec_sources import baseline_flag
     from utils.sweep.report import build_report, command_line, write_report
     from utils.sweep.storage import load_sweep, open_store
     sweep_dir = _dir(args)
     store = open_store(args.storage, sweep_dir, create=False)
     sweep = load_sweep(store, args.study)
-    if args.baseline:
-        axis, eq, value = args.baseline.partition("=")
-        if not eq:
-            raise UserError(f"--baseline {args.baseline!r}: expected AXIS=VALUE")
-        sweep.spec["baseline"] = normalize_baseline({"baseline": {axis: value}}, sweep.spec,
-                                                    "--baseline")
+    if args.baseline:  # this report only: the study keeps its own
+        sweep.spec["baseline"] = normalize_baseline(
+            {"baseline": baseline_flag(args.baseline)}, sweep.spec, "--baseline")
     if args.update:
         check_document(args.update, args.study)  # before anything is written
     rep = build_report(sweep, sweep_dir)

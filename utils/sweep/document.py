@@ -65,6 +65,11 @@ def _read(path):
 def check_document(path: str, study: str) -> str:
     """The document's real path (a symlink is followed, so the link stays), or a UserError
     when it cannot take the report."""
+    return _load(path, study)[0]
+
+
+def _load(path, study):
+    """(real path, text with \n line ends, the document's line end), checked as above."""
     real = os.path.realpath(path)
     if not os.path.isfile(real):
         raise UserError(f"--update {path}: not a file (the document must exist and mark where "
@@ -74,7 +79,7 @@ def check_document(path: str, study: str) -> str:
         raise UserError(f"--update {path}: the document and its folder must be writable (it "
                         f"is replaced atomically)")
     try:
-        text, _ = _read(real)
+        text, newline = _read(real)
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"--update {path}: unreadable as UTF-8 text ({exc})") from None
     if _block(text.split("\n"), study) is None:
@@ -82,7 +87,7 @@ def check_document(path: str, study: str) -> str:
         raise UserError(f"--update {path}: the document needs exactly one line '{begin}' "
                         f"followed by one line '{end}', outside code blocks, where the report "
                         f"goes")
-    return real
+    return real, text, newline
 
 
 def _link_target(rel, name):
@@ -133,8 +138,7 @@ def embed(text: str, study: str, report_md: str, doc_path: str, out_dir: str,
 
 
 def update_document(path: str, study: str, report_md: str, out_dir: str, files: list) -> None:
-    real = check_document(path, study)
-    text, newline = _read(real)
+    real, text, newline = _load(path, study)  # checked again: it may have changed since
     new = embed(text, study, report_md, real, out_dir, files).replace("\n", newline)
     mode = stat.S_IMODE(os.stat(real).st_mode)
     atomic_write(real, lambda f: f.write(new.encode("utf-8")), "wb")

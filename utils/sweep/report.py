@@ -33,8 +33,7 @@ __all__ = ["build_report", "write_report", "command_line"]
 RECORD = ".sweep-report.json"
 COMPLETE_FIELDS = ("test_acc_best", "test_acc_last", "best_val_acc", "final_val_acc",
                    "best_epoch", "epochs", "params", "teacher_params", "kd_learned_params",
-                   "wall_time_s",
-                   "train_images_per_s", "protocol", "environment", "val_acc")
+                   "wall_time_s", "train_images_per_s", "protocol", "environment", "val_acc")
 
 
 def _rows(study):

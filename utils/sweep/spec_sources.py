@@ -7,7 +7,7 @@ import shlex
 from ..errors import UserError
 from .spec import TOP_KEYS
 
-__all__ = ["load_spec_file", "spec_from_flags", "tokens_to_args"]
+__all__ = ["load_spec_file", "spec_from_flags", "tokens_to_args", "baseline_flag"]
 
 
 def _scalar(text: str):
@@ -131,8 +131,13 @@ def spec_from_flags(args) -> dict:
     if args.teacher_args is not None:
         raw["teacher"] = tokens_to_args(shlex.split(args.teacher_args), "--teacher-args")
     if args.baseline:
-        name, eq, value = args.baseline.partition("=")
-        if not eq:
-            raise UserError(f"--baseline {args.baseline!r}: expected AXIS=VALUE")
-        raw["baseline"] = {name: value}
+        raw["baseline"] = baseline_flag(args.baseline)
     return raw
+
+
+def baseline_flag(text: str) -> dict:
+    """--baseline AXIS=VALUE -> {axis: value} (checked against the grid by normalize_baseline)."""
+    name, eq, value = text.partition("=")
+    if not eq:
+        raise UserError(f"--baseline {text!r}: expected AXIS=VALUE")
+    return {name: value}
