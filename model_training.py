@@ -14,7 +14,7 @@ from utils.kd import DistillationLoss
 from utils.train.distributed import barrier, cleanup, init_distributed, is_main
 from utils.train.outputs import RunOutputs
 from utils.train.resume import finished_stages, load_state
-from utils.train.setup import (build_model, environment, make_loaders, prepare_data,
+from utils.train.setup import (build_model, init_options, environment, make_loaders, prepare_data,
                                resolve_device, seed_everything)
 from utils.train.stage import RunContext, Stage, train_stage
 
@@ -40,7 +40,7 @@ def main(args):
                             f"{data_cfg['dataset']}_s{args.seed}")
     with torch.device("meta"):  # a width or placement the family lacks: refused before any file
         build_model(args.model, data_cfg, width, args.eca, args.eca_k, torch.device("meta"),
-                    attn=args.attn)
+                    attn=args.attn, **init_options(args))
     outputs = RunOutputs(args.output_dir, key)
     outputs.prepare(args.overwrite, args.resume, roles=("baseline",), write=is_main(),
                     tensorboard=args.tensorboard)
@@ -51,7 +51,7 @@ def main(args):
     run = RunContext(args, device, make_loaders(train, test, data_cfg, args, device), data_cfg,
                      outputs)
     model, model_cfg = build_model(args.model, data_cfg, width, args.eca, args.eca_k, device,
-                                   args.channels_last, attn=args.attn)
+                                   args.channels_last, attn=args.attn, **init_options(args))
     print(f"baseline {args.model} (eca {args.eca}, width {width}) on {data_cfg['dataset']} "
           f"[{data_cfg['train_size']} train / {data_cfg['test_size']} test, {data_cfg['protocol']}] "
           f"device {device}; run '{key}'")

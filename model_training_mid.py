@@ -20,7 +20,7 @@ from utils.train.checkpoint import load_checkpoint, model_from_checkpoint
 from utils.train.distributed import barrier, cleanup, init_distributed, is_main
 from utils.train.outputs import RunOutputs
 from utils.train.resume import finished_stages, load_state
-from utils.train.setup import (build_model, environment, make_loaders, prepare_data,
+from utils.train.setup import (build_model, init_options, environment, make_loaders, prepare_data,
                                resolve_device, seed_everything)
 from utils.train.stage import RunContext, Stage, train_stage
 
@@ -155,7 +155,8 @@ def check_run(args, run, loaded, teacher_width, student_width):
     # that the teacher's initialisation draws from next (same seed, same teacher, any --kd)
     devices = [run.device.index or 0] if run.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
-        meta = dict(device=torch.device("meta"), channels_last=False, attn=args.attn)
+        meta = dict(device=torch.device("meta"), channels_last=False, attn=args.attn,
+                    **init_options(args))
         with torch.device("meta"):
             student = build_model(args.student, run.data_cfg, student_width, args.eca,
                                   args.eca_k, **meta)[0]
@@ -179,7 +180,8 @@ def teacher_stage(args, run, loaded, width, epochs) -> tuple:
                          "checkpoint": args.teacher_checkpoint,
                          "best_val_acc": saved.get("acc", float("nan")), "final_val_acc": None}
     teacher, cfg = build_model(args.teacher, run.data_cfg, width, args.eca, args.eca_k,
-                               run.device, args.channels_last, attn=args.attn)
+                               run.device, args.channels_last, attn=args.attn,
+                               **init_options(args))
     print(f"teacher: {args.teacher} (eca {args.eca}, width {width}), "
           f"{count_parameters(teacher):,} parameters, {epochs} epochs")
     saved = load_state(run.outputs.checkpoint("teacher", state=True)) if args.resume else None
@@ -195,7 +197,8 @@ def student_stage(args, run, teacher, width) -> dict:
     """Distil the student from the frozen teacher (or train it alone with --kd none)."""
     seed_everything(args.seed + 1)
     student, cfg = build_model(args.student, run.data_cfg, width, args.eca, args.eca_k,
-                               run.device, args.channels_last, attn=args.attn)
+                               run.device, args.channels_last, attn=args.attn,
+                               **init_options(args))
     loss_fn = build_loss(args, run, student, teacher)
     student.request_features(loss_fn.features)  # what the terms read besides logits and hint
     conn = loss_fn.connector

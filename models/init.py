@@ -7,6 +7,10 @@
   N(0, 2 / (k * k * out_channels)) (= kaiming_normal_, fan_out, ReLU gain), zero conv biases,
   BatchNorm 1 and 0, the Linear head as each family's reference sets it; the attention modules,
   which the references do not have, get the orthogonal rule.
+- zero_init_residual_: the last BatchNorm of every residual branch starts at weight 0, so each
+  residual block starts as its shortcut (Goyal et al. 2017, section 5.1; torchvision's and timm's
+  ResNets do the same): a deep net then starts as shallow as its projection path, and depth no
+  longer costs accuracy at short schedules (docs/RESULTS.md, "A teacher that teaches").
 Both walk the modules once, in order, so a seed gives the same weights every time.
 """
 import math
@@ -15,7 +19,10 @@ from torch import nn
 
 from .eca import ATTENTION_LAYERS
 
-__all__ = ["orthogonal_init_", "reference_init_", "attention_modules"]
+__all__ = ["orthogonal_init_", "reference_init_", "attention_modules", "zero_init_residual_",
+           "residual_tail_norms", "INIT_SCHEMES", "apply_init_"]
+
+INIT_SCHEMES = ("model", "orthogonal", "kaiming")
 
 
 def attention_modules(model: nn.Module) -> set:
@@ -64,4 +71,37 @@ def reference_init_(model: nn.Module, linear: str = "normal") -> nn.Module:
             if linear == "normal":
                 nn.init.normal_(m.weight, 0.0, 0.01)
             nn.init.zeros_(m.bias)
+    return model
+
+
+def residual_tail_norms(model: nn.Module) -> list:
+    """The last BatchNorm of each residual branch: the final module of every block's `residual`
+    Sequential (the blocks of models/resnet.py, and the CIFAR ResNets built from them)."""
+    norms = []
+    for m in model.modules():
+        branch = getattr(m, "residual", None)
+        if isinstance(branch, nn.Sequential) and len(branch) and isinstance(branch[-1], nn.BatchNorm2d):
+            norms.append(branch[-1])
+    return norms
+
+
+def zero_init_residual_(model: nn.Module) -> nn.Module:
+    for bn in residual_tail_norms(model):
+        nn.init.zeros_(bn.weight)
+    return model
+
+
+def apply_init_(model: nn.Module, scheme: str = "model", zero_residual: bool = False) -> nn.Module:
+    """After construction: scheme 'model' keeps the family's own init, 'orthogonal' and 'kaiming'
+    redo it with that rule (kaiming: reference_init_ with PyTorch's default head); zero_residual
+    then zeroes the residual branches' last BatchNorm weights. No random numbers are drawn for
+    'model', so the default keeps a seed's weights as before (bar the zeroed weights)."""
+    if scheme not in INIT_SCHEMES:
+        raise ValueError(f"init must be one of {', '.join(INIT_SCHEMES)}, got {scheme!r}")
+    if scheme == "orthogonal":
+        orthogonal_init_(model)
+    elif scheme == "kaiming":
+        reference_init_(model, linear="default")
+    if zero_residual:
+        zero_init_residual_(model)
     return model

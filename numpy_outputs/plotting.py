@@ -165,7 +165,8 @@ def plot_html(series, metrics, path, title, plotlyjs="inline", loss_scale="linea
 
 def newest_run(numpy_dir, keys):
     def mtime(key):
-        paths = [os.path.join(numpy_dir, f"summary_{key}.json")] + \
+        paths = [os.path.join(numpy_dir, f"summary_{key}.json"),
+                 os.path.join(numpy_dir, f"history_{key}.json")] + \
                 [os.path.join(numpy_dir, f"val_accuracy{r}_{key}.npy")
                  for r in ("", "_teacher", "_student")]
         return max((os.path.getmtime(p) for p in paths if os.path.exists(p)), default=0.0)
@@ -192,7 +193,7 @@ def main(args):
     more = f"_and_{len(args.run) - 1}_more" if len(args.run) > 1 else ""
     name = args.name or f"curves_{args.run[0]}{more}"
     # the arrays and summaries of the folder are this tool's inputs: never an output
-    inputs = [p for pattern in ("*.npy", "summary_*.json")
+    inputs = [p for pattern in ("*.npy", "summary_*.json", "history_*.json", "manifest_*.json")
               for p in glob.glob(os.path.join(glob.escape(numpy_dir), pattern))]
     check_output_dir(out_dir, inputs, "--out-dir")
     for fmt in args.formats:

@@ -5,6 +5,7 @@ Each case is a failure found in the toolkit before run records and locks existed
 deleted the output root, `--overwrite` globbed other keys' files, a file with the key's name
 from another run was replaced, an unwritable runs/ was found only after deleting, two starts
 with one key both ran, and killed atomic writes left their temporaries forever."""
+import hashlib
 import json
 import os
 import shutil
@@ -41,12 +42,13 @@ def _refused(proc, *needles):
 def _names_of(key):
     """The file names a run with this key may write, listed independently of the code."""
     names = {os.path.join("numpy_outputs", f"summary_{key}.json"),
+             os.path.join("numpy_outputs", f"history_{key}.json"),
              os.path.join("numpy_outputs", f"manifest_{key}.json")}
     for role in ("baseline", "teacher", "student"):
         for suffix in ("", "_last", "_state"):
             names.add(os.path.join("saved_pth_model", f"{key}_{role}{suffix}.pth"))
     for split in ("train", "val"):
-        for metric in ("accuracy", "loss", "loss_ce", "loss_skip", "loss_logit", "lr", "lr_start"):
+        for metric in ("accuracy", "loss"):  # the other metrics live in the history only
             for infix in ("", "_teacher", "_student"):
                 names.add(os.path.join("numpy_outputs", f"{split}_{metric}{infix}_{key}.npy"))
     return names
@@ -141,13 +143,23 @@ def test_a_file_with_the_keys_name_but_not_its_record_is_not_removed(copy):
     assert files_digest(copy) == before
 
 
-def test_a_tampered_run_record_cannot_widen_overwrite(copy):
+@pytest.mark.parametrize("form", ["hashes", "names"])
+def test_a_tampered_run_record_cannot_widen_overwrite(copy, form):
+    """A record edited to list other runs' files (with their true hashes, or as the names-only
+    record of earlier versions) and paths outside the folder removes none of them."""
     record = copy / "numpy_outputs" / "manifest_v2.json"
     data = json.loads(record.read_text())
     assert "numpy_outputs/summary_v2.json" in data["files"]
     (copy / "outside.txt").write_text("keep me")
-    data["files"] += ["numpy_outputs/summary_good.json", "saved_pth_model/good_baseline.pth",
-                      "../outside.txt", "outside.txt", "/etc/hostname", "runs/good"]
+    extra = ["numpy_outputs/summary_good.json", "saved_pth_model/good_baseline.pth",
+             "../outside.txt", "outside.txt", "/etc/hostname", "runs/good"]
+    if form == "hashes":
+        for name in extra:
+            path = os.path.join(copy, name)
+            data["files"][name] = ([hashlib.sha256(open(path, "rb").read()).hexdigest()]
+                                   if os.path.isfile(path) else "dir")
+    else:
+        data = {"key": "v2", "files": sorted(data["files"]) + extra}
     record.write_text(json.dumps(data))
     before = files_digest(copy)
     _ok(run_script(BASE, *ARGS, "--no-tensorboard", "--output-dir", copy, "--run-name", "v2",
@@ -168,14 +180,16 @@ def test_unwritable_tensorboard_folder_is_found_before_anything_is_removed(tmp_p
 
 def test_stale_temporaries_of_the_key_are_removed_and_no_others(copy):
     ckpts = copy / "saved_pth_model"
-    mine = ckpts / ".v2_baseline.pth.tmp-abc123.pth"
-    theirs = ckpts / ".good_v2_baseline.pth.tmp-abc123.pth"
-    users = ckpts / ".tmp-abc123.pth"
-    for path in (mine, theirs, users):
+    mine = ckpts / ".v2_baseline.pth.tmp-abc12345.pth"  # mkstemp's 8 random characters
+    theirs = ckpts / ".good_v2_baseline.pth.tmp-abc12345.pth"
+    users = ckpts / ".tmp-abc12345.pth"
+    not_a_temporary = ckpts / ".v2_baseline.pth.tmp-abc12345.pth.lock"
+    for path in (mine, theirs, users, not_a_temporary):
         path.write_bytes(b"half a checkpoint")
     _ok(run_script(BASE, *ARGS, "--no-tensorboard", "--output-dir", copy, "--run-name", "v2",
                    "--overwrite"))
     assert not mine.exists() and theirs.exists() and users.exists()
+    assert not_a_temporary.exists()
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o077])

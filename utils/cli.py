@@ -161,14 +161,16 @@ PRESETS = {
     "default": dict(epochs=100, batch_size=128, lr=0.1, lr_scaling="linear", momentum=0.9,
                     nesterov=True, weight_decay=5e-4, warmup_epochs=1.0, t_max=None,
                     schedule="step", crop_padding=4, hflip=True, vflip=False, normalize=True,
-                    select_by="acc", eval_batch_size=1024, val_split=0.1),
+                    select_by="acc", eval_batch_size=1024, val_split=0.1,
+                    init="model", zero_init_residual=False, bn_weight_decay=True),
     # the original work: SGD lr 0.001, batch 32, CosineAnnealingLR(T_max=200) stepped per epoch,
     # 300 epochs (200 for the baseline), crop + h-flip + v-flip, no normalisation,
     # best checkpoint by validation loss on the test set
     "original": dict(epochs=300, batch_size=32, lr=0.001, lr_scaling="none", momentum=0.9,
                      nesterov=False, weight_decay=5e-4, warmup_epochs=0.0, t_max=200,
                      schedule="epoch", crop_padding=4, hflip=True, vflip=True, normalize=False,
-                     select_by="loss", eval_batch_size=100, val_split=0.0),
+                     select_by="loss", eval_batch_size=100, val_split=0.0,
+                    init="model", zero_init_residual=False, bn_weight_decay=True),
     # the KD literature's CIFAR-100 recipe (CRD, Tian et al. 2020; RepDistiller train_student.py,
     # reused by mdistiller and every table since): SGD momentum 0.9 (no Nesterov), weight decay
     # 5e-4, batch 64, 240 epochs, lr 0.05 (0.01 for MobileNetV2/ShuffleV1/ShuffleV2: lr=None
@@ -179,7 +181,8 @@ PRESETS = {
     "crd": dict(epochs=240, batch_size=64, lr=None, lr_scaling="none", momentum=0.9,
                 nesterov=False, weight_decay=5e-4, warmup_epochs=0.0, t_max=None,
                 schedule="multistep", crop_padding=4, hflip=True, vflip=False, normalize=True,
-                select_by="acc", eval_batch_size=1024, val_split=0.0),
+                select_by="acc", eval_batch_size=1024, val_split=0.0,
+                    init="model", zero_init_residual=False, bn_weight_decay=True),
 }
 
 
@@ -258,6 +261,13 @@ def common_parser(description) -> OneLineParser:
                                      "(default: preset)")
     g.add_argument("--select-by", choices=["acc", "loss"], default=None,
                    help="best checkpoint by validation accuracy or loss (default: preset)")
+    g.add_argument("--init", choices=["model", "orthogonal", "kaiming"], default=None,
+                   help="weight initialisation: the family's own (model), orthogonal (this "
+                        "toolkit's), kaiming (RepDistiller's) (default: preset)")
+    add_bool(g, "--zero-init-residual", None, "start the last BatchNorm of every residual branch "
+                                              "at weight 0 (Goyal et al. 2017) (default: preset)")
+    add_bool(g, "--bn-weight-decay", None, "apply --weight-decay to BatchNorm weights and all "
+                                           "biases too (default: preset)")
     g.add_argument("--seed", type=SEED, default=0, help="random seed")
     g.add_argument("--bn-recalibrate", type=int_in(0, 10_000), default=0, metavar="N",
                    help="before each evaluation, re-estimate BatchNorm statistics over N training "

@@ -1,12 +1,16 @@
 """Finding finished runs on disk: run keys, per-epoch arrays, JSON summaries and checkpoints.
 
 A run key names every file of one training run (see utils/train/outputs.py):
-    numpy_outputs/{split}_{metric}_{role}_{key}.npy   role teacher/student (model_training_mid.py)
-    numpy_outputs/{split}_{metric}_{key}.npy          baseline (model_training.py)
+    numpy_outputs/history_{key}.json                  every per-epoch metric of every role
     numpy_outputs/summary_{key}.json
+    numpy_outputs/manifest_{key}.json                 what the run wrote
     saved_pth_model/{key}_{role}.pth                  role teacher/student/baseline (best epoch)
-The analysis scripts select runs by key; an unknown key is a one-line UserError listing the
-keys that exist.
+Runs are found from those records (a name of the form prefix_{key}.json gives its key without
+ambiguity). Folders of earlier versions, whose runs have only the flat arrays
+{split}_{metric}[_{role}]_{key}.npy, are still read: their keys are recovered from the accuracy
+and loss arrays' names, the loss parts' arrays (train_loss_ce_..., train_loss_dkd_...) not
+taken for keys. The analysis scripts select runs by key; an unknown key is a one-line UserError
+listing the keys that exist.
 """
 import glob
 import json
@@ -16,6 +20,7 @@ import re
 import numpy as np
 
 from ..errors import UserError
+from ..history import history_path, read_history
 
 __all__ = ["ROLES", "SPLITS", "METRICS", "list_run_keys", "check_run_keys", "load_history",
            "load_summary", "load_summaries", "run_checkpoints", "unknown_key_message"]
@@ -25,26 +30,39 @@ SPLITS = ("train", "val")
 METRICS = ("accuracy", "loss")
 
 
+def _loss_parts() -> tuple:
+    """The loss parts a run records (loss_ce and each registered term's outputs)."""
+    from ..kd.registry import KD_TERMS, term_outputs
+    return ("ce",) + tuple(n for name in KD_TERMS for n in term_outputs(name))
+
+
 def _keys_from_arrays(numpy_dir):
-    """Run keys recovered from the names of the val/train accuracy/loss arrays."""
+    """Run keys of earlier versions' folders, from the names of their accuracy/loss arrays;
+    train_loss_{part}_... (a loss part's array) is not a key of its own."""
+    parts = tuple(f"{p}_" for p in _loss_parts())
     keys = set()
     for split in SPLITS:
         for metric in METRICS:
             prefix = f"{split}_{metric}_"
-            for path in glob.glob(os.path.join(numpy_dir, prefix + "*.npy")):
+            for path in glob.glob(os.path.join(glob.escape(numpy_dir), prefix + "*.npy")):
                 rest = os.path.basename(path)[len(prefix):-len(".npy")]
                 role = rest.split("_", 1)[0]
                 if role in ROLES and "_" in rest:
                     keys.add(rest.split("_", 1)[1])
-                elif not rest.startswith(("ce_", "skip_", "logit_")):  # train_loss_ce_... extras
+                elif not (metric == "loss" and rest.startswith(parts)):
                     keys.add(rest)
     return keys
 
 
+def _keys_of(numpy_dir, prefix):
+    return {os.path.basename(p)[len(prefix):-len(".json")]
+            for p in glob.glob(os.path.join(glob.escape(numpy_dir), f"{prefix}*.json"))}
+
+
 def list_run_keys(numpy_dir: str) -> list[str]:
-    """Sorted keys of the runs with a summary JSON or per-epoch arrays in `numpy_dir`."""
-    keys = {os.path.basename(p)[len("summary_"):-len(".json")]
-            for p in glob.glob(os.path.join(numpy_dir, "summary_*.json"))}
+    """Sorted keys of the runs with a history or summary in `numpy_dir`, and of earlier
+    versions' runs known by their accuracy/loss arrays only."""
+    keys = _keys_of(numpy_dir, "summary_") | _keys_of(numpy_dir, "history_")
     return sorted(keys | _keys_from_arrays(numpy_dir))
 
 
@@ -82,15 +100,18 @@ def load_history(numpy_dir: str, key: str) -> dict:
     Roles are 'teacher' and 'student' for distillation runs and 'baseline' for model_training.py
     runs. Accuracy is in percent, loss is the mean per-sample loss of that epoch (training: the
     total; ('train', 'loss_ce') and ('train', 'loss_<term>') its parts; validation: CE).
+    Read from the run's history JSON (validated); a run of an earlier version without one is
+    read from its flat arrays.
     """
+    found = read_history(history_path(numpy_dir, key), key)
+    if found is not None:
+        return found
     history = {}
     for role in ROLES + ("baseline",):
         infix = "" if role == "baseline" else f"_{role}"
         series = {}
-        from ..kd.registry import KD_TERMS, term_outputs
         wanted = [(split, metric) for split in SPLITS for metric in METRICS]
-        wanted += [("train", f"loss_{part}") for part in  # the loss's parts
-                   ("ce", *(n for name in KD_TERMS for n in term_outputs(name)))]
+        wanted += [("train", f"loss_{part}") for part in _loss_parts()]
         for split, metric in wanted:
             path = os.path.join(numpy_dir, f"{split}_{metric}{infix}_{key}.npy")
             if os.path.exists(path):

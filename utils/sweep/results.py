@@ -17,15 +17,15 @@ def summary_path(run_dir, key):
 
 def val_curve(run_dir, key, script):
     """Per-epoch validation accuracy of the trained model (the student of a distillation run),
-    from the run's own array; [] while there is none."""
-    import numpy as np
-    name = (f"val_accuracy_student_{key}.npy" if SCRIPTS[script][1] == "student"
-            else f"val_accuracy_{key}.npy")
+    from the run's own history; [] while there is none (or it cannot be read)."""
+    from ..errors import UserError
+    from ..history import history_path, read_history
     try:
-        return [float(v) for v in np.load(os.path.join(run_dir, "numpy_outputs", name),
-                                          allow_pickle=False)]
-    except (OSError, ValueError):
+        found = read_history(history_path(os.path.join(run_dir, "numpy_outputs"), key), key)
+    except UserError:
         return []
+    series = (found or {}).get(SCRIPTS[script][1], {}).get(("val", "accuracy"))
+    return [] if series is None else [float(v) for v in series]
 
 
 def run_metrics(summary: dict, script: str) -> dict:

@@ -38,7 +38,9 @@ def atomic_save(obj, path: str):
 
 
 def save_checkpoint(path, model, *, arch, role, model_cfg, data_cfg, args=None, metrics=None,
-                    epoch=None, extra=None):
+                    epoch=None, extra=None, writer=None):
+    """writer(path, write(f), suffix): how the file is written (a run's RunOutputs.write_file,
+    which records it); default: atomic_save."""
     state = {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()}
     ckpt = {
         "format": FORMAT,
@@ -53,7 +55,10 @@ def save_checkpoint(path, model, *, arch, role, model_cfg, data_cfg, args=None, 
     }
     if extra:  # training state (optimizer, scheduler, RNG): torch-native, kept as it is
         ckpt.update(extra)
-    atomic_save(ckpt, path)
+    if writer is None:
+        atomic_save(ckpt, path)
+    else:
+        writer(path, lambda f: torch.save(ckpt, f), ".pth")
     return path
 
 

@@ -1,45 +1,61 @@
-"""Where a run writes: checkpoints, per-epoch numpy arrays, a JSON summary and TensorBoard logs.
+"""Where a run writes: checkpoints, per-epoch history, a JSON summary and TensorBoard logs.
 
-File names follow the original project: numpy_outputs/{train,val}_{accuracy,loss}_{role}_{key}.npy
-and saved_pth_model/{key}_{role}.pth (best) beside {key}_{role}_last.pth.
+Names (every one made from the run key by a rule that no other key can reach, so two runs never
+share a file; tests/test_run_safety.py checks it over random keys):
+- numpy_outputs/history_{key}.json: the run's per-epoch record, every metric of every role
+  (the loss's parts included) under its own name; what the tools read back;
+- numpy_outputs/{split}_{accuracy|loss}_{role}_{key}.npy (distillation runs) and
+  {split}_{accuracy|loss}_{key}.npy (baseline runs): the original project's arrays, for its
+  plotting script, written only where the name cannot be another run's: accuracy and loss
+  only (a metric name with "_" such as loss_ce would make train_loss_ce_good.npy both run
+  'ce_good''s loss and run 'good''s CE part), and no baseline array for a key that starts with
+  "teacher_" or "student_" (it would be another key's teacher or student array);
+- numpy_outputs/summary_{key}.json, numpy_outputs/manifest_{key}.json, numpy_outputs/.{key}.lock;
+- saved_pth_model/{key}_{role}.pth (best), {key}_{role}_last.pth, {key}_{role}_state.pth;
+- runs/{key}/ (TensorBoard).
 
 Safety rules (nothing the user did not ask to lose is lost):
 - a run key is a plain name (validate_run_key), so every path made from it stays in its folder;
 - a run touches exact file names only, never a glob over a shared folder;
-- a run records the names it owns in numpy_outputs/manifest_{key}.json; `--overwrite` removes
-  only files that are both in that record and among the names this key can produce, and any
-  other existing file with one of those names (another run's, or one from before manifests)
-  stops the run with a one-line error instead of being replaced;
-- one process per key at a time (a lock file held with fcntl while the run lives);
+- the run's record, numpy_outputs/manifest_{key}.json, lists the files the run wrote, each with
+  the SHA-256 of what it wrote (recorded before the file is put in place, so a crash between
+  the two leaves the new file recorded); `--overwrite` removes exactly the recorded files whose
+  bytes still match, and any other file with one of the key's names (another run's, an edited
+  one, a link, or one from before records) stops the run with a one-line error instead;
+- one process per key at a time (a lock file held with fcntl while the run lives; the lock is
+  opened without following links, and a lock that is not a regular file is refused);
+- a planted symbolic link at an output path is never written through: files are replaced
+  atomically (the link, not its target, is replaced), and a linked TensorBoard folder or lock
+  is refused;
 - every check (writable folders, conflicts, locks) happens before anything is removed.
 """
 import atexit
 import errno
+import hashlib
 import json
 import os
 import re
+import stat
 import tempfile
 
 import numpy as np
 
 from ..errors import UserError
+from ..history import HISTORY_ROLES, history_document, history_path, read_history
 
 __all__ = ["RunOutputs", "atomic_write", "atomic_write_text", "atomic_save_npy",
-           "validate_run_key", "RUN_KEY_MAX", "HISTORY_METRICS"]
+           "validate_run_key", "RUN_KEY_MAX", "LEGACY_METRICS", "sha256_file"]
 
 # the longest name made from a key ("train_accuracy_student_{key}.npy", a temporary copy of it
 # ".{name}.tmp-XXXXXXXX.npy") must fit the usual 255-byte file-name limit
 RUN_KEY_MAX = 180
 _KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]*")
 
-# the per-epoch arrays a run can write besides one loss_{term} per registered distillation term
-HISTORY_METRICS = ("accuracy", "loss", "loss_ce", "lr", "lr_start")
-
-
-def history_metrics() -> tuple:
-    from ..kd.registry import KD_TERMS, term_outputs
-    return HISTORY_METRICS + tuple(f"loss_{n}" for name in KD_TERMS for n in term_outputs(name))
+# the metrics still written as the original's flat arrays (its plotting script reads these)
+LEGACY_METRICS = ("accuracy", "loss")
 _ROLES = ("teacher", "student", "baseline")
+_MANIFEST_FORMAT = 2
+_TMP_RANDOM = r"[a-z0-9_]{8}"  # tempfile.mkstemp's random part
 
 
 def validate_run_key(key: str) -> str:
@@ -69,10 +85,17 @@ _UMASK = _umask()
 _HELD_LOCKS = set()  # lock files this process holds (a script may prepare one key twice)
 
 
-def atomic_write(path, write, mode, suffix=""):
-    """write(f) into a temporary file beside `path` (named .{basename}.tmp-*), fsync, os.replace;
-    on any failure the old file stays and the temporary one is removed. The new file gets the
-    permissions of a plainly created one (0666 less the umask)."""
+def sha256_file(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write_temporary(path, write, mode, suffix="") -> str:
+    """write(f) into a new temporary file beside `path` (.{basename}.tmp-*), fsynced; returns
+    its path (removed again on failure). Permissions of a plainly created file."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-", suffix=suffix, dir=folder)
@@ -82,10 +105,29 @@ def atomic_write(path, write, mode, suffix=""):
             write(f)
             f.flush()
             os.fsync(f.fileno())
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    return tmp
+
+
+def _unlink_quietly(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def atomic_write(path, write, mode, suffix=""):
+    """write(f) into a temporary file beside `path` (named .{basename}.tmp-*), fsync, os.replace;
+    on any failure the old file stays and the temporary one is removed. The new file gets the
+    permissions of a plainly created one (0666 less the umask). A symbolic link at `path` is
+    replaced, never written through."""
+    tmp = _write_temporary(path, write, mode, suffix)
+    try:
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        _unlink_quietly(tmp)
         raise
 
 
@@ -96,6 +138,10 @@ def atomic_write_text(path, text):
 
 def atomic_save_npy(path, array):
     atomic_write(path, lambda f: np.save(f, np.asarray(array)), "wb", suffix=".npy")
+
+
+def _npy_writer(values):
+    return lambda f: np.save(f, np.asarray(values, dtype=np.float64))
 
 
 class RunOutputs:
@@ -109,6 +155,7 @@ class RunOutputs:
         self.tb_dir = os.path.join(self.runs_dir, key)
         self._lock_fd = None
         self._claimed = False
+        self._files = None  # the run's record while it writes: {relative path: [sha256] | "dir"}
 
     # ---------------------------------------------------------------- names
     def checkpoint(self, role, last=False, state=False):
@@ -117,9 +164,20 @@ class RunOutputs:
         return os.path.join(self.ckpt_dir, f"{self.key}_{role}{suffix}.pth")
 
     def array(self, split, metric, role):
-        # baseline runs use the original's {split}_{metric}_{model}.npy: role '' -> no infix
+        """The original's flat array {split}_{metric}_{role}_{key}.npy ({split}_{metric}_{key}.npy
+        for a baseline, role ''), or None where that name could be another run's (module
+        docstring): only accuracy and loss, and no baseline array for a key starting with
+        teacher_ or student_."""
+        if metric not in LEGACY_METRICS or split not in ("train", "val"):
+            return None
+        if not role and self.key.startswith(("teacher_", "student_")):
+            return None
         mid = f"_{role}" if role else ""
         return os.path.join(self.numpy_dir, f"{split}_{metric}{mid}_{self.key}.npy")
+
+    @property
+    def history(self):
+        return history_path(self.numpy_dir, self.key)
 
     @property
     def summary(self):
@@ -135,43 +193,55 @@ class RunOutputs:
 
     def candidates(self) -> list[str]:
         """Every file path this key can produce (the TensorBoard folder aside)."""
-        paths = [self.summary]
+        paths = [self.summary, self.history]
         for role in _ROLES:
             paths += [self.checkpoint(role), self.checkpoint(role, last=True),
                       self.checkpoint(role, state=True)]
         for role in ("teacher", "student", ""):
             for split in ("train", "val"):
-                paths += [self.array(split, metric, role) for metric in history_metrics()]
+                paths += [p for p in (self.array(split, m, role) for m in LEGACY_METRICS) if p]
         return paths
 
     def _rel(self, path):
         return os.path.relpath(path, self.root)
 
-    def _read_manifest(self) -> set:
-        """The names this key recorded, kept only where they are names this key can produce:
-        the file is data from disk, and a tampered one must not widen what --overwrite removes."""
+    # ---------------------------------------------------------------- the run's record
+    def _read_manifest(self) -> dict:
+        """{relative path: [sha256, ...] | "dir" | None} of what this key recorded, kept only
+        where the path is a name this key can produce: the file is data from disk, and a tampered
+        one must not widen what --overwrite removes. None: a record of an earlier version of this
+        toolkit, which listed names without hashes."""
         try:
-            with open(self.manifest) as f:
+            if os.path.islink(self.manifest):
+                raise UserError(f"run record {self.manifest} is a symbolic link; move it away to "
+                                f"continue")
+            with open(self.manifest, encoding="utf-8") as f:
                 data = json.load(f)
         except FileNotFoundError:
-            return set()
+            return {}
         except (OSError, ValueError):
             raise UserError(f"run record {self.manifest} is unreadable; move it away to continue "
                             f"(the run's files are then treated as not its own)") from None
-        allowed = {self._rel(p) for p in self.candidates()} | {self._rel(self.tb_dir)}
+        allowed = {self._rel(p) for p in self.candidates()}
+        tb = self._rel(self.tb_dir)
         files = data.get("files") if isinstance(data, dict) and data.get("key") == self.key else None
-        if not isinstance(files, list):
+        if isinstance(files, list):  # earlier record: names only
+            return {f: None for f in files if isinstance(f, str) and (f in allowed or f == tb)}
+        if not isinstance(files, dict) or data.get("format") != _MANIFEST_FORMAT:
             raise UserError(f"run record {self.manifest} is not a manifest of run '{self.key}'")
-        return {f for f in files if isinstance(f, str) and f in allowed}
+        owned = {}
+        for name, entry in files.items():
+            if name == tb and entry == "dir":
+                owned[name] = "dir"
+            elif (name in allowed and isinstance(entry, list) and entry
+                  and all(isinstance(h, str) and re.fullmatch(r"[0-9a-f]{64}", h) for h in entry)):
+                owned[name] = list(entry)
+        return owned
 
-    def _write_manifest(self, owned: set):
-        text = json.dumps({"key": self.key, "files": sorted(owned)}, indent=1) + "\n"
-        try:
-            with open(self.manifest) as f:
-                if f.read() == text:
-                    return
-        except OSError:
-            pass
+    def _write_manifest(self, owned: dict):
+        files = {k: v for k, v in sorted(owned.items()) if v is not None}
+        text = json.dumps({"key": self.key, "format": _MANIFEST_FORMAT, "files": files},
+                          indent=1) + "\n"
         atomic_write_text(self.manifest, text)
 
     def existing(self):
@@ -181,18 +251,47 @@ class RunOutputs:
             found.append(self.tb_dir)
         return found
 
+    def _not_owned(self, path, owned) -> str | None:
+        """Why `path` (an existing name of this key) may not be removed by --overwrite, or None."""
+        rel = self._rel(path)
+        if rel not in owned:
+            return (f"{path} has a name of run '{self.key}' but no record of being written by it "
+                    f"(another run's file, or one from before run records)")
+        entry = owned[rel]
+        if path == self.tb_dir:
+            return (f"{path} is a symbolic link, not run '{self.key}''s TensorBoard folder"
+                    if os.path.islink(path) or not os.path.isdir(path) else None)
+        if os.path.islink(path) or not os.path.isfile(path):
+            return f"{path} is not the regular file run '{self.key}' wrote (a link, or a folder)"
+        if entry is not None and sha256_file(path) not in entry:
+            return f"{path} was changed after run '{self.key}' wrote it"
+        return None
+
     # ---------------------------------------------------------------- lock
     def _lock(self):
         """One process per key: an exclusive fcntl lock on numpy_outputs/.{key}.lock, held while
-        this process lives and removed at its exit. A second start is refused at once."""
+        this process lives and removed at its exit. A second start is refused at once. The lock
+        is opened without following a symbolic link and must be a regular file."""
         try:
             import fcntl
         except ImportError:  # not POSIX: no lock
             return
         if os.path.realpath(self.lock_path) in _HELD_LOCKS:  # this process already runs the key
             return
+        flags = (os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+                 | getattr(os, "O_CLOEXEC", 0))
         while True:
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+            try:
+                fd = os.open(self.lock_path, flags, 0o666 & ~_UMASK)
+            except OSError as exc:
+                if exc.errno == errno.ELOOP or os.path.islink(self.lock_path):
+                    raise UserError(f"lock {self.lock_path} is a symbolic link, not a lock of this "
+                                    f"toolkit; remove the link to run '{self.key}'") from None
+                raise UserError(f"cannot open lock {self.lock_path}: {exc.strerror}") from None
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise UserError(f"lock {self.lock_path} is not a regular file; remove it to run "
+                                f"'{self.key}'")
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:
@@ -204,7 +303,7 @@ class RunOutputs:
                                     f"--run-name") from None
                 raise UserError(f"cannot lock {self.lock_path}: {exc.strerror}") from None
             try:  # the holder may have removed the file between our open and our lock
-                same = os.fstat(fd).st_ino == os.stat(self.lock_path).st_ino
+                same = os.fstat(fd).st_ino == os.lstat(self.lock_path).st_ino
             except FileNotFoundError:
                 same = False
             if same:
@@ -220,8 +319,9 @@ class RunOutputs:
         if self._lock_fd is None:
             return
         _HELD_LOCKS.discard(os.path.realpath(self.lock_path))
-        try:
-            os.unlink(self.lock_path)  # while still holding it: no one can hold a removed file
+        try:  # while still holding it (no one can hold a removed file); only our own file
+            if os.lstat(self.lock_path).st_ino == os.fstat(self._lock_fd).st_ino:
+                os.unlink(self.lock_path)
         except OSError:
             pass
         os.close(self._lock_fd)
@@ -233,9 +333,10 @@ class RunOutputs:
         """Check, lock, and (with overwrite) remove this key's earlier files.
 
         Refuses (one-line UserError, nothing changed): outputs of this key without --overwrite or
-        --resume; files with this key's names that the key's record does not own; --resume
-        without a saved state of one of `roles`; unwritable folders; a key in use by another
-        process. write=False (the non-zero ranks of a distributed run): checks only."""
+        --resume; with --overwrite, files with this key's names that its record does not list,
+        or whose bytes changed since; --resume without a saved state of one of `roles`;
+        unwritable folders; a key in use by another process. write=False (the non-zero ranks of
+        a distributed run): checks only."""
         for d in (self.ckpt_dir, self.numpy_dir):
             if os.path.exists(d) and not os.path.isdir(d):
                 raise UserError(f"cannot create output folder {d}: it is a file")
@@ -264,23 +365,27 @@ class RunOutputs:
         if tensorboard:
             self._check_tensorboard_writable()
         owned = self._read_manifest()
-        foreign = [p for p in existing if self._rel(p) not in owned]
-        if foreign and overwrite:
-            raise UserError(f"{foreign[0]} has a name of run '{self.key}' but no record of being "
-                            f"written by it (another run's file, or one from before run records): "
-                            f"--overwrite does not remove it; move it away or choose another "
-                            f"--run-name")
+        if overwrite:
+            for path in existing:
+                why = self._not_owned(path, owned)
+                if why:
+                    raise UserError(f"{why}: --overwrite does not remove it; move it away or "
+                                    f"choose another --run-name")
         self._remove_stale_temporaries()
         if overwrite:
             for path in existing:
                 self._remove_owned(path)
-            self._write_manifest(set())
+            self._write_manifest({})
 
     def _check_tensorboard_writable(self):
         runs = self.runs_dir
         if os.path.exists(runs) and not os.path.isdir(runs):
             raise UserError(f"cannot write TensorBoard logs: {runs} is a file (or pass "
                             f"--no-tensorboard)")
+        for d in [self.tb_dir] + [os.path.join(self.tb_dir, r) for r in _ROLES]:
+            if os.path.islink(d):
+                raise UserError(f"cannot write TensorBoard logs: {d} is a symbolic link (logs "
+                                f"are not written through links; or pass --no-tensorboard)")
         probe = runs if os.path.isdir(runs) else os.path.dirname(os.path.abspath(runs))
         if not os.access(probe, os.W_OK | os.X_OK):
             raise UserError(f"cannot write TensorBoard logs: {probe} is not writable (or pass "
@@ -302,43 +407,111 @@ class RunOutputs:
                 os.rmdir(folder)
 
     def _remove_stale_temporaries(self):
-        """Temporary files of this key's atomic writes left by a killed process (.{name}.tmp-*):
-        the lock says no other process of this key is writing."""
+        """Temporary files of this key's atomic writes left by a killed process
+        (.{name}.tmp-XXXXXXXX{suffix}, exactly): the lock says no other process of this key is
+        writing."""
         for path in self.candidates() + [self.manifest]:
             folder, name = os.path.split(path)
-            prefix = f".{name}.tmp-"
+            suffix = os.path.splitext(name)[1] if name.endswith((".npy", ".pth")) else ""
+            pattern = re.compile(re.escape(f".{name}.tmp-") + _TMP_RANDOM + re.escape(suffix))
             try:
                 entries = os.listdir(folder)
             except OSError:
                 continue
             for entry in entries:
-                if entry.startswith(prefix) and os.path.isfile(os.path.join(folder, entry)):
-                    os.unlink(os.path.join(folder, entry))
+                full = os.path.join(folder, entry)
+                if pattern.fullmatch(entry) and os.path.isfile(full) and not os.path.islink(full):
+                    os.unlink(full)
 
     def claim(self):
-        """Record every name this key can produce as the run's own, just before its first write
-        (so a run refused earlier, or a --resume refused by its checks, changes nothing)."""
+        """Start the run's record of what it writes (kept from an earlier attempt when resuming),
+        just before its first write (so a run refused earlier changes nothing)."""
         if self._claimed:
             return
-        owned = self._read_manifest()
-        owned |= {self._rel(p) for p in self.candidates()} | {self._rel(self.tb_dir)}
-        self._write_manifest(owned)
+        self._files = self._read_manifest()
+        for rel, entry in self._files.items():  # an earlier version's record: names only
+            path = os.path.join(self.root, rel)
+            if entry is None and os.path.isfile(path) and not os.path.islink(path):
+                self._files[rel] = [sha256_file(path)]
+        self._write_manifest(self._files)
         self._claimed = True
 
-    # ---------------------------------------------------------------- writes
-    def save_history(self, role, history):
-        """history: dict metric -> list per epoch. Names: accuracy/loss (original) + extras."""
+    def record_tensorboard(self):
+        """The TensorBoard folder is the run's (only its event files are ever removed)."""
         self.claim()
+        rel = self._rel(self.tb_dir)
+        if self._files.get(rel) != "dir":
+            self._files[rel] = "dir"
+            self._write_manifest(self._files)
+
+    # ---------------------------------------------------------------- writes
+    def write_files(self, items):
+        """items: [(path, write(f), suffix)], each a name of this run. Each file is written to a
+        temporary one first; the record gets the new files' hashes (beside the old ones) before
+        any is put in place, then only the new ones: a crash at any point leaves every file of
+        the run recorded with the bytes it has."""
+        self.claim()
+        allowed = set(self.candidates())
+        temps = []
+        try:
+            for path, write, suffix in items:
+                if path not in allowed:
+                    raise RuntimeError(f"{path}: not a name of run '{self.key}'")
+                temps.append((path, _write_temporary(path, write, "wb", suffix)))
+            hashes = {self._rel(path): sha256_file(tmp) for path, tmp in temps}
+            for rel, h in hashes.items():
+                old = self._files.get(rel)
+                self._files[rel] = (old[-1:] if isinstance(old, list) else []) + [h]
+            self._write_manifest(self._files)
+            for path, tmp in temps:
+                os.replace(tmp, path)
+            temps = []
+            for rel, h in hashes.items():
+                self._files[rel] = [h]
+            self._write_manifest(self._files)
+        finally:
+            for _, tmp in temps:
+                _unlink_quietly(tmp)
+
+    def write_file(self, path, write, suffix=""):
+        self.write_files([(path, write, suffix)])
+
+    def save_history(self, role, history):
+        """history: dict metric -> list per epoch (train_acc, val_acc, train_loss, val_loss,
+        train_loss_ce, train_lr, ...). Written to the run's history JSON, every metric by name,
+        and accuracy/loss also to the original's flat arrays where their names are safe."""
         names = {"train_acc": ("train", "accuracy"), "val_acc": ("val", "accuracy"),
                  "train_loss": ("train", "loss"), "val_loss": ("val", "loss")}
+        by_split = {}
         for k, values in history.items():
-            split, metric = names.get(k, (k.split("_", 1)[0], k.split("_", 1)[1]))
-            path = self.array(split, metric, role)
-            if path not in self.candidates():
-                raise RuntimeError(f"{path}: not a name of run '{self.key}' (add its metric to "
-                                   f"utils.train.outputs.HISTORY_METRICS or register it as a term)")
-            atomic_save_npy(path, np.asarray(values, dtype=np.float64))
+            split, metric = names.get(k, tuple(k.split("_", 1)))
+            by_split.setdefault(split, {})[metric] = [float(v) for v in values]
+        role_name = role or "baseline"
+        assert role_name in HISTORY_ROLES, role
+        roles = self._own_history()
+        roles[role_name] = by_split
+        text = history_document(self.key, roles)
+        items = [(self.history, lambda f: f.write(text.encode("utf-8")), "")]
+        for split, metrics in by_split.items():
+            for metric, values in metrics.items():
+                path = self.array(split, metric, role)
+                if path is not None:
+                    items.append((path, _npy_writer(values), ".npy"))
+        self.write_files(items)
+
+    def _own_history(self) -> dict:
+        """The other roles' series already in this run's history file (a resumed or two-stage
+        run), as plain lists; {} when the run has not written one."""
+        self.claim()
+        if self._rel(self.history) not in self._files or not os.path.isfile(self.history):
+            return {}
+        found = read_history(self.history, self.key) or {}
+        roles = {}
+        for role, series in found.items():
+            for (split, metric), arr in series.items():
+                roles.setdefault(role, {}).setdefault(split, {})[metric] = arr.tolist()
+        return roles
 
     def write_summary(self, summary: dict):
-        self.claim()
-        atomic_write_text(self.summary, json.dumps(summary, indent=2, sort_keys=False) + "\n")
+        text = json.dumps(summary, indent=2, sort_keys=False) + "\n"
+        self.write_file(self.summary, lambda f: f.write(text.encode("utf-8")))

@@ -9,13 +9,14 @@ import numpy as np
 import torch
 
 from models import create_model
+from models.init import apply_init_
 
 from ..data import SYNTHETIC_SEED, Augment, TensorLoader, channel_stats, held_out_split, load_dataset
 from ..errors import UserError
 from .distributed import dist_info
 
 __all__ = ["resolve_device", "seed_everything", "prepare_data", "Loaders", "make_loaders",
-           "build_model", "environment"]
+           "build_model", "init_options", "environment"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -144,12 +145,22 @@ def make_loaders(train, test, data_cfg, args, device) -> Loaders:
     return Loaders(train_loader, val_loader, report_loader)
 
 
-def build_model(arch, data_cfg, width, eca, eca_k, device, channels_last=False, attn="eca"):
-    """eca: the attention placement; attn: the attention module (models.ATTENTION_LAYERS)."""
+def init_options(args) -> dict:
+    """build_model's init keywords from the recipe flags (--init, --zero-init-residual)."""
+    return {"init": getattr(args, "init", "model") or "model",
+            "zero_residual": bool(getattr(args, "zero_init_residual", False))}
+
+
+def build_model(arch, data_cfg, width, eca, eca_k, device, channels_last=False, attn="eca",
+                init="model", zero_residual=False):
+    """eca: the attention placement; attn: the attention module (models.ATTENTION_LAYERS);
+    init, zero_residual: models.init.apply_init_ (init_options(args) gives them)."""
     try:
         model = create_model(arch, num_classes=data_cfg["num_classes"], base_width=width,
                              in_channels=data_cfg["in_channels"], eca=eca, eca_k=eca_k,
-                             attn=attn).to(device)
+                             attn=attn)
+        apply_init_(model, init, zero_residual)
+        model = model.to(device)
     except ValueError as exc:  # a width or placement the family does not define
         raise UserError(f"{arch}: {exc}") from None
     if channels_last:

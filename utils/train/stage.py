@@ -107,7 +107,8 @@ class StageTrainer:
         self.last_path = out.checkpoint(stage.role, last=True)
         self.state_path = out.checkpoint(stage.role, state=True)
         self.ckpt_kwargs = dict(arch=stage.arch, role=stage.role, model_cfg=stage.model_cfg,
-                                data_cfg=run.data_cfg, args=vars(args))
+                                data_cfg=run.data_cfg, args=vars(args),
+                                writer=run.outputs.write_file)
         self.main = is_main()
 
     def save_state(self, state: StageState, complete=False, result=None):
@@ -239,6 +240,8 @@ class EpochLogger:
         self.array_role = stage.role if stage.array_role is None else stage.array_role
         # purge_step: events of an earlier attempt at or after this epoch are dropped (a fresh
         # stage after a kill -9 before its first saved state starts at 0: no duplicate steps)
+        if run.args.tensorboard and self.main:
+            run.outputs.record_tensorboard()
         self.writer = make_writer(os.path.join(run.outputs.tb_dir, stage.role),
                                   run.args.tensorboard and self.main, purge_step=start_epoch)
 
