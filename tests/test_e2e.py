@@ -8,6 +8,7 @@ import torch
 
 from conftest import files_digest
 
+from utils.history import history_path, read_history
 from utils.train.checkpoint import FORMAT, load_checkpoint, model_from_checkpoint
 from utils.data import TensorLoader, held_out_split, load_dataset
 from utils.train.engine import evaluate
@@ -46,6 +47,11 @@ def _npy(out, name):
     return np.load(os.path.join(out, "numpy_outputs", name))
 
 
+def _series(out, key, role, split, metric):
+    """One per-epoch series from the run's history JSON (where every metric is kept by name)."""
+    return read_history(history_path(os.path.join(out, "numpy_outputs"), key), key)[role][(split, metric)]
+
+
 def _summary(out, key):
     with open(os.path.join(out, "numpy_outputs", f"summary_{key}.json")) as f:
         return json.load(f)
@@ -71,13 +77,14 @@ def test_kd_run_writes_named_outputs(kd_run):
         acc = _npy(out, f"val_accuracy_{role}_{KD_KEY}.npy")
         assert ((0 <= acc) & (acc <= 100)).all()
     # the loss parts of the student: CE + alpha * skip
-    ce = _npy(out, f"train_loss_ce_student_{KD_KEY}.npy")
-    skip = _npy(out, f"train_loss_skip_student_{KD_KEY}.npy")
+    ce = _series(out, KD_KEY, "student", "train", "loss_ce")
+    skip = _series(out, KD_KEY, "student", "train", "loss_skip")
     total = _npy(out, f"train_loss_student_{KD_KEY}.npy")
+    np.testing.assert_array_equal(total, _series(out, KD_KEY, "student", "train", "loss"))
     assert ce.shape == skip.shape == (EPOCHS,) and (skip > 0).all()
     np.testing.assert_allclose(total, ce + 0.3 * skip, rtol=1e-4)
-    assert not os.path.exists(os.path.join(out, "numpy_outputs",
-                                           f"train_loss_skip_teacher_{KD_KEY}.npy"))
+    teacher = read_history(os.path.join(out, "numpy_outputs", f"history_{KD_KEY}.json"))["teacher"]
+    assert ("train", "loss_skip") not in teacher and ("train", "loss_ce") in teacher
 
 
 def test_kd_run_summary(kd_run):
@@ -241,7 +248,7 @@ def test_self_distillation(tmp_path, run, fast_flags):
     assert s["teacher"]["arch"] == s["student"]["arch"] == "resnet18"
     assert s["student"]["connector_params"] == 0
     for part in ("ce", "skip", "logit"):
-        assert _npy(out, f"train_loss_{part}_student_{key}.npy").shape == (1,)
+        assert _series(out, key, "student", "train", f"loss_{part}").shape == (1,)
     t = torch.load(_ckpt(out, f"{key}_teacher.pth"), weights_only=True)
     st = torch.load(_ckpt(out, f"{key}_student.pth"), weights_only=True)
     assert set(t["state_dict"]) == set(st["state_dict"])

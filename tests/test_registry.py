@@ -48,7 +48,9 @@ def test_a_term_registered_in_a_test_trains_a_student(toy_term, tmp_path, tiny_c
     assert "toy " in out and "skip " in out
     st = summary["student"]
     assert st["kd_weights"] == {"skip": 0.3, "toy": 0.25}
-    arr = np.load(tmp_path / "numpy_outputs" / "train_loss_toy_student_toyrun.npy")
+    from utils.history import read_history
+    arr = read_history(str(tmp_path / "numpy_outputs" / "history_toyrun.json"),
+                       "toyrun")["student"][("train", "loss_toy")]
     assert arr.shape == (2,) and np.isfinite(arr).all() and (arr > 0).all()
     on_disk = json.loads((tmp_path / "numpy_outputs" / "summary_toyrun.json").read_text())
     assert on_disk["student"]["kd"] == "skip+toy"
