@@ -1,6 +1,7 @@
 # Everything creates or reuses the virtual environment in .venv first.
 #   make demo    the main job: a short teacher -> student run (skip KD + ECA parallel)
-#   make test    the test suite
+#   make test    the test suite (then the formula tests again under two other CPU kernel families)
+#   make check   the quick suite: everything but the slow end-to-end tests
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -11,11 +12,20 @@ DEMO_EPOCHS ?= 4
 DEMO_WIDTH  ?= 16
 DEMO_ARGS   ?=
 
-.PHONY: venv system-deps demo test bench clean-outputs help
+# the formula tests (loss terms against hand computations, model forwards and foldings): run
+# again under other CPU kernel families (PyTorch's ATEN_CPU_CAPABILITY), so that a tolerance too
+# tight for one of them fails here first
+FORMULA_TESTS := tests/test_kd.py tests/test_kd_crd.py tests/test_kd_feature_terms.py \
+                 tests/test_kd_logit_terms.py tests/test_models.py tests/test_cifar_resnet.py \
+                 tests/test_wrn_vgg.py tests/test_mobile_shuffle.py
+KERNELS ?= default avx2
+
+.PHONY: venv system-deps demo test test-kernels check bench clean-outputs help
 
 help:
 	@echo "make demo   - short end-to-end teacher -> student run (CIFAR-10 in ./data, else synthetic)"
-	@echo "make test   - run the test suite"
+	@echo "make test   - run the test suite (the formula tests also under KERNELS=$(KERNELS))"
+	@echo "make check  - the quick suite: everything but the slow end-to-end tests"
 	@echo "make venv   - create/update .venv from requirements.txt"
 
 $(STAMP): requirements.txt
@@ -49,13 +59,26 @@ system-deps:
 	fi
 
 demo: $(STAMP)
+	@start=$$(date +%s); \
 	$(PY) model_training_mid.py --dataset auto --data-dir ./data \
 	  --teacher resnet34 --student resnet18 --kd skip --eca parallel --width $(DEMO_WIDTH) \
 	  --epochs $(DEMO_EPOCHS) --synthetic-train-size 4000 --synthetic-test-size 1000 \
-	  --limit-train 4000 --limit-test 1000 --run-name demo --overwrite $(DEMO_ARGS)
+	  --limit-train 4000 --limit-test 1000 --run-name demo --overwrite $(DEMO_ARGS) && \
+	echo "make demo: done in $$(( $$(date +%s) - start )) s of wall time (environment set-up not counted)"
 
 test: $(STAMP) system-deps
 	$(PY) -m pytest -q -rs -n auto --maxprocesses 4 --dist loadfile tests
+	$(MAKE) --no-print-directory test-kernels
+
+test-kernels: $(STAMP)
+	@for k in $(KERNELS); do \
+	  echo "formula tests with ATEN_CPU_CAPABILITY=$$k"; \
+	  ATEN_CPU_CAPABILITY=$$k $(PY) -m pytest -q -p no:cacheprovider -n auto --maxprocesses 4 \
+	    --dist loadfile $(FORMULA_TESTS) || exit 1; \
+	done
+
+check: $(STAMP)
+	$(PY) -m pytest -q -rs -n auto --maxprocesses 4 --dist loadfile -m "not slow" tests
 
 clean-outputs:
 	rm -rf runs saved_pth_model/*.pth numpy_outputs/*.npy numpy_outputs/*.json

@@ -14,8 +14,8 @@ from utils.kd import DistillationLoss
 from utils.train.distributed import barrier, cleanup, init_distributed, is_main
 from utils.train.outputs import RunOutputs
 from utils.train.resume import finished_stages, load_state
-from utils.train.setup import (build_model, init_options, environment, make_loaders, prepare_data,
-                               resolve_device, seed_everything)
+from utils.train.setup import (build_model, environment, init_options, make_loaders,
+                               prepare_data, resolve_device, seed_everything)
 from utils.train.stage import RunContext, Stage, train_stage
 
 

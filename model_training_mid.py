@@ -20,8 +20,8 @@ from utils.train.checkpoint import load_checkpoint, model_from_checkpoint
 from utils.train.distributed import barrier, cleanup, init_distributed, is_main
 from utils.train.outputs import RunOutputs
 from utils.train.resume import finished_stages, load_state
-from utils.train.setup import (build_model, init_options, environment, make_loaders, prepare_data,
-                               resolve_device, seed_everything)
+from utils.train.setup import (build_model, describe_machine, environment, init_options,
+                               make_loaders, prepare_data, resolve_device, seed_everything)
 from utils.train.stage import RunContext, Stage, train_stage
 
 def get_args_parser():
@@ -270,7 +270,10 @@ def main(args):
     print(results_table([(role, summary[role]) for role in ("teacher", "student")
                          if role in summary]))
     print(f"\nstudent checkpoint: {summary['student']['checkpoint']}\nsummary:            "
-          f"{outputs.summary}\nwall time:          {summary['wall_time_s']:.1f}s")
+          f"{outputs.summary}\nran on:             {data_cfg['dataset']} "
+          f"({data_cfg['train_size']} train / {data_cfg['test_size']} test), "
+          f"{describe_machine(device, args.precision)}\n"
+          f"wall time:          {summary['wall_time_s']:.1f}s")
     return summary
 
 

@@ -16,7 +16,8 @@ from ..errors import UserError
 from .distributed import dist_info
 
 __all__ = ["resolve_device", "seed_everything", "prepare_data", "Loaders", "make_loaders",
-           "build_model", "init_options", "environment"]
+           "build_model", "init_options", "environment",
+           "cpu_model", "describe_machine"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -169,6 +170,29 @@ def build_model(arch, data_cfg, width, eca, eca_k, device, channels_last=False, 
            "in_channels": data_cfg["in_channels"], "eca": eca, "eca_k": eca_k, "attn": attn,
            "image_size": data_cfg["image_size"]}
     return model, cfg
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo; else platform.processor())."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def describe_machine(device, precision: str) -> str:
+    """One line: the device (GPU name, or CPU model with the kernel family PyTorch uses, which
+    ATEN_CPU_CAPABILITY can change), the precision and the thread count."""
+    if device.type == "cuda":
+        where = f"GPU {torch.cuda.get_device_name(device)}"
+    else:
+        where = (f"CPU {cpu_model()}, kernels {torch.backends.cpu.get_cpu_capability()}, "
+                 f"{torch.get_num_threads()} threads")
+    return f"{where}, precision {precision}"
+
 
 def environment(device):
     return {"torch": torch.__version__, "python": platform.python_version(),
