@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from models import ECA_PLACEMENTS, MODELS, create_model, default_width, feature_shapes
-from utils.cli import OneLineParser, add_bool, kd_spec, model_name, positive_int
+from utils.cli import OneLineParser, add_bool, int_in, kd_spec, model_name, positive_int
 from utils.data import Augment, TensorLoader, channel_stats, make_synthetic
 from utils.train.engine import autocast_context
 from utils.errors import exit_on_user_error
@@ -52,7 +52,7 @@ def get_args_parser():
     add_bool(p, "--compile", False, "torch.compile on our path: the teacher's inference, and the "
                                     "trained model on CUDA / the evaluated model")
     add_bool(p, "--reference", True, "also time the reference path")
-    p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the reference path")
+    p.add_argument("--workers", type=int_in(0, 256), default=2, help="DataLoader workers of the reference path")
     p.add_argument("--benches", default="teacher,distill,eval",
                    help="comma-separated: teacher (teacher training), distill (student step), eval, "
                         "terms (the student step with each distillation term of --terms alone, "

@@ -20,6 +20,7 @@ from utils.train.checkpoint import load_checkpoint, model_from_checkpoint
 from utils.cli import positive_int
 from utils.errors import UserError, exit_on_user_error
 from utils.analysis.toolargs import check_output_path, tool_parser
+from utils.cli import SEED, float_in
 
 
 def get_args_parser():
@@ -37,11 +38,11 @@ def get_args_parser():
                         "generated names); onnxruntime does this fusion itself by default")
     p.add_argument("--batch-sizes", type=positive_int, nargs="+", default=[1, 7],
                    help="batch sizes of the random inputs compared between PyTorch and onnxruntime")
-    p.add_argument("--tolerance", type=float, default=1e-4,
+    p.add_argument("--tolerance", type=float_in(0, 1e6), default=1e-4,
                    help="largest allowed difference between onnxruntime and PyTorch outputs, "
                         "max |difference| / max(1, max |output|) (absolute for outputs of order 1); "
                         "above it the script exits with status 1")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random test inputs")
+    p.add_argument("--seed", type=SEED, default=0, help="seed of the random test inputs")
     return p
 
 

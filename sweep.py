@@ -171,9 +171,11 @@ def create(args):
     from utils.sweep.scripts import Parsers
     from utils.sweep.spec import normalize_spec
     from utils.sweep.spec_sources import load_spec_file, spec_from_flags
-    from utils.sweep.storage import create_sweep, open_store
+    from utils.sweep.storage import check_journal_path, create_sweep, open_store
     from utils.sweep.worker import check_run_dir
     sweep_dir = _dir(args)
+    if args.storage and "://" not in args.storage:  # a user's file is refused before any write
+        check_journal_path(args.storage, create=True)
     flag_mode = any(v is not None for v in (args.script, args.args, args.axis, args.seeds,
                                             args.search, args.n_trials, args.pruner,
                                             args.teacher_args, args.baseline))

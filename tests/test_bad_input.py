@@ -22,7 +22,9 @@ pytestmark = pytest.mark.slow  # heavy end-to-end checks: `pytest -m "not slow"`
 MID, BASE = "model_training_mid.py", "model_training.py"
 EVAL, VIS, ONNX, EFF = "evaluate.py", "visualize.py", "convertToOnnx.py", "efficiency.py"
 CMP, PLOT = "compare_runs.py", "numpy_outputs/plotting.py"
-TOOLS = (EVAL, VIS, ONNX, EFF, CMP, PLOT)  # their cases take no training flags
+SWEEP, BENCH = "sweep.py", "benchmark.py"
+TOOLS = (EVAL, VIS, ONNX, EFF, CMP, PLOT, SWEEP, BENCH)  # their cases take no training flags
+_SWEEP_ARGS = ["--dir", "{out}/sweeps/s", "--args", "--dataset synthetic --epochs 1", "--seeds", "0"]
 KEY = "good"  # every case uses the good run's key: anything it wrote would land on its files
 
 
@@ -152,6 +154,27 @@ CASES = {
                              ["nope", KEY]),
     "plotting-bad-dpi": (PLOT, ["--numpy-dir", "{out}/numpy_outputs", "--dpi", "0"], ["--dpi"]),
     "teacher-ckpt-std-zero": (MID, ["--teacher-checkpoint", "{std_zero}"], ["std"]),
+    # ---- sweep.py: files it did not make, grids too big or too deep (the user's files outside
+    # the output folder are checked byte for byte by test_sweep_left_the_users_files_alone)
+    "sweep-storage-user-file": (SWEEP, ["create", "s", "--storage", "{user_file}", *_SWEEP_ARGS],
+                                ["user_notes.txt", "not an optuna journal"]),
+    "sweep-storage-user-file-link": (SWEEP, ["create", "s", "--storage", "{user_link}",
+                                             *_SWEEP_ARGS], ["notes_link.log", "symbolic link"]),
+    "sweep-storage-truncated-journal": (SWEEP, ["create", "s", "--storage", "{cut_journal}",
+                                                *_SWEEP_ARGS], ["cut.log", "unfinished"]),
+    "sweep-work-corrupt-journal": (SWEEP, ["work", "s", "--storage", "{bad_journal}", "--dir",
+                                           "{out}/sweeps/s"], ["bad.log", "line 2"]),
+    "sweep-report-journal-link": (SWEEP, ["report", "s", "--storage", "{user_link}", "--dir",
+                                          "{out}/sweeps/s"], ["symbolic link"]),
+    "sweep-astronomical-grid": (SWEEP, ["create", "s", "--grid", "{huge_grid}", "--dir",
+                                        "{out}/sweeps/s"], ["multiply", "100,000"]),
+    "sweep-deeply-nested-grid": (SWEEP, ["create", "s", "--grid", "{deep_grid}", "--dir",
+                                         "{out}/sweeps/s"], ["nested"]),
+    "sweep-huge-integer-bound": (SWEEP, ["create", "s", "--grid", "{big_int_grid}", "--dir",
+                                         "{out}/sweeps/s"], ["search.params.lr.high", "beyond"]),
+    "sweep-grid-values-wrong-type": (SWEEP, ["create", "s", "--grid", "{string_axis_grid}",
+                                             "--dir", "{out}/sweeps/s"], ["seed", "list"]),
+    "benchmark-negative-workers": (BENCH, ["--workers", "-1"], ["--workers", "-1"]),
 }
 
 
@@ -219,12 +242,42 @@ def paths(tmp_path_factory, tiny_cifar, tiny_data):
     batch[b"labels"] = [10] + list(batch[b"labels"])[1:]
     with open(os.path.join(label10, "data_batch_1"), "wb") as f:
         pickle.dump(batch, f)
-    return {"data": tiny_cifar, "r50": r50, "width_text": width_text, "std_zero": std_zero,
+    sweeps = _sweep_inputs(tmp_path_factory.mktemp("sweep_inputs"))
+    return {**sweeps, "data": tiny_cifar, "r50": r50, "width_text": width_text, "std_zero": std_zero,
             "crafted": str(data / "crafted"), "label10": str(data / "label10"), "mislabelled": mislabelled, "c100": c100,
             "corrupt": str(corrupt), "truncated": str(truncated), "foreign": str(foreign),
             "missing": str(d / "does_not_exist.pth"), "ckpt_dir": str(d / "a_folder.pth"),
             "missing_data": str(data / "no_such_data"), "empty_data": str(data / "empty"),
             "empty_cifar": str(data / "empty_cifar"), "malformed": str(data / "malformed")}
+
+
+USER_BYTES = b"my notes, not a journal\nsecond line\n"
+
+
+def _sweep_inputs(d):
+    """A user's file (and a link to it) where a journal would go, damaged journals, and grid
+    files that are too big, too deep or of the wrong types."""
+    import json
+    user = d / "user_notes.txt"
+    user.write_bytes(USER_BYTES)
+    (d / "notes_link.log").symlink_to(user)
+    record = json.dumps({"op_code": 0, "worker_id": "w", "study_name": "s", "directions": [1]})
+    (d / "cut.log").write_text(record + "\n" + record[:20])
+    (d / "bad.log").write_text(record + "\nnot a record\n")
+    axes = {f"a{i}": {f"v{j}": {"seed": j} for j in range(10)} for i in range(20)}
+    grids = {"huge_grid": {"script": BASE, "grid": axes},
+             "big_int_grid": {"script": BASE, "search": {"n_trials": 3, "params": {
+                 "lr": {"low": 1, "high": 10 ** 400, "type": "int"}}}},
+             "string_axis_grid": {"script": BASE, "grid": {"seed": "0,1"}}}
+    out = {"user_file": str(user), "user_link": str(d / "notes_link.log"),
+           "cut_journal": str(d / "cut.log"), "bad_journal": str(d / "bad.log")}
+    for name, grid in grids.items():
+        (d / f"{name}.json").write_text(json.dumps(grid))
+        out[name] = str(d / f"{name}.json")
+    (d / "deep_grid.json").write_text('{"grid": ' + '{"a": ' * 5000 + "1" + "}" * 5001)
+    out["deep_grid"] = str(d / "deep_grid.json")
+    out["before"] = files_digest(d)
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -278,6 +331,15 @@ def test_bad_input(case, battery, good_run, record_property):
 def test_crafted_pickle_ran_nothing(battery, paths):
     assert "crafted-cifar-pickle" in battery
     assert not os.path.exists(os.path.join(os.path.dirname(paths["crafted"]), "ran"))
+
+
+def test_sweep_left_the_users_files_alone(battery, paths):
+    """The files behind --storage (a user's file, a link to it, damaged journals) and the grid
+    files keep their bytes; the link is still a link."""
+    d = os.path.dirname(paths["user_file"])
+    assert files_digest(d) == paths["before"]
+    assert open(paths["user_file"], "rb").read() == USER_BYTES
+    assert os.path.islink(paths["user_link"])
 
 
 def test_battery_is_broad():

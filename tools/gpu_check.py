@@ -28,12 +28,23 @@ sys.path.insert(0, REPO)
 BENCH_PAIRS = [("resnet34", "resnet18", "parallel"), ("resnet32x4", "resnet8x4", "none")]
 
 
+def _budget(text):
+    """Seconds for the whole check: a finite number in [10, 86400]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 10 <= value <= 86400:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"must be in [10, 86400] seconds, got {text}")
+    return value
+
+
 def get_args_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("out", help="folder for summary.json, summary.md and logs.txt (created)")
     p.add_argument("--dry-run", action="store_true",
                    help="run every part on the CPU at a tiny size (what CI runs)")
-    p.add_argument("--budget", type=float, default=None,
+    p.add_argument("--budget", type=_budget, default=None,
                    help="seconds for the whole check (default 430 on a GPU, 600 dry)")
     p.add_argument("--fmnist-dir", default=None,
                    help="folder with the Fashion-MNIST IDX files (default: data/fashion-mnist in "

@@ -32,7 +32,17 @@ from ..errors import UserError
 from .keys import COMPOUND, _label
 from .scripts import SCRIPTS
 
-__all__ = ["DEFAULTS", "TOP_KEYS", "normalize_spec"]
+__all__ = ["DEFAULTS", "TOP_KEYS", "normalize_spec", "LIMITS", "check_depth"]
+
+# Bounds checked before anything is expanded (docs/SWEEPS.md, "Limits"): a grid file is data,
+# and a typo must not make `create` run for hours or allocate without end.
+LIMITS = {"depth": 16,                 # nesting of the spec's objects and lists
+          "axes": 32,                  # grid axes
+          "axis_values": 10_000,       # values (or variants) of one axis
+          "flags": 1_000,              # flags of one fixed/teacher/variant object
+          "grid_trials": 100_000,      # grid points (the product of the axis lengths)
+          "number": 10**15,            # the magnitude of any number in the spec
+          "text": 10_000}              # characters of any string
 
 DEFAULTS = {"heartbeat": 30.0, "grace": 120.0, "max_retries": 3}
 TOP_KEYS = ("description", "script", "fixed", "grid", "exclude", "search", "teacher", "baseline",
@@ -42,9 +52,39 @@ _SCALARS = (str, int, float, bool)
 _FLAG_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]*(\.[A-Za-z0-9_.-]+)?")
 
 
+def check_depth(raw, source: str):
+    """Refuse a spec nested deeper than LIMITS['depth'], or holding a number or a string beyond
+    LIMITS (walked without recursion, before anything else looks at it)."""
+    stack = [(raw, 1, "")]
+    while stack:
+        value, depth, where = stack.pop()
+        if depth > LIMITS["depth"]:
+            raise UserError(f"{source}: {where or 'the spec'} is nested deeper than "
+                            f"{LIMITS['depth']} levels")
+        if isinstance(value, dict):
+            if len(value) > LIMITS["axis_values"]:
+                raise UserError(f"{source}: {where or 'the spec'} has {len(value):,} entries "
+                                f"(at most {LIMITS['axis_values']:,})")
+            stack += [(v, depth + 1, f"{where}.{str(k)[:40]}".lstrip(".")) for k, v in value.items()]
+        elif isinstance(value, list):
+            if len(value) > LIMITS["axis_values"]:
+                raise UserError(f"{source}: {where} has {len(value):,} values (at most "
+                                f"{LIMITS['axis_values']:,})")
+            stack += [(v, depth + 1, f"{where}[{i}]") for i, v in enumerate(value)]
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            if isinstance(value, int) and abs(value) > LIMITS["number"] or \
+                    isinstance(value, float) and math.isfinite(value) and abs(value) > LIMITS["number"]:
+                raise UserError(f"{source}: {where} is a number beyond +-{LIMITS['number']:.0e}")
+        elif isinstance(value, str) and len(value) > LIMITS["text"]:
+            raise UserError(f"{source}: {where} is a string of {len(value):,} characters (at "
+                            f"most {LIMITS['text']:,})")
+
+
 def _check_flags(args, what: str) -> dict:
     if not isinstance(args, dict):
         raise UserError(f"{what}: expected an object of flag: value")
+    if len(args) > LIMITS["flags"]:
+        raise UserError(f"{what}: {len(args):,} flags (at most {LIMITS['flags']:,})")
     out = {}
     for flag, value in args.items():
         if not isinstance(flag, str) or not _FLAG_RE.fullmatch(flag.lstrip("-")):
@@ -80,6 +120,7 @@ def _positive(raw, key, default, integer=False):
 
 def normalize_spec(raw: dict, source: str) -> dict:
     """Check the shape of a raw spec and fill defaults; returns a JSON-able spec."""
+    check_depth(raw, source)
     unknown = [k for k in raw if k not in TOP_KEYS]
     if unknown:
         raise UserError(f"{source}: unknown entry {unknown[0]!r} (known: {', '.join(TOP_KEYS)})")
@@ -113,6 +154,12 @@ def normalize_spec(raw: dict, source: str) -> dict:
 def _normalize_grid(grid, source) -> dict:
     if not isinstance(grid, dict):
         raise UserError(f"{source}: grid: expected an object of axis: values")
+    if len(grid) > LIMITS["axes"]:
+        raise UserError(f"{source}: grid: {len(grid)} axes (at most {LIMITS['axes']})")
+    total = math.prod(len(v) if isinstance(v, (list, dict)) else 1 for v in grid.values())
+    if total > LIMITS["grid_trials"]:  # from the axis lengths, before anything is expanded
+        raise UserError(f"{source}: grid: the axes multiply to {total:,} trials (at most "
+                        f"{LIMITS['grid_trials']:,}); split the study or shorten an axis")
     out, setters = {}, {}
     for axis, values in grid.items():
         what = f"{source}: grid axis {axis!r}"

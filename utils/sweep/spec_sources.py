@@ -72,12 +72,18 @@ def load_spec_file(path: str) -> dict:
             raw = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise UserError(f"grid file {path}: invalid TOML: {exc}") from None
+        except RecursionError:
+            raise UserError(f"grid file {path}: nested too deeply") from None
     else:
         try:
             raw = json.loads(text)
         except json.JSONDecodeError as exc:
             raise UserError(f"grid file {path}: invalid JSON: {exc.msg} at line {exc.lineno} "
                             f"column {exc.colno}") from None
+        except RecursionError:
+            raise UserError(f"grid file {path}: nested too deeply") from None
+        except ValueError as exc:  # e.g. an integer of more digits than Python converts
+            raise UserError(f"grid file {path}: {str(exc).splitlines()[0][:120]}") from None
     if not isinstance(raw, dict):
         raise UserError(f"grid file {path}: expected an object of {', '.join(TOP_KEYS)}")
     return raw

@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from ..errors import UserError
 
 __all__ = ["JOURNAL_NAME", "TEACHERS_SUFFIX", "Store", "open_store", "default_dir",
+           "check_journal_path",
            "load_sweep", "create_sweep"]
 
 JOURNAL_NAME = "optuna-journal.log"
@@ -73,8 +74,7 @@ def open_store(storage_arg, sweep_dir: str, create: bool) -> Store:
     if storage_arg and "://" in storage_arg:
         return _open_rdb(storage_arg, create)
     path = storage_arg or os.path.join(sweep_dir, JOURNAL_NAME)
-    if os.path.isdir(path):
-        raise UserError(f"storage {path} is a folder, not a journal file")
+    check_journal_path(path, create)
     if not create and not os.path.isfile(path):
         raise UserError(f"no sweep storage at {path} (make the study first: python sweep.py "
                         f"create STUDY --grid FILE{'' if storage_arg else ' [--dir DIR]'})")
@@ -93,6 +93,47 @@ def open_store(storage_arg, sweep_dir: str, create: bool) -> Store:
     except OSError as exc:
         raise UserError(f"cannot open journal {path}: {exc.strerror}") from None
     return Store(storage, path, "journal", path=path)
+
+
+def check_journal_path(path: str, create: bool):
+    """A journal path that is a link, a folder, or an existing file that is not a journal of
+    this tool is refused in one line before anything is written."""
+    if os.path.islink(path):
+        raise UserError(f"storage {path} is a symbolic link: a journal is never read or written "
+                        f"through a link (give the file itself)")
+    if os.path.isdir(path):
+        raise UserError(f"storage {path} is a folder, not a journal file")
+    if os.path.exists(path):
+        check_journal(path, create)
+
+
+def check_journal(path: str, create: bool):
+    """Refuse (one line, nothing written) a file that is not an Optuna journal: every complete
+    line must be a JSON object with an integer op_code and a worker_id. An unfinished last line
+    is what a worker's append looks like mid-write (Optuna skips it); `create`, which appends,
+    refuses it as a damaged journal. An empty file is accepted (nothing in it to lose)."""
+    import json
+    if not os.path.isfile(path):
+        raise UserError(f"storage {path} is not a regular file")
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise UserError(f"cannot read journal {path}: {exc.strerror}") from None
+    lines = data.split(b"\n")
+    tail = lines.pop()  # b"" when the file ends with a newline
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except (ValueError, RecursionError):
+            record = None
+        if not (isinstance(record, dict) and isinstance(record.get("op_code"), int)
+                and "worker_id" in record):
+            raise UserError(f"storage {path} is not an Optuna journal of this tool (line "
+                            f"{number} is not a journal record); nothing was written to it")
+    if tail and create:
+        raise UserError(f"journal {path} ends in an unfinished record (truncated, or a worker "
+                        f"is writing): not appended to")
 
 
 def _open_rdb(url_text: str, create: bool) -> Store:
