@@ -11,6 +11,7 @@ placement, then the same training-set size, epochs and seed.
 import glob
 import math
 import os
+import sys
 
 from utils.errors import UserError, exit_on_user_error
 from utils.train.outputs import atomic_write_text
@@ -41,6 +42,25 @@ def get_args_parser():
 
 
 # ---------------------------------------------------------------- reading summaries
+def readable_summaries(numpy_dir, runs, baselines) -> dict:
+    """{key: summary} of the folder's valid summaries. A damaged one (utils/summary.py) is
+    skipped with a one-line warning, unless --runs or --baseline names it: then it is the
+    one-line error (a table without the asked-for run would mislead)."""
+    summaries, damaged = load_summaries(numpy_dir)
+    named = set(runs or ()) | {part for spec in baselines for part in spec.split("=")}
+    for key, why in damaged.items():
+        if key in named:
+            raise UserError(why)
+    if not summaries:
+        if damaged:
+            more = f" (and {len(damaged) - 1} more damaged)" if len(damaged) > 1 else ""
+            raise UserError(f"{next(iter(damaged.values()))}{more}; no run left to compare")
+        raise UserError(f"no summary_*.json files in {numpy_dir}: train a run first")
+    for key, why in damaged.items():
+        print(f"warning: {why}; run {key!r} skipped", file=sys.stderr)
+    return summaries
+
+
 def _student_of(summary):
     """The model a run contributes as a baseline: its 'baseline', or a --kd none student."""
     if "baseline" in summary:
@@ -210,9 +230,7 @@ def main(args):
     inputs = {p for d in (args.numpy_dir, glob.escape(args.numpy_dir))  # what load_summaries reads
               for p in glob.glob(os.path.join(d, "summary_*.json"))}
     check_output_path(output, inputs, "--output", create=True)
-    summaries = load_summaries(args.numpy_dir)
-    if not summaries:
-        raise UserError(f"no summary_*.json files in {args.numpy_dir}: train a run first")
+    summaries = readable_summaries(args.numpy_dir, args.runs, args.baseline)
     where = args.numpy_dir
     if args.runs:
         for key in args.runs:

@@ -56,6 +56,8 @@ def measure(path, role, device, args):
     model = model_from_checkpoint(ckpt, path).to(device).eval()
     cfg = ckpt["model"]
     c, size = cfg.get("in_channels", 3), cfg.get("image_size") or 32
+    val = ckpt["metrics"].get("val") if isinstance(ckpt.get("metrics"), dict) else None
+    acc = val.get("acc") if isinstance(val, dict) else None  # shown only when it is a number
     row = {
         "label": role or ckpt.get("role") or os.path.basename(path),
         "checkpoint": os.path.abspath(path), "arch": cfg["arch"], "eca": cfg.get("eca"),
@@ -63,7 +65,7 @@ def measure(path, role, device, args):
         "params": count_parameters(model),                        # sum of numel
         "macs": count_macs(model, (1, c, size, size)),            # per image
         "size_mb": round(file_size_mb(path), 3),                  # checkpoint file, MiB
-        "val_acc": ((ckpt.get("metrics") or {}).get("val") or {}).get("acc"),
+        "val_acc": acc if isinstance(acc, (int, float)) and not isinstance(acc, bool) else None,
     }
     if args.timing:
         x1 = torch.randn(1, c, size, size, device=device)

@@ -153,8 +153,9 @@ def main(args):
     model = model_from_checkpoint(ckpt, args.checkpoint).to(device).eval()
     source = {}  # the data folder read, and whether it came from the checkpoint (printed then)
     test, dataset = checkpoint_test_data(ckpt, args.dataset, args.data_dir, args.download,
-                                         args.limit, args.split, info=source)
-    loader = checkpoint_loader(ckpt, test, args.batch_size, device)
+                                         args.limit, args.split, info=source,
+                                         path=args.checkpoint)
+    loader = checkpoint_loader(ckpt, test, args.batch_size, device, path=args.checkpoint)
     logits, labels = predict_logits(model, loader, tta=args.tta)  # (N, K), (N,)
     preds = logits.argmax(1)
     k = ckpt["model"]["num_classes"]

@@ -213,10 +213,16 @@ def read_json(path):
 
 
 def fmnist_result(work):
-    s = read_json(os.path.join(work, "fmnist", "numpy_outputs", "summary_gpu_check.json"))
-    if not s:
+    """The Fashion-MNIST run's figures from its summary (validated; None when unusable)."""
+    from utils.errors import UserError
+    from utils.summary import read_summary
+    try:
+        s = read_summary(os.path.join(work, "fmnist", "numpy_outputs", "summary_gpu_check.json"),
+                         "gpu_check")
+    except UserError:
         return None
-    out = {"protocol": s["dataset"].get("protocol"), "train_size": s["dataset"].get("train_size"),
+    dataset = s.get("dataset") or {}
+    out = {"protocol": dataset.get("protocol"), "train_size": dataset.get("train_size"),
            "wall_time_s": s.get("wall_time_s")}
     for role in ("teacher", "student"):
         r = s.get(role) or {}

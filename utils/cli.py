@@ -6,7 +6,7 @@ import sys
 from models import MODELS
 
 from .argparsing import HelpFormatter, OneLineParser, add_bool, str2bool
-from .data import DATASETS
+from .data import DATASETS, MAX_SYNTHETIC_SIZE
 from .errors import UserError
 from .train.outputs import validate_run_key
 
@@ -198,9 +198,9 @@ def common_parser(description) -> OneLineParser:
                         "--data-dir, else the built-in synthetic dataset (with a notice)")
     g.add_argument("--data-dir", default="./data", help="folder holding the dataset files")
     add_bool(g, "--download", False, "download the dataset when it is not in --data-dir")
-    g.add_argument("--synthetic-train-size", type=int_in(1, 1_000_000), default=5000,
+    g.add_argument("--synthetic-train-size", type=int_in(1, MAX_SYNTHETIC_SIZE), default=5000,
                    help="images in the synthetic training split")
-    g.add_argument("--synthetic-test-size", type=int_in(1, 1_000_000), default=1000,
+    g.add_argument("--synthetic-test-size", type=int_in(1, MAX_SYNTHETIC_SIZE), default=1000,
                    help="images in the synthetic test split")
     g.add_argument("--limit-train", type=positive_int, default=None,
                    help="use only the first N training images (quick runs)")

@@ -54,6 +54,8 @@ def read_history(path: str, key: str | None = None) -> dict:
             doc = json.load(f)
     except FileNotFoundError:
         return None
+    except RecursionError:
+        raise UserError(f"cannot read run history {path}: nested too deeply") from None
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot read run history {path}: "
                         f"{(str(exc).splitlines() or [type(exc).__name__])[0][:120]}") from None
@@ -85,7 +87,10 @@ def read_history(path: str, key: str | None = None) -> dict:
                 if not all(isinstance(v, (int, float)) and not isinstance(v, bool)
                            for v in values):
                     _fail(path, field, "holds something other than numbers")
-                arr = np.asarray(values, dtype=np.float64)
+                try:
+                    arr = np.asarray(values, dtype=np.float64)
+                except OverflowError:
+                    _fail(path, field, "holds a number too large for a float")
                 if np.isinf(arr).any():
                     _fail(path, field, "holds an infinite value")
                 series[(split, metric)] = arr

@@ -13,14 +13,15 @@ taken for keys. The analysis scripts select runs by key; an unknown key is a one
 listing the keys that exist.
 """
 import glob
-import json
 import os
 import re
+import zipfile
 
 import numpy as np
 
 from ..errors import UserError
 from ..history import history_path, read_history
+from ..summary import read_summary
 
 __all__ = ["ROLES", "SPLITS", "METRICS", "list_run_keys", "check_run_keys", "load_history",
            "load_summary", "load_summaries", "run_checkpoints", "unknown_key_message"]
@@ -86,12 +87,39 @@ def check_run_keys(numpy_dir: str, keys) -> list[str]:
     return available
 
 
+MAX_EPOCHS = 1_000_000  # as utils/history.py: one value per epoch
+
+
 def _load_npy(path):
+    """A per-epoch array of an earlier version's run folder, checked before use: one plain
+    numeric array (no objects, strings or records), at most 1-D once squeezed, at most
+    MAX_EPOCHS values, no infinities. Memory-mapped first, so a huge or crafted header is
+    refused before anything is allocated."""
     try:
-        arr = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
-        raise UserError(f"cannot read {path}: {str(exc).splitlines()[0][:120]}") from None
-    return np.asarray(arr, dtype=np.float64).reshape(-1)  # one value per epoch
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # PK...: read as a zip
+        why = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
+        if "Python objects" in why or "allow_pickle" in why:
+            why = "it holds Python objects, which are never unpickled"
+        elif isinstance(exc, zipfile.BadZipFile):
+            why = "not an array (it starts like a zip archive but is not one)"
+        elif "mmap length" in why:
+            why = "truncated (its header describes more values than the file holds)"
+        raise UserError(f"cannot read {path}: {why}") from None
+    if not isinstance(arr, np.ndarray):  # an .npz archive under an .npy name
+        arr.close()
+        raise UserError(f"cannot read {path}: not a single array (an archive of several)")
+    if arr.dtype.kind not in "iuf":
+        raise UserError(f"{path} holds {arr.dtype} values, not numbers (one per epoch)")
+    if sum(n > 1 for n in arr.shape) > 1:
+        raise UserError(f"{path} is a {'x'.join(map(str, arr.shape))} array, not one value "
+                        f"per epoch")
+    if arr.size > MAX_EPOCHS:
+        raise UserError(f"{path} holds {arr.size:,} values, more than {MAX_EPOCHS:,} epochs")
+    values = np.array(arr, dtype=np.float64).reshape(-1)  # a copy: the map is closed with arr
+    if np.isinf(values).any():
+        raise UserError(f"{path} holds an infinite value")
+    return values
 
 
 def load_history(numpy_dir: str, key: str) -> dict:
@@ -103,7 +131,13 @@ def load_history(numpy_dir: str, key: str) -> dict:
     Read from the run's history JSON (validated); a run of an earlier version without one is
     read from its flat arrays.
     """
-    found = read_history(history_path(numpy_dir, key), key)
+    path = history_path(numpy_dir, key)
+    try:
+        found = read_history(path, key)
+    except RecursionError:  # JSON nested thousands deep: json's parser gives up
+        raise UserError(f"cannot read run history {path}: nested too deeply") from None
+    except OverflowError:  # an integer of hundreds of digits: no float holds it
+        raise UserError(f"run history {path}: holds a number too large for a float") from None
     if found is not None:
         return found
     history = {}
@@ -121,25 +155,27 @@ def load_history(numpy_dir: str, key: str) -> dict:
     return history
 
 
-def load_summary(path: str) -> dict:
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read run summary {path}: {str(exc).splitlines()[0][:120]}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path} is not a run summary (expected a JSON object)")
-    return data
+def _key_of(path):
+    return os.path.basename(path)[len("summary_"):-len(".json")]
 
 
-def load_summaries(numpy_dir: str) -> dict:
-    """-> {run key: summary dict} for every summary_*.json in `numpy_dir`."""
-    out = {}
-    for path in sorted(glob.glob(os.path.join(numpy_dir, "summary_*.json"))):
-        data = load_summary(path)
-        key = data.get("run_key") or os.path.basename(path)[len("summary_"):-len(".json")]
-        out[key] = data
-    return out
+def load_summary(path: str, need=()) -> dict:
+    """One run summary, validated (utils/summary.py): a one-line UserError naming the file and
+    the field when it is damaged."""
+    return read_summary(path, _key_of(path), need)
+
+
+def load_summaries(numpy_dir: str) -> tuple[dict, dict]:
+    """-> ({run key: summary} of every readable summary_*.json in `numpy_dir`, {run key: why}
+    of the damaged ones). The caller decides: skip a damaged run with a warning, or refuse it
+    when the user asked for it by name."""
+    good, damaged = {}, {}
+    for path in sorted(glob.glob(os.path.join(glob.escape(numpy_dir), "summary_*.json"))):
+        try:
+            good[_key_of(path)] = load_summary(path)
+        except UserError as exc:
+            damaged[_key_of(path)] = str(exc)
+    return good, damaged
 
 
 def run_checkpoints(ckpt_dir: str, key: str) -> dict:

@@ -1,6 +1,7 @@
 """Shared pieces of the analysis scripts (evaluate, efficiency, ONNX export, feature maps):
 the test (or held-out validation) split of a checkpoint's run, batched predictions with
 optional flip TTA, confusion matrices, parameter / MAC counts and CPU timing."""
+import functools
 import os
 import statistics
 import time
@@ -10,7 +11,8 @@ from torch import nn
 
 from models import OutputsAsTuple, count_parameters  # noqa: F401  (re-exported for the tools)
 
-from ..data import SYNTHETIC_SEED, ImageData, TensorLoader, held_out_split, load_dataset
+from ..data import (MAX_SYNTHETIC_SIZE, SYNTHETIC_SEED, ImageData, TensorLoader, held_out_split,
+                    load_dataset)
 from ..errors import UserError
 
 __all__ = ["checkpoint_test_data", "checkpoint_data_dir", "checkpoint_loader", "predict_logits", "confusion_matrix",
@@ -19,22 +21,37 @@ __all__ = ["checkpoint_test_data", "checkpoint_data_dir", "checkpoint_loader", "
 
 
 
-def _ckpt_number(section: dict, key: str, default, kind=int, where="args"):
+# the saved args that size what a tool allocates, bounded as the training scripts' flags are
+# (utils/cli.py): a checkpoint asking for more is damaged or crafted, refused before any work
+ARG_BOUNDS = {"synthetic_train_size": (1, MAX_SYNTHETIC_SIZE),
+              "synthetic_test_size": (1, MAX_SYNTHETIC_SIZE), "image_size": (8, 1024),
+              "limit_train": (1, 10 ** 9), "limit_test": (1, 10 ** 9),
+              "eval_batch_size": (1, 65_536), "split_seed": (0, 2 ** 32 - 1)}
+
+
+def _field(path, where, key):
+    return f"{path}: checkpoint field {where}.{key}" if path else f"the checkpoint's {where}.{key}"
+
+
+def _ckpt_number(section: dict, key: str, default, kind=int, where="args", path=None):
     """A number saved in a checkpoint's metadata, checked before use (a checkpoint is not
-    trusted): None/missing -> default; anything but an int/float (or a numeric string) -> a
-    one-line UserError."""
+    trusted): None/missing -> default; anything but an int/float (or a numeric string), or a
+    value outside ARG_BOUNDS -> a one-line UserError naming the file (path) and the field."""
     value = section.get(key)
     if value is None:
         return default
+    field = _field(path, where, key)
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise UserError(f"the checkpoint's {where}.{key} is not a number ({type(value).__name__})")
+        raise UserError(f"{field} is not a number ({type(value).__name__})")
     try:
         number = kind(value)
     except (TypeError, ValueError, OverflowError):
-        raise UserError(f"the checkpoint's {where}.{key} is not a number: {str(value)[:40]!r}") \
-            from None
+        raise UserError(f"{field} is not a number: {str(value)[:40]!r}") from None
     if kind is float and number != number:  # NaN
-        raise UserError(f"the checkpoint's {where}.{key} is not a number: NaN")
+        raise UserError(f"{field} is not a number: NaN")
+    lo, hi = ARG_BOUNDS.get(key, (None, None))
+    if lo is not None and not lo <= number <= hi:
+        raise UserError(f"{field} is {number:,}, outside {lo:,}..{hi:,}")
     return number
 
 
@@ -71,8 +88,8 @@ def checkpoint_data_dir(ckpt: dict, data_dir: str | None = None, name: str | Non
 # its own check and message, in the order a user would fix them.
 def checkpoint_test_data(ckpt: dict, dataset: str | None = None, data_dir: str | None = None,
                          download: bool = False, limit: int | None = None,
-                         split: str = "test", log=print,
-                         info: dict | None = None) -> tuple[ImageData, str]:
+                         split: str = "test", log=print, info: dict | None = None,
+                         path: str | None = None) -> tuple[ImageData, str]:
     """A split of the data a checkpoint was trained on, rebuilt like utils/train/setup.prepare_data.
 
     split 'test': the test split (the run's validation set under the 'test-as-val' protocol);
@@ -84,7 +101,7 @@ def checkpoint_test_data(ckpt: dict, dataset: str | None = None, data_dir: str |
     test split: the run's --limit-test when the dataset is the run's own. Every value read from
     the checkpoint is type-checked first (one-line UserError). info: a dict that receives
     'data_dir' (the folder read; None for the in-memory synthetic set) and
-    'data_dir_from_checkpoint'.
+    'data_dir_from_checkpoint'. path: the checkpoint's file, named in the errors.
     Returns (ImageData with uint8 images (N, C, H, W), dataset name).
     """
     if split not in ("test", "val"):
@@ -93,11 +110,12 @@ def checkpoint_test_data(ckpt: dict, dataset: str | None = None, data_dir: str |
     data_cfg = _ckpt_dict(ckpt, "data")
     own = data_cfg.get("dataset") or args.get("dataset")
     if own is not None and not isinstance(own, str):
-        raise UserError(f"the checkpoint's dataset name is not a string ({type(own).__name__})")
+        raise UserError(f"{_field(path, 'data', 'dataset')} is not a dataset name "
+                        f"({type(own).__name__})")
     name = dataset or own
     if name in (None, "auto"):
         raise UserError("the checkpoint does not record its dataset: pass --dataset")
-    val_split = _ckpt_number(data_cfg, "val_split", 0.0, float, "data")
+    val_split = _ckpt_number(data_cfg, "val_split", 0.0, float, "data", path)
     held_out = split == "val" and val_split > 0
     if held_out and name != own:
         raise UserError(f"--split val is the run's held-out part of {own}; it does not exist "
@@ -110,24 +128,26 @@ def checkpoint_test_data(ckpt: dict, dataset: str | None = None, data_dir: str |
         info["data_dir_from_checkpoint"] = (not synthetic and given is None
                                             and bool(_ckpt_dict(ckpt, "args").get("data_dir")))
     same = name == own
+    # every saved number is checked (and bounded) before anything is read or allocated;
     # reader options as in prepare_data (readers drop those they do not take)
-    kwargs = {"image_size": (_ckpt_number(args, "image_size", 32) or 32) if same else 32}
+    number = functools.partial(_ckpt_number, args, path=path)
+    kwargs = {"image_size": number("image_size", 32) if same else 32}
     if name == "synthetic":
-        kwargs = dict(train_size=_ckpt_number(args, "synthetic_train_size", 5000) if same else 5000,
-                      test_size=_ckpt_number(args, "synthetic_test_size", 1000) if same else 1000,
+        kwargs = dict(train_size=number("synthetic_train_size", 5000) if same else 5000,
+                      test_size=number("synthetic_test_size", 1000) if same else 1000,
                       seed=SYNTHETIC_SEED)
+    limit_train = number("limit_train", None)
+    split_seed = _ckpt_number(data_cfg, "split_seed", 0, where="data", path=path)
+    if limit is None and same and not held_out:
+        limit = number("limit_test", None)
     train, data = load_dataset(name, data_dir, download, **kwargs)
     if held_out:
-        limit_train = _ckpt_number(args, "limit_train", None)
         if limit_train:
             train.images, train.labels = train.images[:limit_train], train.labels[:limit_train]
-        _, data, digest = held_out_split(train, val_split,
-                                         _ckpt_number(data_cfg, "split_seed", 0, where="data"))
+        _, data, digest = held_out_split(train, val_split, split_seed)
         if data_cfg.get("val_indices_sha1") not in (None, digest):
             raise UserError(f"cannot rebuild the run's held-out validation split from {data_dir} "
                             f"(the data differ from the run's)")
-    elif limit is None and same:
-        limit = _ckpt_number(args, "limit_test", None)
     if limit:
         data.images, data.labels = data.images[:limit], data.labels[:limit]
     if len(data) == 0:
@@ -142,7 +162,7 @@ def checkpoint_test_data(ckpt: dict, dataset: str | None = None, data_dir: str |
     return data, name
 
 
-def _ckpt_stats(d: dict, key: str, channels: int):
+def _ckpt_stats(d: dict, key: str, channels: int, path=None):
     """The saved per-channel mean/std: None, or `channels` finite numbers (std > 0)."""
     value = d.get(key)
     if value is None:
@@ -151,27 +171,25 @@ def _ckpt_stats(d: dict, key: str, channels: int):
             or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and
                        abs(v) != float("inf") and v == v for v in value)
             or (key == "std" and not all(v > 0 for v in value))):
-        raise UserError(f"the checkpoint's data.{key} is not {channels} per-channel numbers"
+        raise UserError(f"{_field(path, 'data', key)} is not {channels} per-channel numbers"
                         + (" > 0" if key == "std" else ""))
     return [float(v) for v in value]
 
 
 def checkpoint_loader(ckpt: dict, data: ImageData, batch_size: int | None = None,
-                      device="cpu") -> TensorLoader:
+                      device="cpu", path: str | None = None) -> TensorLoader:
     """Evaluation loader normalising with the checkpoint's own mean/std (training statistics);
-    the saved values are checked before use."""
+    the saved values are checked before use (errors name `path`, the checkpoint's file)."""
     d = _ckpt_dict(ckpt, "data")
     args = _ckpt_dict(ckpt, "args")
     if batch_size is None:
-        batch_size = _ckpt_number(args, "eval_batch_size", 256) or 256
-        if batch_size < 1:
-            raise UserError(f"the checkpoint's args.eval_batch_size is not positive: {batch_size}")
+        batch_size = _ckpt_number(args, "eval_batch_size", 256, path=path)
     channels = data.images.shape[1]
     channels_last = args.get("channels_last", False)
     if not isinstance(channels_last, bool) and channels_last is not None:
-        raise UserError("the checkpoint's args.channels_last is not true/false")
-    return TensorLoader(data, batch_size, device, _ckpt_stats(d, "mean", channels),
-                        _ckpt_stats(d, "std", channels), channels_last=bool(channels_last))
+        raise UserError(f"{_field(path, 'args', 'channels_last')} is not true/false")
+    return TensorLoader(data, batch_size, device, _ckpt_stats(d, "mean", channels, path),
+                        _ckpt_stats(d, "std", channels, path), channels_last=bool(channels_last))
 
 
 @torch.no_grad()

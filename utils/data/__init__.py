@@ -29,10 +29,12 @@ from .folder import IMAGE_EXTENSIONS, load_folder
 from .loader import Augment, TensorLoader, channel_stats
 from .split import held_out_split, split_indices
 from .svhn import SVHN_CLASSES, load_svhn
-from .synthetic import SYNTHETIC_CLASSES, SYNTHETIC_SEED, load_synthetic, make_synthetic
+from .synthetic import (MAX_SYNTHETIC_SIZE, SYNTHETIC_CLASSES, SYNTHETIC_SEED, load_synthetic,
+                        make_synthetic)
 
-__all__ = ["ImageData", "DATASETS", "SYNTHETIC_SEED", "load_dataset", "make_synthetic",
-           "write_cifar10", "channel_stats", "TensorLoader", "Augment", "read_idx", "write_idx",
+__all__ = ["ImageData", "DATASETS", "SYNTHETIC_SEED", "MAX_SYNTHETIC_SIZE", "load_dataset",
+           "make_synthetic", "write_cifar10", "channel_stats", "TensorLoader", "Augment",
+           "read_idx", "write_idx",
            "split_indices", "held_out_split", "IMAGE_EXTENSIONS", "CIFAR10_CLASSES",
            "FASHION_MNIST_CLASSES", "SVHN_CLASSES", "SYNTHETIC_CLASSES", "CifarUnpickler",
            "load_cifar10", "load_cifar100", "load_fashion_mnist", "load_svhn", "load_folder",

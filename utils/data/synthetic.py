@@ -2,10 +2,12 @@
 import numpy as np
 import torch
 
+from ..errors import UserError
 from .common import ImageData
 
 
 SYNTHETIC_CLASSES = [f"pattern{i}" for i in range(10)]
+MAX_SYNTHETIC_SIZE = 1_000_000  # images per split (3 KB each at 32x32): --synthetic-*-size's bound
 
 
 def make_synthetic(n: int, seed: int = 0, image_size: int = 32, num_classes: int = 10) -> ImageData:
@@ -16,6 +18,14 @@ def make_synthetic(n: int, seed: int = 0, image_size: int = 32, num_classes: int
     so a small CNN must learn orientation/frequency/colour features (well above chance in a couple
     of epochs, far from trivial). Deterministic from `seed`.
     """
+    # the last guard before the arrays are allocated (callers check their own inputs first)
+    bounds = {"size": (n, 0, MAX_SYNTHETIC_SIZE), "image size": (image_size, 1, 1024),
+              "class count": (num_classes, 1, 1000)}
+    for name, (value, lo, hi) in bounds.items():
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
+                or not lo <= value <= hi:
+            raise UserError(f"synthetic dataset: {name} {str(value)[:40]!r} is not an integer "
+                            f"in {lo}..{hi:,}")
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, num_classes, size=n)
     angle = np.pi * (np.arange(num_classes) % 5) / 5                      # 5 orientations

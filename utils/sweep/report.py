@@ -25,6 +25,7 @@ from ..errors import UserError
 from ..train.outputs import atomic_write, atomic_write_text
 from .heartbeat import END_ATTR
 from .progress import key_states
+from .results import result_problem
 from .stats import mean_std, paired_delta
 from .tables import configs_csv, markdown, trials_csv
 
@@ -40,17 +41,23 @@ def _rows(study):
     """One row per run key with a COMPLETE trial (the first), and the trials that failed."""
     from optuna.trial import TrialState
     trials = study.get_trials(deepcopy=False)
-    rows, seen = [], set()
+    rows, seen, skipped = [], set(), []
     for t in trials:
         if t.state != TrialState.COMPLETE:
             continue
         key = t.user_attrs.get("key")
         if key in seen:
             continue
-        seen.add(key)
-        result = dict(t.user_attrs.get("result") or {})
+        recorded = t.user_attrs.get("result") or {}
+        result = dict(recorded) if isinstance(recorded, dict) else {}
         for f in COMPLETE_FIELDS:
             result.setdefault(f, t.user_attrs.get(f))
+        why = (result_problem(result) if isinstance(recorded, dict)
+               else "its recorded result is not an object")
+        if why:  # a journal edited by hand (or a study of an earlier version): left out
+            skipped.append(f"trial {t.number} (run {str(key)[:80]!r}): {why}")
+            continue
+        seen.add(key)
         rows.append({"number": t.number, "key": key, "config": t.user_attrs.get("config", ""),
                      "axes": t.user_attrs.get("axes") or {}, "seed": t.user_attrs.get("seed"),
                      "argv": t.user_attrs.get("argv") or [], "script": t.user_attrs.get("script"),
@@ -68,6 +75,7 @@ def _rows(study):
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
     counts["pruned"] = len(pruned)
     counts["pruned_at"] = [(t.number, t.last_step) for t in pruned]
+    counts["skipped"] = skipped
     return rows, failed, counts, trials
 
 
@@ -83,11 +91,16 @@ def build_report(sweep, sweep_dir) -> dict:
     spec = sweep.spec
     rows, failed, counts, trials = _rows(sweep.study)
     if not rows:
+        unusable = (f"; {len(counts['skipped'])} with an unusable result, e.g. "
+                    f"{counts['skipped'][0]}" if counts["skipped"] else "")
         raise UserError(f"study '{sweep.name}' has no completed trial yet ({counts['running']} "
-                        f"running, {counts['waiting']} waiting, {counts['failed']} failed)")
+                        f"running, {counts['waiting']} waiting, {counts['failed']} failed"
+                        f"{unusable})")
     teacher_rows, teacher_failed, tcounts = [], [], None
     if sweep.teachers is not None:
         teacher_rows, teacher_failed, tcounts, _ = _rows(sweep.teachers)
+    for why in counts["skipped"] + (tcounts or {}).get("skipped", []):
+        print(f"warning: {why}; left out of the report", file=sys.stderr)
     rep = {"name": sweep.name, "spec": spec, "storage": sweep.store.label, "rows": rows,
            "failed": failed + teacher_failed, "counts": counts, "teacher_counts": tcounts,
            "teachers": teacher_rows, "sweep_dir": sweep_dir, "kind": "grid" if spec["search"]
@@ -154,9 +167,13 @@ def _check_out_dir(out_dir, names, study):
         try:
             with open(record) as f:
                 data = json.load(f)
-            owned = set(data.get("files", [])) if isinstance(data, dict) else set()
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             raise UserError(f"report record {record} is unreadable; move it away") from None
+        files = data.get("files", []) if isinstance(data, dict) else None
+        if not isinstance(files, list) or not all(isinstance(n, str) for n in files):
+            raise UserError(f"report record {record}: \"files\" is not a list of file names; "
+                            f"move it away")
+        owned = set(files)
     elif os.path.exists(record):
         raise UserError(f"{record} is not a file")
     for name in names:

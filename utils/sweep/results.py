@@ -1,18 +1,37 @@
 """What a finished run recorded: its JSON summary and per-epoch validation accuracy, the
 metrics a trial keeps from them, and how the trial ends (complete, pruned, interrupted and
 queued again, or failed).
+
+The summary is read back as untrusted data (utils/summary.py): a damaged one fails its trial
+with a one-line reason naming the file and the field. What a trial kept is checked again by
+the report (`result_problem`): a journal can be edited too.
 """
-import json
+import math
 import os
 import signal
 
 from .scripts import SCRIPTS
 
-__all__ = ["summary_path", "val_curve", "run_metrics", "ResultMixin"]
+__all__ = ["summary_path", "read_run_summary", "val_curve", "run_metrics", "result_problem",
+           "ResultMixin"]
+
+# what a trial's objective and status line need from its section of the summary
+NEEDED = ("test_acc_best", "test_acc_last", "best_val_acc")
+# the numbers a trial keeps (None: not recorded)
+NUMBERS = ("test_acc_best", "test_acc_last", "best_val_acc", "final_val_acc", "best_epoch",
+           "epochs", "params", "teacher_params", "kd_learned_params", "wall_time_s",
+           "stage_wall_time_s", "train_images_per_s", "trial_wall_time_s")
 
 
 def summary_path(run_dir, key):
     return os.path.join(run_dir, "numpy_outputs", f"summary_{key}.json")
+
+
+def read_run_summary(run_dir, key, script) -> dict:
+    """The run's summary, validated, with the fields a trial records present and finite."""
+    from ..summary import read_summary
+    role = SCRIPTS[script][1]
+    return read_summary(summary_path(run_dir, key), key, need=[f"{role}.{f}" for f in NEEDED])
 
 
 def val_curve(run_dir, key, script):
@@ -22,14 +41,14 @@ def val_curve(run_dir, key, script):
     from ..history import history_path, read_history
     try:
         found = read_history(history_path(os.path.join(run_dir, "numpy_outputs"), key), key)
-    except UserError:
+    except (UserError, RecursionError, OverflowError):  # nested too deeply, a 400-digit number
         return []
     series = (found or {}).get(SCRIPTS[script][1], {}).get(("val", "accuracy"))
     return [] if series is None else [float(v) for v in series]
 
 
 def run_metrics(summary: dict, script: str) -> dict:
-    """What a trial records, from the run's own JSON summary."""
+    """What a trial records, from the run's own JSON summary (as read_run_summary returns it)."""
     section = summary[SCRIPTS[script][1]]
     teacher = summary.get("teacher") or {}
     return {"run_key": summary.get("run_key"),
@@ -47,6 +66,24 @@ def run_metrics(summary: dict, script: str) -> dict:
             "environment": summary.get("environment")}
 
 
+def result_problem(result: dict) -> str | None:
+    """What is wrong with a trial's recorded result (None: nothing), field by field."""
+    for field in NUMBERS:
+        v = result.get(field)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
+                              or (isinstance(v, float) and math.isinf(v))
+                              or (isinstance(v, int) and abs(v) > 10 ** 15)):
+            return f"result field {field} is {str(v)[:40]!r}, not a number"
+    for field, kind in (("protocol", str), ("environment", dict), ("val_acc", list),
+                        ("run_key", str)):
+        if result.get(field) is not None and not isinstance(result[field], kind):
+            return f"result field {field} is not a {kind.__name__}"
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+               for v in result.get("val_acc") or []):
+        return "result field val_acc holds something other than numbers"
+    return None
+
+
 def _learned(counts):
     """The parameters the distillation terms learn (trained with the student, never exported),
     summed over the terms; None when the run does not say (a run of model_training.py)."""
@@ -61,19 +98,20 @@ class ResultMixin:
 
     def _ended(self, job, rc, lines, elapsed):
         from optuna.trial import TrialState
+
+        from ..errors import UserError
         if job.lost:
             return
         name = job.name()
         if rc == 0:
             try:
-                with open(summary_path(self.run_dir, job.key)) as f:
-                    summary = json.load(f)
-                metrics = run_metrics(summary, job.attrs["script"])
-            except (OSError, ValueError, KeyError, TypeError) as exc:
+                metrics = run_metrics(read_run_summary(self.run_dir, job.key,
+                                                       job.attrs["script"]), job.attrs["script"])
+            except UserError as exc:
                 self.failed += 1
                 self._finish(job, TrialState.FAIL, reason="error",
-                             error=f"the run ended but its summary is unreadable ({exc})")
-                self.status.event(f"{name}: failed: no readable summary")
+                             error=f"the run ended but its summary is unusable: {exc}")
+                self.status.event(f"{name}: failed: {exc}")
                 return
             metrics["val_acc"] = val_curve(self.run_dir, job.key, job.attrs["script"])
             metrics["trial_wall_time_s"] = round(elapsed, 2)

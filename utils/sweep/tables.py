@@ -73,7 +73,9 @@ def _md_head(rep, command_line) -> list:
               f"waiting, {c['failed']} failed"
               + (f"; {c['retried']} attempt(s) killed or interrupted and taken up again"
                  if c["retried"] else "")
-              + (f"; {c['pruned']} pruned" if c["pruned"] else "") + ".", ""]
+              + (f"; {c['pruned']} pruned" if c["pruned"] else "")
+              + (f"; {len(c['skipped'])} left out (unusable recorded result)"
+                 if c.get("skipped") else "") + ".", ""]
     return lines
 
 

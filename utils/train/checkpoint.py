@@ -68,9 +68,10 @@ def _unwrap(model):
 
 
 # sane bounds for the numbers a checkpoint describes its model with: anything outside is a
-# damaged or crafted file, never a model worth building (and never a huge allocation)
+# damaged or crafted file, never a model worth building (and never a huge allocation: the
+# tools build inputs of image_size x image_size, bounded like --image-size)
 LIMITS = {"num_classes": (1, 100_000), "base_width": (1, 4096), "in_channels": (1, 64),
-          "image_size": (1, 4096)}
+          "image_size": (1, 1024)}
 MAX_ECA_K = 255
 
 
