@@ -79,6 +79,23 @@ def run_script(script, *args, timeout=300, check=False):
     return proc
 
 
+def assert_ok(proc):
+    """A script run that exited 0 (its output shown otherwise)."""
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def assert_refused(proc, *needles):
+    """A script run refused with exit 2 and one line on stderr (no traceback) that contains
+    every needle (any case); returns that line."""
+    assert proc.returncode == 2, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    err = proc.stderr.strip()
+    assert "Traceback" not in proc.stderr and len(err.splitlines()) == 1, proc.stderr
+    for needle in needles:
+        assert needle.lower() in err.lower(), (needle, err)
+    return err
+
+
 @pytest.fixture(scope="session")
 def repo_root():
     return REPO_ROOT

@@ -11,7 +11,7 @@ import string
 
 import pytest
 
-from conftest import files_digest, run_script
+from conftest import assert_ok, assert_refused, files_digest, run_script
 from utils.history import read_history
 from utils.train.outputs import RUN_KEY_MAX, RunOutputs
 
@@ -20,18 +20,7 @@ TINY = ["--dataset", "synthetic", "--synthetic-train-size", "120", "--synthetic-
         "--device", "cpu", "--no-progress", "--no-tensorboard"]
 
 
-def _ok(proc):
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    return proc
-
-
-def _refused(proc, *needles):
-    assert proc.returncode == 2, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    err = proc.stderr.strip()
-    assert "Traceback" not in proc.stderr and len(err.splitlines()) == 1, proc.stderr
-    for needle in needles:
-        assert needle.lower() in err.lower(), (needle, err)
-    return err
+_ok, _refused = assert_ok, assert_refused
 
 
 def _sha(path):

@@ -17,7 +17,8 @@ import time
 
 import pytest
 
-from conftest import REPO_ROOT, files_digest, run_script, script_env, start_script
+from conftest import (REPO_ROOT, assert_ok, assert_refused, files_digest, run_script, script_env,
+                      start_script)
 
 BASE = "model_training.py"
 ARGS = ["--dataset", "synthetic", "--synthetic-train-size", "200", "--synthetic-test-size", "50",
@@ -25,18 +26,7 @@ ARGS = ["--dataset", "synthetic", "--synthetic-train-size", "200", "--synthetic-
         "--device", "cpu", "--no-progress"]
 
 
-def _ok(proc):
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    return proc
-
-
-def _refused(proc, *needles):
-    assert proc.returncode == 2, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    err = proc.stderr.strip()
-    assert "Traceback" not in proc.stderr and len(err.splitlines()) == 1, proc.stderr
-    for needle in needles:
-        assert needle.lower() in err.lower(), (needle, err)
-    return err
+_ok, _refused = assert_ok, assert_refused
 
 
 def _names_of(key):
