@@ -28,7 +28,8 @@ def test_dry_run_passes_every_part(dry_run):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["environment"]["dry_run"] is True
     parts = summary["parts"]
-    for name in ("tests", "bench", "bench_compile", "fmnist"):
+    for name in ("tests", "bench", "bench_compile", "fmnist", "depth_resnet18", "depth_resnet34",
+                 "depth_resnet34_fp32"):
         assert parts[name]["status"] == "ok", (name, parts[name])
     # the CUDA tests ran on the CPU (none skipped for want of a GPU), compile tests deselected
     tests = summary["tests"]
@@ -47,8 +48,14 @@ def test_dry_run_passes_every_part(dry_run):
     assert fm["protocol"].startswith("held-out-val")
     for role in ("teacher", "student"):
         assert 0 <= fm[role]["test_acc_best"] <= 100
+    depth = summary["depth"]  # each net alone: resnet18, resnet34 (auto and fp32 precision)
+    assert [depth[t]["arch"] for t in ("depth_resnet18", "depth_resnet34", "depth_resnet34_fp32")] \
+        == ["resnet18", "resnet34", "resnet34"]
+    assert depth["depth_resnet34_fp32"]["precision"] == "fp32"
+    assert all(0 <= r["test_acc_best"] <= 100 for r in depth.values())
     md = (out / "summary.md").read_text()
     assert "| bench | ok |" in md and "## Fashion-MNIST" in md and "x ref" in md
+    assert "## Depth" in md
 
 
 def test_refuses_a_folder_that_is_not_empty(tmp_path):

@@ -45,7 +45,7 @@ def get_args_parser():
     p.add_argument("--dry-run", action="store_true",
                    help="run every part on the CPU at a tiny size (what CI runs)")
     p.add_argument("--budget", type=_budget, default=None,
-                   help="seconds for the whole check (default 430 on a GPU, 600 dry)")
+                   help="seconds for the whole check (default 560 on a GPU, 600 dry)")
     p.add_argument("--fmnist-dir", default=None,
                    help="folder with the Fashion-MNIST IDX files (default: data/fashion-mnist in "
                         "the repository, else /usr/share/datasets/fashion-mnist)")
@@ -109,6 +109,18 @@ def plan(args, out, work):
     fm += (["--width", "4", "--epochs", "1", "--batch-size", "32"] if dry else
            ["--width", "64", "--epochs", "4", "--batch-size", "256", "--eval-batch-size", "1024"])
     parts.append(("fmnist", 80, fm, {}, None))
+    # is the deeper net alone weaker than resnet18 alone at full width (docs/RESULTS.md, "A
+    # teacher that teaches")? The same recipe as the fmnist part, no distillation; resnet34 also
+    # in fp32, as the weak teacher of h200_check_1 ran in bf16 (--precision auto)
+    for tag, arch, precision in DEPTH_RUNS:
+        argv = [py, os.path.join(REPO, "model_training.py"), "--dataset", "fashion-mnist",
+                "--data-dir", fm_dir, "--model", arch, "--eca", "parallel", "--device", dev,
+                "--val-split", "0.1", "--no-progress", "--no-tensorboard", "--precision",
+                precision, "--output-dir", os.path.join(work, "depth"), "--run-name", tag]
+        argv += (["--width", "4", "--epochs", "1", "--batch-size", "32"] if dry else
+                 ["--width", "64", "--epochs", "4", "--batch-size", "256",
+                  "--eval-batch-size", "1024"])
+        parts.append((tag, 50, argv, {}, None))
     # the slowest part last, so that it cannot starve the others
     order = {"tests": 0, "bench": 1, "fmnist": 2}
     parts.sort(key=lambda p: order.get(p[0], 3))
@@ -212,6 +224,30 @@ def read_json(path):
         return None
 
 
+# (run key and part name, architecture, precision) of the depth check
+DEPTH_RUNS = (("depth_resnet18", "resnet18", "auto"), ("depth_resnet34", "resnet34", "auto"),
+              ("depth_resnet34_fp32", "resnet34", "fp32"))
+
+
+def depth_result(work):
+    """{part: figures} of the depth check's runs that left a usable summary."""
+    from utils.errors import UserError
+    from utils.summary import read_summary
+    out = {}
+    for tag, _, _ in DEPTH_RUNS:
+        try:
+            s = read_summary(os.path.join(work, "depth", "numpy_outputs", f"summary_{tag}.json"),
+                             tag)
+        except UserError:
+            continue
+        r = s.get("baseline") or {}
+        out[tag] = {"arch": r.get("arch"), "precision": (s.get("args") or {}).get("precision"),
+                    **{k: r.get(k) for k in ("base_width", "epochs", "best_val_acc",
+                                             "test_acc_best", "test_acc_last",
+                                             "train_images_per_s")}}
+    return out
+
+
 def fmnist_result(work):
     """The Fashion-MNIST run's figures from its summary (validated; None when unusable)."""
     from utils.errors import UserError
@@ -270,6 +306,15 @@ def markdown(summary):
             lines.append(f"| {role} | {r['arch']} | {r['base_width']} | {r['epochs']} | "
                          f"{_pct(r['test_acc_best'])} | {_pct(r['test_acc_last'])} | "
                          f"{r['train_images_per_s'] or 0:,.0f} |")
+    depth = summary.get("depth")
+    if depth:
+        lines += ["", "## Depth: each net alone, the fmnist part's recipe", "",
+                  "| run | arch | precision | width | epochs | test acc (best-val ckpt) | "
+                  "test acc (last) |", "|---|---|---|---:|---:|---:|---:|"]
+        for tag, r in depth.items():
+            lines.append(f"| {tag} | {r['arch']} | {r['precision']} | {r['base_width']} | "
+                         f"{r['epochs']} | {_pct(r['test_acc_best'])} | "
+                         f"{_pct(r['test_acc_last'])} |")
     return "\n".join(line for line in lines if line is not None) + "\n"
 
 
@@ -282,7 +327,7 @@ def main(args):
     if os.path.exists(args.out) and os.listdir(args.out):
         raise SystemExit(f"gpu_check: error: {args.out} exists and is not empty; give a new folder")
     os.makedirs(args.out, exist_ok=True)
-    budget = args.budget or (600.0 if args.dry_run else 430.0)
+    budget = args.budget or (600.0 if args.dry_run else 560.0)
     start = time.perf_counter()
     work = tempfile.mkdtemp(prefix="gpu_check_")
     if args.dry_run:
@@ -315,6 +360,7 @@ def main(args):
     with open(os.path.join(args.out, "logs.txt")) as f:
         summary["tests"] = parse_tests(f.read())
     summary["fmnist"] = fmnist_result(work)
+    summary["depth"] = depth_result(work)
     summary["wall_s"] = round(time.perf_counter() - start, 1)
     shutil.rmtree(work, ignore_errors=True)
     with open(os.path.join(args.out, "summary.json"), "w") as f:
