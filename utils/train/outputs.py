@@ -29,119 +29,25 @@ Safety rules (nothing the user did not ask to lose is lost):
   is refused;
 - every check (writable folders, conflicts, locks) happens before anything is removed.
 """
-import atexit
-import errno
-import hashlib
 import json
 import os
 import re
-import stat
-import tempfile
-
-import numpy as np
 
 from ..errors import UserError
 from ..history import HISTORY_ROLES, history_document, history_path, read_history
+from .files import (RUN_KEY_MAX, atomic_save_npy, atomic_write, atomic_write_text, npy_writer,
+                    sha256_file, unlink_quietly, validate_run_key, write_temporary)
+from .runlock import RunLock
 
 __all__ = ["RunOutputs", "atomic_write", "atomic_write_text", "atomic_save_npy",
            "validate_run_key", "RUN_KEY_MAX", "LEGACY_METRICS", "sha256_file"]
 
-# the longest name made from a key ("train_accuracy_student_{key}.npy", a temporary copy of it
-# ".{name}.tmp-XXXXXXXX.npy") must fit the usual 255-byte file-name limit
-RUN_KEY_MAX = 180
-_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]*")
 
 # the metrics still written as the original's flat arrays (its plotting script reads these)
 LEGACY_METRICS = ("accuracy", "loss")
 _ROLES = ("teacher", "student", "baseline")
 _MANIFEST_FORMAT = 2
 _TMP_RANDOM = r"[a-z0-9_]{8}"  # tempfile.mkstemp's random part
-
-
-def validate_run_key(key: str) -> str:
-    """A run key: letters, digits and . _ + = -, starting with a letter or digit (so not . or ..),
-    no path separators, at most RUN_KEY_MAX characters. Raises a one-line UserError."""
-    if not isinstance(key, str) or not key:
-        raise UserError("the run key (--run-name) must not be empty")
-    if len(key) > RUN_KEY_MAX:
-        raise UserError(f"the run key (--run-name) has {len(key)} characters; at most "
-                        f"{RUN_KEY_MAX} fit every file name made from it")
-    if not _KEY_RE.fullmatch(key):
-        bad = sorted({c for c in key if not re.fullmatch(r"[A-Za-z0-9._+=-]", c)})
-        why = (f"characters {''.join(bad)!r} are not allowed" if bad
-               else "it must start with a letter or a digit")
-        raise UserError(f"bad run key (--run-name) {key!r}: {why} (use letters, digits and "
-                        f". _ + = -)")
-    return key
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _umask()
-_HELD_LOCKS = set()  # lock files this process holds (a script may prepare one key twice)
-
-
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _write_temporary(path, write, mode, suffix="") -> str:
-    """write(f) into a new temporary file beside `path` (.{basename}.tmp-*), fsynced; returns
-    its path (removed again on failure). Permissions of a plainly created file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-", suffix=suffix, dir=folder)
-    try:
-        os.fchmod(fd, 0o666 & ~_UMASK)
-        with os.fdopen(fd, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
-    return tmp
-
-
-def _unlink_quietly(path):
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
-def atomic_write(path, write, mode, suffix=""):
-    """write(f) into a temporary file beside `path` (named .{basename}.tmp-*), fsync, os.replace;
-    on any failure the old file stays and the temporary one is removed. The new file gets the
-    permissions of a plainly created one (0666 less the umask). A symbolic link at `path` is
-    replaced, never written through."""
-    tmp = _write_temporary(path, write, mode, suffix)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
-
-
-def atomic_write_text(path, text):
-    """UTF-8 whatever the locale, line ends as given."""
-    atomic_write(path, lambda f: f.write(text.encode("utf-8")), "wb")
-
-
-def atomic_save_npy(path, array):
-    atomic_write(path, lambda f: np.save(f, np.asarray(array)), "wb", suffix=".npy")
-
-
-def _npy_writer(values):
-    return lambda f: np.save(f, np.asarray(values, dtype=np.float64))
 
 
 class RunOutputs:
@@ -153,7 +59,7 @@ class RunOutputs:
         self.numpy_dir = os.path.join(root, "numpy_outputs")
         self.runs_dir = os.path.join(root, "runs")
         self.tb_dir = os.path.join(self.runs_dir, key)
-        self._lock_fd = None
+        self._run_lock = RunLock(self.lock_path, key)
         self._claimed = False
         self._files = None  # the run's record while it writes: {relative path: [sha256] | "dir"}
 
@@ -201,6 +107,10 @@ class RunOutputs:
             for split in ("train", "val"):
                 paths += [p for p in (self.array(split, m, role) for m in LEGACY_METRICS) if p]
         return paths
+
+    def release(self):
+        """Give the run key's lock back (also done at exit)."""
+        self._run_lock.release()
 
     def _rel(self, path):
         return os.path.relpath(path, self.root)
@@ -267,66 +177,6 @@ class RunOutputs:
             return f"{path} was changed after run '{self.key}' wrote it"
         return None
 
-    # ---------------------------------------------------------------- lock
-    def _lock(self):
-        """One process per key: an exclusive fcntl lock on numpy_outputs/.{key}.lock, held while
-        this process lives and removed at its exit. A second start is refused at once. The lock
-        is opened without following a symbolic link and must be a regular file."""
-        try:
-            import fcntl
-        except ImportError:  # not POSIX: no lock
-            return
-        if os.path.realpath(self.lock_path) in _HELD_LOCKS:  # this process already runs the key
-            return
-        flags = (os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-                 | getattr(os, "O_CLOEXEC", 0))
-        while True:
-            try:
-                fd = os.open(self.lock_path, flags, 0o666 & ~_UMASK)
-            except OSError as exc:
-                if exc.errno == errno.ELOOP or os.path.islink(self.lock_path):
-                    raise UserError(f"lock {self.lock_path} is a symbolic link, not a lock of this "
-                                    f"toolkit; remove the link to run '{self.key}'") from None
-                raise UserError(f"cannot open lock {self.lock_path}: {exc.strerror}") from None
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                os.close(fd)
-                raise UserError(f"lock {self.lock_path} is not a regular file; remove it to run "
-                                f"'{self.key}'")
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                holder = os.read(fd, 32).decode(errors="replace").strip() or "another process"
-                os.close(fd)
-                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    raise UserError(f"run '{self.key}' is in use by process {holder} (lock "
-                                    f"{self.lock_path}); wait for it or choose another "
-                                    f"--run-name") from None
-                raise UserError(f"cannot lock {self.lock_path}: {exc.strerror}") from None
-            try:  # the holder may have removed the file between our open and our lock
-                same = os.fstat(fd).st_ino == os.lstat(self.lock_path).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(fd)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._lock_fd = fd
-        _HELD_LOCKS.add(os.path.realpath(self.lock_path))
-        atexit.register(self.release)
-
-    def release(self):
-        if self._lock_fd is None:
-            return
-        _HELD_LOCKS.discard(os.path.realpath(self.lock_path))
-        try:  # while still holding it (no one can hold a removed file); only our own file
-            if os.lstat(self.lock_path).st_ino == os.fstat(self._lock_fd).st_ino:
-                os.unlink(self.lock_path)
-        except OSError:
-            pass
-        os.close(self._lock_fd)
-        self._lock_fd = None
-
     # ---------------------------------------------------------------- prepare / claim
     def prepare(self, overwrite: bool, resume: bool = False, roles=None, write: bool = True,
                 tensorboard: bool = True):
@@ -348,7 +198,7 @@ class RunOutputs:
                     raise UserError(f"cannot create output folder {d}: {exc.strerror}") from None
                 if not os.access(d, os.W_OK | os.X_OK):
                     raise UserError(f"output folder {d} is not writable")
-            self._lock()  # before looking: a concurrent start of this key is refused here
+            self._run_lock.acquire()  # before looking: a concurrent start of this key is refused here
         existing = self.existing()
         if resume:
             roles = roles or _ROLES
@@ -457,7 +307,7 @@ class RunOutputs:
             for path, write, suffix in items:
                 if path not in allowed:
                     raise RuntimeError(f"{path}: not a name of run '{self.key}'")
-                temps.append((path, _write_temporary(path, write, "wb", suffix)))
+                temps.append((path, write_temporary(path, write, "wb", suffix)))
             hashes = {self._rel(path): sha256_file(tmp) for path, tmp in temps}
             for rel, h in hashes.items():
                 old = self._files.get(rel)
@@ -471,7 +321,7 @@ class RunOutputs:
             self._write_manifest(self._files)
         finally:
             for _, tmp in temps:
-                _unlink_quietly(tmp)
+                unlink_quietly(tmp)
 
     def write_file(self, path, write, suffix=""):
         self.write_files([(path, write, suffix)])
@@ -496,7 +346,7 @@ class RunOutputs:
             for metric, values in metrics.items():
                 path = self.array(split, metric, role)
                 if path is not None:
-                    items.append((path, _npy_writer(values), ".npy"))
+                    items.append((path, npy_writer(values), ".npy"))
         self.write_files(items)
 
     def _own_history(self) -> dict:
