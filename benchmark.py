@@ -18,14 +18,14 @@ import time
 import numpy as np
 import torch
 
-from models import ECA_PLACEMENTS, MODELS, create_model, default_width, feature_shapes
-from utils.cli import OneLineParser, add_bool, int_in, kd_spec, model_name, positive_int
-from utils.data import Augment, TensorLoader, channel_stats, make_synthetic
-from utils.train.engine import autocast_context
-from utils.errors import exit_on_user_error
-from utils.kd import KD_TERMS, DistillationLoss, TermContext, parse_kd
-from utils.train.outputs import atomic_write_text
-from utils.train.setup import resolve_device
+from skipkd.models import ECA_PLACEMENTS, MODELS, create_model, default_width, feature_shapes
+from skipkd.cli import OneLineParser, add_bool, int_in, kd_spec, model_name, positive_int
+from skipkd.data import Augment, TensorLoader, channel_stats, make_synthetic
+from skipkd.train.engine import autocast_context
+from skipkd.errors import exit_on_user_error
+from skipkd.kd import KD_TERMS, DistillationLoss, TermContext, parse_kd
+from skipkd.io.outputs import atomic_write_text
+from skipkd.train.setup import resolve_device
 from utils.analysis.toolargs import check_output_path
 
 
@@ -291,7 +291,7 @@ def main(args):
 
     def add(row):  # the JSON is rewritten after every row: a run stopped midway keeps its rows
         rows.append(row)
-        if args.json:  # a private temporary file, then os.replace (utils.train.outputs)
+        if args.json:  # a private temporary file, then os.replace (skipkd.io.outputs)
             atomic_write_text(args.json, json.dumps(result, indent=2))
 
     for bench in benches:

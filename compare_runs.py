@@ -13,8 +13,8 @@ import math
 import os
 import sys
 
-from utils.errors import UserError, exit_on_user_error
-from utils.train.outputs import atomic_write_text
+from skipkd.errors import UserError, exit_on_user_error
+from skipkd.io.outputs import atomic_write_text
 from utils.analysis.runs import load_summaries, unknown_key_message
 from utils.analysis.toolargs import check_output_path, tool_parser
 
@@ -43,7 +43,7 @@ def get_args_parser():
 
 # ---------------------------------------------------------------- reading summaries
 def readable_summaries(numpy_dir, runs, baselines) -> dict:
-    """{key: summary} of the folder's valid summaries. A damaged one (utils/summary.py) is
+    """{key: summary} of the folder's valid summaries. A damaged one (skipkd/io/summary.py) is
     skipped with a one-line warning, unless --runs or --baseline names it: then it is the
     one-line error (a table without the asked-for run would mislead)."""
     summaries, damaged = load_summaries(numpy_dir)

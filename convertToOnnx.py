@@ -16,11 +16,11 @@ import numpy as np
 import torch
 
 from utils.analysis import OutputsAsTuple
-from utils.train.checkpoint import load_checkpoint, model_from_checkpoint
-from utils.cli import positive_int
-from utils.errors import UserError, exit_on_user_error
+from skipkd.io.checkpoint import load_checkpoint, model_from_checkpoint
+from skipkd.cli import positive_int
+from skipkd.errors import UserError, exit_on_user_error
 from utils.analysis.toolargs import check_output_path, tool_parser
-from utils.cli import SEED, float_in
+from skipkd.cli import SEED, float_in
 
 
 def get_args_parser():

@@ -13,11 +13,11 @@ import torch
 
 from utils.analysis import (count_macs, count_parameters, file_size_mb, time_latency,
                             time_throughput)
-from utils.train.checkpoint import load_checkpoint, model_from_checkpoint
-from utils.cli import positive_int
-from utils.errors import UserError, exit_on_user_error
-from utils.train.outputs import atomic_write_text
-from utils.train.setup import resolve_device
+from skipkd.io.checkpoint import load_checkpoint, model_from_checkpoint
+from skipkd.cli import positive_int
+from skipkd.errors import UserError, exit_on_user_error
+from skipkd.io.outputs import atomic_write_text
+from skipkd.train.setup import resolve_device
 from utils.analysis.runs import run_checkpoints
 from utils.analysis.toolargs import check_distinct_outputs, check_output_path, tool_parser
 

@@ -14,13 +14,13 @@ import torch.nn.functional as F
 
 from utils.analysis import (checkpoint_loader, checkpoint_test_data, confusion_figure,
                             confusion_matrix, predict_logits)
-from utils.train.checkpoint import load_checkpoint, model_from_checkpoint
-from utils.cli import add_bool, positive_int
-from utils.data import DATASETS
-from utils.errors import exit_on_user_error
-from utils.train.outputs import atomic_write, atomic_write_text
-from utils.train.setup import resolve_device
-from utils.train.tensorboard import predictions_figure
+from skipkd.io.checkpoint import load_checkpoint, model_from_checkpoint
+from skipkd.cli import add_bool, positive_int
+from skipkd.data import DATASETS
+from skipkd.errors import exit_on_user_error
+from skipkd.io.outputs import atomic_write, atomic_write_text
+from skipkd.train.setup import resolve_device
+from skipkd.train.tensorboard import predictions_figure
 from utils.analysis.toolargs import (check_distinct_outputs, check_output_dir, check_output_path,
                             tool_parser)
 

@@ -6,17 +6,17 @@ import time
 
 import torch
 
-from models import ECA_PLACEMENTS, default_width
-from utils.analysis.report import results_table
-from utils.cli import common_parser, finalize_args, model_name
-from utils.errors import exit_on_user_error
-from utils.kd import DistillationLoss
-from utils.train.distributed import barrier, cleanup, init_distributed, is_main
-from utils.train.outputs import RunOutputs
-from utils.train.resume import finished_stages, load_state
-from utils.train.setup import (build_model, environment, init_options, make_loaders,
+from skipkd.models import ECA_PLACEMENTS, default_width
+from skipkd.io.report import results_table
+from skipkd.cli import common_parser, finalize_args, model_name
+from skipkd.errors import exit_on_user_error
+from skipkd.kd import DistillationLoss
+from skipkd.train.distributed import barrier, cleanup, init_distributed, is_main
+from skipkd.io.outputs import RunOutputs
+from skipkd.train.resume import finished_stages, load_state
+from skipkd.train.setup import (build_model, environment, init_options, make_loaders,
                                prepare_data, resolve_device, seed_everything)
-from utils.train.stage import RunContext, Stage, train_stage
+from skipkd.train.stage import RunContext, Stage, train_stage
 
 
 def get_args_parser():

@@ -10,19 +10,19 @@ from typing import NamedTuple
 
 import torch
 
-from models import ECA_PLACEMENTS, count_parameters, default_width, feature_shapes, hint_shape_of
-from utils.analysis.report import results_table
-from utils.cli import (EPOCHS, WIDTH, common_parser, finalize_args, float_in, kd_options, kd_spec,
+from skipkd.models import ECA_PLACEMENTS, count_parameters, default_width, feature_shapes, hint_shape_of
+from skipkd.io.report import results_table
+from skipkd.cli import (EPOCHS, WIDTH, common_parser, finalize_args, float_in, kd_options, kd_spec,
                        kd_weights, merge_kd_options, model_name)
-from utils.errors import UserError, exit_on_user_error
-from utils.kd import KD_TERMS, DistillationLoss, TermContext
-from utils.train.checkpoint import load_checkpoint, model_from_checkpoint
-from utils.train.distributed import barrier, cleanup, init_distributed, is_main
-from utils.train.outputs import RunOutputs
-from utils.train.resume import finished_stages, load_state
-from utils.train.setup import (build_model, describe_machine, environment, init_options,
+from skipkd.errors import UserError, exit_on_user_error
+from skipkd.kd import KD_TERMS, DistillationLoss, TermContext
+from skipkd.io.checkpoint import load_checkpoint, model_from_checkpoint
+from skipkd.train.distributed import barrier, cleanup, init_distributed, is_main
+from skipkd.io.outputs import RunOutputs
+from skipkd.train.resume import finished_stages, load_state
+from skipkd.train.setup import (build_model, describe_machine, environment, init_options,
                                make_loaders, prepare_data, resolve_device, seed_everything)
-from utils.train.stage import RunContext, Stage, train_stage
+from skipkd.train.stage import RunContext, Stage, train_stage
 
 def get_args_parser():
     p = common_parser("Train a ResNet teacher, then distil a student from it through the "

@@ -9,8 +9,8 @@ import argparse
 import os
 import sys
 
-from utils.argparsing import HelpFormatter, OneLineParser, add_bool
-from utils.errors import UserError, exit_on_user_error
+from skipkd.argparsing import HelpFormatter, OneLineParser, add_bool
+from skipkd.errors import UserError, exit_on_user_error
 
 STORAGE_HELP = ("where the study lives: a database URL Optuna accepts (e.g. "
                 "postgresql://user:pass@host:5432/db, for workers on many machines) or a journal "

@@ -8,9 +8,9 @@ import tempfile
 
 import torch
 
-from utils.train.checkpoint import load_checkpoint, model_from_checkpoint
-from utils.cli import positive_int
-from utils.errors import UserError, exit_on_user_error
+from skipkd.io.checkpoint import load_checkpoint, model_from_checkpoint
+from skipkd.cli import positive_int
+from skipkd.errors import UserError, exit_on_user_error
 from utils.analysis.toolargs import check_output_path, tool_parser
 
 FORMATS = ("png", "svg", "pdf")

@@ -28,7 +28,7 @@ cp "$RUN/eval/${KD}_student_confusion.png" "$IMG/confusion_matrix.png"
 import sys
 from PIL import Image
 sys.path.insert(0, ".")
-from utils.train.checkpoint import load_checkpoint, model_from_checkpoint
+from skipkd.io.checkpoint import load_checkpoint, model_from_checkpoint
 from utils.analysis.features import save_feature_figures, test_image
 
 run, img, path, data = sys.argv[1:5]

@@ -19,8 +19,8 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from models import create_model, feature_shapes  # noqa: E402
-from utils.kd import KD_TERMS, DistillationLoss, TermContext  # noqa: E402
+from skipkd.models import create_model, feature_shapes  # noqa: E402
+from skipkd.kd import KD_TERMS, DistillationLoss, TermContext  # noqa: E402
 
 PAIR = dict(teacher="resnet34", student="resnet18", width=64, eca="parallel", classes=100,
             train_images=45_000)
@@ -59,7 +59,7 @@ def render() -> str:
     lines = [
         "# Distillation methods",
         "",
-        "Every method is a loss term in its own file under `utils/kd/`, registered by name. "
+        "Every method is a loss term in its own file under `skipkd/kd/`, registered by name. "
         "Combine them with `--kd a+b`, weight them with `--kd-weights a=w,b=w` and set their "
         "options with `--kd-opt a.key=value`; the total loss is cross-entropy plus the "
         "weighted terms. This page is written by `python experiments/methods.py` from the "

@@ -16,7 +16,7 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from models import MODELS, count_parameters, create_model, feature_shapes  # noqa: E402
+from skipkd.models import MODELS, count_parameters, create_model, feature_shapes  # noqa: E402
 
 OUT = os.path.join(REPO, "docs", "MODELS.md")
 
@@ -46,8 +46,8 @@ def render() -> str:
     lines = [
         "# Models",
         "",
-        "Every model is registered by name (`models/registry.py`) and honours one feature "
-        "contract (`models/contract.py`): logits and the skip-connection hint always, stage "
+        "Every model is registered by name (`skipkd/models/registry.py`) and honours one feature "
+        "contract (`skipkd/models/contract.py`): logits and the skip-connection hint always, stage "
         "features, their pre-activations and the pooled embedding when a distillation term asks. "
         "This page is written by `python experiments/models_doc.py` from the registry; the "
         "numbers are computed from the models.",

@@ -12,9 +12,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # run as a script from anywhere: the repo's packages come first
     sys.path.insert(0, ROOT)
 
-from utils.cli import positive_int  # noqa: E402
-from utils.errors import UserError, exit_on_user_error  # noqa: E402
-from utils.train.outputs import atomic_write  # noqa: E402
+from skipkd.cli import positive_int  # noqa: E402
+from skipkd.errors import UserError, exit_on_user_error  # noqa: E402
+from skipkd.io.outputs import atomic_write  # noqa: E402
 from utils.analysis.runs import check_run_keys, list_run_keys, load_history  # noqa: E402
 from utils.analysis.toolargs import check_output_dir, check_output_path, tool_parser  # noqa: E402
 

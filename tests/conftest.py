@@ -10,7 +10,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
-from utils.data import make_synthetic, write_cifar10  # noqa: E402
+from skipkd.data import make_synthetic, write_cifar10  # noqa: E402
 
 # One intra-op thread: the models here are tiny, and on a small, shared CI machine OpenMP's
 # spin-waiting with 2+ threads can make the same test 10-20x slower under any CPU contention.

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from conftest import files_digest, run_script
-from models import create_model
-from utils.train.checkpoint import save_checkpoint
-from utils.data import write_cifar10
+from skipkd.models import create_model
+from skipkd.io.checkpoint import save_checkpoint
+from skipkd.data import write_cifar10
 
 pytestmark = pytest.mark.slow  # heavy end-to-end checks: `pytest -m "not slow"` skips them
 

@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import models.cifar_resnet  # noqa: F401  (registers the models)
-from models import (ECA, FEATURES, ECA_PLACEMENTS, ParallelECA, count_parameters, create_model,
+import skipkd.models.cifar_resnet  # noqa: F401  (registers the skipkd.models)
+from skipkd.models import (ECA, FEATURES, ECA_PLACEMENTS, ParallelECA, count_parameters, create_model,
                     feature_shapes, hint_shape)
-from models.cifar_resnet import CIFAR_RESNETS
+from skipkd.models.cifar_resnet import CIFAR_RESNETS
 
 PLAIN = ["resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110"]
 X4 = ["resnet8x4", "resnet32x4"]
@@ -182,7 +182,7 @@ def test_unknown_placement_and_depth_refused():
     with pytest.raises(ValueError, match="parallel"):
         create_model("resnet20", base_width=SMALL, eca="first")
     with pytest.raises(ValueError, match="6n\\+2"):
-        models.cifar_resnet.cifar_resnet(21, base_width=SMALL)
+        skipkd.models.cifar_resnet.cifar_resnet(21, base_width=SMALL)
 
 
 # ------------------------------------------------------------------ init

@@ -27,10 +27,10 @@ import pytest
 import torch
 
 from conftest import REPO_ROOT, script_env
-from models import create_model
-from utils.data import Augment, TensorLoader, channel_stats, make_synthetic
-from utils.train.engine import autocast_context, train_one_epoch
-from utils.kd import KD_MODES, DistillationLoss
+from skipkd.models import create_model
+from skipkd.data import Augment, TensorLoader, channel_stats, make_synthetic
+from skipkd.train.engine import autocast_context, train_one_epoch
+from skipkd.kd import KD_MODES, DistillationLoss
 
 DEVICE = torch.device(os.environ.get("CUDA_TESTS_DEVICE", "cuda"))
 ON_GPU = DEVICE.type == "cuda"

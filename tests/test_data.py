@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from utils.cli import common_parser, finalize_args, str2bool
-from utils.data import (CIFAR10_CLASSES, Augment, ImageData, TensorLoader, channel_stats,
+from skipkd.cli import common_parser, finalize_args, str2bool
+from skipkd.data import (CIFAR10_CLASSES, Augment, ImageData, TensorLoader, channel_stats,
                         load_dataset, make_synthetic, write_cifar10)
-from utils.errors import UserError
+from skipkd.errors import UserError
 
 
 # ------------------------------------------------------------------ CIFAR-10 on disk

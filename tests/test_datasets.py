@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from utils.cli import common_parser, finalize_args
-from utils.data import (FASHION_MNIST_CLASSES, DATASETS, load_dataset, read_idx, split_indices)
-from utils.errors import UserError
-from utils.train.setup import make_loaders, prepare_data
+from skipkd.cli import common_parser, finalize_args
+from skipkd.data import (FASHION_MNIST_CLASSES, DATASETS, load_dataset, read_idx, split_indices)
+from skipkd.errors import UserError
+from skipkd.train.setup import make_loaders, prepare_data
 
 
 # ------------------------------------------------------------------ Fashion-MNIST (IDX)
@@ -279,7 +279,7 @@ def test_prepare_data_and_make_loaders_with_val_split(tmp_path):
     tl, vl, rl = make_loaders(train, test, cfg, args, "cpu")
     assert (len(tl.labels), len(vl.labels), len(rl.labels)) == (40, 10, 20)
     # normalisation statistics are those of the 40 training images only
-    from utils.data import channel_stats
+    from skipkd.data import channel_stats
     assert cfg["mean"] == pytest.approx(channel_stats(tl.images)[0])
     # the held-out images are training images, none of them in the train loader
     flat = lambda t: {bytes(x.numpy().tobytes()) for x in t}

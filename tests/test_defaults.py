@@ -12,10 +12,10 @@ import torch
 from torch import nn
 
 from conftest import run_script
-from models import create_model
-from utils.train.engine import recalibrate_bn, train_one_epoch
-from utils.kd import DistillationLoss
-from utils.train.optim import build_scheduler
+from skipkd.models import create_model
+from skipkd.train.engine import recalibrate_bn, train_one_epoch
+from skipkd.kd import DistillationLoss
+from skipkd.train.optim import build_scheduler
 
 SPE = 5  # steps per epoch in the schedule tests
 EPS32 = torch.finfo(torch.float32).eps  # 1.19e-7

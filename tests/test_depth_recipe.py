@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from models import create_model
-from models.init import apply_init_, residual_tail_norms
-from utils.train.optim import build_optimizer
+from skipkd.models import create_model
+from skipkd.models.init import apply_init_, residual_tail_norms
+from skipkd.train.optim import build_optimizer
 
 
 def _branch_tails(model):

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from conftest import REPO_ROOT, files_digest, run_script
-from utils.errors import exit_on_user_error
+from skipkd.errors import exit_on_user_error
 
 MID = "model_training_mid.py"
 STUDY, KEY = "s", "s_seed=0"   # the sweep's one trial and its run key
@@ -169,7 +169,7 @@ CASES = {
                       "error", ["val_accuracy_old.npy", "truncated"]),  # 10 of its 50 values
     "npy-is-an-archive": (PLOT, PLOT_OLD, raw("val_accuracy_old.npy", b"PK\x03\x04" + b"\0" * 60),
                           "error", ["val_accuracy_old.npy"]),
-    # ---- the run history (validated by utils/history.py)
+    # ---- the run history (validated by skipkd/io/history.py)
     "history-truncated": (PLOT, PLOT_GOOD, rewrite(f"history_{KEY}.json", lambda b: b[:300]),
                           "error", [f"history_{KEY}.json"]),
     "history-text-values": (PLOT, PLOT_GOOD, json_edit(lambda d: d["roles"]["student"]["val"]
@@ -389,7 +389,7 @@ def test_sweep_report_leaves_out_an_unusable_trial(good, capsys):
 ])
 def test_notebook_settings(env, needle, tmp_path):
     from utils.analysis.notebook import notebook_settings
-    from utils.errors import UserError
+    from skipkd.errors import UserError
     (tmp_path / "a_file").write_text("mine")
     env = {k: v.format(file=str(tmp_path / "a_file")) for k, v in env.items()}
     env.setdefault("FEATURES_OUT_DIR", str(tmp_path / "maps"))

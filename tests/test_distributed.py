@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from conftest import REPO_ROOT, script_env
-from utils.train.checkpoint import load_checkpoint, model_from_checkpoint
-from utils.data import Augment, ImageData, TensorLoader, make_synthetic
-from utils.train.engine import evaluate
+from skipkd.io.checkpoint import load_checkpoint, model_from_checkpoint
+from skipkd.data import Augment, ImageData, TensorLoader, make_synthetic
+from skipkd.train.engine import evaluate
 
 pytestmark = pytest.mark.slow  # heavy end-to-end checks: `pytest -m "not slow"` skips them
 
@@ -83,7 +83,7 @@ def test_torchrun_two_processes_completes_with_one_set_of_outputs(ddp_run):
 
 def test_reported_accuracy_equals_a_single_process_evaluation(ddp_run, tiny_cifar):
     out, _ = ddp_run
-    from utils.data import load_dataset
+    from skipkd.data import load_dataset
     _, test = load_dataset("cifar10", tiny_cifar)
     for role in ("teacher", "student"):
         for suffix in ("", "_last"):

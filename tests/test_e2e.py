@@ -8,10 +8,10 @@ import torch
 
 from conftest import files_digest
 
-from utils.history import history_path, read_history
-from utils.train.checkpoint import FORMAT, load_checkpoint, model_from_checkpoint
-from utils.data import TensorLoader, held_out_split, load_dataset
-from utils.train.engine import evaluate
+from skipkd.io.history import history_path, read_history
+from skipkd.io.checkpoint import FORMAT, load_checkpoint, model_from_checkpoint
+from skipkd.data import TensorLoader, held_out_split, load_dataset
+from skipkd.train.engine import evaluate
 
 KD_KEY = "resnet34-resnet18_kd-skip_eca-parallel_w4-4_cifar10_s0"
 BASE_KEY = "resnet18_eca-all_w4_cifar10_s0"

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models import ModelOutput, create_model, hint_shape
-from utils.kd import KD_MODES, DistillationLoss, LogitKDLoss, SkipHintLoss, build_connector
+from skipkd.models import ModelOutput, create_model, hint_shape
+from skipkd.kd import KD_MODES, DistillationLoss, LogitKDLoss, SkipHintLoss, build_connector
 
 # The loss always computes in float32 (it casts its inputs), the references below in float64,
 # so each check allows float32 rounding: EPS32 times the number of rounded terms summed, times

@@ -6,11 +6,11 @@ import math
 import pytest
 import torch
 
-import utils.kd.crd  # noqa: F401  (registers the term)
-from models import ModelOutput, create_model, feature_shapes
-from utils.kd import DistillationLoss, KDBatch, TermContext, term_options
-from utils.kd.crd import CRDTerm
-from utils.kd.registry import KD_TERMS
+import skipkd.kd.crd  # noqa: F401  (registers the term)
+from skipkd.models import ModelOutput, create_model, feature_shapes
+from skipkd.kd import DistillationLoss, KDBatch, TermContext, term_options
+from skipkd.kd.crd import CRDTerm
+from skipkd.kd.registry import KD_TERMS
 
 # 12 samples of 3 classes (sizes 5, 4, 3): a sample of class 0 has 7 possible negatives
 LABELS = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 0, 1])

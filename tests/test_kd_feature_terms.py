@@ -14,14 +14,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import utils.kd.at  # noqa: F401  (importing a term's module registers it)
-import utils.kd.fitnet  # noqa: F401
-import utils.kd.pkt  # noqa: F401
-import utils.kd.rkd  # noqa: F401
-import utils.kd.sp  # noqa: F401
-from models import ModelOutput, create_model, feature_shapes
-from utils.kd import KD_TERMS, DistillationLoss, KDBatch, TermContext, term_options
-from utils.kd.rkd import pair_distances, triplet_cosines
+import skipkd.kd.at  # noqa: F401  (importing a term's module registers it)
+import skipkd.kd.fitnet  # noqa: F401
+import skipkd.kd.pkt  # noqa: F401
+import skipkd.kd.rkd  # noqa: F401
+import skipkd.kd.sp  # noqa: F401
+from skipkd.models import ModelOutput, create_model, feature_shapes
+from skipkd.kd import KD_TERMS, DistillationLoss, KDBatch, TermContext, term_options
+from skipkd.kd.rkd import pair_distances, triplet_cosines
 
 TERMS = ("fitnet", "at", "sp", "rkd", "pkt")
 EPS32 = torch.finfo(torch.float32).eps  # 1.19e-7
@@ -229,7 +229,7 @@ def test_registry_entries():
         assert cls.default_weight == weight
         assert cls.options == options
         assert term_options(name) == options
-        assert cls.paper and cls.__module__ == f"utils.kd.{name}"
+        assert cls.paper and cls.__module__ == f"skipkd.kd.{name}"
         assert "RepDistiller" in sys.modules[cls.__module__].__doc__  # defaults are cited
     # option types follow their defaults (values as --kd-opt gives them: strings)
     assert term_options("fitnet", {"stage": "3"}) == {"stage": 3}

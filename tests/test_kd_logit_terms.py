@@ -13,12 +13,12 @@ import math
 import pytest
 import torch
 
-from models import ModelOutput, create_model, feature_shapes
-from utils.kd import KD_TERMS, DistillationLoss, KDBatch, TermContext, term_options
-from utils.kd.dist import EPS as DIST_EPS
-from utils.kd.dist import DISTTerm, dist_parts  # importing registers the term
-from utils.kd.dkd import DKDTerm, dkd_parts
-from utils.kd.logit import standardize
+from skipkd.models import ModelOutput, create_model, feature_shapes
+from skipkd.kd import KD_TERMS, DistillationLoss, KDBatch, TermContext, term_options
+from skipkd.kd.dist import EPS as DIST_EPS
+from skipkd.kd.dist import DISTTerm, dist_parts  # importing registers the term
+from skipkd.kd.dkd import DKDTerm, dkd_parts
+from skipkd.kd.logit import standardize
 
 B, K = 4, 5
 EPS32 = torch.finfo(torch.float32).eps  # 1.19e-7
@@ -42,7 +42,7 @@ def _softmax(row, T, skip=None):
 
 
 def _zscore(row, eps=1e-7):
-    """(z - mean) / (sample std + eps), the definition of utils.kd.logit.standardize."""
+    """(z - mean) / (sample std + eps), the definition of skipkd.kd.logit.standardize."""
     n = len(row)
     mean = sum(row) / n
     std = math.sqrt(sum((v - mean) ** 2 for v in row) / (n - 1))

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import model_training_mid
-from models import FEATURES, MODELS, ModelOutput, create_model, feature_shapes
-from utils.kd import KD_TERMS, DistillationLoss, KDBatch, TermContext
+from skipkd.models import FEATURES, MODELS, ModelOutput, create_model, feature_shapes
+from skipkd.kd import KD_TERMS, DistillationLoss, KDBatch, TermContext
 
 ALL = "+".join(KD_TERMS)
 N, B = 24, 6  # training-set size (crd's memory bank) and batch size
@@ -120,7 +120,7 @@ def test_every_term_at_once_end_to_end(tmp_path, capsys):
     assert st["kd_learned_params"]["at"] == 0
     assert "learned for distillation, not exported" in out
     numpy_dir = tmp_path / "numpy_outputs"
-    from utils.history import read_history
+    from skipkd.io.history import read_history
     train = {m: v for (split, m), v in
              read_history(str(numpy_dir / "history_all.json"), "all")["student"].items()
              if split == "train"}

@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import models.mobilenetv2  # noqa: F401  (registers mobilenetv2)
-import models.shufflenet  # noqa: F401  (registers shufflev1, shufflev2)
-from models import (FEATURES, ModelOutput, count_parameters, create_model, eca_kernel_size,
+import skipkd.models.mobilenetv2  # noqa: F401  (registers mobilenetv2)
+import skipkd.models.shufflenet  # noqa: F401  (registers shufflev1, shufflev2)
+from skipkd.models import (FEATURES, ModelOutput, count_parameters, create_model, eca_kernel_size,
                     feature_shapes, hint_shape, model_spec)
 
 NAMES = ("mobilenetv2", "shufflev1", "shufflev2")

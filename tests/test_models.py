@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models import (ECA, ECA_PLACEMENTS, MODELS, ModelOutput, ParallelECA, create_model,
+from skipkd.models import (ECA, ECA_PLACEMENTS, MODELS, ModelOutput, ParallelECA, create_model,
                     eca_kernel_size, hint_shape)
-from models.resnet import ARCHS, PointwiseConv
+from skipkd.models.resnet import ARCHS, PointwiseConv
 
 ALL_MODELS = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
 BASIC = {"resnet18", "resnet34"}

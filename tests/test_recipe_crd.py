@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import model_training_mid
-from utils.kd import DistillationLoss
-from utils.train.optim import base_lr, build_scheduler, lr_milestones
+from skipkd.kd import DistillationLoss
+from skipkd.train.optim import base_lr, build_scheduler, lr_milestones
 
 
 def test_the_preset_holds_the_published_recipe():
@@ -76,8 +76,8 @@ def test_resnet32x4_to_resnet8x4_on_tiny_cifar100_end_to_end(tmp_path):
     real python batches), one epoch, reduced width; read back from the files it wrote."""
     from conftest import run_script
     from test_untrusted import write_cifar100
-    from utils.data import make_synthetic
-    from utils.train.checkpoint import load_checkpoint, model_from_checkpoint
+    from skipkd.data import make_synthetic
+    from skipkd.io.checkpoint import load_checkpoint, model_from_checkpoint
     write_cifar100(str(tmp_path / "data"), make_synthetic(120, seed=3), make_synthetic(40, seed=4))
     out = tmp_path / "out"
     proc = run_script("model_training_mid.py", "--preset", "crd", "--dataset", "cifar100",

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import model_training_mid
-from utils.kd import KD_TERMS, DistillationLoss, parse_kd, register_term
+from skipkd.kd import KD_TERMS, DistillationLoss, parse_kd, register_term
 
 
 @pytest.fixture
@@ -48,7 +48,7 @@ def test_a_term_registered_in_a_test_trains_a_student(toy_term, tmp_path, tiny_c
     assert "toy " in out and "skip " in out
     st = summary["student"]
     assert st["kd_weights"] == {"skip": 0.3, "toy": 0.25}
-    from utils.history import read_history
+    from skipkd.io.history import read_history
     arr = read_history(str(tmp_path / "numpy_outputs" / "history_toyrun.json"),
                        "toyrun")["student"][("train", "loss_toy")]
     assert arr.shape == (2,) and np.isfinite(arr).all() and (arr > 0).all()
@@ -67,7 +67,7 @@ def test_a_term_registered_in_a_test_trains_a_student(toy_term, tmp_path, tiny_c
 
 
 def test_the_teacher_runs_only_as_far_as_the_terms_need(toy_term):
-    from models import create_model
+    from skipkd.models import create_model
     torch.manual_seed(0)
     teacher = create_model("resnet18", base_width=4).eval()
     calls = []
@@ -84,8 +84,8 @@ def test_the_teacher_runs_only_as_far_as_the_terms_need(toy_term):
 
 # ------------------------------------------------------------------ attention modules
 def test_se_is_placed_where_eca_would_be():
-    from models import SE, ParallelSE, create_model
-    from models.eca import ECA, ParallelECA
+    from skipkd.models import SE, ParallelSE, create_model
+    from skipkd.models.eca import ECA, ParallelECA
     for placement, kinds in (("parallel", {ParallelSE}), ("all", {SE}), ("last", {SE})):
         model = create_model("resnet18", base_width=8, eca=placement, attn="se")
         found = {type(m) for m in model.modules() if isinstance(m, (SE, ParallelSE, ECA, ParallelECA))}
@@ -96,7 +96,7 @@ def test_se_is_placed_where_eca_would_be():
 
 @pytest.fixture
 def toy_attention():
-    from models import ATTENTION_LAYERS, register_attention
+    from skipkd.models import ATTENTION_LAYERS, register_attention
 
     class Gate(torch.nn.Module):  # one learned scalar gate per channel
         def __init__(self, channels, k_size=None):
@@ -118,7 +118,7 @@ def toy_attention():
 
 def test_an_attention_registered_in_a_test_trains_and_reloads(toy_attention, tmp_path, tiny_cifar):
     import model_training
-    from utils.train.checkpoint import load_checkpoint, model_from_checkpoint
+    from skipkd.io.checkpoint import load_checkpoint, model_from_checkpoint
     args = model_training.parse_args([
         "--dataset", "cifar10", "--data-dir", tiny_cifar, "--width", "4", "--epochs", "1",
         "--batch-size", "50", "--eval-batch-size", "100", "--device", "cpu", "--no-progress",
@@ -135,8 +135,8 @@ def test_an_attention_registered_in_a_test_trains_and_reloads(toy_attention, tmp
 
 
 def test_checkpoints_from_before_the_attention_choice_load_as_eca(tmp_path):
-    from models import create_model
-    from utils.train.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+    from skipkd.models import create_model
+    from skipkd.io.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
     model = create_model("resnet18", base_width=4, eca="parallel")
     cfg = {"num_classes": 10, "base_width": 4, "in_channels": 3, "eca": "parallel",
            "eca_k": None, "image_size": 32}  # no 'attn': as written before the registry

@@ -333,12 +333,12 @@ def test_nonfinite_loss_keeps_last_good_state(tmp_path):
     UserError; the epoch-1 state, best checkpoint and arrays stay as they were, and resuming
     from that state with a sound loss ends bit-identical to a run that never failed."""
     import model_training
-    from utils.errors import UserError
-    from utils.kd import DistillationLoss
-    from utils.train.outputs import RunOutputs
-    from utils.train.resume import load_state
-    from utils.train.setup import build_model, make_loaders, prepare_data, seed_everything
-    from utils.train.stage import RunContext, Stage, train_stage
+    from skipkd.errors import UserError
+    from skipkd.kd import DistillationLoss
+    from skipkd.io.outputs import RunOutputs
+    from skipkd.train.resume import load_state
+    from skipkd.train.setup import build_model, make_loaders, prepare_data, seed_everything
+    from skipkd.train.stage import RunContext, Stage, train_stage
 
     def setup(key, poison_from=None, resume=False):
         args = model_training.parse_args([str(a) for a in (
@@ -394,7 +394,7 @@ def _boom_after_partial_write(obj, f, *args, **kwargs):
 
 
 def test_atomic_save_keeps_old_file_when_save_fails(tmp_path, monkeypatch):
-    from utils.train import checkpoint
+    from skipkd.train import checkpoint
     path = tmp_path / "model.pth"
     checkpoint.atomic_save({"w": torch.arange(3)}, str(path))
     before = path.read_bytes()
@@ -416,7 +416,7 @@ def test_atomic_save_keeps_old_file_when_save_fails(tmp_path, monkeypatch):
 
 
 def test_atomic_save_new_file_and_replace(tmp_path):
-    from utils.train.checkpoint import atomic_save
+    from skipkd.io.checkpoint import atomic_save
     path = tmp_path / "sub" / "x.pth"
     atomic_save({"a": 1}, str(path))
     atomic_save({"a": 2}, str(path))
@@ -425,7 +425,7 @@ def test_atomic_save_new_file_and_replace(tmp_path):
 
 
 def test_atomic_npy_and_text_keep_old_file_when_write_fails(tmp_path, monkeypatch):
-    from utils.train import files as outputs  # where the atomic writes live
+    from skipkd.train import files as outputs  # where the atomic writes live
     npy, txt = tmp_path / "a.npy", tmp_path / "s.json"
     outputs.atomic_save_npy(str(npy), [1.0, 2.0])
     outputs.atomic_write_text(str(txt), "old\n")

@@ -12,8 +12,8 @@ import string
 import pytest
 
 from conftest import assert_ok, assert_refused, files_digest, run_script
-from utils.history import read_history
-from utils.train.outputs import RUN_KEY_MAX, RunOutputs
+from skipkd.io.history import read_history
+from skipkd.io.outputs import RUN_KEY_MAX, RunOutputs
 
 TINY = ["--dataset", "synthetic", "--synthetic-train-size", "120", "--synthetic-test-size", "40",
         "--width", "4", "--batch-size", "40", "--eval-batch-size", "40", "--epochs", "1",

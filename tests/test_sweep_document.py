@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from utils.errors import UserError
+from skipkd.errors import UserError
 from utils.sweep.document import check_document, embed, update_document
 
 B, E = "<!-- sweep.py report s1: begin -->", "<!-- sweep.py report s1: end -->"

@@ -21,7 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from utils.train.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
+from skipkd.io.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
 
 KD_KEY, BASE_KEY = "tools-kd", "tools-base"
 DATA_FLAGS = ["--dataset", "synthetic", "--synthetic-train-size", "300",
@@ -188,7 +188,7 @@ def test_visualize_graph_png(tools_run, tmp_path):
 
 
 def test_visualize_without_dot_names_the_package(tools_run, tmp_path, monkeypatch, capsys):
-    from utils.errors import exit_on_user_error
+    from skipkd.errors import exit_on_user_error
     mod = _import_script("visualize.py", "visualize_tool")
     monkeypatch.setattr(mod.shutil, "which", lambda name: None)
     with pytest.raises(SystemExit) as exc:
@@ -248,8 +248,8 @@ def test_evaluate_tta_in_process(tools_run, tmp_path):
 def test_held_out_validation_split_is_rebuilt():
     """--split val rebuilds the run's held-out part of the training split (--val-split)."""
     from utils.analysis import checkpoint_test_data
-    from utils.data import held_out_split, load_dataset
-    from utils.errors import UserError
+    from skipkd.data import held_out_split, load_dataset
+    from skipkd.errors import UserError
     train, _ = load_dataset("synthetic", train_size=200, test_size=50, seed=1234)
     _, val, digest = held_out_split(train, 0.25, 3)
     ckpt = {"model": {"num_classes": 10, "in_channels": 3},
@@ -336,7 +336,7 @@ def test_features_capture_real_outputs(tools_run, tmp_path):
 
 def test_load_image_file(tmp_path):
     from PIL import Image
-    from utils.errors import UserError
+    from skipkd.errors import UserError
     from utils.analysis.features import load_image
     rgb = np.zeros((48, 64, 3), dtype=np.uint8)
     rgb[..., 0] = 200                                   # a red picture, not square
@@ -424,7 +424,7 @@ BAD_CASES = {
 def test_bad_input_is_one_line_error(bad_files, case, capsys):
     """In-process through the same wrapper as the scripts' __main__ (fast); the subprocess test
     below checks the real command line once."""
-    from utils.errors import exit_on_user_error
+    from skipkd.errors import exit_on_user_error
     tool, argv, expected = BAD_CASES[case]
     mod = _import_script(SCRIPTS[tool], f"{tool}_tool")
     argv = [a.format(**bad_files) for a in argv]
@@ -455,7 +455,7 @@ def test_plotting_compares_training_and_validation_cross_entropy(tools_run):
     npy = lambda name: np.load(os.path.join(tools_run["numpy"], name)).tolist()
     train = next(s for s in series if s["metric"] == "loss" and s["role"] == "student"
                  and s["split"] == "train")
-    from utils.history import read_history
+    from skipkd.io.history import read_history
     hist = read_history(os.path.join(tools_run["numpy"], f"history_{KD_KEY}.json"), KD_KEY)
     assert train["y"] == pytest.approx(hist["student"][("train", "loss_ce")].tolist())
     assert train["y"] != pytest.approx(npy(f"train_loss_student_{KD_KEY}.npy"))

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from utils.train.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from utils.data import load_dataset, make_synthetic, write_cifar10
-from utils.errors import UserError
+from skipkd.io.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from skipkd.data import load_dataset, make_synthetic, write_cifar10
+from skipkd.errors import UserError
 
 BASE, MID, EVAL = "model_training.py", "model_training_mid.py", "evaluate.py"
 
@@ -326,7 +326,7 @@ def _mid(tiny_cifar, out, teacher):
                                                   ("image_size", 16, "16 px images (this run: 32)")])
 def test_teacher_of_another_shape_is_refused(tiny_ckpt, tiny_cifar, tmp_path, run, field, value,
                                              needle):
-    from models import create_model
+    from skipkd.models import create_model
     real = torch.load(tiny_ckpt, weights_only=True)
     cfg = {k: v for k, v in real["model"].items() if k != "arch"}
     cfg[field] = value

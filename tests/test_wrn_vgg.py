@@ -1,4 +1,4 @@
-"""Wide ResNets (models/wrn.py) and CIFAR VGG-BN (models/vgg.py): parameter counts against a
+"""Wide ResNets (skipkd/models/wrn.py) and CIFAR VGG-BN (skipkd/models/vgg.py): parameter counts against a
 hand computation from RepDistiller's definitions, forward/backward for every model x placement
 at reduced width, the feature contract, hints, placements, init, BN folding, channels_last and
 bf16 autocast."""
@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models import (ECA, FEATURES, MODELS, SE, ParallelECA, count_parameters, create_model,
+from skipkd.models import (ECA, FEATURES, MODELS, SE, ParallelECA, count_parameters, create_model,
                     eca_kernel_size, feature_shapes, fold_batchnorm, hint_shape)
-from models.vgg import VGG, VGG_ARCHS  # importing the modules registers their models
-from models.wrn import WRN_ARCHS
+from skipkd.models.vgg import VGG, VGG_ARCHS  # importing the modules registers their skipkd.models
+from skipkd.models.wrn import WRN_ARCHS
 
 WRNS = list(WRN_ARCHS)
 VGGS = list(VGG_ARCHS)

@@ -70,7 +70,7 @@ def plan(args, out, work):
     else:  # full width; the reference's DataLoader gets 8 of the 16 cores
         size = ["--width", "64", "--batch-size", "512", "--eval-batch-size", "1024", "--steps",
                 "20", "--repeats", "3", "--warmup", "5", "--workers", "8"]
-    from models import MODELS
+    from skipkd.models import MODELS
     parts = []
     tests_env = {"CUDA_TESTS_DEVICE": dev}
     test_argv = [py, "-m", "pytest", "-v", "-rs", "-p", "no:cacheprovider",
@@ -132,7 +132,7 @@ def plan(args, out, work):
 
 def write_tiny_fashion_mnist(folder, n_train=240, n_test=80):
     """Four IDX files in Fashion-MNIST's layout from the synthetic generator (grayscale 28x28)."""
-    from utils.data import make_synthetic, write_idx
+    from skipkd.data import make_synthetic, write_idx
     os.makedirs(folder, exist_ok=True)
     for prefix, n, seed in (("train", n_train, 1), ("t10k", n_test, 2)):
         d = make_synthetic(n, seed=seed, image_size=28)
@@ -231,8 +231,8 @@ DEPTH_RUNS = (("depth_resnet18", "resnet18", "auto"), ("depth_resnet34", "resnet
 
 def depth_result(work):
     """{part: figures} of the depth check's runs that left a usable summary."""
-    from utils.errors import UserError
-    from utils.summary import read_summary
+    from skipkd.errors import UserError
+    from skipkd.io.summary import read_summary
     out = {}
     for tag, _, _ in DEPTH_RUNS:
         try:
@@ -250,8 +250,8 @@ def depth_result(work):
 
 def fmnist_result(work):
     """The Fashion-MNIST run's figures from its summary (validated; None when unusable)."""
-    from utils.errors import UserError
-    from utils.summary import read_summary
+    from skipkd.errors import UserError
+    from skipkd.io.summary import read_summary
     try:
         s = read_summary(os.path.join(work, "fmnist", "numpy_outputs", "summary_gpu_check.json"),
                          "gpu_check")

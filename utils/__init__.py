@@ -1,1 +1,2 @@
-"""Shared code for the training, evaluation and analysis scripts."""
+"""The tools built on the `skipkd` library: studies (`utils.sweep`, behind sweep.py) and the
+analysis scripts' shared code (`utils.analysis`). Nothing in skipkd imports them."""

@@ -1,7 +1,7 @@
 """Feature maps of a trained model: real intermediate outputs.
 
 Our ResNets (resnet18..152 and the CIFAR ResNets) are read block by block with forward hooks;
-every other family through the feature contract (models/contract.py): 'stem', then
+every other family through the feature contract (skipkd/models/contract.py): 'stem', then
 'stages.i' (each stage's output), and 'hint' where the family has one.
 
 ResNets, captured with forward hooks:
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import UserError
+from skipkd.errors import UserError
 
 __all__ = ["FeatureCapture", "capture_features", "layer_names", "mean_activation_maps",
            "normalise_image", "load_image", "test_image", "plot_mean_activations",
@@ -45,7 +45,7 @@ def layer_names(model: nn.Module) -> list[str]:
     and 'hint' where there is one (every other family)."""
     names = ["stem"]
     if not _per_block(model):
-        from models import feature_shapes
+        from skipkd.models import feature_shapes
         first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
         n_stages = len(feature_shapes(model, first.in_channels)["feats"]) - 1
         return names + [f"stages.{i}" for i in range(n_stages)] + \
@@ -155,7 +155,7 @@ def test_image(ckpt: dict, index: int = 0, data_dir: str | None = None, log=prin
 
     data_dir: the folder holding the dataset; when None, the run's --data-dir saved in the
     checkpoint is used and announced with one line through `log` (utils.analysis)."""
-    from .tools import checkpoint_test_data
+    from utils.analysis.tools import checkpoint_test_data
     test, _ = checkpoint_test_data(ckpt, data_dir=data_dir, log=log)
     if not 0 <= index < len(test):
         raise UserError(f"image index {index} out of range: the test split has {len(test)} images")
@@ -279,8 +279,8 @@ def plot_hint(hint: torch.Tensor, max_channels=32):
 def save_figure(fig, path: str, dpi: int = 100, close: bool = False) -> str:
     """Save atomically (a temporary file beside `path`, then os.replace); a path that is a
     folder or cannot be written is a one-line UserError. The extension picks the format."""
-    from ..train.outputs import atomic_write
-    from .toolargs import check_output_path
+    from skipkd.io.outputs import atomic_write
+    from utils.analysis.toolargs import check_output_path
     try:
         check_output_path(path, what="figure path", create=True)
         fmt = os.path.splitext(path)[1].lstrip(".").lower() or "png"
@@ -321,12 +321,12 @@ def train_tiny_checkpoint(path: str, arch="resnet18", width=4, eca="parallel", e
     as the training scripts). Seconds on a CPU. dataset: 'synthetic' (made in memory), or a
     dataset read from `data_dir` (its first train_size / test_size images; the folder is saved
     as the run's --data-dir, like a training script does)."""
-    from models import create_model
+    from skipkd.models import create_model
 
-    from ..train.checkpoint import save_checkpoint
-    from ..data import SYNTHETIC_SEED, Augment, TensorLoader, channel_stats, load_dataset
-    from ..train.engine import evaluate, train_one_epoch
-    from ..kd import DistillationLoss
+    from skipkd.io.checkpoint import save_checkpoint
+    from skipkd.data import SYNTHETIC_SEED, Augment, TensorLoader, channel_stats, load_dataset
+    from skipkd.train.engine import evaluate, train_one_epoch
+    from skipkd.kd import DistillationLoss
 
     torch.manual_seed(seed)
     if dataset == "synthetic":

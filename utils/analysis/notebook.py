@@ -12,7 +12,7 @@ error that names the variable, in the notebook as on the command line.
 import os
 import sys
 
-from ..errors import UserError
+from skipkd.errors import UserError
 
 __all__ = ["notebook_settings", "one_line_errors", "check_layer", "MAX_INDEX"]
 

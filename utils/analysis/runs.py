@@ -1,6 +1,6 @@
 """Finding finished runs on disk: run keys, per-epoch arrays, JSON summaries and checkpoints.
 
-A run key names every file of one training run (see utils/train/outputs.py):
+A run key names every file of one training run (see skipkd/io/outputs.py):
     numpy_outputs/history_{key}.json                  every per-epoch metric of every role
     numpy_outputs/summary_{key}.json
     numpy_outputs/manifest_{key}.json                 what the run wrote
@@ -19,9 +19,9 @@ import zipfile
 
 import numpy as np
 
-from ..errors import UserError
-from ..history import history_path, read_history
-from ..summary import read_summary
+from skipkd.errors import UserError
+from skipkd.io.history import history_path, read_history
+from skipkd.io.summary import read_summary
 
 __all__ = ["ROLES", "SPLITS", "METRICS", "list_run_keys", "check_run_keys", "load_history",
            "load_summary", "load_summaries", "run_checkpoints", "unknown_key_message"]
@@ -33,7 +33,7 @@ METRICS = ("accuracy", "loss")
 
 def _loss_parts() -> tuple:
     """The loss parts a run records (loss_ce and each registered term's outputs)."""
-    from ..kd.registry import KD_TERMS, term_outputs
+    from skipkd.kd.registry import KD_TERMS, term_outputs
     return ("ce",) + tuple(n for name in KD_TERMS for n in term_outputs(name))
 
 
@@ -87,7 +87,7 @@ def check_run_keys(numpy_dir: str, keys) -> list[str]:
     return available
 
 
-MAX_EPOCHS = 1_000_000  # as utils/history.py: one value per epoch
+MAX_EPOCHS = 1_000_000  # as skipkd/io/history.py: one value per epoch
 
 
 def _load_npy(path):
@@ -160,7 +160,7 @@ def _key_of(path):
 
 
 def load_summary(path: str, need=()) -> dict:
-    """One run summary, validated (utils/summary.py): a one-line UserError naming the file and
+    """One run summary, validated (skipkd/io/summary.py): a one-line UserError naming the file and
     the field when it is damaged."""
     return read_summary(path, _key_of(path), need)
 

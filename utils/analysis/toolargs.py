@@ -4,8 +4,8 @@ checks every tool runs on the paths it will write before it does any work."""
 import argparse
 import os
 
-from ..cli import OneLineParser
-from ..errors import UserError
+from skipkd.cli import OneLineParser
+from skipkd.errors import UserError
 
 __all__ = ["DefaultsFormatter", "tool_parser", "check_output_path", "check_output_dir",
            "check_distinct_outputs", "same_path"]

@@ -9,11 +9,11 @@ import time
 import torch
 from torch import nn
 
-from models import OutputsAsTuple, count_parameters  # noqa: F401  (re-exported for the tools)
+from skipkd.models import OutputsAsTuple, count_parameters  # noqa: F401  (re-exported for the tools)
 
-from ..data import (MAX_SYNTHETIC_SIZE, SYNTHETIC_SEED, ImageData, TensorLoader, held_out_split,
+from skipkd.data import (MAX_SYNTHETIC_SIZE, SYNTHETIC_SEED, ImageData, TensorLoader, held_out_split,
                     load_dataset)
-from ..errors import UserError
+from skipkd.errors import UserError
 
 __all__ = ["checkpoint_test_data", "checkpoint_data_dir", "checkpoint_loader", "predict_logits", "confusion_matrix",
            "confusion_figure", "count_parameters", "count_macs", "time_latency",
@@ -22,7 +22,7 @@ __all__ = ["checkpoint_test_data", "checkpoint_data_dir", "checkpoint_loader", "
 
 
 # the saved args that size what a tool allocates, bounded as the training scripts' flags are
-# (utils/cli.py): a checkpoint asking for more is damaged or crafted, refused before any work
+# (skipkd/cli.py): a checkpoint asking for more is damaged or crafted, refused before any work
 ARG_BOUNDS = {"synthetic_train_size": (1, MAX_SYNTHETIC_SIZE),
               "synthetic_test_size": (1, MAX_SYNTHETIC_SIZE), "image_size": (8, 1024),
               "limit_train": (1, 10 ** 9), "limit_test": (1, 10 ** 9),
@@ -90,7 +90,7 @@ def checkpoint_test_data(ckpt: dict, dataset: str | None = None, data_dir: str |
                          download: bool = False, limit: int | None = None,
                          split: str = "test", log=print, info: dict | None = None,
                          path: str | None = None) -> tuple[ImageData, str]:
-    """A split of the data a checkpoint was trained on, rebuilt like utils/train/setup.prepare_data.
+    """A split of the data a checkpoint was trained on, rebuilt like skipkd/train/setup.prepare_data.
 
     split 'test': the test split (the run's validation set under the 'test-as-val' protocol);
     'val': the run's validation set itself: the held-out part of the training split under

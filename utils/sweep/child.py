@@ -8,9 +8,9 @@ import subprocess
 import sys
 import time
 
-from .heartbeat import _now, _root_message, _transient
-from .results import val_curve
-from .scripts import REPO, SCRIPTS
+from utils.sweep.heartbeat import _now, _root_message, _transient
+from utils.sweep.results import val_curve
+from utils.sweep.scripts import REPO, SCRIPTS
 
 __all__ = ["BOOTSTRAP", "ChildMixin"]
 

@@ -3,8 +3,8 @@ their shared teacher's checkpoint is here), else a new search trial asked from t
 """
 import os
 
-from .expand import search_distributions, search_trial
-from .storage import trial_attrs
+from utils.sweep.expand import search_distributions, search_trial
+from utils.sweep.storage import trial_attrs
 
 __all__ = ["Job", "ClaimMixin"]
 

@@ -16,8 +16,8 @@ import os
 import re
 import stat
 
-from ..errors import UserError
-from ..train.outputs import atomic_write
+from skipkd.errors import UserError
+from skipkd.io.outputs import atomic_write
 
 __all__ = ["markers", "check_document", "embed", "update_document"]
 

@@ -4,11 +4,11 @@ parameters (its distributions).
 """
 import itertools
 
-from ..errors import UserError
-from ..train.outputs import RUN_KEY_MAX, validate_run_key
-from .keys import _KEY_BAD, _digest, _label, to_argv, trial_key
-from .scripts import STUDENT_ONLY, SWEEP_OWNED, TEACHER_SCRIPT, Parsers
-from .spec import _axis_labels
+from skipkd.errors import UserError
+from skipkd.io.outputs import RUN_KEY_MAX, validate_run_key
+from utils.sweep.keys import _KEY_BAD, _digest, _label, to_argv, trial_key
+from utils.sweep.scripts import STUDENT_ONLY, SWEEP_OWNED, TEACHER_SCRIPT, Parsers
+from utils.sweep.spec import _axis_labels
 
 __all__ = ["expand", "grid_distributions", "search_distributions", "search_trial"]
 

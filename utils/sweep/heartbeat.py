@@ -6,7 +6,7 @@ import json
 import time
 from datetime import datetime, timezone
 
-from .progress import key_states
+from utils.sweep.progress import key_states
 
 __all__ = ["HB_ATTR", "END_ATTR", "IDENTITY", "HeartbeatMixin"]
 

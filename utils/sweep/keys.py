@@ -9,8 +9,8 @@ import hashlib
 import json
 import re
 
-from ..errors import UserError
-from ..train.outputs import RUN_KEY_MAX, validate_run_key
+from skipkd.errors import UserError
+from skipkd.io.outputs import RUN_KEY_MAX, validate_run_key
 
 __all__ = ["COMPOUND", "validate_study_name", "trial_key", "to_argv"]
 

@@ -5,10 +5,10 @@ import argparse
 import contextlib
 import io
 
-from ..errors import UserError
-from .expand import search_trial
-from .keys import _label
-from .scripts import Parsers
+from skipkd.errors import UserError
+from utils.sweep.expand import search_trial
+from utils.sweep.keys import _label
+from utils.sweep.scripts import Parsers
 
 __all__ = ["check_argv", "check_plan"]
 
@@ -20,7 +20,7 @@ class _ParseError(Exception):
 @contextlib.contextmanager
 def _parse_errors_raise():
     """argparse's error() (the scripts print one line and exit) raises instead."""
-    from utils.cli import OneLineParser
+    from skipkd.cli import OneLineParser
 
     def error(self, message):
         raise _ParseError(message)

@@ -21,13 +21,13 @@ import shlex
 import sys
 from datetime import datetime, timezone
 
-from ..errors import UserError
-from ..train.outputs import atomic_write, atomic_write_text
-from .heartbeat import END_ATTR
-from .progress import key_states
-from .results import result_problem
-from .stats import mean_std, paired_delta
-from .tables import configs_csv, markdown, trials_csv
+from skipkd.errors import UserError
+from skipkd.io.outputs import atomic_write, atomic_write_text
+from utils.sweep.heartbeat import END_ATTR
+from utils.sweep.progress import key_states
+from utils.sweep.results import result_problem
+from utils.sweep.stats import mean_std, paired_delta
+from utils.sweep.tables import configs_csv, markdown, trials_csv
 
 __all__ = ["build_report", "write_report", "command_line"]
 
@@ -185,7 +185,7 @@ def _check_out_dir(out_dir, names, study):
 
 
 def write_report(rep, out_dir, command_line, plotlyjs="inline") -> list:
-    from .figures import figures  # plotly and matplotlib: imported only to write
+    from utils.sweep.figures import figures  # plotly and matplotlib: imported only to write
     figs = figures(rep)
     rep["figure_names"] = [name for name, _, _ in figs]
     texts = {"report.md": markdown(rep, command_line), "trials.csv": trials_csv(rep)}

@@ -2,7 +2,7 @@
 metrics a trial keeps from them, and how the trial ends (complete, pruned, interrupted and
 queued again, or failed).
 
-The summary is read back as untrusted data (utils/summary.py): a damaged one fails its trial
+The summary is read back as untrusted data (skipkd/io/summary.py): a damaged one fails its trial
 with a one-line reason naming the file and the field. What a trial kept is checked again by
 the report (`result_problem`): a journal can be edited too.
 """
@@ -10,7 +10,7 @@ import math
 import os
 import signal
 
-from .scripts import SCRIPTS
+from utils.sweep.scripts import SCRIPTS
 
 __all__ = ["summary_path", "read_run_summary", "val_curve", "run_metrics", "result_problem",
            "ResultMixin"]
@@ -29,7 +29,7 @@ def summary_path(run_dir, key):
 
 def read_run_summary(run_dir, key, script) -> dict:
     """The run's summary, validated, with the fields a trial records present and finite."""
-    from ..summary import read_summary
+    from skipkd.io.summary import read_summary
     role = SCRIPTS[script][1]
     return read_summary(summary_path(run_dir, key), key, need=[f"{role}.{f}" for f in NEEDED])
 
@@ -37,8 +37,8 @@ def read_run_summary(run_dir, key, script) -> dict:
 def val_curve(run_dir, key, script):
     """Per-epoch validation accuracy of the trained model (the student of a distillation run),
     from the run's own history; [] while there is none (or it cannot be read)."""
-    from ..errors import UserError
-    from ..history import history_path, read_history
+    from skipkd.errors import UserError
+    from skipkd.io.history import history_path, read_history
     try:
         found = read_history(history_path(os.path.join(run_dir, "numpy_outputs"), key), key)
     except (UserError, RecursionError, OverflowError):  # nested too deeply, a 400-digit number
@@ -99,7 +99,7 @@ class ResultMixin:
     def _ended(self, job, rc, lines, elapsed):
         from optuna.trial import TrialState
 
-        from ..errors import UserError
+        from skipkd.errors import UserError
         if job.lost:
             return
         name = job.name()

@@ -28,9 +28,9 @@ import json
 import math
 import re
 
-from ..errors import UserError
-from .keys import COMPOUND, _label
-from .scripts import SCRIPTS
+from skipkd.errors import UserError
+from utils.sweep.keys import COMPOUND, _label
+from utils.sweep.scripts import SCRIPTS
 
 __all__ = ["DEFAULTS", "TOP_KEYS", "normalize_spec", "LIMITS", "check_depth"]
 

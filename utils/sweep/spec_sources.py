@@ -4,8 +4,8 @@
 import json
 import shlex
 
-from ..errors import UserError
-from .spec import TOP_KEYS
+from skipkd.errors import UserError
+from utils.sweep.spec import TOP_KEYS
 
 __all__ = ["load_spec_file", "spec_from_flags", "tokens_to_args", "baseline_flag"]
 

@@ -18,7 +18,7 @@ import os
 import socket
 from datetime import datetime, timezone
 
-from ..errors import UserError
+from skipkd.errors import UserError
 
 __all__ = ["JOURNAL_NAME", "TEACHERS_SUFFIX", "Store", "open_store", "default_dir",
            "check_journal_path",

@@ -34,12 +34,12 @@ import socket
 import sys
 import time
 
-from ..errors import UserError
-from .child import ChildMixin
-from .claim import ClaimMixin
-from .heartbeat import HeartbeatMixin, _transient
-from .progress import ProgressMixin, Status
-from .results import ResultMixin
+from skipkd.errors import UserError
+from utils.sweep.child import ChildMixin
+from utils.sweep.claim import ClaimMixin
+from utils.sweep.heartbeat import HeartbeatMixin, _transient
+from utils.sweep.progress import ProgressMixin, Status
+from utils.sweep.results import ResultMixin
 
 __all__ = ["Worker", "check_run_dir"]
 

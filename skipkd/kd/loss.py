@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models import FEATURES, ModelOutput, fold_batchnorm
+from ..models import FEATURES, ModelOutput, fold_batchnorm
 
 # the built-in terms register themselves on import
 from . import at, crd, dist, dkd, fitnet, logit, pkt, rkd, skip, sp  # noqa: F401
@@ -25,7 +25,7 @@ KD_MODES = ("none", "skip", "logit", "skip+logit")
 class DistillationLoss(nn.Module):
     """loss = ce_weight * CE(s, y) + sum over the chosen terms of weight * term(student, teacher).
 
-    mode: 'none' or registered term names joined by '+' (utils.kd.registry.KD_TERMS): 'skip'
+    mode: 'none' or registered term names joined by '+' (skipkd.kd.registry.KD_TERMS): 'skip'
     (alpha * hint MSE), 'logit' (beta * Hinton KD), 'skip+logit', ... weights: {term: weight};
     alpha and beta are the skip and logit weights under their original names.
     `forward` returns (total loss, dict of detached parts: 'ce' and one per term, and

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from models import count_parameters
+from ..models import count_parameters
 
 from ..errors import RunInterrupted, UserError
-from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from ..io.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from .distributed import (barrier, dist_info, is_main, reduce_carry, sync_buffers,
                           wrap_distributed)
 from .engine import NonFiniteLoss, evaluate, recalibrate_bn, train_one_epoch

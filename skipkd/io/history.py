@@ -15,7 +15,7 @@ import re
 
 import numpy as np
 
-from .errors import UserError
+from ..errors import UserError
 
 __all__ = ["HISTORY_FORMAT", "HISTORY_ROLES", "history_path", "history_document", "read_history"]
 

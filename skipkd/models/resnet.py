@@ -2,7 +2,7 @@
 
 One BasicBlock, one Bottleneck and one ResNet; the ECA placement is injected per block, and the
 stem width, the stage widths and the number of stages are arguments (the 3-stage CIFAR ResNets
-of the KD literature are configurations of it: models/cifar_resnet.py).
+of the KD literature are configurations of it: skipkd/models/cifar_resnet.py).
 The hint is the output of the hint block's projection shortcut (after its BN, before the
 residual add): the first block of the last stage for basic-block nets (stage 4 of resnet18/34),
 of the stage before it for bottleneck nets (stage 3 of resnet50/101/152).
@@ -148,7 +148,7 @@ class ResNet(FeatureModel):
         output channels; stage_widths: each stage's block width (before the bottleneck's
         expansion), default base_width * 2**stage (64-128-256-512 for the standard nets);
         eca: where attention goes (ECA_PLACEMENTS); attn: which attention module
-        (models.eca.ATTENTION_LAYERS: eca, se, ...); init: "orthogonal" (ours) or "kaiming"
+        (skipkd.models.eca.ATTENTION_LAYERS: eca, se, ...); init: "orthogonal" (ours) or "kaiming"
         (RepDistiller's, see _init_weights)."""
         super().__init__()
         if block not in ("basic", "bottleneck"):
@@ -206,7 +206,7 @@ class ResNet(FeatureModel):
     def _init_weights(self, init: str = "orthogonal"):
         """"orthogonal": this toolkit's rule; "kaiming": RepDistiller's CIFAR ResNet init (its
         Linear head keeps PyTorch's default) with the orthogonal rule for attention
-        (models/init.py)."""
+        (skipkd/models/init.py)."""
         if init == "orthogonal":
             orthogonal_init_(self)
         else:

@@ -12,7 +12,7 @@ ShuffleNetV1 / ShuffleNetV2. Facts common to both: the stem is a 1x1 conv (3 -> 
 bias), BN, ReLU, and no max-pool (32x32 stays 32x32); three stages, each starting with a stride-2
 unit (16x16, 8x8, 4x4); global average pooling (the reference's avg_pool2d(4) at 32x32); one
 Linear with bias; no init of their own (PyTorch's defaults), so our orthogonal rule is used
-(conv, linear and the attention's conv weights orthogonal, biases 0, BN 1/0, as models/resnet.py).
+(conv, linear and the attention's conv weights orthogonal, biases 0, BN 1/0, as skipkd/models/resnet.py).
 
 V1 (groups g = 3, stage widths 240, 480, 960, units 4, 8, 4): each unit is a 1x1 group conv
 (g groups; 1 group in the very first unit, whose input has only 24 channels: the reference's

@@ -6,7 +6,7 @@ import warnings
 
 import torch
 
-from models import ATTENTION_LAYERS, ECA_PLACEMENTS, MODELS, create_model
+from ..models import ATTENTION_LAYERS, ECA_PLACEMENTS, MODELS, create_model
 
 from ..errors import UserError
 from .outputs import atomic_write

@@ -124,7 +124,7 @@ class CRDTerm(KDTerm):
         for who, shapes in (("student", ctx.student_shapes), ("teacher", ctx.teacher_shapes)):
             if not shapes or "embedding" not in shapes:
                 raise ValueError(f"crd needs the {who}'s embedding shape in the TermContext "
-                                 "(models.feature_shapes)")
+                                 "(skipkd.models.feature_shapes)")
             dims.append(int(math.prod(shapes["embedding"])))
         feat_dim, nce_k = int(self.opts["feat_dim"]), int(self.opts["nce_k"])
         self.nce_t, self.momentum = float(self.opts["nce_t"]), float(self.opts["momentum"])

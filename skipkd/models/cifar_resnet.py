@@ -12,7 +12,7 @@ mdistiller copies it): depth d -> (d - 2) / 6 basic blocks per stage; widths ste
 projection shortcut (1x1 conv without bias + BN) wherever the stride or the width changes
 (so the x4 nets also have one in the first block of stage 1, 32 -> 64); a Linear head with bias;
 its init (Conv2d kaiming_normal_ fan_out, BN 1/0, Linear left at PyTorch's default).
-Here these are configurations of our ResNet (models/resnet.py), differences from the reference:
+Here these are configurations of our ResNet (skipkd/models/resnet.py), differences from the reference:
 global average pooling instead of AvgPool2d(8) (the same at 32x32 input), the strided 1x1
 projection computed as subsample-then-1x1 (PointwiseConv: the same values), and attention
 modules (not in the reference) initialised by our orthogonal rule.

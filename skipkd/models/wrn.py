@@ -90,7 +90,7 @@ class PreActBlock(nn.Module):
         layers.append(nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False))
         self.branch = nn.Sequential(*layers)
         # the reference projects exactly when the widths differ (1x1, no bias, no BN);
-        # PointwiseConv: the same values, avoiding a oneDNN channels_last bug (models/resnet.py)
+        # PointwiseConv: the same values, avoiding a oneDNN channels_last bug (skipkd/models/resnet.py)
         self.shortcut = PointwiseConv(in_ch, out_ch, stride) if in_ch != out_ch else None
         self.attn = create_attn(attn, out_ch, eca_k, attn_layer)
         self.shortcut_attn = create_attn(shortcut_attn, out_ch, eca_k, attn_layer)

@@ -27,7 +27,7 @@ NEEDS = frozenset({"logits", "hint", "feats", "preact_feats", "embedding", "inde
 
 @dataclass
 class TermContext:
-    """What a term may need to build itself. Shapes are per sample, as models.feature_shapes
+    """What a term may need to build itself. Shapes are per sample, as skipkd.models.feature_shapes
     gives them ({'logits': (K,), 'hint': (C, H, W), 'feats': [...], 'embedding': (D,)})."""
     student_hint_shape: tuple | None = None   # (C, H, W)
     teacher_hint_shape: tuple | None = None

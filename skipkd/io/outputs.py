@@ -34,7 +34,7 @@ import os
 import re
 
 from ..errors import UserError
-from ..history import HISTORY_ROLES, history_document, history_path, read_history
+from .history import HISTORY_ROLES, history_document, history_path, read_history
 from .files import (RUN_KEY_MAX, atomic_save_npy, atomic_write, atomic_write_text, npy_writer,
                     sha256_file, unlink_quietly, validate_run_key, write_temporary)
 from .runlock import RunLock

@@ -24,7 +24,7 @@ the network its tables (and CRD's, Tian et al., ICLR 2020) call "MobileNetV2". F
   head conv is part of `pool` (the embedding is GAP(head(feats[-1])), 1280-d, as RepDistiller's);
 - init: RepDistiller's _initialize_weights: Conv2d weights N(0, sqrt(2 / (k*k*out_channels)))
   (depthwise too), BN weight 1 / bias 0, Linear N(0, 0.01) with bias 0. The attention modules
-  (not in the reference) get our orthogonal rule (as models/cifar_resnet.py).
+  (not in the reference) get our orthogonal rule (as skipkd/models/cifar_resnet.py).
 `preact_feats`: the stem before its ReLU; the stages end with a linear projection or an add,
 without ReLU (as the paper's linear bottleneck), so their preact is the output itself
 (RepDistiller ignores preact=True for this model).

@@ -33,7 +33,7 @@ def base_lr(args, arch: str | None = None) -> float:
     if args.lr is not None:
         return args.lr
     if getattr(args, "preset", None) == "crd":
-        from models import MODELS
+        from ..models import MODELS
         light = arch in MODELS and MODELS[arch].family in LIGHT_FAMILIES
         return 0.01 if light else 0.05
     raise ValueError("--lr is unset")

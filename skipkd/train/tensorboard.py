@@ -3,7 +3,7 @@ import warnings
 
 import torch
 
-from models import OutputsAsTuple
+from ..models import OutputsAsTuple
 
 __all__ = ["make_writer", "log_epoch", "log_graph", "log_predictions", "predictions_figure",
            "log_hparams"]

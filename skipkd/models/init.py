@@ -76,7 +76,7 @@ def reference_init_(model: nn.Module, linear: str = "normal") -> nn.Module:
 
 def residual_tail_norms(model: nn.Module) -> list:
     """The last BatchNorm of each residual branch: the final module of every block's `residual`
-    Sequential (the blocks of models/resnet.py, and the CIFAR ResNets built from them)."""
+    Sequential (the blocks of skipkd/models/resnet.py, and the CIFAR ResNets built from them)."""
     norms = []
     for m in model.modules():
         branch = getattr(m, "residual", None)

@@ -3,12 +3,12 @@ project's flags as aliases, presets, and validation that ends in a one-line erro
 import argparse
 import sys
 
-from models import MODELS
+from .models import MODELS
 
 from .argparsing import HelpFormatter, OneLineParser, add_bool, str2bool
 from .data import DATASETS, MAX_SYNTHETIC_SIZE
 from .errors import UserError
-from .train.outputs import validate_run_key
+from .io.outputs import validate_run_key
 
 __all__ = ["OneLineParser", "str2bool", "add_bool", "common_parser", "PRESETS", "finalize_args",
            "kd_spec", "kd_weights", "kd_options", "merge_kd_options"]
@@ -66,7 +66,7 @@ WIDTH = int_in(1, 1024)              # 16x the standard nets' 64
 
 
 def attention_name(v):
-    from models import ATTENTION_LAYERS
+    from .models import ATTENTION_LAYERS
     if v not in ATTENTION_LAYERS:
         raise argparse.ArgumentTypeError(f"unknown attention {v!r}; choose from "
                                          f"{', '.join(ATTENTION_LAYERS)}")
@@ -74,7 +74,7 @@ def attention_name(v):
 
 
 def kd_spec(v):
-    """--kd: 'none' or registered distillation terms joined by '+' (utils.kd.KD_TERMS),
+    """--kd: 'none' or registered distillation terms joined by '+' (skipkd.kd.KD_TERMS),
     returned normalised (' skip + logit' -> 'skip+logit')."""
     from .kd import parse_kd
     try:
@@ -282,7 +282,7 @@ def common_parser(description) -> OneLineParser:
     g.add_argument("--attn", type=attention_name, default="eca",
                    help="the attention module that --eca places: eca (ECA-Net) or se "
                         "(Squeeze-and-Excitation); any module registered with "
-                        "models.register_attention")
+                        "skipkd.models.register_attention")
     g.add_argument("--eca-k", type=int_in(1, 255), default=None,
                    help="ECA kernel size (odd) (default: ECA-Net's adaptive rule per layer)")
     g.add_argument("--ECA", dest="eca_yes", type=str2bool, default=None, metavar="yes|no",

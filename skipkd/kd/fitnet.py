@@ -21,7 +21,7 @@ is chosen from the two spatial sizes, as ConvReg does:
   * student smaller by another amount: a transposed convolution of kernel (1+Ht-Hs, 1+Wt-Ws)
     (the mirror of the previous case; ConvReg raises there);
   * one side larger and the other smaller: ValueError at construction.
-utils/kd/connector.py's Connector is not reused: it has no ReLU, it is absent when the shapes
+skipkd/kd/connector.py's Connector is not reused: it has no ReLU, it is absent when the shapes
 match (FitNets always learns the regressor, even for equal shapes), and it falls back to
 bilinear resizing for uneven ratios. The convolution has no bias because BatchNorm follows it
 (ConvReg's bias is cancelled by that BatchNorm's mean subtraction anyway).
@@ -93,7 +93,7 @@ class FitNetTerm(KDTerm):
         if not s_feats or not t_feats:
             raise ValueError("fitnet needs both models' feature shapes (TermContext "
                              "student_shapes['feats'] and teacher_shapes['feats'], from "
-                             "models.feature_shapes) to build its regressor")
+                             "skipkd.models.feature_shapes) to build its regressor")
         for who, feats in (("student", s_feats), ("teacher", t_feats)):
             if not 0 <= self.stage < len(feats):
                 raise ValueError(f"fitnet.stage={self.stage} is out of range for the {who}, "

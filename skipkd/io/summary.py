@@ -1,6 +1,6 @@
 """A run's JSON summary, numpy_outputs/summary_{key}.json, read back as untrusted data.
 
-The training scripts write it (utils/train/outputs.py); compare_runs.py, the sweep's workers
+The training scripts write it (skipkd/io/outputs.py); compare_runs.py, the sweep's workers
 and the analysis helpers read it. A summary can be edited, truncated or made by hand, so
 read_summary checks the type and range of every field a tool reads before any tool indexes it,
 and fails with a one-line UserError naming the file and the field:
@@ -21,7 +21,7 @@ import math
 import os
 import re
 
-from .errors import UserError
+from ..errors import UserError
 
 __all__ = ["SUMMARY_ROLES", "read_summary"]
 

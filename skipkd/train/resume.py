@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from .checkpoint import load_checkpoint, to_plain
+from ..io.checkpoint import load_checkpoint, to_plain
 
 __all__ = ["rng_state", "set_rng_state", "resume_command", "finished_stages", "load_state",
            "check_resume_args", "RESUME_FREE_ARGS"]

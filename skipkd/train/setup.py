@@ -8,8 +8,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from models import create_model
-from models.init import apply_init_
+from ..models import create_model
+from ..models.init import apply_init_
 
 from ..data import SYNTHETIC_SEED, Augment, TensorLoader, channel_stats, held_out_split, load_dataset
 from ..errors import UserError
@@ -155,7 +155,7 @@ def init_options(args) -> dict:
 def build_model(arch, data_cfg, width, eca, eca_k, device, channels_last=False, attn="eca",
                 init="model", zero_residual=False):
     """eca: the attention placement; attn: the attention module (models.ATTENTION_LAYERS);
-    init, zero_residual: models.init.apply_init_ (init_options(args) gives them)."""
+    init, zero_residual: skipkd.models.init.apply_init_ (init_options(args) gives them)."""
     try:
         model = create_model(arch, num_classes=data_cfg["num_classes"], base_width=width,
                              in_channels=data_cfg["in_channels"], eca=eca, eca_k=eca_k,
