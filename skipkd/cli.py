@@ -3,9 +3,11 @@ project's flags as aliases, presets, and validation that ends in a one-line erro
 import argparse
 import sys
 
-from .models import MODELS
+from .models import ECA_PLACEMENTS, MODELS
 
-from .argparsing import HelpFormatter, OneLineParser, add_bool, str2bool
+from .argparsing import (BATCH, EPOCHS, SEED, WIDTH, HelpFormatter, OneLineParser, add_bool,  # noqa: F401
+                         float_in, fraction, int_in, nonneg_float, nonneg_int, positive_float,
+                         positive_int, str2bool)
 from .data import DATASETS, MAX_SYNTHETIC_SIZE
 from .errors import UserError
 from .io.outputs import validate_run_key
@@ -23,46 +25,6 @@ def cpu_has_native_bf16() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def _number_type(cast, what, ok, rule):
-    """An argparse type: cast the text, then check it; errors say what was expected."""
-    def parse(v):
-        try:
-            x = cast(v)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {v!r}") from None
-        if not ok(x):
-            raise argparse.ArgumentTypeError(f"must be {rule}, got {v}")
-        return x
-    return parse
-
-
-positive_int = _number_type(int, "an integer", lambda x: x >= 1, "at least 1")
-nonneg_int = _number_type(int, "an integer", lambda x: x >= 0, ">= 0")
-# `not x > 0` also rejects nan; inf is rejected explicitly
-positive_float = _number_type(float, "a number", lambda x: x > 0 and x != float("inf"),
-                              "a positive finite number")
-nonneg_float = _number_type(float, "a number", lambda x: x >= 0 and x != float("inf"),
-                            "a finite number >= 0")
-fraction = _number_type(float, "a fraction", lambda x: 0 <= x < 1, "a fraction in [0, 1)")
-
-
-def int_in(lo, hi):
-    """An integer flag type with bounds that fit the machine (and what the code can take)."""
-    return _number_type(int, "an integer", lambda x: lo <= x <= hi, f"in {lo}..{hi:,}")
-
-
-def float_in(lo, hi, lo_open=False):
-    """A finite float flag type in [lo, hi] (or (lo, hi] with lo_open); nan is rejected."""
-    ok = (lambda x: lo < x <= hi) if lo_open else (lambda x: lo <= x <= hi)
-    return _number_type(float, "a number", ok, f"in {'(' if lo_open else '['}{lo:g}, {hi:g}]")
-
-
-SEED = int_in(0, 2**32 - 1)          # numpy's seed range
-EPOCHS = int_in(1, 100_000)
-BATCH = int_in(1, 65_536)
-WIDTH = int_in(1, 1024)              # 16x the standard nets' 64
 
 
 def attention_name(v):
@@ -279,8 +241,15 @@ def common_parser(description) -> OneLineParser:
                    help="base width of the networks (default: each model's reference width, "
                         "e.g. 64 for resnet18..152, 16 for resnet20, 32 for resnet8x4; 8-16 "
                         "for CPU runs of the 4-stage ResNets)")
+    g.add_argument("--attn-placement", "--eca", "--eca-placement", dest="eca",
+                   choices=ECA_PLACEMENTS, default=None,
+                   help="where attention goes, in every network of the run: none, parallel "
+                        "(additive on the stage-1 shortcuts, the original idea), last (the hint "
+                        "block), all (every block); any placement registered with "
+                        "skipkd.models.register_placement (default: parallel for "
+                        "model_training_mid.py, none for model_training.py)")
     g.add_argument("--attn", type=attention_name, default="eca",
-                   help="the attention module that --eca places: eca (ECA-Net) or se "
+                   help="the attention module that --attn-placement places: eca (ECA-Net) or se "
                         "(Squeeze-and-Excitation); any module registered with "
                         "skipkd.models.register_attention")
     g.add_argument("--eca-k", type=int_in(1, 255), default=None,

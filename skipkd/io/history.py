@@ -17,7 +17,8 @@ import numpy as np
 
 from ..errors import UserError
 
-__all__ = ["HISTORY_FORMAT", "HISTORY_ROLES", "history_path", "history_document", "read_history"]
+__all__ = ["HISTORY_FORMAT", "HISTORY_ROLES", "history_path", "history_document", "read_history",
+           "split_metrics", "history_lists"]
 
 HISTORY_FORMAT = "skipkd-eca/history"
 HISTORY_ROLES = ("teacher", "student", "baseline")
@@ -29,6 +30,29 @@ MAX_BYTES = 256 * 1024 * 1024
 
 def history_path(numpy_dir: str, key: str) -> str:
     return os.path.join(numpy_dir, f"history_{key}.json")
+
+
+_FLAT_NAMES = {"train_acc": ("train", "accuracy"), "val_acc": ("val", "accuracy"),
+               "train_loss": ("train", "loss"), "val_loss": ("val", "loss")}
+
+
+def split_metrics(history: dict) -> dict:
+    """A stage's history (train_acc, val_loss, train_loss_ce, train_lr, ...: lists per epoch)
+    -> {split: {metric: [float, ...]}} as the history file holds it."""
+    by_split = {}
+    for k, values in history.items():
+        split, metric = _FLAT_NAMES.get(k, tuple(k.split("_", 1)))
+        by_split.setdefault(split, {})[metric] = [float(v) for v in values]
+    return by_split
+
+
+def history_lists(found: dict) -> dict:
+    """read_history's {role: {(split, metric): array}} -> {role: {split: {metric: list}}}."""
+    roles = {}
+    for role, series in found.items():
+        for (split, metric), arr in series.items():
+            roles.setdefault(role, {}).setdefault(split, {})[metric] = arr.tolist()
+    return roles
 
 
 def history_document(key: str, roles: dict) -> str:

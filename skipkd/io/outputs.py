@@ -34,7 +34,8 @@ import os
 import re
 
 from ..errors import UserError
-from .history import HISTORY_ROLES, history_document, history_path, read_history
+from .history import (HISTORY_ROLES, history_document, history_lists, history_path, read_history,
+                      split_metrics)
 from .files import (RUN_KEY_MAX, atomic_save_npy, atomic_write, atomic_write_text, npy_writer,
                     sha256_file, unlink_quietly, validate_run_key, write_temporary)
 from .runlock import RunLock
@@ -330,12 +331,7 @@ class RunOutputs:
         """history: dict metric -> list per epoch (train_acc, val_acc, train_loss, val_loss,
         train_loss_ce, train_lr, ...). Written to the run's history JSON, every metric by name,
         and accuracy/loss also to the original's flat arrays where their names are safe."""
-        names = {"train_acc": ("train", "accuracy"), "val_acc": ("val", "accuracy"),
-                 "train_loss": ("train", "loss"), "val_loss": ("val", "loss")}
-        by_split = {}
-        for k, values in history.items():
-            split, metric = names.get(k, tuple(k.split("_", 1)))
-            by_split.setdefault(split, {})[metric] = [float(v) for v in values]
+        by_split = split_metrics(history)
         role_name = role or "baseline"
         assert role_name in HISTORY_ROLES, role
         roles = self._own_history()
@@ -355,12 +351,7 @@ class RunOutputs:
         self.claim()
         if self._rel(self.history) not in self._files or not os.path.isfile(self.history):
             return {}
-        found = read_history(self.history, self.key) or {}
-        roles = {}
-        for role, series in found.items():
-            for (split, metric), arr in series.items():
-                roles.setdefault(role, {}).setdefault(split, {})[metric] = arr.tolist()
-        return roles
+        return history_lists(read_history(self.history, self.key) or {})
 
     def write_summary(self, summary: dict):
         text = json.dumps(summary, indent=2, sort_keys=False) + "\n"

@@ -52,6 +52,7 @@ class LogitTerm(LogitKDLoss):
     temperature T = 4 by default). Option standardize: z-score both logits first (Sun et al.,
     2024)."""
     name, needs, default_weight = "logit", frozenset({"logits"}), 1.0
+    weight_flag = "beta"
     paper = "Hinton, Vinyals & Dean, Distilling the Knowledge in a Neural Network, 2015"
     matches = "softened logits"
     options, parts = {"standardize": False}, ()

@@ -12,8 +12,6 @@ from torch import nn
 
 from ..models import FEATURES, ModelOutput, fold_batchnorm
 
-# the built-in terms register themselves on import
-from . import at, crd, dist, dkd, fitnet, logit, pkt, rkd, skip, sp  # noqa: F401
 from .registry import KD_TERMS, KDBatch, TermContext, parse_kd, term_options
 
 __all__ = ["KD_MODES", "DistillationLoss"]
@@ -27,7 +25,8 @@ class DistillationLoss(nn.Module):
 
     mode: 'none' or registered term names joined by '+' (skipkd.kd.registry.KD_TERMS): 'skip'
     (alpha * hint MSE), 'logit' (beta * Hinton KD), 'skip+logit', ... weights: {term: weight};
-    alpha and beta are the skip and logit weights under their original names.
+    alpha and beta are the weights of the terms whose `weight_flag` names them (skip and logit:
+    the original work's flags); `weights` overrides them.
     `forward` returns (total loss, dict of detached parts: 'ce' and one per term, and
     name_part for the parts of terms that return several).
     context: a TermContext with the models' feature shapes, the training set's size and labels;
@@ -53,7 +52,9 @@ class DistillationLoss(nn.Module):
         self.compile_teacher = compile_teacher
         self.alpha, self.beta = float(alpha), float(beta)
         self.weights = {n: float(KD_TERMS[n].default_weight) for n in self.names}
-        self.weights.update({k: v for k, v in (("skip", alpha), ("logit", beta)) if k in self.weights})
+        by_flag = {"alpha": self.alpha, "beta": self.beta}
+        self.weights.update({n: by_flag[KD_TERMS[n].weight_flag] for n in self.names
+                             if KD_TERMS[n].weight_flag in by_flag})
         self.weights.update({k: float(v) for k, v in (weights or {}).items() if k in self.weights})
         self.label_smoothing = label_smoothing
         if ce_weight < 0:
@@ -104,9 +105,13 @@ class DistillationLoss(nn.Module):
 
     @property
     def connector(self) -> nn.Module | None:
-        """The skip term's learned connector, if any (not part of the exported student)."""
-        conn = getattr(self.terms.get("skip"), "connector", None)
-        return None if conn is None or isinstance(conn, nn.Identity) else conn
+        """The learned hint connector of the chosen terms (the skip term's), if any; not part of
+        the exported student."""
+        for term in self.terms.values():
+            conn = getattr(term, "connector", None)
+            if isinstance(conn, nn.Module) and not isinstance(conn, nn.Identity):
+                return conn
+        return None
 
     def train(self, mode: bool = True):
         super().train(mode)

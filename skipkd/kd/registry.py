@@ -61,6 +61,8 @@ class KDTerm(nn.Module):
     options: ClassVar[dict] = {}
     parts: ClassVar[tuple] = ()   # the names of the parts forward returns, if it returns a dict
     bounds: ClassVar[dict] = {}   # option -> (lowest, highest) accepted, both inclusive
+    weight_flag: ClassVar[str | None] = None  # the script flag that also sets its weight (the
+                                              # original work's names: skip alpha, logit beta)
 
     def __init__(self, ctx: TermContext):
         super().__init__()

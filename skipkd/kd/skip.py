@@ -33,6 +33,7 @@ class SkipTerm(SkipHintLoss):
     teacher runs only up to its hint block's shortcut. A connector is learned when the hint
     shapes differ."""
     name, needs, default_weight = "skip", frozenset({"hint"}), 0.3
+    weight_flag = "alpha"
     options, parts = {}, ()
     paper = "skip-connection KD with ECA (this toolkit's method)"
     matches = "the hint block's projection-shortcut (skip-connection) output"

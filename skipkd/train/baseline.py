@@ -1,0 +1,42 @@
+"""A baseline run (model_training.py): one model trained with cross-entropy only, no teacher.
+
+    summary = train_baseline(args)     # args: model_training.parse_args(argv)
+"""
+import torch
+
+from ..kd import DistillationLoss
+from ..models import default_width
+from .resume import load_state
+from .run import Run
+from .setup import build_model, init_options
+from .stage import Stage, train_stage
+
+__all__ = ["train_baseline"]
+
+
+def train_baseline(args):
+    """The whole run: -> the model's result (train_stage's), or None when --resume finds the run
+    complete."""
+    run = Run(args, "model_training.py")
+    width = args.width or default_width(args.model)
+    key = args.run_name or (f"{args.model}_{args.attn}-{args.eca}_w{width}_"
+                            f"{run.data_cfg['dataset']}_s{args.seed}")
+
+    def check(context):  # a width or placement the family lacks: refused before any file
+        with torch.device("meta"):
+            build_model(args.model, context.data_cfg, width, args.eca, args.eca_k,
+                        torch.device("meta"), attn=args.attn, **init_options(args))
+
+    if not run.open(key, ("baseline",), ("baseline",), check):
+        return None
+    model, model_cfg = build_model(args.model, run.data_cfg, width, args.eca, args.eca_k,
+                                   run.device, args.channels_last, attn=args.attn,
+                                   **init_options(args))
+    print(f"baseline {args.model} (eca {args.eca}, width {width}) on {run.describe_data()} "
+          f"device {run.device}; run '{key}'")
+    stage = Stage("baseline", args.model, model, model_cfg, DistillationLoss("none"), args.epochs,
+                  array_role="")
+    saved = load_state(run.outputs.checkpoint("baseline", state=True)) if args.resume else None
+    run.results["baseline"] = train_stage(stage, run.context, saved)
+    run.close("baseline", "checkpoint:")
+    return run.results["baseline"]

@@ -1,0 +1,95 @@
+"""The teacher of a distillation run: one loaded from --teacher-checkpoint (checked against this
+run's data first) or one trained here, then frozen for the student's stage."""
+from typing import NamedTuple
+
+import torch
+
+from ..errors import UserError
+from ..io.checkpoint import load_checkpoint, model_from_checkpoint
+from ..kd import DistillationLoss
+from ..models import count_parameters
+from .resume import load_state
+from .setup import build_model, init_options
+from .stage import Stage, train_stage
+
+__all__ = ["LoadedTeacher", "load_teacher", "teacher_stage"]
+
+
+class LoadedTeacher(NamedTuple):
+    model: torch.nn.Module
+    cfg: dict          # the checkpoint's model description (arch, width, eca, ...)
+    saved_val: dict    # its validation metrics as saved
+    warnings: list     # printed once the run is accepted
+
+
+def load_teacher(args, data_cfg, device):
+    """Rebuild a teacher from --teacher-checkpoint and check it fits this run."""
+    path = args.teacher_checkpoint
+    ckpt = load_checkpoint(path)
+    cfg = ckpt["model"]
+    if args.teacher is not None and cfg["arch"] != args.teacher:
+        raise UserError(f"{path} holds a {cfg['arch']}, not the requested --teacher {args.teacher}")
+    if args.teacher_width is not None and cfg["base_width"] != args.teacher_width:
+        raise UserError(f"{path} has base width {cfg['base_width']}, not --teacher-width "
+                        f"{args.teacher_width}")
+    # a teacher of another class count, channel count or image size cannot teach this student
+    # (logits, hints and inputs would not line up): refuse; another dataset of the same shapes
+    # can (transfer), so it is only a warning
+    t_data = ckpt.get("data") or {}
+    here = (data_cfg["num_classes"], data_cfg["in_channels"], data_cfg["image_size"])
+    there = (cfg["num_classes"], cfg.get("in_channels", 3),
+             cfg.get("image_size", t_data.get("image_size")))
+    what = ("classes", "input channels", "px images")
+    bad = [f"{t} {w} (this run: {h})" for t, h, w in zip(there, here, what)
+           if t is not None and t != h]
+    if bad:
+        raise UserError(f"{path} was trained for {', '.join(bad)} on "
+                        f"{t_data.get('dataset') or 'another dataset'}; {data_cfg['dataset']} "
+                        f"needs a teacher of {here[0]} classes x {here[1]} channels x {here[2]} px")
+    warnings = []  # printed by main once the run is accepted: a refused run gives one line only
+    warn = warnings.append
+    if there[2] is None:
+        warn(f"{path} does not record its image size; assuming {here[2]} px like this run")
+    t_dataset = t_data.get("dataset") or (ckpt.get("args") or {}).get("dataset")
+    if t_dataset is None:
+        warn(f"{path} does not record its dataset; distilling on {data_cfg['dataset']} anyway")
+    elif t_dataset != data_cfg["dataset"]:
+        warn(f"{path} was trained on {t_dataset}, this run is on {data_cfg['dataset']}: same "
+             f"{here[0]} classes x {here[1]} channels x {here[2]} px, so it is used, but its "
+             f"classes need not mean this dataset's")
+    t_mean, t_std = t_data.get("mean"), t_data.get("std")
+    if t_mean is not None and t_std is not None and (
+            max(abs(a - b) for a, b in zip(t_mean, data_cfg["mean"])) > 0.05
+            or max(abs(a / b - 1) for a, b in zip(t_std, data_cfg["std"])) > 0.2):
+        warn(f"{path} normalised its inputs with mean {[round(v, 3) for v in t_mean]} / std "
+             f"{[round(v, 3) for v in t_std]}; this run feeds it mean "
+             f"{[round(v, 3) for v in data_cfg['mean']]} / std "
+             f"{[round(v, 3) for v in data_cfg['std']]} (--normalize differs?)")
+    teacher = model_from_checkpoint(ckpt, path).to(device)
+    saved = (ckpt.get("metrics") or {}).get("val") or {}
+    return LoadedTeacher(teacher, cfg, saved, warnings)
+
+
+def teacher_stage(args, context, loaded, width, epochs) -> tuple:
+    """(the frozen teacher, its result for the summary): the --teacher-checkpoint one, or one
+    trained here (then the best checkpoint on disk is the one distilled from)."""
+    if loaded is not None:
+        teacher, cfg, saved = loaded.model, loaded.cfg, loaded.saved_val
+        print(f"teacher: {cfg['arch']} (eca {cfg['eca']}, width {cfg['base_width']}) "
+              f"loaded from {args.teacher_checkpoint}")
+        return teacher, {"arch": cfg["arch"], "eca": cfg["eca"], "base_width": cfg["base_width"],
+                         "params": count_parameters(teacher), "loaded": True,
+                         "checkpoint": args.teacher_checkpoint,
+                         "best_val_acc": saved.get("acc", float("nan")), "final_val_acc": None}
+    teacher, cfg = build_model(args.teacher, context.data_cfg, width, args.eca, args.eca_k,
+                               context.device, args.channels_last, attn=args.attn,
+                               **init_options(args))
+    print(f"teacher: {args.teacher} (eca {args.eca}, width {width}), "
+          f"{count_parameters(teacher):,} parameters, {epochs} epochs")
+    saved = load_state(context.outputs.checkpoint("teacher", state=True)) if args.resume else None
+    result = train_stage(Stage("teacher", args.teacher, teacher, cfg, DistillationLoss("none"),
+                               epochs), context, saved)
+    teacher = model_from_checkpoint(load_checkpoint(result["checkpoint"])).to(context.device)
+    if args.channels_last:
+        teacher = teacher.to(memory_format=torch.channels_last)
+    return teacher, result
