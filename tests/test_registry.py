@@ -85,7 +85,7 @@ def test_the_teacher_runs_only_as_far_as_the_terms_need(toy_term):
 # ------------------------------------------------------------------ attention modules
 def test_se_is_placed_where_eca_would_be():
     from skipkd.models import SE, ParallelSE, create_model
-    from skipkd.models.eca import ECA, ParallelECA
+    from skipkd.models.attention import ECA, ParallelECA
     for placement, kinds in (("parallel", {ParallelSE}), ("all", {SE}), ("last", {SE})):
         model = create_model("resnet18", base_width=8, eca=placement, attn="se")
         found = {type(m) for m in model.modules() if isinstance(m, (SE, ParallelSE, ECA, ParallelECA))}

@@ -53,8 +53,8 @@ class DistillationLoss(nn.Module):
         self.alpha, self.beta = float(alpha), float(beta)
         self.weights = {n: float(KD_TERMS[n].default_weight) for n in self.names}
         by_flag = {"alpha": self.alpha, "beta": self.beta}
-        self.weights.update({n: by_flag[KD_TERMS[n].weight_flag] for n in self.names
-                             if KD_TERMS[n].weight_flag in by_flag})
+        flags = {n: getattr(KD_TERMS[n], "weight_flag", None) for n in self.names}
+        self.weights.update({n: by_flag[f] for n, f in flags.items() if f in by_flag})
         self.weights.update({k: float(v) for k, v in (weights or {}).items() if k in self.weights})
         self.label_smoothing = label_smoothing
         if ce_weight < 0:

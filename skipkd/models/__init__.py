@@ -1,18 +1,25 @@
 """Models: a registry of names (registry.py) over model families that honour one feature
 contract (contract.py): ModelOutput(logits, hint) and, when asked (request_features), stage
-features and the pooled embedding."""
+features and the pooled embedding. Attention is two registries: its types (attention.py: ECA,
+SE, ...) and its placements (placement.py: none, parallel, last, all, ...), which every family
+asks block by block."""
 from functools import partial
 
 import torch
 
 from .contract import FEATURES, FeatureModel, ModelOutput
-from .eca import ATTENTION_LAYERS, ECA, SE, ParallelECA, ParallelSE, eca_kernel_size, register_attention
+from .attention import (ADDITIVE, ATTENTION_LAYERS, ECA, FORMS, MULTIPLICATIVE, SE, ParallelECA,
+                        ParallelSE, eca_kernel_size, register_attention)
 from .fuse import fold_batchnorm
-from .registry import ECA_PLACEMENTS, MODELS, ModelSpec, model_spec, register_model
+from .placement import (ECA_PLACEMENTS, PLACEMENTS, BlockSite, attention_form, check_placement,
+                        register_placement, unregister_placement)
+from .registry import MODELS, ModelSpec, model_spec, register_model
 from .resnet import ARCHS, OutputsAsTuple, ResNet, count_parameters
 
 __all__ = ["MODELS", "ModelSpec", "register_model", "model_spec", "default_width",
-           "FeatureModel", "ECA_PLACEMENTS", "ATTENTION_LAYERS", "register_attention", "SE",
+           "FeatureModel", "ECA_PLACEMENTS", "PLACEMENTS", "register_placement",
+           "unregister_placement", "attention_form", "BlockSite", "MULTIPLICATIVE", "ADDITIVE",
+           "FORMS", "ATTENTION_LAYERS", "register_attention", "SE",
            "ParallelSE", "ModelOutput", "ResNet", "ECA", "ParallelECA",
            "eca_kernel_size", "create_model", "hint_shape", "hint_shape_of", "feature_shapes",
            "FEATURES", "fold_batchnorm",
@@ -41,11 +48,9 @@ def create_model(name: str, num_classes: int = 10, base_width: int | None = None
                  in_channels: int = 3, eca: str = "none", eca_k: int | None = None,
                  attn: str = "eca") -> FeatureModel:
     """Build a registered model (base_width None: its default); unknown names, or an ECA
-    placement its family does not define, raise ValueError listing the valid ones."""
+    placement its family does not define (cannot host), raise ValueError listing the valid ones."""
     spec = model_spec(name)
-    if eca not in spec.placements:
-        raise ValueError(f"{name} ({spec.family}) defines the ECA placements "
-                         f"{', '.join(spec.placements)}; got {eca!r}")
+    check_placement(eca, f"{name} ({spec.family})", spec.forms)
     return spec.factory(num_classes=num_classes,
                         base_width=spec.default_width if base_width is None else base_width,
                         in_channels=in_channels, eca=eca, eca_k=eca_k, attn=attn)

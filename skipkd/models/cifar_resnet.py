@@ -21,10 +21,12 @@ base_width is the stem width and scales everything: stages (1, 2, 4) x base_widt
 nets (default 16), (2, 4, 8) x base_width for the x4 nets (default 32).
 
 Hint: the projection shortcut's output (after its BN, before the residual add) in the first block
-of stage 3. ECA placements, all four as in our ResNet: "parallel" = additive attention on the
-shortcut of every stage-1 block (for x4: after the 32 -> 64 projection in block 1, on the
-identity in the others); "last" = multiplicative attention on the residual branch of the hint
-block (stage 3, block 1) before the add; "all" = the same on the residual branch of every block.
+of stage 3. Attention placements: those of our ResNet, whose placement rule
+(skipkd/models/placement.py) these nets ask with family "cifar_resnet": "parallel" = additive
+attention on the shortcut of every stage-1 block (for x4: after the 32 -> 64 projection in block
+1, on the identity in the others); "last" = multiplicative attention on the residual branch of
+the hint block (stage 3, block 1) before the add; "all" = the same on the residual branch of
+every block; and any placement registered later (every block adds a shortcut, so all forms fit).
 
 | model      | blocks/stage | default width | stages       | params (100 classes) | hint (32x32) |
 |------------|--------------|---------------|--------------|----------------------|--------------|
@@ -38,11 +40,11 @@ block (stage 3, block 1) before the add; "all" = the same on the residual branch
 | resnet8x4  | 1            | 32            | 64, 128, 256 | 1,233,540            | 256 x 8 x 8  |
 | resnet32x4 | 5            | 32            | 64, 128, 256 | 7,433,860            | 256 x 8 x 8  |
 
-All define the placements none, parallel, last, all.
+All define the placements none, parallel, last, all (and any registered later).
 """
 from functools import partial
 
-from .registry import ECA_PLACEMENTS, register_model
+from .registry import register_model
 from .resnet import ResNet
 
 __all__ = ["CIFAR_RESNETS", "cifar_resnet"]
@@ -71,9 +73,9 @@ def cifar_resnet(depth: int, multipliers=(1, 2, 4), *, num_classes=100, base_wid
     return ResNet("basic", (n,) * len(multipliers), num_classes=num_classes,
                   base_width=base_width, in_channels=in_channels, eca=eca, eca_k=eca_k,
                   attn=attn, stage_widths=tuple(base_width * m for m in multipliers),
-                  init="kaiming")
+                  init="kaiming", family="cifar_resnet")
 
 
 for _name, (_depth, _mults, _width) in CIFAR_RESNETS.items():
     register_model(_name, partial(cifar_resnet, _depth, _mults), default_width=_width,
-                   family="cifar_resnet", placements=ECA_PLACEMENTS)
+                   family="cifar_resnet")

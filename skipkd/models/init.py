@@ -17,7 +17,7 @@ import math
 
 from torch import nn
 
-from .eca import ATTENTION_LAYERS
+from .attention import attention_classes
 
 __all__ = ["orthogonal_init_", "reference_init_", "attention_modules", "zero_init_residual_",
            "residual_tail_norms", "INIT_SCHEMES", "apply_init_"]
@@ -27,7 +27,7 @@ INIT_SCHEMES = ("model", "orthogonal", "kaiming")
 
 def attention_modules(model: nn.Module) -> set:
     """Every module inside a registered attention module (ECA, SE, ...) of `model`."""
-    kinds = tuple(cls for pair in ATTENTION_LAYERS.values() for cls in pair)
+    kinds = attention_classes()
     found = set()
     for m in model.modules():
         if isinstance(m, kinds):

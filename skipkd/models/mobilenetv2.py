@@ -38,19 +38,23 @@ for multipliers below 1. Widths that floor to 0 are raised to 1.
 Hint: none (has_hint False). MobileNetV2's shortcuts are identities or absent; no block has a 1x1
 conv + BN on a shortcut path, so the skip-connection hint is not defined.
 
-ECA placements (`attn` picks the module, `eca_k` its kernel):
+Attention placements (asked of skipkd/models/placement.py block by block, family
+"mobilenetv2", no hint block, so "last" means the last block; `attn` picks the module, `eca_k`
+its kernel; the blocks receive the modules built):
 - "parallel": additive attention on the identity shortcut of every stage-1 block that has one
   (with the default width only the second block of the 24-channel row, 12 channels, 16x16);
 - "last": multiplicative attention on the residual branch (after the projection's BN) of the
   last block (the 320-row block: 160 channels, 2x2);
 - "all": the same on the residual branch of all 17 blocks, before the identity add where there
-  is one (where ECA-Net's own eca_mobilenetv2.py puts its ECA layer).
+  is one (where ECA-Net's own eca_mobilenetv2.py puts its ECA layer);
+- any placement registered later (additive forms land only on blocks with a shortcut).
 
 Registered as "mobilenetv2" (aliases "MobileNetV2", RepDistiller's name, and "mobile_half").
 
 | model       | hint | placements                | default width | params (100 classes) |
 |-------------|------|---------------------------|---------------|----------------------|
 | mobilenetv2 | none | none, parallel, last, all | 16            | 812,836              |
+(placements: the built-in ones.)
 """
 
 import torch
@@ -58,8 +62,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .contract import FeatureModel
-from .eca import create_attn
 from .init import reference_init_
+from .placement import AttentionPlacer, BlockSite
 from .registry import register_model
 
 __all__ = ["InvertedResidual", "MobileNetV2", "STAGES", "mobilenetv2"]
@@ -78,10 +82,11 @@ HEAD_WIDTH = 1280  # the last 1x1 conv, kept for width multipliers <= 1 (paper, 
 class InvertedResidual(nn.Module):
     """1x1 expansion (BN, ReLU) -> 3x3 depthwise with the stride (BN, ReLU) -> linear 1x1
     projection (BN); plus the input when the stride is 1 and the widths agree.
-    out = attn(branch(x)) + shortcut_attn(x)."""
+    out = attn(branch(x)) + shortcut_attn(x), attn and shortcut_attn the injected attention
+    modules (or None; shortcut_attn only where there is a shortcut)."""
 
-    def __init__(self, in_ch: int, out_ch: int, stride: int, expansion: int, attn=None,
-                 shortcut_attn=None, eca_k=None, attn_layer="eca"):
+    def __init__(self, in_ch: int, out_ch: int, stride: int, expansion: int,
+                 attn: nn.Module | None = None, shortcut_attn: nn.Module | None = None):
         super().__init__()
         hidden = in_ch * expansion
         self.residual = nn.Sequential(
@@ -94,10 +99,16 @@ class InvertedResidual(nn.Module):
             nn.Conv2d(hidden, out_ch, 1, bias=False),
             nn.BatchNorm2d(out_ch),
         )
-        self.has_shortcut = stride == 1 and in_ch == out_ch
-        self.attn = create_attn(attn, out_ch, eca_k, attn_layer)
-        self.shortcut_attn = (create_attn(shortcut_attn, out_ch, eca_k, attn_layer)
-                              if self.has_shortcut else None)
+        self.has_shortcut = self.adds_input(in_ch, out_ch, stride)
+        if shortcut_attn is not None and not self.has_shortcut:
+            raise ValueError("shortcut attention on a block without a shortcut")
+        self.attn = attn
+        self.shortcut_attn = shortcut_attn
+
+    @staticmethod
+    def adds_input(in_ch: int, out_ch: int, stride: int) -> bool:
+        """Whether the block adds its input (an identity shortcut): stride 1, equal widths."""
+        return stride == 1 and in_ch == out_ch
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.residual(x)
@@ -117,9 +128,7 @@ class MobileNetV2(FeatureModel):
     def __init__(self, num_classes=100, base_width=16, in_channels=3, eca="none", eca_k=None,
                  attn="eca", expansion=6):
         super().__init__()
-        if eca not in ("none", "parallel", "last", "all"):
-            raise ValueError(f"unknown ECA placement {eca!r} for MobileNetV2; choose from "
-                             f"none, parallel, last, all")
+        placer = AttentionPlacer(eca, attn, eca_k, owner="MobileNetV2")
         if base_width < 1 or num_classes < 1 or in_channels < 1 or expansion < 1:
             raise ValueError("base_width, num_classes, in_channels and expansion must be positive")
         self.eca = eca
@@ -142,14 +151,14 @@ class MobileNetV2(FeatureModel):
                 for i in range(n):
                     index += 1
                     stride = s if i == 0 else 1
-                    has_shortcut = stride == 1 and in_ch == width(c)
-                    use_attn = eca == "all" or (eca == "last" and index == n_blocks)
-                    use_parallel = eca == "parallel" and stage_idx == 0 and has_shortcut
+                    adds = InvertedResidual.adds_input(in_ch, width(c), stride)
+                    site = BlockSite("mobilenetv2", stage_idx, len(blocks), has_hint=False,
+                                     is_last=index == n_blocks,
+                                     shortcut="identity" if adds else "none")
+                    branch_attn, shortcut_attn = placer(site, width(c))
                     blocks.append(InvertedResidual(
                         in_ch, width(c), stride, expansion if expanded else 1,
-                        attn="eca" if use_attn else None,
-                        shortcut_attn="parallel" if use_parallel else None,
-                        eca_k=eca_k, attn_layer=attn))
+                        attn=branch_attn, shortcut_attn=shortcut_attn))
                     in_ch = width(c)
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.ModuleList(stages)
@@ -194,5 +203,4 @@ def mobilenetv2(num_classes=100, base_width=16, in_channels=3, eca="none", eca_k
 
 
 register_model("MobileNetV2", mobilenetv2, default_width=16, family="mobilenetv2",
-               placements=("none", "parallel", "last", "all"),
                aliases=("mobilenetv2", "mobile_half"))

@@ -1,8 +1,12 @@
-"""CIFAR-style ResNets (He et al., 2016) with optional ECA, returning the skip-connection hint.
+"""CIFAR-style ResNets (He et al., 2016) with optional attention, returning the skip-connection
+hint.
 
-One BasicBlock, one Bottleneck and one ResNet; the ECA placement is injected per block, and the
-stem width, the stage widths and the number of stages are arguments (the 3-stage CIFAR ResNets
-of the KD literature are configurations of it: skipkd/models/cifar_resnet.py).
+One BasicBlock, one Bottleneck and one ResNet; the stem width, the stage widths and the number
+of stages are arguments (the 3-stage CIFAR ResNets of the KD literature are configurations of
+it: skipkd/models/cifar_resnet.py). Attention is injected per block: the ResNet describes each
+block as a BlockSite (stage, index, hint block or not, projection or identity shortcut) and its
+AttentionPlacer (skipkd/models/placement.py) builds the modules the placement puts there; a
+block receives them built (`attn` on its residual branch, `shortcut_attn` on its shortcut).
 The hint is the output of the hint block's projection shortcut (after its BN, before the
 residual add): the first block of the last stage for basic-block nets (stage 4 of resnet18/34),
 of the stage before it for bottleneck nets (stage 3 of resnet50/101/152).
@@ -12,9 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .contract import FEATURES, FeatureModel, ModelOutput
-from .eca import create_attn
 from .init import orthogonal_init_, reference_init_
-from .registry import ECA_PLACEMENTS
+from .placement import ECA_PLACEMENTS, AttentionPlacer, BlockSite
 
 __all__ = ["FEATURES", "ModelOutput", "OutputsAsTuple", "count_parameters", "PointwiseConv", "BasicBlock", "Bottleneck", "ResNet", "ECA_PLACEMENTS", "ARCHS"]
 
@@ -71,14 +74,20 @@ def _projection(in_ch: int, out_ch: int, stride: int) -> nn.Sequential:
 
 
 class _Block(nn.Module):
-    """Shared residual logic: out = relu(attn(residual(x)) + shortcut_attn(shortcut(x)))."""
+    """Shared residual logic: out = relu(attn(residual(x)) + shortcut_attn(shortcut(x))), attn
+    and shortcut_attn the injected attention modules (or None)."""
 
     expansion = 1
 
-    def _init_tail(self, in_ch, out_ch, stride, attn, shortcut_attn, eca_k, attn_layer="eca"):
-        self.shortcut = _projection(in_ch, out_ch, stride) if (stride != 1 or in_ch != out_ch) else None
-        self.attn = create_attn(attn, out_ch, eca_k, attn_layer)
-        self.shortcut_attn = create_attn(shortcut_attn, out_ch, eca_k, attn_layer)
+    @staticmethod
+    def projects(in_ch: int, out_ch: int, stride: int) -> bool:
+        """Whether the block's shortcut is a projection (1x1 conv + BN) rather than the identity."""
+        return stride != 1 or in_ch != out_ch
+
+    def _init_tail(self, in_ch, out_ch, stride, attn, shortcut_attn):
+        self.shortcut = _projection(in_ch, out_ch, stride) if self.projects(in_ch, out_ch, stride) else None
+        self.attn = attn
+        self.shortcut_attn = shortcut_attn
         self.relu = nn.ReLU(inplace=True)
 
     def forward_with_shortcut(self, x: torch.Tensor, preact: bool = False):
@@ -101,8 +110,8 @@ class _Block(nn.Module):
 class BasicBlock(_Block):
     expansion = 1
 
-    def __init__(self, in_ch, width, stride=1, attn=None, shortcut_attn=None, eca_k=None,
-                 attn_layer="eca"):
+    def __init__(self, in_ch, width, stride=1, attn: nn.Module | None = None,
+                 shortcut_attn: nn.Module | None = None):
         super().__init__()
         out_ch = width * self.expansion
         self.residual = nn.Sequential(
@@ -112,14 +121,14 @@ class BasicBlock(_Block):
             nn.Conv2d(width, width, 3, padding=1, bias=False),
             nn.BatchNorm2d(width),
         )
-        self._init_tail(in_ch, out_ch, stride, attn, shortcut_attn, eca_k, attn_layer)
+        self._init_tail(in_ch, out_ch, stride, attn, shortcut_attn)
 
 
 class Bottleneck(_Block):
     expansion = 4
 
-    def __init__(self, in_ch, width, stride=1, attn=None, shortcut_attn=None, eca_k=None,
-                 attn_layer="eca"):
+    def __init__(self, in_ch, width, stride=1, attn: nn.Module | None = None,
+                 shortcut_attn: nn.Module | None = None):
         super().__init__()
         out_ch = width * self.expansion
         self.residual = nn.Sequential(
@@ -132,7 +141,7 @@ class Bottleneck(_Block):
             nn.Conv2d(width, out_ch, 1, bias=False),
             nn.BatchNorm2d(out_ch),
         )
-        self._init_tail(in_ch, out_ch, stride, attn, shortcut_attn, eca_k, attn_layer)
+        self._init_tail(in_ch, out_ch, stride, attn, shortcut_attn)
 
 
 class ResNet(FeatureModel):
@@ -143,18 +152,21 @@ class ResNet(FeatureModel):
     """
 
     def __init__(self, block: str, layers, num_classes=10, base_width=64, in_channels=3,
-                 eca="none", eca_k=None, attn="eca", stage_widths=None, init="orthogonal"):
+                 eca="none", eca_k=None, attn="eca", stage_widths=None, init="orthogonal",
+                 family="resnet"):
         """layers: blocks per stage (any number of stages, at least 2); base_width: the stem's
         output channels; stage_widths: each stage's block width (before the bottleneck's
         expansion), default base_width * 2**stage (64-128-256-512 for the standard nets);
-        eca: where attention goes (ECA_PLACEMENTS); attn: which attention module
-        (skipkd.models.eca.ATTENTION_LAYERS: eca, se, ...); init: "orthogonal" (ours) or "kaiming"
-        (RepDistiller's, see _init_weights)."""
+        eca: where attention goes (a placement of skipkd.models.placement: none, parallel =
+        additive on the shortcut of every stage-1 block, last = on the residual branch of the
+        hint block, all = on that of every block, or any registered one); attn: which attention
+        module (skipkd.models.attention.ATTENTION_LAYERS: eca, se, ...), eca_k: ECA's kernel;
+        init: "orthogonal" (ours) or "kaiming" (RepDistiller's, see _init_weights); family: the
+        name the placement rule sees (BlockSite.family)."""
         super().__init__()
         if block not in ("basic", "bottleneck"):
             raise ValueError(f"block must be 'basic' or 'bottleneck', got {block!r}")
-        if eca not in ECA_PLACEMENTS:
-            raise ValueError(f"unknown ECA placement {eca!r}; choose from {', '.join(ECA_PLACEMENTS)}")
+        placer = AttentionPlacer(eca, attn, eca_k, owner="ResNet")
         if base_width < 1 or num_classes < 1 or in_channels < 1:
             raise ValueError("base_width, num_classes and in_channels must be positive")
         layers = tuple(layers)
@@ -186,13 +198,16 @@ class ResNet(FeatureModel):
             blocks = []
             for i in range(n_blocks):
                 stride = 2 if (stage_idx > 0 and i == 0) else 1
-                is_hint = stage_idx == self.hint_stage and i == 0
-                attn = "eca" if (eca == "all" or (eca == "last" and is_hint)) else None
-                shortcut_attn = "parallel" if (eca == "parallel" and stage_idx == 0) else None
-                blocks.append(block_cls(in_ch, width, stride, attn=attn,
-                                        shortcut_attn=shortcut_attn, eca_k=eca_k,
-                                        attn_layer=self.attn_layer))
-                in_ch = width * block_cls.expansion
+                out_ch = width * block_cls.expansion
+                site = BlockSite(family, stage_idx, i,
+                                 is_hint=stage_idx == self.hint_stage and i == 0,
+                                 is_last=stage_idx == len(layers) - 1 and i == n_blocks - 1,
+                                 shortcut="projection" if block_cls.projects(in_ch, out_ch, stride)
+                                 else "identity")
+                branch_attn, shortcut_attn = placer(site, out_ch)
+                blocks.append(block_cls(in_ch, width, stride, attn=branch_attn,
+                                        shortcut_attn=shortcut_attn))
+                in_ch = out_ch
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.ModuleList(stages)
         self.num_features = in_ch

@@ -57,7 +57,9 @@ projection added to a residual: its (post-ReLU) output is concatenated and is li
 the unit's output channels, so the "hint" would be a channel subset of an ordinary stage
 feature, which feature-based terms (fitnet, at) already cover.
 
-ECA placements (`attn` picks the module, `eca_k` its kernel):
+Attention placements (asked of skipkd/models/placement.py unit by unit, families
+"shufflenetv1" / "shufflenetv2", no hint block, so "last" means the last unit; `attn` picks the
+module, `eca_k` its kernel; the units receive the modules built):
 - V1 "parallel": additive attention on the identity shortcut of the stride-1 units of stage 1
   (units 2-4: 240 channels, 16x16 at 1x) before the add; the first unit's pooled shortcut is
   concatenated, not added, and gets none.
@@ -67,7 +69,9 @@ ECA placements (`attn` picks the module, `eca_k` its kernel):
 - V2 "last" / "all": multiplicative attention on the (right) branch after its last BN, before
   its final ReLU and the concat, in the last unit of stage 3 (232 channels, 4x4) / in every
   unit (down-sampling units included; ShuffleNetV2+ also puts SE at the end of this branch).
-  V2 has no "parallel": no unit adds a shortcut to a branch.
+  V2 has no "parallel", nor any placement with the additive form: no unit adds a shortcut to a
+  branch (V2 hosts the MULTIPLICATIVE form only).
+- Any placement registered later, where its forms fit (additive: V1's stride-1 units only).
 
 Registered as "shufflev1" (aliases "ShuffleV1", RepDistiller's name, and "shufflenetv1") and
 "shufflev2" (aliases "ShuffleV2", "shufflenetv2").
@@ -76,14 +80,16 @@ Registered as "shufflev1" (aliases "ShuffleV1", RepDistiller's name, and "shuffl
 |-----------|------|---------------------------|---------------|----------------------|
 | shufflev1 | none | none, parallel, last, all | 24            | 949,258              |
 | shufflev2 | none | none, last, all           | 116           | 1,355,528            |
+(placements: the built-in ones.)
 """
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .contract import FeatureModel
-from .eca import create_attn
+from .attention import MULTIPLICATIVE
 from .init import orthogonal_init_
+from .placement import AttentionPlacer, BlockSite
 from .registry import register_model
 
 __all__ = ["ShuffleV1Unit", "ShuffleV2Unit", "ShuffleNetV1", "ShuffleNetV2", "shufflev1",
@@ -94,6 +100,7 @@ V1_GROUPS = 3           # RepDistiller's ShuffleV1 cfg
 V1_UNITS = (4, 8, 4)
 V2_UNITS = (3, 7, 3)    # basic units after each stage's down-sampling unit (net_size 1)
 V2_HEAD_WIDTH = 1024
+V2_FORMS = (MULTIPLICATIVE,)  # no unit adds a shortcut: no additive attention
 
 
 def _conv_bn(in_ch, out_ch, kernel=1, stride=1, groups=1, relu=True) -> list:
@@ -105,15 +112,18 @@ def _conv_bn(in_ch, out_ch, kernel=1, stride=1, groups=1, relu=True) -> list:
 class ShuffleV1Unit(nn.Module):
     """1x1 group conv -> shuffle -> 3x3 depthwise (stride) -> 1x1 group conv, each with BN;
     stride 1: relu(attn(branch) + shortcut_attn(x)); stride 2: relu(concat(attn(branch),
-    avgpool3x3s2(x))), the branch giving out_ch - in_ch channels."""
+    avgpool3x3s2(x))), the branch giving out_ch - in_ch channels. attn and shortcut_attn: the
+    injected attention modules (or None; shortcut_attn only on a stride-1 unit)."""
 
     def __init__(self, in_ch: int, out_ch: int, stride: int, groups: int, first_groups: int,
-                 attn=None, shortcut_attn=None, eca_k=None, attn_layer="eca"):
+                 attn: nn.Module | None = None, shortcut_attn: nn.Module | None = None):
         super().__init__()
         self.concat = stride == 2
         if not self.concat and in_ch != out_ch:
             raise ValueError(f"a stride-1 ShuffleNet unit keeps its width, got {in_ch} -> {out_ch}")
-        branch = out_ch - in_ch if self.concat else out_ch
+        if self.concat and shortcut_attn is not None:
+            raise ValueError("shortcut attention on a unit whose shortcut is concatenated")
+        branch = self.branch_width(in_ch, out_ch, stride)
         mid = max(groups, branch // 4 // groups * groups)  # a quarter, whole groups
         self.residual = nn.Sequential(
             *_conv_bn(in_ch, mid, groups=first_groups),
@@ -122,9 +132,13 @@ class ShuffleV1Unit(nn.Module):
             *_conv_bn(mid, branch, groups=groups, relu=False),
         )
         self.shortcut = nn.AvgPool2d(3, stride=2, padding=1) if self.concat else None
-        self.attn = create_attn(attn, branch, eca_k, attn_layer)
-        self.shortcut_attn = (None if self.concat
-                              else create_attn(shortcut_attn, out_ch, eca_k, attn_layer))
+        self.attn = attn
+        self.shortcut_attn = shortcut_attn
+
+    @staticmethod
+    def branch_width(in_ch: int, out_ch: int, stride: int) -> int:
+        """The branch's output channels: all of them, or those the concat adds (stride 2)."""
+        return out_ch - in_ch if stride == 2 else out_ch
 
     def forward(self, x: torch.Tensor, preact: bool = False):
         """The unit's output; with preact=True (output, the same before its ReLU)."""
@@ -141,10 +155,10 @@ class ShuffleV1Unit(nn.Module):
 class ShuffleV2Unit(nn.Module):
     """Stride 1: shuffle(concat(x1, relu(attn(right(x2))))) for the channel halves x1, x2.
     Stride 2: shuffle(concat(left(x), relu(attn(right(x))))); left = dw3x3 s2 + BN + 1x1 + BN +
-    ReLU. right = 1x1 + BN + ReLU, dw3x3 (stride) + BN, 1x1 + BN (its ReLU applied in forward)."""
+    ReLU. right = 1x1 + BN + ReLU, dw3x3 (stride) + BN, 1x1 + BN (its ReLU applied in forward).
+    attn: the injected attention module on the right branch (out_ch / 2 channels), or None."""
 
-    def __init__(self, in_ch: int, out_ch: int, stride: int, attn=None, eca_k=None,
-                 attn_layer="eca"):
+    def __init__(self, in_ch: int, out_ch: int, stride: int, attn: nn.Module | None = None):
         super().__init__()
         if out_ch % 2 or (stride == 1 and in_ch != out_ch):
             raise ValueError(f"a ShuffleNetV2 unit needs an even width, kept by stride-1 units; "
@@ -161,7 +175,7 @@ class ShuffleV2Unit(nn.Module):
             *_conv_bn(in_ch, in_ch, 3, stride, groups=in_ch, relu=False),
             *_conv_bn(in_ch, mid),
         )
-        self.attn = create_attn(attn, mid, eca_k, attn_layer)
+        self.attn = attn
         self.shuffle = nn.ChannelShuffle(2)
 
     def forward(self, x: torch.Tensor, preact: bool = False):
@@ -221,9 +235,7 @@ class ShuffleNetV1(_ShuffleNet):
     def __init__(self, num_classes=100, base_width=24, in_channels=3, eca="none", eca_k=None,
                  attn="eca", units=V1_UNITS, groups=V1_GROUPS):
         super().__init__()
-        if eca not in ("none", "parallel", "last", "all"):
-            raise ValueError(f"unknown ECA placement {eca!r} for ShuffleNetV1; choose from "
-                             f"none, parallel, last, all")
+        placer = AttentionPlacer(eca, attn, eca_k, owner="ShuffleNetV1")
         if base_width < 1 or num_classes < 1 or in_channels < 1 or base_width % groups:
             raise ValueError(f"ShuffleNetV1 needs a positive base_width divisible by its "
                              f"{groups} groups (got {base_width}), positive num_classes and "
@@ -236,13 +248,16 @@ class ShuffleNetV1(_ShuffleNet):
             width = 10 * base_width * 2 ** stage_idx  # 240, 480, 960 at 1x
             stage = []
             for i in range(n_units):
-                last = stage_idx == len(units) - 1 and i == n_units - 1
+                stride = 2 if i == 0 else 1
+                site = BlockSite("shufflenetv1", stage_idx, i, has_hint=False,
+                                 is_last=stage_idx == len(units) - 1 and i == n_units - 1,
+                                 shortcut="none" if stride == 2 else "identity")  # concat / add
+                branch_attn, shortcut_attn = placer(
+                    site, ShuffleV1Unit.branch_width(in_ch, width, stride))
                 stage.append(ShuffleV1Unit(
-                    in_ch, width, 2 if i == 0 else 1, groups,
+                    in_ch, width, stride, groups,
                     first_groups=1 if stage_idx == 0 and i == 0 else groups,
-                    attn="eca" if eca == "all" or (eca == "last" and last) else None,
-                    shortcut_attn="parallel" if eca == "parallel" and stage_idx == 0 else None,
-                    eca_k=eca_k, attn_layer=attn))
+                    attn=branch_attn, shortcut_attn=shortcut_attn))
                 in_ch = width
             stages.append(stage)
         self._finish(stages, in_ch, num_classes, head_width=None)
@@ -254,9 +269,7 @@ class ShuffleNetV2(_ShuffleNet):
     def __init__(self, num_classes=100, base_width=116, in_channels=3, eca="none", eca_k=None,
                  attn="eca", units=V2_UNITS, head_width=V2_HEAD_WIDTH):
         super().__init__()
-        if eca not in ("none", "last", "all"):
-            raise ValueError(f"unknown ECA placement {eca!r} for ShuffleNetV2; choose from "
-                             f"none, last, all")
+        placer = AttentionPlacer(eca, attn, eca_k, owner="ShuffleNetV2", forms=V2_FORMS)
         if base_width < 2 or base_width % 2 or num_classes < 1 or in_channels < 1:
             raise ValueError(f"ShuffleNetV2 needs an even, positive base_width (got "
                              f"{base_width}), positive num_classes and in_channels")
@@ -268,11 +281,10 @@ class ShuffleNetV2(_ShuffleNet):
             width = base_width * 2 ** stage_idx  # 116, 232, 464 at 1x
             stage = []
             for i in range(n_basic + 1):  # the down-sampling unit, then the basic units
-                last = stage_idx == len(units) - 1 and i == n_basic
-                stage.append(ShuffleV2Unit(
-                    in_ch, width, 2 if i == 0 else 1,
-                    attn="eca" if eca == "all" or (eca == "last" and last) else None,
-                    eca_k=eca_k, attn_layer=attn))
+                site = BlockSite("shufflenetv2", stage_idx, i, has_hint=False,
+                                 is_last=stage_idx == len(units) - 1 and i == n_basic)
+                branch_attn, _ = placer(site, width // 2)  # no shortcut: never an additive one
+                stage.append(ShuffleV2Unit(in_ch, width, 2 if i == 0 else 1, attn=branch_attn))
                 in_ch = width
             stages.append(stage)
         self._finish(stages, in_ch, num_classes, head_width=head_width)
@@ -293,7 +305,6 @@ def shufflev2(num_classes=100, base_width=116, in_channels=3, eca="none", eca_k=
 
 
 register_model("ShuffleV1", shufflev1, default_width=24, family="shufflenetv1",
-               placements=("none", "parallel", "last", "all"),
                aliases=("shufflev1", "shufflenetv1"))
 register_model("ShuffleV2", shufflev2, default_width=116, family="shufflenetv2",
-               placements=("none", "last", "all"), aliases=("shufflev2", "shufflenetv2"))
+               forms=V2_FORMS, aliases=("shufflev2", "shufflenetv2"))

@@ -31,13 +31,16 @@ the same before that ReLU (the last BN's output, or the attention's output where
 puts one there). RepDistiller's preact list gives the first stage after its ReLU; here it is
 before, as for every stage.
 
-ECA placements (`eca`; `attn` picks the module, `eca_k` its kernel):
+Attention placements (`eca`, asked of skipkd/models/placement.py conv by conv, family "vgg":
+each conv-BN is a block site, no hint, no shortcut; `attn` picks the module, `eca_k` its kernel):
   * "none";
   * "last": multiplicative attention on the network's last convolution, after its BN and
     before its ReLU (the contract's "last block" where there is no hint block);
   * "all": multiplicative attention after the BN of every convolution, before its ReLU (every
     conv-BN is the plain network's block, as the residual branch ends with a BN in a ResNet).
-  "parallel" is not defined: there is no shortcut to put it on.
+  * any multiplicative placement registered later.
+  "parallel", or any placement with the additive form, is not defined: there is no shortcut to
+  put it on (VGG hosts the MULTIPLICATIVE form only).
 
 | model | convs per stage | hint | placements      | default width | params (100 classes) |
 |-------|-----------------|------|-----------------|---------------|----------------------|
@@ -54,11 +57,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .contract import FeatureModel
-from .eca import create_attn
-from .registry import register_model
+from .attention import MULTIPLICATIVE
 from .init import reference_init_
+from .placement import AttentionPlacer, BlockSite
+from .registry import register_model
 
-__all__ = ["VGG_ARCHS", "VGG_PLACEMENTS", "STAGE_WIDTHS", "VGG"]
+__all__ = ["VGG_ARCHS", "VGG_FORMS", "STAGE_WIDTHS", "VGG"]
 
 # name -> convolutions per stage
 VGG_ARCHS = {
@@ -69,7 +73,7 @@ VGG_ARCHS = {
     "vgg19": (2, 2, 4, 4, 4),
 }
 STAGE_WIDTHS = (1, 2, 4, 8, 8)  # in units of base_width (64 in the reference)
-VGG_PLACEMENTS = ("none", "last", "all")
+VGG_FORMS = (MULTIPLICATIVE,)   # no shortcut: no additive attention (placements: none, last, all)
 
 
 class VGG(FeatureModel):
@@ -81,9 +85,7 @@ class VGG(FeatureModel):
     def __init__(self, convs_per_stage, num_classes: int = 10, base_width: int = 64,
                  in_channels: int = 3, eca: str = "none", eca_k=None, attn: str = "eca"):
         super().__init__()
-        if eca not in VGG_PLACEMENTS:
-            raise ValueError(f"VGG defines the ECA placements {', '.join(VGG_PLACEMENTS)}; "
-                             f"got {eca!r}")
+        placer = AttentionPlacer(eca, attn, eca_k, owner="VGG", forms=VGG_FORMS)
         if len(convs_per_stage) != len(STAGE_WIDTHS) or min(convs_per_stage) < 1:
             raise ValueError(f"need {len(STAGE_WIDTHS)} stages of at least one conv each")
         if min(base_width, num_classes, in_channels) < 1:
@@ -95,11 +97,12 @@ class VGG(FeatureModel):
             width = unit * base_width
             layers = []
             for i in range(n_convs):
-                is_last = s == len(STAGE_WIDTHS) - 1 and i == n_convs - 1
                 layers += [nn.Conv2d(in_ch, width, 3, padding=1), nn.BatchNorm2d(width)]
-                kind = "eca" if (eca == "all" or (eca == "last" and is_last)) else None
-                if kind is not None:
-                    layers.append(create_attn(kind, width, eca_k, attn))
+                site = BlockSite("vgg", s, i, has_hint=False,
+                                 is_last=s == len(STAGE_WIDTHS) - 1 and i == n_convs - 1)
+                branch_attn, _ = placer(site, width)  # no shortcut: never an additive one
+                if branch_attn is not None:
+                    layers.append(branch_attn)
                 if i < n_convs - 1:  # the stage's last ReLU is applied in forward
                     layers.append(nn.ReLU(inplace=True))
                 in_ch = width
@@ -149,4 +152,4 @@ def _vgg(name: str, **kwargs) -> VGG:
 
 for _name in VGG_ARCHS:  # base width 64 = RepDistiller's vgg*_bn; its *_bn names as aliases
     register_model(_name, partial(_vgg, _name), default_width=64, family="vgg",
-                   placements=VGG_PLACEMENTS, aliases=(f"{_name}_bn",))
+                   forms=VGG_FORMS, aliases=(f"{_name}_bn",))

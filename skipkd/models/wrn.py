@@ -33,13 +33,15 @@ is the group-3 sum before the head's BN, here the map the classifier pools (the 
 last entry). RepDistiller's preact list applies the *next* group's first BN to groups 1 and 2;
 here a stage's feature is its own output.
 
-ECA placements (the `eca` argument; `attn` picks the module, `eca_k` its kernel):
+Attention placements (the `eca` argument, asked of skipkd/models/placement.py block by block,
+family "wrn"; `attn` picks the module, `eca_k` its kernel; blocks receive the modules built):
   * "none";
   * "parallel": additive attention s + sigmoid(...) on the shortcut of every block of the first
     group (the identity x, or the projection's output where the first block widens);
   * "last": multiplicative attention on the residual branch (conv2's output, before the add)
     of the hint block;
-  * "all": multiplicative attention on the residual branch of every block.
+  * "all": multiplicative attention on the residual branch of every block;
+  * any placement registered later (every block adds a shortcut, so all forms fit).
 
 | model    | depth, k | hint (32x32 input) | placements             | width | params (100 classes) |
 |----------|----------|--------------------|------------------------|-------|----------------------|
@@ -56,9 +58,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .contract import FeatureModel
-from .eca import create_attn
 from .init import reference_init_
-from .registry import ECA_PLACEMENTS, register_model
+from .placement import AttentionPlacer, BlockSite
+from .registry import register_model
 from .resnet import PointwiseConv
 
 __all__ = ["WRN_ARCHS", "PreActBlock", "WideResNet"]
@@ -74,10 +76,11 @@ WRN_ARCHS = {
 
 class PreActBlock(nn.Module):
     """Pre-activation basic block: out = branch(a) + shortcut, a = ReLU(BN(x)),
-    branch = conv3x3(stride) -> BN -> ReLU -> conv3x3, shortcut = x or conv1x1(a)."""
+    branch = conv3x3(stride) -> BN -> ReLU -> conv3x3, shortcut = x or conv1x1(a); attn (on the
+    branch) and shortcut_attn (on the shortcut) are the injected attention modules, or None."""
 
-    def __init__(self, in_ch: int, out_ch: int, stride: int = 1, attn=None, shortcut_attn=None,
-                 eca_k=None, attn_layer="eca", drop_rate: float = 0.0):
+    def __init__(self, in_ch: int, out_ch: int, stride: int = 1, attn: nn.Module | None = None,
+                 shortcut_attn: nn.Module | None = None, drop_rate: float = 0.0):
         super().__init__()
         if in_ch == out_ch and stride != 1:
             raise ValueError("an identity shortcut cannot change the resolution")
@@ -91,9 +94,14 @@ class PreActBlock(nn.Module):
         self.branch = nn.Sequential(*layers)
         # the reference projects exactly when the widths differ (1x1, no bias, no BN);
         # PointwiseConv: the same values, avoiding a oneDNN channels_last bug (skipkd/models/resnet.py)
-        self.shortcut = PointwiseConv(in_ch, out_ch, stride) if in_ch != out_ch else None
-        self.attn = create_attn(attn, out_ch, eca_k, attn_layer)
-        self.shortcut_attn = create_attn(shortcut_attn, out_ch, eca_k, attn_layer)
+        self.shortcut = PointwiseConv(in_ch, out_ch, stride) if self.projects(in_ch, out_ch) else None
+        self.attn = attn
+        self.shortcut_attn = shortcut_attn
+
+    @staticmethod
+    def projects(in_ch: int, out_ch: int) -> bool:
+        """Whether the shortcut is the 1x1 projection (exactly when the widths differ)."""
+        return in_ch != out_ch
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
         """Only the projection shortcut's output (B, out_ch, H/s, W/s): the hint of a hint block."""
@@ -122,9 +130,7 @@ class WideResNet(FeatureModel):
         super().__init__()
         if (depth - 4) % 6 or depth < 10:
             raise ValueError(f"WRN depth must be 6n + 4 with n >= 1, got {depth}")
-        if eca not in ECA_PLACEMENTS:
-            raise ValueError(f"unknown ECA placement {eca!r}; "
-                             f"choose from {', '.join(ECA_PLACEMENTS)}")
+        placer = AttentionPlacer(eca, attn, eca_k, owner="WideResNet")
         if min(widen_factor, base_width, num_classes, in_channels) < 1:
             raise ValueError("widen_factor, base_width, num_classes and in_channels must be "
                              "positive")
@@ -141,12 +147,14 @@ class WideResNet(FeatureModel):
         for g, width in enumerate(widths[1:]):
             blocks = []
             for i in range(n):
-                is_hint = g == self.hint_stage and i == 0
-                blocks.append(PreActBlock(
-                    in_ch, width, stride=2 if (g > 0 and i == 0) else 1,
-                    attn="eca" if (eca == "all" or (eca == "last" and is_hint)) else None,
-                    shortcut_attn="parallel" if (eca == "parallel" and g == 0) else None,
-                    eca_k=eca_k, attn_layer=attn, drop_rate=drop_rate))
+                site = BlockSite("wrn", g, i, is_hint=g == self.hint_stage and i == 0,
+                                 is_last=g == len(widths) - 2 and i == n - 1,
+                                 shortcut="projection" if PreActBlock.projects(in_ch, width)
+                                 else "identity")
+                branch_attn, shortcut_attn = placer(site, width)
+                blocks.append(PreActBlock(in_ch, width, stride=2 if (g > 0 and i == 0) else 1,
+                                          attn=branch_attn, shortcut_attn=shortcut_attn,
+                                          drop_rate=drop_rate))
                 in_ch = width
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.ModuleList(stages)
@@ -203,5 +211,4 @@ def _wrn(name: str, **kwargs) -> WideResNet:
 
 
 for _name in WRN_ARCHS:  # base width 16 = RepDistiller's networks
-    register_model(_name, partial(_wrn, _name), default_width=16, family="wrn",
-                   placements=ECA_PLACEMENTS)
+    register_model(_name, partial(_wrn, _name), default_width=16, family="wrn")
