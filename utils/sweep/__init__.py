@@ -12,12 +12,13 @@ What a sweep runs (`sweep.py create`):
   database URL Optuna accepts).
 
 Running it (`sweep.py work`):
-- worker.py: the worker's loop and signals (Worker, made of the mixins below);
-- claim.py: claims the next trial (queued, or a new search trial);
-- child.py: runs the real script as a child process that dies with its worker, and watches it;
-- heartbeat.py: heartbeats, re-queues trials whose worker died, takeovers, storage trouble;
-- results.py: records the run's metrics from its summary, and how the trial ended;
-- progress.py: trial counts by run key and the status line.
+- worker.py: the worker's loop and signals (Worker, which builds the parts below);
+- claim.py: Claimer, the next trial (queued, or a new search trial), claimed;
+- child.py: ChildRunner, the real script as a child process that dies with its worker;
+- heartbeat.py: Heartbeats: heartbeats, re-queues of trials whose worker died, takeovers,
+  how a trial ends, storage trouble;
+- results.py: ResultRecorder, the run's metrics from its summary and the trial's end;
+- progress.py: Progress (trial counts by run key) and Status (the status line).
 
 Reporting it (`sweep.py report`):
 - report.py: gathers the trials into one report and writes it;

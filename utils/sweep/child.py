@@ -8,11 +8,12 @@ import subprocess
 import sys
 import time
 
-from utils.sweep.heartbeat import _now, _root_message, _transient
+from utils.sweep.heartbeat import now_text, transient
+from utils.sweep.progress import trials_of
 from utils.sweep.results import val_curve
 from utils.sweep.scripts import REPO, SCRIPTS
 
-__all__ = ["BOOTSTRAP", "ChildMixin"]
+__all__ = ["BOOTSTRAP", "ChildRunner"]
 
 # Runs as `python -c BOOTSTRAP WORKER_PID PYTHON SCRIPT ARGS...`: SIGTERM when the worker dies
 # (Linux; elsewhere nothing), then exec the training script in this same process.
@@ -39,8 +40,32 @@ def _tail(path, size=4096) -> list:
     return [ln.strip() for ln in text.replace("\r", "\n").splitlines() if ln.strip()]
 
 
-class ChildMixin:
-    """Part of Worker (worker.py): start the trial's run, watch it, wait for its end."""
+class ChildRunner:
+    """Runs a claimed trial: the training script as a child process (through BOOTSTRAP), its
+    heartbeats and per-epoch values while it runs, then its end handed to the recorder.
+    `child` and `current` are the running process and Job (the worker's signal handler reads
+    them); `stop()` says whether (with which signal) the worker is stopping."""
+
+    def __init__(self, sweep, run_dir, options, beats, recorder, progress, status, stop):
+        self.sweep, self.spec, self.storage = sweep, sweep.spec, sweep.store.storage
+        self.run_dir = run_dir
+        self.data_dir, self.device = options.data_dir, options.device
+        self.threads, self.poll = options.threads, options.poll
+        self.beats, self.recorder, self.progress, self.status = beats, recorder, progress, status
+        self.stop = stop
+        self.host, self.pid = beats.host, beats.pid
+        self.child = None
+        self.current = None       # the running Job
+
+    def run(self, job) -> tuple:
+        """Run `job` to its end -> (ran, failed): ran is False when the trial was refused
+        without running (a duplicate, a failed teacher)."""
+        self.current = job
+        try:
+            return self._run(job)
+        finally:
+            self.current = None
+            self.child = None
 
     def _command(self, job) -> list:
         argv = list(job.attrs["argv"])
@@ -82,26 +107,17 @@ class ChildMixin:
                           f"away or give the sweep another --dir")
         return "start", []
 
-    def _run_job(self, job):
-        self.current = job
-        try:
-            self._run_job_inner(job)
-        finally:
-            self.current = None
-            self.child = None
-
     def _refused(self, job) -> bool:
         """Fail the trial without running it when its run key is done or running as another
         trial, or its shared teacher failed; True when it was."""
         from optuna.trial import TrialState
-        for t in self._trials(job.study, (TrialState.COMPLETE, TrialState.RUNNING)):
+        for t in trials_of(job.study, (TrialState.COMPLETE, TrialState.RUNNING)):
             if t.user_attrs.get("key") == job.key and t.number != job.number:
-                self._finish(job, TrialState.FAIL, reason="duplicate",
+                self.beats.finish(job, TrialState.FAIL, reason="duplicate",
                              error=f"duplicate of trial {t.number}")
                 return True
         if job.teacher_failed:
-            self.failed += 1
-            self._finish(job, TrialState.FAIL, reason="error",
+            self.beats.finish(job, TrialState.FAIL, reason="error",
                          error=f"its teacher run {job.attrs['teacher_key']} failed")
             self.status.event(f"{job.name()}: failed: its teacher run failed")
             return True
@@ -110,14 +126,14 @@ class ChildMixin:
     def _start_child(self, job, log, mode, flags):
         """Start the training script on the trial, through BOOTSTRAP, its output going to log."""
         cmd = self._command(job) + flags
-        self._set_attr(job, "worker", {"host": self.host, "pid": self.pid, "mode": mode,
+        self.beats.set_attr(job, "worker", {"host": self.host, "pid": self.pid, "mode": mode,
                                        "log": os.path.relpath(log, self.run_dir),
-                                       "started": _now()})
+                                       "started": now_text()})
         shown = os.path.relpath(log) if not os.path.relpath(log).startswith("..") else log
         self.status.event(f"{job.name()}: {'resuming' if mode == 'resume' else 'starting'} "
                           f"(attempt {job.attrs.get('attempt', 1)}) -> {shown}")
         with open(log, "a") as f:
-            f.write(f"# {_now()} {self.host}:{self.pid} trial {job.number}: "
+            f.write(f"# {now_text()} {self.host}:{self.pid} trial {job.number}: "
                     f"{' '.join(cmd[1:])}\n")
             f.flush()
             env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -127,55 +143,52 @@ class ChildMixin:
                 [sys.executable, "-c", BOOTSTRAP, str(os.getpid())] + cmd, cwd=self.run_dir,
                 stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT, env=env,
                 start_new_session=True)
-        self._set_attr(job, "child_pid", self.child.pid)
-        if self.stop is not None:  # a signal came while it started
-            self.child.send_signal(self.stop)
+        self.beats.set_attr(job, "child_pid", self.child.pid)
+        if self.stop() is not None:  # a signal came while it started
+            self.child.send_signal(self.stop())
 
-    def _run_job_inner(self, job):
+    def _run(self, job):
         from optuna.trial import TrialState
         if self._refused(job):
-            return
+            return False, bool(job.teacher_failed)
         os.makedirs(os.path.join(self.run_dir, "logs"), exist_ok=True)
         log = os.path.join(self.run_dir, "logs", f"{job.key}.trial{job.number}.log")
-        self.ran += 1
         start = time.monotonic()
         while True:
             mode, flags = self._start_mode(job)
             if mode is None:
-                self.failed += 1
-                self._finish(job, TrialState.FAIL, reason="error", error=flags)
+                self.beats.finish(job, TrialState.FAIL, reason="error", error=flags)
                 self.status.event(f"{job.name()}: failed: {flags}")
-                return
+                return True, True
             self._start_child(job, log, mode, flags)
             rc = self._monitor(job, log)
             lines = _tail(log)
             if rc == 2 and lines and "is in use by process" in lines[-1] and not job.lost \
-                    and self.stop is None:
+                    and self.stop() is None:
                 # the previous attempt's child still holds the run (it saves its state on
                 # the way out): wait for it
                 self.status.event(f"{job.name()}: the run is still held by another process; "
                                   f"waiting")
                 self._wait_beating(job, max(2.0, self.poll))
-                if self.stop is None:
+                if self.stop() is None:
                     continue
             break
         elapsed = time.monotonic() - start
         while True:  # the run is over: its result is recorded once the storage answers
             try:
-                self._ended(job, rc, lines, elapsed)
-                break
+                return True, self.recorder.ended(job, rc, lines, elapsed, self.stop())
             except Exception as exc:
-                if not _transient(exc) or self.stop is not None:
+                if not transient(exc) or self.stop() is not None:
                     raise
-                self._storage_trouble(exc)
+                self.beats.storage_trouble(exc)
 
     def _wait_beating(self, job, seconds):
         end = time.monotonic() + seconds
         last = time.monotonic()
-        while time.monotonic() < end and self.stop is None:
+        while time.monotonic() < end and self.stop() is None:
             time.sleep(min(0.2, self.poll))
-            if time.monotonic() - last >= self.heartbeat:
-                self._beat(job.trial_id)
+            if time.monotonic() - last >= self.beats.heartbeat:
+                self.beats.beat(job.trial_id)
                 last = time.monotonic()
 
     def _monitor(self, job, log) -> int:
@@ -188,7 +201,7 @@ class ChildMixin:
         while True:
             rc = self.child.poll()
             self._report_epochs(job)
-            if prune and not job.pruned and rc is None and self.stop is None and job.reported \
+            if prune and not job.pruned and rc is None and self.stop() is None and job.reported \
                     and self._should_prune(job):
                 job.pruned = True
                 self.child.send_signal(signal.SIGINT)  # saves its state and stops
@@ -198,32 +211,29 @@ class ChildMixin:
                 return rc
             now = time.monotonic()
             try:  # the storage's trouble must not stop the run: it goes on, and so do we
-                if now - last_beat >= self.heartbeat:
+                if now - last_beat >= self.beats.heartbeat:
                     last_beat = now
-                    self._beat(job.trial_id)
+                    self.beats.beat(job.trial_id)
                     state = self.storage.get_trial(job.trial_id).state
-                    self.trouble_since = None  # the storage answered
+                    self.beats.storage_answered()
                     if state != TrialState.RUNNING:
-                        taken = self._take_over(job)
+                        taken = self.beats.take_over(job)
                         if taken is False and not job.lost:
                             job.lost = True
                             self.child.send_signal(signal.SIGTERM)
                             self.status.event(f"{job.name()}: marked dead and taken by another "
                                               f"worker: stopping this copy (its state is saved)")
-                self._scan_stale()
+                self.beats.scan_stale(job.trial_id)
                 if self.status.tty and now - last_status >= 1:
                     last_status = now
                     lines = _tail(log, 512)
-                    self.status.update(self._progress_text(self._overview())
+                    self.status.update(self.progress.text()
                                        + f" | {job.number} {job.key}: "
                                        + (lines[-1] if lines else ""))
             except Exception as exc:
-                if not _transient(exc):
+                if not transient(exc):
                     raise
-                if self.trouble_since is None:
-                    self.trouble_since = now
-                    self.status.event(f"warning: the storage is unreachable "
-                                      f"({_root_message(exc)}); the run goes on")
+                self.beats.trouble_while_running(exc)
             time.sleep(min(0.5, self.poll))
 
     def _report_epochs(self, job):
@@ -238,7 +248,7 @@ class ChildMixin:
             except UpdateFinishedTrialError:
                 pass  # marked dead by another worker: a takeover reports it again
             except Exception as exc:
-                if not _transient(exc):
+                if not transient(exc):
                     raise
                 return  # the storage is away: the next look reports it
             job.reported[epoch] = acc
@@ -247,6 +257,6 @@ class ChildMixin:
         try:
             return job.trial.should_prune()
         except Exception as exc:
-            if not _transient(exc):
+            if not transient(exc):
                 raise
             return False

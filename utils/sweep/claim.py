@@ -4,9 +4,11 @@ their shared teacher's checkpoint is here), else a new search trial asked from t
 import os
 
 from utils.sweep.expand import search_distributions, search_trial
+from utils.sweep.heartbeat import claim_trial
+from utils.sweep.progress import trials_of
 from utils.sweep.storage import trial_attrs
 
-__all__ = ["Job", "ClaimMixin"]
+__all__ = ["Job", "Claimer"]
 
 
 class Job:
@@ -38,8 +40,14 @@ class Job:
         return f"trial {self.number} {self.key}"
 
 
-class ClaimMixin:
-    """Part of Worker (worker.py): which trial to run next, and claiming it."""
+class Claimer:
+    """Which trial a worker runs next, and claiming it; `elsewhere` counts, after each
+    next_job(), the students whose shared teacher's checkpoint is on another machine's disk."""
+
+    def __init__(self, sweep, run_dir, beats):
+        self.sweep, self.spec, self.storage = sweep, sweep.spec, sweep.store.storage
+        self.run_dir, self.beats = run_dir, beats
+        self.elsewhere = 0
 
     def _teacher_states(self) -> dict:
         """teacher run key -> 'complete' / 'pending' / 'failed'."""
@@ -48,7 +56,7 @@ class ClaimMixin:
             return out
         rank = {"failed": 0, "pending": 1, "complete": 2}
         from optuna.trial import TrialState
-        for t in self._trials(self.sweep.teachers):
+        for t in trials_of(self.sweep.teachers):
             s = ("complete" if t.state == TrialState.COMPLETE else
                  "pending" if t.state in (TrialState.WAITING, TrialState.RUNNING) else "failed")
             k = t.user_attrs.get("key")
@@ -59,20 +67,13 @@ class ClaimMixin:
     def _teacher_here(self, tkey) -> bool:
         return os.path.isfile(os.path.join(self.run_dir, "saved_pth_model", f"{tkey}_baseline.pth"))
 
-    def _claim(self, frozen) -> bool:
-        from optuna.exceptions import UpdateFinishedTrialError
-        from optuna.trial import TrialState
-        try:
-            return bool(self.storage.set_trial_state_values(frozen._trial_id, TrialState.RUNNING))
-        except UpdateFinishedTrialError:
-            return False
-
-    def _next_job(self):
+    def next_job(self):
+        """The next trial, claimed (a Job), or None when none can be run here now."""
         from optuna.trial import TrialState
         teachers = self._teacher_states()
         self.elsewhere = 0  # students whose teacher checkpoint is on another machine's disk
         for study in self.sweep.studies:
-            waiting = self._trials(study, (TrialState.WAITING,))
+            waiting = trials_of(study, (TrialState.WAITING,))
             waiting.sort(key=lambda t: (t.user_attrs.get("attempt", 1) == 1, t.number))
             for t in waiting:
                 tkey = t.user_attrs.get("teacher_key") if study is self.sweep.study else None
@@ -82,7 +83,7 @@ class ClaimMixin:
                     continue
                 if state == "pending":
                     continue
-                if self._claim(t):
+                if claim_trial(self.storage, t):
                     return self._start_job(study, t, teacher_failed=state == "failed")
         left = self._search_budget_left() if self.spec["search"] is not None else 0
         if left:
@@ -96,7 +97,7 @@ class ClaimMixin:
     def _search_budget_left(self) -> int:
         """How many search trials are still to be asked for (workers that ask at the same
         moment may together run a few more than n_trials)."""
-        keys = {t.user_attrs.get("key") for t in self._trials(self.sweep.study)}
+        keys = {t.user_attrs.get("key") for t in trials_of(self.sweep.study)}
         return max(0, self.spec["search"]["n_trials"] - len(keys))
 
     def _ask_new(self):
@@ -120,10 +121,10 @@ class ClaimMixin:
                               self.sweep.search_teacher)
         for k, v in trial_attrs(record).items():
             trial.set_user_attr(k, v)
-        self._beat(trial._trial_id)
+        self.beats.beat(trial._trial_id)
         return self._start_job(study, self.storage.get_trial(trial._trial_id), trial=trial)
 
     def _start_job(self, study, frozen, trial=None, teacher_failed=False):
-        self.seen.pop(frozen._trial_id, None)
-        self._beat(frozen._trial_id)
+        self.beats.forget(frozen._trial_id)
+        self.beats.beat(frozen._trial_id)
         return Job(study, frozen, trial=trial, teacher_failed=teacher_failed)

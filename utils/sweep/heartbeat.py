@@ -6,9 +6,10 @@ import json
 import time
 from datetime import datetime, timezone
 
-from utils.sweep.progress import key_states
+from utils.sweep.progress import key_states, trials_of
 
-__all__ = ["HB_ATTR", "END_ATTR", "IDENTITY", "HeartbeatMixin"]
+__all__ = ["HB_ATTR", "END_ATTR", "IDENTITY", "Heartbeats", "claim_trial", "transient",
+           "root_message", "now_text"]
 
 HB_ATTR = "sweep:heartbeat"
 END_ATTR = "sweep:end"   # why a trial ended FAIL: stale / interrupted / error / duplicate
@@ -18,7 +19,7 @@ IDENTITY = ("key", "script", "argv", "role", "axes", "config", "seed", "teacher_
 _CONNECTION_ERRORS = {"OperationalError", "InterfaceError", "DisconnectionError", "TimeoutError"}
 
 
-def _transient(exc) -> bool:
+def transient(exc) -> bool:
     """An error of the storage's connection (a database restarting, a network blip, a shared
     disk away for a moment) rather than of this code: the worker waits and tries again."""
     seen = 0
@@ -30,7 +31,7 @@ def _transient(exc) -> bool:
     return False
 
 
-def _root_message(exc) -> str:
+def root_message(exc) -> str:
     """The first line of the innermost cause (the driver's words, not Optuna's wrapper)."""
     while (exc.__cause__ or exc.__context__) is not None:
         exc = exc.__cause__ or exc.__context__
@@ -38,35 +39,72 @@ def _root_message(exc) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
-def _now():
+def now_text():
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-class HeartbeatMixin:
-    """Part of Worker (worker.py): heartbeats, stale trials, retries and takeovers."""
+def claim_trial(storage, frozen) -> bool:
+    """Claim a WAITING trial (WAITING -> RUNNING is atomic in the storage): True when it is
+    ours."""
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.trial import TrialState
+    try:
+        return bool(storage.set_trial_state_values(frozen._trial_id, TrialState.RUNNING))
+    except UpdateFinishedTrialError:
+        return False
 
-    def _beat(self, trial_id):
+
+class Heartbeats:
+    """A worker's side of the trials' lives: its heartbeat in the trial it runs, other workers'
+    stale trials failed and queued again, the retry of its own trial taken over when another
+    worker marked it dead, how a trial ended (whoever holds it now), and the storage's passing
+    trouble waited out. `stop()` says whether (with which signal) the worker is stopping."""
+
+    def __init__(self, sweep, status, host, pid, poll, stop):
+        self.sweep, self.spec, self.storage = sweep, sweep.spec, sweep.store.storage
+        self.status, self.host, self.pid, self.poll, self.stop = status, host, pid, poll, stop
+        self.heartbeat, self.grace = self.spec["heartbeat"], self.spec["grace"]
+        self.beats = 0
+        self.seen = {}             # trial id -> (heartbeat value, monotonic time first seen)
+        self.last_scan = 0.0
+        self.trouble_since = None  # when the storage became unreachable
+
+    def storage_answered(self):
+        self.trouble_since = None
+
+    def trouble_while_running(self, exc):
+        """Say once that the storage is unreachable while a run goes on (it is not waited for)."""
+        if self.trouble_since is None:
+            self.trouble_since = time.monotonic()
+            self.status.event(f"warning: the storage is unreachable ({root_message(exc)}); "
+                              f"the run goes on")
+
+    def forget(self, trial_id):
+        """Stop watching a trial's heartbeat (this worker has just claimed it)."""
+        self.seen.pop(trial_id, None)
+
+    def beat(self, trial_id):
         """A heartbeat: a new value in the trial (others compare it, not the time in it)."""
         from optuna.exceptions import UpdateFinishedTrialError
         self.beats += 1
         try:
             self.storage.set_trial_system_attr(trial_id, HB_ATTR, {
-                "n": self.beats, "at": _now(), "host": self.host, "pid": self.pid})
+                "n": self.beats, "at": now_text(), "host": self.host, "pid": self.pid})
         except UpdateFinishedTrialError:
             pass  # marked dead by another worker: the monitor finds out and takes it over
 
-    def _scan_stale(self):
+    def scan_stale(self, mine=None):
         """Mark running trials whose heartbeat has not moved for `grace` seconds (watched on
-        this worker's clock) as failed, and queue each again."""
+        this worker's clock) as failed, and queue each again; `mine`: the id of the trial this
+        worker runs."""
         now = time.monotonic()
         if now - self.last_scan < self.heartbeat / 2:
             return
         self.last_scan = now
         from optuna.trial import TrialState
-        mine = self.current.trial_id if self.current is not None else None
         running = set()
         for study in self.sweep.studies:
-            for t in self._trials(study, (TrialState.RUNNING,)):
+            for t in trials_of(study, (TrialState.RUNNING,)):
                 running.add(t._trial_id)
                 if t._trial_id == mine:
                     continue
@@ -75,10 +113,10 @@ class HeartbeatMixin:
                 if seen is None or seen[0] != beat:
                     self.seen[t._trial_id] = (beat, now)
                 elif now - seen[1] >= self.grace:
-                    self._fail_stale(study, t, now - seen[1])
+                    self.fail_stale(study, t, now - seen[1])
         self.seen = {k: v for k, v in self.seen.items() if k in running}
 
-    def _fail_stale(self, study, frozen, silent_for):
+    def fail_stale(self, study, frozen, silent_for):
         from optuna.exceptions import UpdateFinishedTrialError
         from optuna.trial import TrialState
         try:
@@ -88,13 +126,13 @@ class HeartbeatMixin:
             return  # finished meanwhile, or another worker got there first
         self.seen.pop(frozen._trial_id, None)
         key = frozen.user_attrs.get("key")
-        queued = self._requeue(study, frozen, "stale")
+        queued = self.requeue(study, frozen, "stale")
         self.status.event(f"trial {frozen.number} {key}: no heartbeat for {silent_for:.0f}s "
                           f"(its worker died?): "
                           + ("queued again" if queued else
                              f"not retried (killed {self.spec['max_retries'] + 1} times)"))
 
-    def _requeue(self, study, frozen, reason) -> bool:
+    def requeue(self, study, frozen, reason) -> bool:
         """Queue a failed trial again (same run key, parameters and command line)."""
         from optuna.trial import TrialState, create_trial
         attrs = {k: frozen.user_attrs.get(k) for k in IDENTITY}
@@ -107,30 +145,30 @@ class HeartbeatMixin:
                                      distributions=frozen.distributions, user_attrs=attrs))
         return True
 
-    def _requeue_failed(self):
+    def requeue_failed(self):
         """--retry-failed: queue again every run key whose trials all failed."""
         for study in self.sweep.studies:
-            trials = self._trials(study)
+            trials = trials_of(study)
             for key, state in key_states(trials).items():
                 if state == "failed":
                     last = [t for t in trials if t.user_attrs.get("key") == key][-1]
-                    self._requeue(study, last, "retry-failed")
+                    self.requeue(study, last, "retry-failed")
                     self.status.event(f"trial {last.number} {key}: queued again (--retry-failed)")
 
-    def _take_over(self, job) -> bool:
+    def take_over(self, job) -> bool:
         """Our trial was marked dead by another worker: claim the retry it queued and go on
         there. False when another worker has it (or it is finished)."""
         from optuna.trial import TrialState
-        for t in self._trials(job.study):
+        for t in trials_of(job.study):
             if t.user_attrs.get("retry_of") != job.number:
                 continue
-            if t.state != TrialState.WAITING or not self._claim(t):
+            if t.state != TrialState.WAITING or not claim_trial(self.storage, t):
                 return False
             old = job.number
             import optuna
             job.trial = optuna.trial.Trial(job.study, t._trial_id)
             job.attrs = dict(t.user_attrs)
-            self._beat(t._trial_id)
+            self.beat(t._trial_id)
             for k, v in job.written.items():
                 job.trial.set_user_attr(k, v)
             for step, v in job.reported.items():
@@ -140,9 +178,9 @@ class HeartbeatMixin:
             return True
         return None  # the retry is not queued yet: look again at the next heartbeat
 
-    def _set_attr(self, job, key, value):
+    def set_attr(self, job, key, value):
         """A user attribute of this attempt; kept for a takeover when the trial was finished
-        meanwhile by another worker (then _finish finds out and takes the retry over)."""
+        meanwhile by another worker (then finish finds out and takes the retry over)."""
         from optuna.exceptions import UpdateFinishedTrialError
         job.written[key] = value
         try:
@@ -150,7 +188,7 @@ class HeartbeatMixin:
         except UpdateFinishedTrialError:
             pass
 
-    def _finish(self, job, state, value=None, reason=None, error=None):
+    def finish(self, job, state, value=None, reason=None, error=None):
         """Record how the trial ended. If another worker marked it dead meanwhile, take over its
         retry and record the result there."""
         from optuna.exceptions import UpdateFinishedTrialError
@@ -158,7 +196,7 @@ class HeartbeatMixin:
         for _ in range(10):
             try:
                 if error is not None:
-                    self._set_attr(job, "error", error)
+                    self.set_attr(job, "error", error)
                 if reason is not None:
                     self.storage.set_trial_system_attr(job.trial_id, END_ATTR, reason)
                 if state == TrialState.PRUNED and job.reported:
@@ -167,7 +205,7 @@ class HeartbeatMixin:
                     job.trial_id, state, None if value is None else [float(value)])
                 return True
             except UpdateFinishedTrialError:
-                taken = self._take_over(job)
+                taken = self.take_over(job)
                 if taken is None:  # the retry is being queued: look again in a moment
                     time.sleep(0.5)
                 elif not taken:
@@ -176,13 +214,13 @@ class HeartbeatMixin:
                           f"recorded")
         return False
 
-    def _storage_trouble(self, exc):
+    def storage_trouble(self, exc):
         """Say once that the storage is unreachable, then wait (longer each time, up to 30 s)."""
         now = time.monotonic()
         if self.trouble_since is None:
             self.trouble_since = now
-            self.status.event(f"warning: the storage is unreachable ({_root_message(exc)}); "
+            self.status.event(f"warning: the storage is unreachable ({root_message(exc)}); "
                               f"trying again")
         end = now + min(30.0, max(self.poll, (now - self.trouble_since) / 2))
-        while self.stop is None and time.monotonic() < end:
+        while self.stop() is None and time.monotonic() < end:
             time.sleep(0.2)

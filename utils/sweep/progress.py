@@ -4,7 +4,12 @@ and one status line rewritten in place on a terminal (plain lines otherwise).
 import os
 import sys
 
-__all__ = ["Status", "key_states", "ProgressMixin"]
+__all__ = ["Status", "key_states", "trials_of", "Progress"]
+
+
+def trials_of(study, states=None):
+    """A study's trials (Optuna's own objects, not copies), of the given states."""
+    return study.get_trials(deepcopy=False, states=states)
 
 
 def key_states(trials) -> dict:
@@ -69,24 +74,27 @@ class Status:
         self._clear()
 
 
-class ProgressMixin:
-    """Part of Worker (worker.py): counts for the progress line."""
+class Progress:
+    """The study's trials counted for the progress line (read-only: it writes nothing)."""
 
-    def _overview(self) -> dict:
+    def __init__(self, sweep):
+        self.sweep, self.spec = sweep, sweep.spec
+
+    def overview(self) -> dict:
         """Counts by run key (its latest trial), and whether the study is finished."""
         from optuna.trial import TrialState
         counts = {"done": 0, "running": 0, "failed": 0, "waiting": 0}
         durations = []
         for study in self.sweep.studies:
-            for s in key_states(self._trials(study)).values():
+            for s in key_states(trials_of(study)).values():
                 counts[s] += 1
-            for t in self._trials(study, (TrialState.COMPLETE,)):
+            for t in trials_of(study, (TrialState.COMPLETE,)):
                 if t.datetime_start and t.datetime_complete:
                     durations.append((t.datetime_complete - t.datetime_start).total_seconds())
         total = sum(counts.values())
         new = 0
         if self.spec["search"] is not None:
-            keys = {t.user_attrs.get("key") for t in self._trials(self.sweep.study)}
+            keys = {t.user_attrs.get("key") for t in trials_of(self.sweep.study)}
             new = max(0, self.spec["search"]["n_trials"] - len(keys))
             total += new
         left = counts["waiting"] + counts["running"] + new
@@ -96,7 +104,9 @@ class ProgressMixin:
         return dict(counts, total=total, eta=eta, new=new,
                     finished=counts["running"] == 0 and counts["waiting"] == 0 and new == 0)
 
-    def _progress_text(self, v) -> str:
+    def text(self, v=None) -> str:
+        """The progress line of an overview (a fresh one by default)."""
+        v = self.overview() if v is None else v
         eta = "?" if v["eta"] is None else _fmt_duration(v["eta"])
         return (f"[{self.sweep.name}] {v['done']}/{v['total']} done, {v['running']} running, "
                 f"{v['failed']} failed, {v['waiting']} waiting; ETA {eta}")

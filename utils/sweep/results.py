@@ -13,7 +13,7 @@ import signal
 from utils.sweep.scripts import SCRIPTS
 
 __all__ = ["summary_path", "read_run_summary", "val_curve", "run_metrics", "result_problem",
-           "ResultMixin"]
+           "ResultRecorder"]
 
 # what a trial's objective and status line need from its section of the summary
 NEEDED = ("test_acc_best", "test_acc_last", "best_val_acc")
@@ -93,34 +93,39 @@ def _learned(counts):
     return sum(values) if len(values) == len(counts) else None
 
 
-class ResultMixin:
-    """Part of Worker (worker.py): record the end of a trial's run."""
+class ResultRecorder:
+    """Records how a trial's run ended: its metrics (read from the run's own summary) and the
+    trial's final state; an interrupted run's trial is queued again."""
 
-    def _ended(self, job, rc, lines, elapsed):
+    def __init__(self, run_dir, beats, status, progress):
+        self.run_dir, self.beats, self.status, self.progress = run_dir, beats, status, progress
+
+    def ended(self, job, rc, lines, elapsed, stop) -> bool:
+        """Record the end of `job`'s run (exit code rc, its last log lines); stop: the signal
+        that is stopping the worker, or None. -> True when the trial failed."""
         from optuna.trial import TrialState
 
         from skipkd.errors import UserError
         if job.lost:
-            return
-        name = job.name()
+            return False
+        name, failed = job.name(), False
         if rc == 0:
             try:
                 metrics = run_metrics(read_run_summary(self.run_dir, job.key,
                                                        job.attrs["script"]), job.attrs["script"])
             except UserError as exc:
-                self.failed += 1
-                self._finish(job, TrialState.FAIL, reason="error",
-                             error=f"the run ended but its summary is unusable: {exc}")
+                self.beats.finish(job, TrialState.FAIL, reason="error",
+                                  error=f"the run ended but its summary is unusable: {exc}")
                 self.status.event(f"{name}: failed: {exc}")
-                return
+                return True
             metrics["val_acc"] = val_curve(self.run_dir, job.key, job.attrs["script"])
             metrics["trial_wall_time_s"] = round(elapsed, 2)
             for k in ("run_key", "test_acc_best", "test_acc_last", "best_val_acc",
                       "wall_time_s", "train_images_per_s", "params"):
-                self._set_attr(job, k, metrics[k])
-            self._set_attr(job, "result", metrics)
+                self.beats.set_attr(job, k, metrics[k])
+            self.beats.set_attr(job, "result", metrics)
             value = metrics["best_val_acc"]
-            if self._finish(job, TrialState.COMPLETE, value=value):
+            if self.beats.finish(job, TrialState.COMPLETE, value=value):
                 nothing = lines and "nothing to resume" in " ".join(lines[-8:])
                 before = " (it had finished before)" if nothing else ""
                 self.status.event(
@@ -128,18 +133,20 @@ class ResultMixin:
                     f"test {metrics['test_acc_best']:.2f}% (best-val checkpoint), "
                     f"{metrics['test_acc_last']:.2f}% (last epoch)")
         elif job.pruned:
-            self._finish(job, TrialState.PRUNED)
-        elif self.stop is not None:
+            self.beats.finish(job, TrialState.PRUNED)
+        elif stop is not None:
             # stopped by Ctrl-C / SIGTERM: the run saved its state; the next worker resumes it
-            if self._finish(job, TrialState.FAIL, reason="interrupted",
-                            error=f"interrupted ({signal.Signals(self.stop).name})"):
-                self._requeue(job.study, self.storage.get_trial(job.trial_id), "interrupted")
+            if self.beats.finish(job, TrialState.FAIL, reason="interrupted",
+                                 error=f"interrupted ({signal.Signals(stop).name})"):
+                self.beats.requeue(job.study, self.beats.storage.get_trial(job.trial_id),
+                                   "interrupted")
                 self.status.event(f"{name}: interrupted; queued again (it resumes from its saved "
                                   f"state)")
         else:
-            self.failed += 1
+            failed = True
             error = (lines[-1] if lines else "no output")[:500]
-            self._finish(job, TrialState.FAIL, reason="error", error=f"exit {rc}: {error}")
+            self.beats.finish(job, TrialState.FAIL, reason="error", error=f"exit {rc}: {error}")
             self.status.event(f"{name}: failed (exit {rc}): {error}")
         if not self.status.tty:
-            self.status.progress(self._progress_text(self._overview()))
+            self.status.progress(self.progress.text())
+        return failed

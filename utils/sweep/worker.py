@@ -21,13 +21,19 @@ with `--output-dir .`). What makes a killed worker lose nothing:
 - Ctrl-C (or SIGTERM) stops a worker cleanly: the child saves its state, the trial is queued
   again for the next worker, and the worker exits 130 (143).
 
-Where each part lives: this module holds the worker's loop, its signals and the sweep folder's
-check; claim.py chooses and claims the next trial; child.py runs the training script as a child
-process (BOOTSTRAP) and watches it; heartbeat.py keeps the heartbeats, fails and re-queues stale
-trials and waits out the storage's trouble; results.py records what a finished run reported;
-progress.py counts the study's trials for the progress line. Worker is made of the mixins those
-modules define, which share its attributes (set in Worker.__init__).
+The parts, each a class that owns its state, built by Worker.__init__ with what it needs and
+called through its public methods:
+- Heartbeats (heartbeat.py): this worker's heartbeat in its trial, other workers' stale trials
+  failed and queued again, takeovers, how a trial ends (finish), the storage's trouble;
+- Claimer (claim.py): the next trial (queued retries, students whose teacher is here, a new
+  search trial), claimed atomically; uses Heartbeats.beat;
+- ChildRunner (child.py): runs a claimed trial as a child process (BOOTSTRAP) and watches it,
+  then hands its end to ResultRecorder;
+- ResultRecorder (results.py): the run's metrics from its own summary, the trial's final state;
+- Progress (progress.py): the study's trials counted for the progress line; Status the line.
+Worker (this module) holds the loop, the signals and the counts of trials run and failed.
 """
+import argparse
 import os
 import signal
 import socket
@@ -35,40 +41,38 @@ import sys
 import time
 
 from skipkd.errors import UserError
-from utils.sweep.child import ChildMixin
-from utils.sweep.claim import ClaimMixin
-from utils.sweep.heartbeat import HeartbeatMixin, _transient
-from utils.sweep.progress import ProgressMixin, Status
-from utils.sweep.results import ResultMixin
+from utils.sweep.child import ChildRunner
+from utils.sweep.claim import Claimer
+from utils.sweep.heartbeat import Heartbeats, transient
+from utils.sweep.progress import Progress, Status
+from utils.sweep.results import ResultRecorder
 
 __all__ = ["Worker", "check_run_dir"]
 
 
-class Worker(ClaimMixin, HeartbeatMixin, ChildMixin, ResultMixin, ProgressMixin):
+class Worker:
     """One worker of a sweep (`sweep.py work`); run() until no trial is left or it is stopped."""
 
     def __init__(self, sweep, run_dir, args):
         self.sweep, self.spec = sweep, sweep.spec
-        self.storage = sweep.store.storage
         self.run_dir = os.path.abspath(run_dir)
         self.poll = args.poll
-        self.heartbeat, self.grace = self.spec["heartbeat"], self.spec["grace"]
         self.limit, self.wait = args.n_trials, args.wait
-        self.data_dir, self.device = args.data_dir, args.device
-        self.threads = getattr(args, "threads", None)
         self.retry_failed = args.retry_failed
         self.stop = None          # the signal that asked this worker to stop
         self.signals = 0
-        self.child = None
-        self.current = None       # the running Job
-        self.seen = {}            # trial id -> (heartbeat value, monotonic time first seen)
-        self.beats = 0
         self.ran = self.failed = 0
-        self.last_scan = 0.0
-        self.elsewhere = 0
-        self.trouble_since = None  # when the storage became unreachable
         self.host, self.pid = socket.gethostname(), os.getpid()
         self.status = Status()
+        stop = lambda: self.stop  # noqa: E731  (the parts ask; only the signal handler sets it)
+        self.beats = Heartbeats(sweep, self.status, self.host, self.pid, self.poll, stop)
+        self.claimer = Claimer(sweep, self.run_dir, self.beats)
+        self.progress = Progress(sweep)
+        self.recorder = ResultRecorder(self.run_dir, self.beats, self.status, self.progress)
+        options = argparse.Namespace(data_dir=args.data_dir, device=args.device, poll=args.poll,
+                                     threads=getattr(args, "threads", None))
+        self.runner = ChildRunner(sweep, self.run_dir, options, self.beats, self.recorder,
+                                  self.progress, self.status, stop)
         if self.spec["search"] is not None:
             self._set_search_strategy()
         import optuna
@@ -89,12 +93,13 @@ class Worker(ClaimMixin, HeartbeatMixin, ChildMixin, ResultMixin, ProgressMixin)
     def _on_signal(self, signum, frame):
         self.signals += 1
         name = signal.Signals(signum).name
-        child = self.child if self.child is not None and self.child.poll() is None else None
+        child = self.runner.child
+        child = child if child is not None and child.poll() is None else None
         if self.stop is None:
             self.stop = signum
             if child is not None:
                 child.send_signal(signum)  # the script saves its state at the next step
-                self.status.event(f"{name}: stopping; {self.current.name()} saves its state and "
+                self.status.event(f"{name}: stopping; {self.runner.current.name()} saves its state and "
                                   f"goes back to the queue (again to stop at once)")
             else:
                 self.status.event(f"{name}: stopping")
@@ -109,24 +114,26 @@ class Worker(ClaimMixin, HeartbeatMixin, ChildMixin, ResultMixin, ProgressMixin)
                           f"({self.sweep.store.label}); runs in {self.run_dir}")
         try:
             if self.retry_failed:
-                self._requeue_failed()
+                self.beats.requeue_failed()
             while self.stop is None:
                 if self.limit is not None and self.ran >= self.limit:
                     self.status.event(f"ran {self.ran} trial(s) (--n-trials): stopping")
                     break
                 try:
-                    self._scan_stale()
-                    job = self._next_job()
+                    self.beats.scan_stale()
+                    job = self.claimer.next_job()
                     if job is not None:
-                        self._run_job(job)
+                        ran, failed = self.runner.run(job)
+                        self.ran += ran
+                        self.failed += failed
                         continue
-                    view = self._overview()
+                    view = self.progress.overview()
                 except Exception as exc:
-                    if not _transient(exc):
+                    if not transient(exc):
                         raise
-                    self._storage_trouble(exc)
+                    self.beats.storage_trouble(exc)
                     continue
-                self.trouble_since = None
+                self.beats.storage_answered()
                 if view["finished"]:
                     self.status.event(f"study '{self.sweep.name}' is finished: {view['done']} "
                                       f"done, {view['failed']} failed")
@@ -134,11 +141,12 @@ class Worker(ClaimMixin, HeartbeatMixin, ChildMixin, ResultMixin, ProgressMixin)
                 if not self.wait:
                     self.status.event("no trial to take now (--no-wait): stopping")
                     break
-                if view["running"] == 0 and self.elsewhere and \
-                        view["waiting"] + view["new"] <= self.elsewhere:
+                elsewhere = self.claimer.elsewhere
+                if view["running"] == 0 and elsewhere and \
+                        view["waiting"] + view["new"] <= elsewhere:
                     self.failed += 1
                     self.status.event(
-                        f"{self.elsewhere} trial(s) need a shared teacher's checkpoint that is not "
+                        f"{elsewhere} trial(s) need a shared teacher's checkpoint that is not "
                         f"in {os.path.join(self.run_dir, 'saved_pth_model')} (it was trained on "
                         f"another machine): put the sweep folder on a disk all workers share, or "
                         f"run a worker where the teachers ran; stopping")
@@ -158,15 +166,11 @@ class Worker(ClaimMixin, HeartbeatMixin, ChildMixin, ResultMixin, ProgressMixin)
         waiting = view["waiting"]
         why = (f"{view['running']} running elsewhere" if view["running"] else
                f"{waiting} waiting for a teacher" if waiting else "")
-        self.status.update(self._progress_text(view) + (f" | idle: {why}" if why else ""))
+        self.status.update(self.progress.text(view) + (f" | idle: {why}" if why else ""))
         # many idle workers on one database: look every few seconds, not every --poll
-        end = time.monotonic() + max(self.poll, min(5.0, self.heartbeat / 2))
+        end = time.monotonic() + max(self.poll, min(5.0, self.beats.heartbeat / 2))
         while self.stop is None and time.monotonic() < end:
             time.sleep(min(0.2, self.poll))
-
-    def _trials(self, study, states=None):
-        """A study's trials (Optuna's own objects, not copies), of the given states."""
-        return study.get_trials(deepcopy=False, states=states)
 
 
 def check_run_dir(run_dir):
