@@ -9,8 +9,9 @@ import argparse
 import os
 import sys
 
-from skipkd.argparsing import HelpFormatter, OneLineParser, add_bool
+from skipkd.argparsing import HelpFormatter, OneLineParser, add_bool, int_in
 from skipkd.errors import UserError, exit_on_user_error
+from utils.sweep.gpus import gpu_list
 
 STORAGE_HELP = ("where the study lives: a database URL Optuna accepts (e.g. "
                 "postgresql://user:pass@host:5432/db, for workers on many machines) or a journal "
@@ -137,6 +138,16 @@ def _add_work(sub):
                         "child; default: inherited). On a CPU machine, start one worker per "
                         "core with --threads 1: several multi-threaded runs on the same cores "
                         "slow each other down many times over")
+    w.add_argument("--gpus", type=gpu_list, default=None, metavar="I,J,...",
+                   help="run trials on these GPUs of this machine: --per-gpu workers per GPU, "
+                        "each trial its own process with its own CUDA context (docs/SWEEPS.md)")
+    w.add_argument("--per-gpu", type=int_in(1, 64), default=1, metavar="N",
+                   help="with --gpus: trials at once on each GPU (across every sweep.py work on "
+                        "this machine)")
+    w.add_argument("--min-free-mib", type=int_in(0, 10_000_000), default=1024, metavar="MIB",
+                   help="with --gpus: a trial starts only when its GPU has this much free "
+                        "memory; otherwise it goes back to the queue for later")
+    w.add_argument("--gpu-slot", type=int_in(0, 63), default=None, help=argparse.SUPPRESS)
 
 
 def _add_report(sub):
@@ -217,14 +228,39 @@ def create(args):
     return 0
 
 
+def _slot_worker_argv(args) -> list:
+    """The flags of one slot's worker (--gpus): the study and this command's own settings."""
+    argv = [args.study, "--poll", str(args.poll), "--wait" if args.wait else "--no-wait"]
+    for flag, value in (("--dir", args.dir), ("--storage", args.storage),
+                        ("--n-trials", args.n_trials), ("--data-dir", args.data_dir),
+                        ("--device", args.device), ("--threads", args.threads)):
+        if value is not None:
+            argv += [flag, str(value)]
+    return argv + (["--retry-failed"] if args.retry_failed else [])
+
+
 def work(args):
+    from utils.sweep.gpus import FAKE_ENV, GpuSlot, launch_slots
     from utils.sweep.storage import load_sweep, open_store
     from utils.sweep.worker import Worker, check_run_dir
     sweep_dir = _dir(args)
     store = open_store(args.storage, sweep_dir, create=False)
     sweep = load_sweep(store, args.study)
     check_run_dir(sweep_dir)
-    return Worker(sweep, sweep_dir, args).run()
+    if args.gpus is not None:
+        if args.gpu_slot is not None:
+            raise UserError("give --gpus or --gpu-slot, not both")
+        return launch_slots(args, _slot_worker_argv(args))
+    slot = None
+    if args.gpu_slot is not None:
+        slot = GpuSlot(sweep_dir, args.gpu_slot, args.per_gpu, args.min_free_mib)
+        if not slot.acquire():
+            print(f"GPU {args.gpu_slot}: its {args.per_gpu} slot(s) are all taken by other "
+                  f"workers on this machine; stopping", flush=True)
+            return 0
+        if args.device is None and not os.environ.get(FAKE_ENV):
+            args.device = "cuda"  # CUDA_VISIBLE_DEVICES holds the slot's GPU only
+    return Worker(sweep, sweep_dir, args, slot=slot).run()
 
 
 def report(args):

@@ -51,6 +51,7 @@ class ChildRunner:
         self.run_dir = run_dir
         self.data_dir, self.device = options.data_dir, options.device
         self.threads, self.poll = options.threads, options.poll
+        self.slot = getattr(options, "slot", None)  # a GPU slot: free memory checked per trial
         self.beats, self.recorder, self.progress, self.status = beats, recorder, progress, status
         self.stop = stop
         self.host, self.pid = beats.host, beats.pid
@@ -123,12 +124,33 @@ class ChildRunner:
             return True
         return False
 
+    def _memory_ok(self, job) -> bool:
+        """Whether the slot's GPU has the free memory a trial needs; if not, the trial goes back
+        to the queue (a new attempt, not a failure) and this worker waits before it claims again."""
+        from optuna.trial import TrialState
+        enough, free = self.slot.memory()
+        if enough:
+            return True
+        why = (f"{self.slot.describe()} has {free} MiB free, below --min-free-mib "
+               f"{self.slot.min_free_mib}")
+        if self.beats.finish(job, TrialState.FAIL, reason="memory", error=why):
+            self.beats.requeue(job.study, self.storage.get_trial(job.trial_id), "memory")
+        self.status.event(f"{job.name()}: not started: {why}; queued again")
+        self._wait(min(30.0, max(2.0, 10 * self.poll)))
+        return False
+
+    def _wait(self, seconds):
+        end = time.monotonic() + seconds
+        while time.monotonic() < end and self.stop() is None:
+            time.sleep(min(0.2, self.poll))
+
     def _start_child(self, job, log, mode, flags):
         """Start the training script on the trial, through BOOTSTRAP, its output going to log."""
         cmd = self._command(job) + flags
-        self.beats.set_attr(job, "worker", {"host": self.host, "pid": self.pid, "mode": mode,
-                                       "log": os.path.relpath(log, self.run_dir),
-                                       "started": now_text()})
+        self.beats.set_attr(job, "worker", {
+            "host": self.host, "pid": self.pid, "mode": mode,
+            "log": os.path.relpath(log, self.run_dir), "started": now_text(),
+            **({"gpu": self.slot.gpu, "slot": self.slot.index} if self.slot else {})})
         shown = os.path.relpath(log) if not os.path.relpath(log).startswith("..") else log
         self.status.event(f"{job.name()}: {'resuming' if mode == 'resume' else 'starting'} "
                           f"(attempt {job.attrs.get('attempt', 1)}) -> {shown}")
@@ -151,6 +173,8 @@ class ChildRunner:
         from optuna.trial import TrialState
         if self._refused(job):
             return False, bool(job.teacher_failed)
+        if self.slot is not None and not self._memory_ok(job):
+            return False, False
         os.makedirs(os.path.join(self.run_dir, "logs"), exist_ok=True)
         log = os.path.join(self.run_dir, "logs", f"{job.key}.trial{job.number}.log")
         start = time.monotonic()

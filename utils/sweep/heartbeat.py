@@ -12,7 +12,7 @@ __all__ = ["HB_ATTR", "END_ATTR", "IDENTITY", "Heartbeats", "claim_trial", "tran
            "root_message", "now_text"]
 
 HB_ATTR = "sweep:heartbeat"
-END_ATTR = "sweep:end"   # why a trial ended FAIL: stale / interrupted / error / duplicate
+END_ATTR = "sweep:end"   # why a trial ended FAIL: stale / interrupted / error / duplicate / memory
 IDENTITY = ("key", "script", "argv", "role", "axes", "config", "seed", "teacher_key")
 
 

@@ -53,8 +53,9 @@ __all__ = ["Worker", "check_run_dir"]
 class Worker:
     """One worker of a sweep (`sweep.py work`); run() until no trial is left or it is stopped."""
 
-    def __init__(self, sweep, run_dir, args):
+    def __init__(self, sweep, run_dir, args, slot=None):
         self.sweep, self.spec = sweep, sweep.spec
+        self.slot = slot          # a GPU slot (gpus.GpuSlot) under `sweep.py work --gpus`
         self.run_dir = os.path.abspath(run_dir)
         self.poll = args.poll
         self.limit, self.wait = args.n_trials, args.wait
@@ -70,7 +71,7 @@ class Worker:
         self.progress = Progress(sweep)
         self.recorder = ResultRecorder(self.run_dir, self.beats, self.status, self.progress)
         options = argparse.Namespace(data_dir=args.data_dir, device=args.device, poll=args.poll,
-                                     threads=getattr(args, "threads", None))
+                                     threads=getattr(args, "threads", None), slot=slot)
         self.runner = ChildRunner(sweep, self.run_dir, options, self.beats, self.recorder,
                                   self.progress, self.status, stop)
         if self.spec["search"] is not None:
@@ -111,7 +112,8 @@ class Worker:
     def run(self) -> int:
         handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         self.status.event(f"worker {self.host}:{self.pid} on study '{self.sweep.name}' "
-                          f"({self.sweep.store.label}); runs in {self.run_dir}")
+                          f"({self.sweep.store.label}); runs in {self.run_dir}"
+                          + (f"; {self.slot.describe()}" if self.slot is not None else ""))
         try:
             if self.retry_failed:
                 self.beats.requeue_failed()
