@@ -51,6 +51,9 @@ def get_args_parser():
     add_bool(p, "--channels-last", False, "channels_last memory format on our path")
     add_bool(p, "--compile", False, "torch.compile on our path: the teacher's inference, and the "
                                     "trained model on CUDA / the evaluated model")
+    p.add_argument("--compile-mode", choices=["default", "reduce-overhead", "max-autotune"],
+                   default="default", help="torch.compile's mode with --compile (reduce-overhead: "
+                                           "CUDA graphs)")
     add_bool(p, "--reference", True, "also time the reference path")
     p.add_argument("--workers", type=int_in(0, 256), default=2, help="DataLoader workers of the reference path")
     p.add_argument("--benches", default="teacher,distill,eval",
@@ -147,7 +150,7 @@ def ours(bench, args, data, device, precision, kd=None):
         ctx = TermContext(student_shapes=feature_shapes(student), teacher_shapes=feature_shapes(teacher),
                           num_classes=int(data.labels.max()) + 1, num_samples=len(data.labels),
                           train_labels=train_loader.labels)
-        loss_fn = DistillationLoss(kd, teacher, compile_teacher=args.compile,
+        loss_fn = DistillationLoss(kd, teacher, compile_teacher=args.compile and args.compile_mode,
                                    context=ctx).to(device)
         student.request_features(loss_fn.features)
         if loss_fn.needs_index:
@@ -155,7 +158,8 @@ def ours(bench, args, data, device, precision, kd=None):
     else:
         loss_fn = DistillationLoss("none")
     # as in training: the CPU training step measured slower compiled, so only CUDA compiles it
-    fwd = torch.compile(model) if args.compile and (device.type == "cuda" or bench == "eval") else model
+    fwd = (torch.compile(model, mode=args.compile_mode)
+           if args.compile and (device.type == "cuda" or bench == "eval") else model)
     opt = torch.optim.SGD(list(model.parameters()) + list(loss_fn.parameters()), lr=0.01,
                           momentum=0.9, nesterov=True, weight_decay=5e-4, fused=True)
     correct = torch.zeros((), dtype=torch.long, device=device)
@@ -176,6 +180,7 @@ def ours(bench, args, data, device, precision, kd=None):
         loss_fn.train()
 
         def step(x, y, index=None):
+            torch.compiler.cudagraph_mark_step_begin()  # --compile-mode reduce-overhead: a new step
             with ctx():
                 out = fwd(x)
                 loss, _ = loss_fn(x, out, y, index=index)

@@ -241,6 +241,8 @@ def common_parser(description) -> OneLineParser:
                    help="base width of the networks (default: each model's reference width, "
                         "e.g. 64 for resnet18..152, 16 for resnet20, 32 for resnet8x4; 8-16 "
                         "for CPU runs of the 4-stage ResNets)")
+    # a group of its own: a sweep's shared teacher does not take these from a student's flags
+    g = p.add_argument_group("attention", "in every network of the run")
     g.add_argument("--attn-placement", "--eca", "--eca-placement", dest="eca",
                    choices=ECA_PLACEMENTS, default=None,
                    help="where attention goes, in every network of the run: none, parallel "
@@ -271,6 +273,11 @@ def common_parser(description) -> OneLineParser:
     add_bool(g, "--compile", False, "torch.compile: on CUDA the trained model and the teacher; "
                                     "on the CPU only the teacher's inference (compiling the CPU "
                                     "training step measured slower)")
+    g.add_argument("--compile-mode", choices=["default", "reduce-overhead", "max-autotune"],
+                   default="default",
+                   help="torch.compile's mode with --compile: reduce-overhead replays the step "
+                        "as CUDA graphs (less launch overhead for small models), max-autotune "
+                        "also searches kernels (long compile)")
     add_bool(g, "--sync-bn", False, "SyncBatchNorm across processes of a torchrun launch")
     g.add_argument("--output-dir", default=".",
                    help="root for saved_pth_model/, numpy_outputs/ and runs/")

@@ -28,8 +28,8 @@ def test_dry_run_passes_every_part(dry_run):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["environment"]["dry_run"] is True
     parts = summary["parts"]
-    for name in ("tests", "bench", "bench_compile", "fmnist", "depth_resnet18", "depth_resnet34",
-                 "depth_resnet34_fp32"):
+    for name in ("tests", "bench", "bench_compile", "fmnist", "sweep_small", "depth_resnet18",
+                 "depth_resnet34", "depth_resnet34_fp32"):
         assert parts[name]["status"] == "ok", (name, parts[name])
     # the CUDA tests ran on the CPU (none skipped for want of a GPU), compile tests deselected
     tests = summary["tests"]
@@ -53,9 +53,15 @@ def test_dry_run_passes_every_part(dry_run):
         == ["resnet18", "resnet34", "resnet34"]
     assert depth["depth_resnet34_fp32"]["precision"] == "fp32"
     assert all(0 <= r["test_acc_best"] <= 100 for r in depth.values())
+    # many trials per GPU (a fake device list): every trial of each level ran, figures > 0
+    levels = summary["sweep_small"]["levels"]
+    assert [lv["per_gpu"] for lv in levels] == [1, 2]
+    assert all(lv["done"] == lv["trials"] and lv["trials_per_hour"] > 0 and
+               lv["images_per_s"] > 0 for lv in levels)
+    assert levels[0]["x_per_gpu_1"] == 1.0
     md = (out / "summary.md").read_text()
     assert "| bench | ok |" in md and "## Fashion-MNIST" in md and "x ref" in md
-    assert "## Depth" in md
+    assert "## Depth" in md and "## Many trials per GPU" in md and "repeats" in md
 
 
 def test_refuses_a_folder_that_is_not_empty(tmp_path):

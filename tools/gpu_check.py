@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import shutil
 import signal
 import subprocess
@@ -24,6 +23,9 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+
+from gpu_report import (DEPTH_RUNS, depth_result, fmnist_result, markdown,  # noqa: E402
+                        parse_tests, read_json, sweep_result)
 
 BENCH_PAIRS = [("resnet34", "resnet18", "parallel"), ("resnet32x4", "resnet8x4", "none")]
 
@@ -50,7 +52,8 @@ def get_args_parser():
                    help="folder with the Fashion-MNIST IDX files (default: data/fashion-mnist in "
                         "the repository, else /usr/share/datasets/fashion-mnist)")
     p.add_argument("--parts", default=None,
-                   help="comma-separated subset of: env, tests, bench, fmnist, bench_compile")
+                   help="comma-separated subset of: tests, bench, bench_compile, fmnist, "
+                        "sweep_small, depth_resnet18, depth_resnet34, depth_resnet34_fp32")
     return p
 
 
@@ -95,6 +98,14 @@ def plan(args, out, work):
                       common + ["--precisions", "fp32" if dry else "bf16,fp32", "--compile",
                                 "--benches", "distill",
                                 "--json", os.path.join(work, f"bench_compile{tag}.json")], {}, None))
+        if i == 0:  # the same step replayed as CUDA graphs (torch.compile mode reduce-overhead)
+            parts.append(("bench_cudagraphs", 0, None, None,
+                          "skipped: CUDA only (the dry run's bench_compile covers the path)")
+                         if dry else
+                         ("bench_cudagraphs", 90, common + [
+                             "--precisions", "bf16", "--compile", "--compile-mode",
+                             "reduce-overhead", "--benches", "distill", "--json",
+                             os.path.join(work, "bench_cudagraphs.json")], {}, None))
     fm_dir = args.fmnist_dir
     if dry:
         fm_dir = os.path.join(work, "fashion-mnist")
@@ -109,6 +120,13 @@ def plan(args, out, work):
     fm += (["--width", "4", "--epochs", "1", "--batch-size", "32"] if dry else
            ["--width", "64", "--epochs", "4", "--batch-size", "256", "--eval-batch-size", "1024"])
     parts.append(("fmnist", 80, fm, {}, None))
+    # aggregate trials/hour of the studies' small pair at several trials per GPU (the GPU runs
+    # them as sweep.py work --gpus 0 --per-gpu P; the dry run on a fake device list)
+    parts.append(("sweep_small", 200 if not dry else 120,
+                  [py, os.path.join(REPO, "tools", "gpu_sweep.py"), "--data-dir", fm_dir,
+                   "--work", os.path.join(work, "sweep"), "--json",
+                   os.path.join(work, "sweep_small.json")] + (["--dry-run"] if dry else []),
+                  {}, None))
     # is the deeper net alone weaker than resnet18 alone at full width (docs/RESULTS.md, "A
     # teacher that teaches")? The same recipe as the fmnist part, no distillation; resnet34 also
     # in fp32, as the weak teacher of h200_check_1 ran in bf16 (--precision auto)
@@ -122,7 +140,7 @@ def plan(args, out, work):
                   "--eval-batch-size", "1024"])
         parts.append((tag, 50, argv, {}, None))
     # the slowest part last, so that it cannot starve the others
-    order = {"tests": 0, "bench": 1, "fmnist": 2}
+    order = {"tests": 0, "bench": 1, "fmnist": 2, "sweep_small": 3}
     parts.sort(key=lambda p: order.get(p[0], 3))
     if args.parts:
         keep = {s.strip() for s in args.parts.split(",")}
@@ -203,125 +221,6 @@ def environment(dry):
     return env
 
 
-# ------------------------------------------------------------------ reading the results back
-TEST_LINE = re.compile(r"^(tests/\S+::\S+)\s+(PASSED|FAILED|SKIPPED|ERROR|XFAIL|XPASS)")
-
-
-def parse_tests(log_text):
-    found = {}
-    for line in log_text.splitlines():
-        m = TEST_LINE.match(line.strip())
-        if m:
-            found[m.group(1).split("::", 1)[1]] = m.group(2)
-    return found
-
-
-def read_json(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
-# (run key and part name, architecture, precision) of the depth check
-DEPTH_RUNS = (("depth_resnet18", "resnet18", "auto"), ("depth_resnet34", "resnet34", "auto"),
-              ("depth_resnet34_fp32", "resnet34", "fp32"))
-
-
-def depth_result(work):
-    """{part: figures} of the depth check's runs that left a usable summary."""
-    from skipkd.errors import UserError
-    from skipkd.io.summary import read_summary
-    out = {}
-    for tag, _, _ in DEPTH_RUNS:
-        try:
-            s = read_summary(os.path.join(work, "depth", "numpy_outputs", f"summary_{tag}.json"),
-                             tag)
-        except UserError:
-            continue
-        r = s.get("baseline") or {}
-        out[tag] = {"arch": r.get("arch"), "precision": (s.get("args") or {}).get("precision"),
-                    **{k: r.get(k) for k in ("base_width", "epochs", "best_val_acc",
-                                             "test_acc_best", "test_acc_last",
-                                             "train_images_per_s")}}
-    return out
-
-
-def fmnist_result(work):
-    """The Fashion-MNIST run's figures from its summary (validated; None when unusable)."""
-    from skipkd.errors import UserError
-    from skipkd.io.summary import read_summary
-    try:
-        s = read_summary(os.path.join(work, "fmnist", "numpy_outputs", "summary_gpu_check.json"),
-                         "gpu_check")
-    except UserError:
-        return None
-    dataset = s.get("dataset") or {}
-    out = {"protocol": dataset.get("protocol"), "train_size": dataset.get("train_size"),
-           "wall_time_s": s.get("wall_time_s")}
-    for role in ("teacher", "student"):
-        r = s.get(role) or {}
-        out[role] = {k: r.get(k) for k in ("arch", "base_width", "epochs", "params", "best_epoch",
-                                           "best_val_acc", "test_acc_best", "test_acc_last",
-                                           "train_images_per_s", "wall_time_s")}
-    return out
-
-
-def markdown(summary):
-    env = summary["environment"]
-    lines = [f"# GPU check{' (CPU dry run)' if env['dry_run'] else ''}", "",
-             f"- machine: {env.get('gpu') or env.get('processor') or 'CPU'}"
-             + (f", {env.get('gpu_memory_gib')} GiB, capability {env.get('capability')}, "
-                f"{env.get('sm_count')} SMs" if env.get("gpu") else "")
-             + f"; {env['cpu_count']} CPU cores; torch {env['torch']}"
-             + (f", CUDA {env.get('cuda')}, cuDNN {env.get('cudnn')}" if env.get("gpu") else ""),
-             f"- driver: {env['nvidia_smi']}" if env.get("nvidia_smi") else "",
-             f"- total {summary['wall_s']:.0f} s of a {summary['budget_s']:.0f} s budget", "",
-             "| part | status | seconds | limit |", "|---|---|---:|---:|"]
-    for name, p in summary["parts"].items():
-        lines.append(f"| {name} | {p['status']} | {p.get('wall_s', 0):.0f} | {p.get('limit_s', 0):.0f} |")
-    tests = summary.get("tests") or {}
-    if tests:
-        lines += ["", "## CUDA tests", "", "| test | result |", "|---|---|"]
-        lines += [f"| `{k}` | {v} |" for k, v in tests.items()]
-    for name, bench in summary.get("benchmarks", {}).items():
-        cfg = bench["config"]
-        lines += ["", f"## {name}: {cfg['teacher']} -> {cfg['student']}, width {cfg['width']}, "
-                      f"batch {cfg['batch_size']}, eca {cfg['eca']}, kd {cfg['kd']}, compile "
-                      f"{cfg['compile']} ({bench.get('device_name')})", "",
-                  "| bench | path | precision | images/s | x ref | peak MiB |",
-                  "|---|---|---|---:|---:|---:|"]
-        for r in bench["rows"]:
-            ratio = f"{r['ratio']:.2f}" if r.get("ratio") is not None else "-"
-            lines.append(f"| {r['bench']} | {r['path']} | {r['precision']} | "
-                         f"{r['images_per_s']:,.0f} | {ratio} | {r['peak_mem_mib']:,.0f} |")
-    fm = summary.get("fmnist")
-    if fm:
-        lines += ["", f"## Fashion-MNIST ({fm['train_size']} train images, {fm['protocol']})", "",
-                  "| role | arch | width | epochs | test acc (best-val ckpt) | test acc (last) | "
-                  "train images/s |", "|---|---|---:|---:|---:|---:|---:|"]
-        for role in ("teacher", "student"):
-            r = fm[role]
-            lines.append(f"| {role} | {r['arch']} | {r['base_width']} | {r['epochs']} | "
-                         f"{_pct(r['test_acc_best'])} | {_pct(r['test_acc_last'])} | "
-                         f"{r['train_images_per_s'] or 0:,.0f} |")
-    depth = summary.get("depth")
-    if depth:
-        lines += ["", "## Depth: each net alone, the fmnist part's recipe", "",
-                  "| run | arch | precision | width | epochs | test acc (best-val ckpt) | "
-                  "test acc (last) |", "|---|---|---|---:|---:|---:|---:|"]
-        for tag, r in depth.items():
-            lines.append(f"| {tag} | {r['arch']} | {r['precision']} | {r['base_width']} | "
-                         f"{r['epochs']} | {_pct(r['test_acc_best'])} | "
-                         f"{_pct(r['test_acc_last'])} |")
-    return "\n".join(line for line in lines if line is not None) + "\n"
-
-
-def _pct(v):
-    return f"{v:.2f}%" if isinstance(v, (int, float)) else "-"
-
-
 # ------------------------------------------------------------------ main
 def main(args):
     if os.path.exists(args.out) and os.listdir(args.out):
@@ -361,6 +260,7 @@ def main(args):
         summary["tests"] = parse_tests(f.read())
     summary["fmnist"] = fmnist_result(work)
     summary["depth"] = depth_result(work)
+    summary["sweep_small"] = sweep_result(work)
     summary["wall_s"] = round(time.perf_counter() - start, 1)
     shutil.rmtree(work, ignore_errors=True)
     with open(os.path.join(args.out, "summary.json"), "w") as f:

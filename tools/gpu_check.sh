@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check in one call: CUDA tests, full-width benchmarks (fp32/bf16, eager/compiled, against
 # the reference path), a short Fashion-MNIST teacher + student run and the same recipe for
-# resnet18 and resnet34 alone (is depth a handicap at full width?), each part time-limited.
+# resnet18 and resnet34 alone (is depth a handicap at full width?), the small pair's trials/hour at
+# 1, 4 and 8 trials per GPU (sweep.py work --gpus), each part time-limited.
 #
 #   tools/gpu_check.sh OUT              on a CUDA machine; writes OUT/summary.{json,md}, OUT/logs.txt
 #   tools/gpu_check.sh --dry-run OUT    every part on the CPU at a tiny size (run by the test suite)

@@ -33,13 +33,14 @@ class DistillationLoss(nn.Module):
     options: {term: {key: value}} (--kd-opt).
     fast_teacher: run the frozen teacher as a BatchNorm-folded copy, and only as far as the
     terms need (hint-only when no term needs its logits). Same values, less work.
-    compile_teacher: torch.compile that inference function (worth it on CPU and GPU alike).
+    compile_teacher: torch.compile that inference function (worth it on CPU and GPU alike); True
+    or a torch.compile mode ('default', 'reduce-overhead': CUDA graphs, 'max-autotune').
     """
 
     def __init__(self, mode: str = "none", teacher: nn.Module | None = None, alpha: float = 0.3,
                  beta: float = 1.0, temperature: float = 4.0, student_hint_shape=None,
                  teacher_hint_shape=None, label_smoothing: float = 0.0, fast_teacher: bool = True,
-                 compile_teacher: bool = False, weights: dict | None = None,
+                 compile_teacher: bool | str = False, weights: dict | None = None,
                  context: TermContext | None = None, options: dict | None = None,
                  ce_weight: float = 1.0):
         super().__init__()
@@ -149,7 +150,8 @@ class DistillationLoss(nn.Module):
             compiled = self.__dict__.setdefault("_compiled", {})
             key = (id(net), hint_only)
             if key not in compiled:
-                compiled[key] = torch.compile(fn)
+                mode = self.compile_teacher if isinstance(self.compile_teacher, str) else None
+                compiled[key] = torch.compile(fn, mode=mode)
             fn = compiled[key]
         with torch.inference_mode(), ctx:
             out = ModelOutput(None, fn(x)) if hint_only else fn(x)

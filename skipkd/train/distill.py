@@ -33,7 +33,8 @@ def build_loss(args, context, student, teacher) -> DistillationLoss:
                         train_labels=context.loaders.train.labels)
     try:
         return DistillationLoss(args.kd, teacher, alpha=args.alpha, beta=args.beta,
-                                temperature=args.temperature, compile_teacher=args.compile,
+                                temperature=args.temperature, compile_teacher=(
+                                    args.compile and getattr(args, "compile_mode", "default")),
                                 weights=args.kd_weights, context=terms,
                                 options=args.kd_opt, ce_weight=args.ce_weight).to(context.device)
     except ValueError as exc:

@@ -7,7 +7,7 @@ import itertools
 from skipkd.errors import UserError
 from skipkd.io.outputs import RUN_KEY_MAX, validate_run_key
 from utils.sweep.keys import _KEY_BAD, _digest, _label, to_argv, trial_key
-from utils.sweep.scripts import STUDENT_ONLY, SWEEP_OWNED, TEACHER_SCRIPT, Parsers
+from utils.sweep.scripts import SWEEP_OWNED, TEACHER_SCRIPT, Parsers
 from utils.sweep.spec import _axis_labels
 
 __all__ = ["expand", "grid_distributions", "search_distributions", "search_trial"]
@@ -38,7 +38,7 @@ def _teacher_run(spec, args: dict, parsers, study):
     targs = {}
     for flag, value in args.items():
         dest = parsers.dest(script, flag)
-        if dest in STUDENT_ONLY or parsers.dest(TEACHER_SCRIPT, flag) is None:
+        if dest in parsers.student_only() or parsers.dest(TEACHER_SCRIPT, flag) is None:
             continue
         targs[flag] = value
     _set_flag(targs, parsers, TEACHER_SCRIPT, "model", student.get("teacher") or "resnet34")
@@ -138,7 +138,8 @@ def _expand_search(spec: dict, study: str, parsers) -> dict:
     if t is not None:
         for flag in spec["search"]["params"]:
             dest = parsers.dest(spec["script"], flag)
-            if dest not in STUDENT_ONLY and parsers.dest(TEACHER_SCRIPT, flag) is not None:
+            if dest not in parsers.student_only() and \
+                    parsers.dest(TEACHER_SCRIPT, flag) is not None:
                 raise UserError(f"search parameter --{flag} would change the shared teacher "
                                 f"(it is a teacher flag too): drop 'teacher' or the parameter")
         teachers[t[0]] = {"key": t[0], "script": TEACHER_SCRIPT, "argv": t[1], "seed": t[2],
