@@ -23,7 +23,7 @@ KEY = "tiny"
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory, tiny_cifar):
     """A tiny resnet18 trained for one epoch on the tiny CIFAR-10 folder (args.data_dir = it)."""
-    from utils.analysis.features import train_tiny_checkpoint
+    from utils.analysis.notebook import train_tiny_checkpoint
     folder = tmp_path_factory.mktemp("tool_outputs_ckpt")
     return train_tiny_checkpoint(str(folder / "tiny.pth"), width=4, train_size=64, test_size=32,
                                  dataset="cifar10", data_dir=tiny_cifar)

@@ -351,7 +351,7 @@ def test_load_image_file(tmp_path):
 
 def test_train_tiny_checkpoint_round_trip(tmp_path):
     from utils.analysis import checkpoint_loader, checkpoint_test_data, predict_logits
-    from utils.analysis.features import train_tiny_checkpoint
+    from utils.analysis.notebook import train_tiny_checkpoint
     path = train_tiny_checkpoint(str(tmp_path / "tiny.pth"), train_size=128, test_size=64)
     ckpt = load_checkpoint(path)
     model = model_from_checkpoint(ckpt, path)

@@ -232,7 +232,7 @@ def test_svhn_label_outside_1_10(tmp_path, label):
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory):
     """One real tiny checkpoint (resnet18, width 4, trained 1 epoch on the synthetic data)."""
-    from utils.analysis.features import train_tiny_checkpoint
+    from utils.analysis.notebook import train_tiny_checkpoint
     path = str(tmp_path_factory.mktemp("tiny_ckpt") / "tiny.pth")
     return train_tiny_checkpoint(path, train_size=64, test_size=32, batch_size=32)
 

@@ -15,8 +15,8 @@ hooks, so block outputs are taken from each block's final ReLU module (used once
 the hint from the hint block's `shortcut` module.
 
 Plots (matplotlib figures; the caller saves and closes them): mean activation map per block,
-the channels of one layer, the first-layer kernels and the hint. `train_tiny_checkpoint` makes a
-small real checkpoint in seconds for demos (the notebook uses it when no checkpoint is given).
+the channels of one layer, the first-layer kernels and the hint. `notebook.train_tiny_checkpoint`
+makes a small real checkpoint in seconds for demos (the notebook uses it when no checkpoint is given).
 """
 import math
 import os
@@ -31,7 +31,7 @@ from skipkd.errors import UserError
 __all__ = ["FeatureCapture", "capture_features", "layer_names", "mean_activation_maps",
            "normalise_image", "load_image", "test_image", "plot_mean_activations",
            "plot_channel_grid", "plot_first_layer_kernels", "plot_hint", "save_figure",
-           "save_feature_figures", "train_tiny_checkpoint"]
+           "save_feature_figures"]
 
 
 def _per_block(model: nn.Module) -> bool:
@@ -311,55 +311,3 @@ def save_feature_figures(model, ckpt, image_u8, out_dir, layer="stages.0.0", pre
         figs["hint"] = plot_hint(feats["hint"][0])
     return {name: save_figure(fig, os.path.join(out_dir, f"{prefix}{name}.png"), dpi, close=True)
             for name, fig in figs.items()}
-
-
-# ---------------------------------------------------------------- a tiny real model
-def train_tiny_checkpoint(path: str, arch="resnet18", width=4, eca="parallel", epochs=1,
-                          train_size=512, test_size=128, batch_size=64, lr=0.05, seed=0,
-                          dataset="synthetic", data_dir=None) -> str:
-    """Train a small model with the repo's engine and save a regular checkpoint (the same format
-    as the training scripts). Seconds on a CPU. dataset: 'synthetic' (made in memory), or a
-    dataset read from `data_dir` (its first train_size / test_size images; the folder is saved
-    as the run's --data-dir, like a training script does)."""
-    from skipkd.models import create_model
-
-    from skipkd.io.checkpoint import save_checkpoint
-    from skipkd.data import SYNTHETIC_SEED, Augment, TensorLoader, channel_stats, load_dataset
-    from skipkd.train.engine import evaluate, train_one_epoch
-    from skipkd.kd import DistillationLoss
-
-    torch.manual_seed(seed)
-    if dataset == "synthetic":
-        # the same split evaluate.py / test_image rebuild from the saved args
-        train, test = load_dataset("synthetic", train_size=train_size, test_size=test_size,
-                                   seed=SYNTHETIC_SEED)
-    else:
-        train, test = load_dataset(dataset, data_dir or "./data")
-        train.images, train.labels = train.images[:train_size], train.labels[:train_size]
-        test.images, test.labels = test.images[:test_size], test.labels[:test_size]
-    mean, std = channel_stats(train.images)
-    c, size = train.images.shape[1], train.images.shape[-1]
-    data_cfg = {"dataset": dataset, "mean": mean, "std": std, "classes": list(train.classes),
-                "num_classes": len(train.classes), "in_channels": c, "image_size": size,
-                "train_size": len(train), "test_size": len(test)}
-    model_cfg = {"num_classes": len(train.classes), "base_width": width, "in_channels": c,
-                 "eca": eca, "eca_k": None, "image_size": size}
-    model = create_model(arch, num_classes=len(train.classes), base_width=width, in_channels=c, eca=eca)
-    train_loader = TensorLoader(train, batch_size, "cpu", mean, std, shuffle=True,
-                                augment=Augment(crop_padding=4, hflip=True), seed=seed)
-    test_loader = TensorLoader(test, 256, "cpu", mean, std)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    loss_fn = DistillationLoss("none")
-    for epoch in range(epochs):
-        tr = train_one_epoch(model, loss_fn, train_loader, opt, show_progress=False)
-        va = evaluate(model, test_loader)
-    args = {"dataset": dataset, "synthetic_train_size": train_size,
-            "synthetic_test_size": test_size, "eval_batch_size": 256, "epochs": epochs,
-            "batch_size": batch_size, "lr": lr, "seed": seed, "width": width, "eca": eca,
-            "limit_test": None if dataset == "synthetic" else test_size,
-            "script": "utils.analysis.features.train_tiny_checkpoint"}
-    if dataset != "synthetic":
-        args.update(data_dir=data_dir or "./data", limit_train=train_size)
-    save_checkpoint(path, model, arch=arch, role="baseline", model_cfg=model_cfg, data_cfg=data_cfg,
-                    args=args, metrics={"epoch": epochs, "train": tr, "val": va}, epoch=epochs)
-    return path
