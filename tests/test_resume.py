@@ -394,7 +394,7 @@ def _boom_after_partial_write(obj, f, *args, **kwargs):
 
 
 def test_atomic_save_keeps_old_file_when_save_fails(tmp_path, monkeypatch):
-    from skipkd.train import checkpoint
+    from skipkd.io import checkpoint
     path = tmp_path / "model.pth"
     checkpoint.atomic_save({"w": torch.arange(3)}, str(path))
     before = path.read_bytes()
@@ -425,7 +425,7 @@ def test_atomic_save_new_file_and_replace(tmp_path):
 
 
 def test_atomic_npy_and_text_keep_old_file_when_write_fails(tmp_path, monkeypatch):
-    from skipkd.train import files as outputs  # where the atomic writes live
+    from skipkd.io import files as outputs  # where the atomic writes live
     npy, txt = tmp_path / "a.npy", tmp_path / "s.json"
     outputs.atomic_save_npy(str(npy), [1.0, 2.0])
     outputs.atomic_write_text(str(txt), "old\n")
