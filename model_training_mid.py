@@ -3,10 +3,12 @@ student from it with CE + alpha * MSE(student hint, teacher hint) (and/or Hinton
 
     python model_training_mid.py --teacher resnet34 --student resnet18 --kd skip --eca parallel
 """
+import argparse
+
 from skipkd.cli import (EPOCHS, WIDTH, common_parser, finalize_args, float_in, kd_options, kd_spec,
                         kd_weights, merge_kd_options, model_name)
 from skipkd.errors import exit_on_user_error
-from skipkd.kd import KD_TERMS
+from skipkd.kd import KD_RECIPES, KD_TERMS, parse_kd, resolve_recipe
 from skipkd.train.distill import distill
 from skipkd.train.distributed import cleanup
 
@@ -48,7 +50,34 @@ def get_args_parser():
     g.add_argument("--temperature", type=float_in(0, 1000, lo_open=True), default=4.0,
                    help="temperature of the logit term (dkd and dist have their own: "
                         "--kd-opt dkd.temperature=T, dist.tau=T)")
+    g.add_argument("--kd-recipe", choices=list(KD_RECIPES), default=None,
+                   help="a published recipe for the chosen terms: fills --kd-weights, --kd-opt, "
+                        "--ce-weight and --temperature where not given (lskd: logit or dkd with "
+                        "logit standardisation; dist-cifar: DIST's CIFAR config; hinton: "
+                        "RepDistiller's KD split; docs/PRESETS.md)")
     return p
+
+
+_UNSET = object()
+RECIPE_FLAGS = ("ce_weight", "temperature", "alpha", "beta")  # scalar flags a recipe may fill
+
+
+def apply_kd_recipe(parser, args, argv=None):
+    """--kd-recipe: the recipe's values where the command line gave none (a flag given with its
+    default value counts as given); refusals are one-line errors."""
+    if args.kd_recipe is None:
+        return args
+    probe = argparse.Namespace(**dict.fromkeys(RECIPE_FLAGS, _UNSET))
+    parser.parse_known_args(argv, namespace=probe)  # argparse fills no default over a set attribute
+    given = {d for d in RECIPE_FLAGS if getattr(probe, d) is not _UNSET}
+    try:
+        got = resolve_recipe(args.kd_recipe, parse_kd(args.kd), args.kd_weights, args.kd_opt, given)
+    except ValueError as exc:
+        parser.error(str(exc))
+    args.kd_weights, args.kd_opt = got["kd_weights"] or None, got["kd_opt"]
+    args.ce_weight = args.ce_weight if got["ce_weight"] is None else got["ce_weight"]
+    args.temperature = args.temperature if got["temperature"] is None else got["temperature"]
+    return args
 
 
 def main(args):
@@ -61,7 +90,7 @@ def parse_args(argv=None):
     parser = get_args_parser()
     args = finalize_args(parser, parser.parse_args(argv), default_eca="parallel", argv=argv)
     args.kd_opt = merge_kd_options(parser, args.kd, args.kd_opt, args.kd_weights)
-    return args
+    return apply_kd_recipe(parser, args, argv)
 
 
 if __name__ == "__main__":

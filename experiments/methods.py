@@ -20,7 +20,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from skipkd.models import create_model, feature_shapes  # noqa: E402
-from skipkd.kd import KD_TERMS, DistillationLoss, TermContext  # noqa: E402
+from skipkd.kd import KD_RECIPES, KD_TERMS, DistillationLoss, TermContext  # noqa: E402
+from skipkd.kd import recipes as _recipes  # noqa: E402
 
 PAIR = dict(teacher="resnet34", student="resnet18", width=64, eca="parallel", classes=100,
             train_images=45_000)
@@ -92,7 +93,23 @@ def render() -> str:
         if class_doc and class_doc not in doc:
             lines += [class_doc.strip(), ""]
         lines += [f"Source: `{cls.__module__.replace('.', '/')}.py`.", ""]
-    return "\n".join(lines)
+    return "\n".join(lines + recipe_lines())
+
+
+def recipe_lines() -> list:
+    """The published recipes (--kd-recipe): a table of what each sets, then their sources."""
+    lines = ["## Recipes (`--kd-recipe`)", "",
+             "| recipe | term | weight | options | --temperature | CE weight |",
+             "|---|---|---|---|---|---|"]
+    show = lambda v: "-" if v is None else f"{v:g}"  # noqa: E731
+    for name, recipe in KD_RECIPES.items():
+        for term, part in recipe.terms.items():
+            opts = ", ".join(f"{term}.{k}={v:g}" if not isinstance(v, bool) else
+                             f"{term}.{k}={int(v)}" for k, v in part.options.items()) or "-"
+            lines.append(f"| `{name}` | `{term}` | {show(part.weight)} | {opts} | "
+                         f"{show(part.temperature)} | {show(part.ce_weight)} |")
+    doc = inspect.getdoc(_recipes).split("\n", 1)[1].strip()
+    return lines + ["", doc, "", "Source: `skipkd/kd/recipes.py`.", ""]
 
 
 def readme_table() -> str:

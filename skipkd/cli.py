@@ -62,10 +62,16 @@ def kd_weights(v):
 
 def kd_options(v):
     """--kd-opt 'dkd.beta=8,dkd.warmup=5': options of registered terms, checked against each
-    term's declared options -> {term: {key: value}}."""
+    term's declared options -> {term: {key: value}}. A piece without '=' continues the value
+    before it: 'skip.stages=all,skip.stage_weights=1,2,4' gives stage_weights '1,2,4'."""
     from .kd import KD_TERMS, term_options
-    out = {}
-    for item in filter(None, (i.strip() for i in str(v).split(","))):
+    out, items = {}, []
+    for piece in filter(None, (i.strip() for i in str(v).split(","))):
+        if "=" not in piece and items:
+            items[-1] += "," + piece
+        else:
+            items.append(piece)
+    for item in items:
         lhs, sep, value = item.partition("=")
         name, dot, key = lhs.strip().partition(".")
         if not sep or not dot or name not in KD_TERMS:

@@ -23,9 +23,11 @@ hunto/image_classification_sota, lib/models/losses/dist_kd.py and kd_loss.py, wh
 beta = gamma = tau = 1, the ImageNet setting, and `dist_t<tau>` sets tau). The CIFAR-100
 values 2 / 2 / 4 are those of the mdistiller-based reproduction in ZaberKo/GDKD
 (mdistiller/engine/cfg.py: DIST.BETA 2.0, DIST.GAMMA 2.0, DIST.T 4.0, DIST.CE_WEIGHT 1.0, used
-by its configs/cifar100/dist/*.yaml) and of Klayand/PCKA's DISTLoss (beta 2, gamma 2, tem 4); the
-official CIFAR config (configs/strategies/distill/dist_cifar.yaml) could not be read to confirm
-them.
+by its configs/cifar100/dist/*.yaml) and of Klayand/PCKA's DISTLoss (beta 2, gamma 2, tem 4). The
+authors' own CIFAR config (configs/strategies/distill/dist_cifar.yaml of their classification
+toolbox, read in the copy in hunto/LocalMamba) gives the same loss written differently: kd
+dist_t4 (beta = gamma = 1, tau = 4) at kd_loss_weight 2 with CE weight 1; `--kd-recipe
+dist-cifar` sets those published numbers.
 
 Options (--kd-opt dist.KEY=VALUE): beta, gamma, tau (DIST's own temperature, default 4.0; it does
 not follow --temperature, which belongs to the Hinton term), standardize (z-score both logits

@@ -4,6 +4,7 @@ The training loop calls `loss_fn(x, student_output, y)` and never knows which me
 """
 import copy
 import dataclasses
+import functools
 from contextlib import nullcontext
 
 import torch
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models import FEATURES, ModelOutput, fold_batchnorm
+from ..models.contract import BLOCK_FEATURES
 
 from .registry import KD_TERMS, KDBatch, TermContext, parse_kd, term_options
 
@@ -84,7 +86,8 @@ class DistillationLoss(nn.Module):
         for name in self.names:  # a submodule per term, named after it (state_dict: skip.*)
             self.options[name] = term_options(name, options.get(name))
             self.add_module(name, KD_TERMS[name](dataclasses.replace(ctx, options=self.options[name])))
-        self.needs = frozenset().union(*(KD_TERMS[n].needs for n in self.names))
+        # each term instance says what it reads (skip's options change it: hint, hint_out, ...)
+        self.needs = frozenset().union(*(getattr(self, n).needs for n in self.names))
         self.features = self.needs & set(FEATURES)  # what both nets must return besides logits
         if self.features:  # the folded copy when there is one, else the teacher itself
             (self.teacher_infer or self.teacher).request_features(self.features)
@@ -139,16 +142,22 @@ class DistillationLoss(nn.Module):
 
     def teacher_forward(self, x: torch.Tensor) -> ModelOutput:
         """The teacher's outputs, without autograd: only the hint (logits None) when no term
-        needs more, else logits, hint and the requested features."""
+        needs more; only as far as the hint block's output or the last projection shortcut
+        (forward_prefix, logits None) when the terms need no more than those; else logits,
+        hint and the requested features."""
         net, dtype = self._teacher_for(x)
         ctx = nullcontext() if dtype is None else torch.autocast(x.device.type, enabled=False)
         if dtype is not None:
             x = x.to(dtype)
-        hint_only = not (self.needs & {"logits", *FEATURES}) and hasattr(net, "forward_hint")
+        wanted = self.needs & {"logits", *FEATURES}
+        hint_only = not wanted and hasattr(net, "forward_hint")
+        prefix = bool(wanted) and wanted <= BLOCK_FEATURES and hasattr(net, "forward_prefix")
         fn = net.forward_hint if hint_only else net
+        if prefix:
+            fn = functools.partial(net.forward_prefix, want=self.needs & {"hint", *BLOCK_FEATURES})
         if self.compile_teacher:
             compiled = self.__dict__.setdefault("_compiled", {})
-            key = (id(net), hint_only)
+            key = (id(net), hint_only, prefix)
             if key not in compiled:
                 mode = self.compile_teacher if isinstance(self.compile_teacher, str) else None
                 compiled[key] = torch.compile(fn, mode=mode)

@@ -2,10 +2,12 @@
 
 A term is an nn.Module subclass of KDTerm in its own file, registered with @register_term. It
 declares what it needs (`needs`: model outputs of the feature contract, models.FEATURES, plus
-"logits", "hint", and "index" for the training-set indices of the batch), may learn something
+"logits", "hint", and "index" for the training-set indices of the batch; a term whose options
+change what it reads sets `self.needs` on the instance), may learn something
 (connectors, embedding heads: their parameters train with the student and are not exported;
 buffers such as a memory bank are part of the resumable training state), takes options with
-defaults (`options`, set with --kd-opt NAME.KEY=VALUE), and returns one scalar loss or a dict
+defaults (`options`, set with --kd-opt NAME.KEY=VALUE, checked against `bounds`, `choices` and
+the class's own `check_option`), and returns one scalar loss or a dict
 of named parts that sum to it (their names declared in `parts`). The loss appears under the term's name (the parts as
 name_part) in the console, the arrays, TensorBoard and the JSON.
 """
@@ -22,7 +24,8 @@ __all__ = ["KDTerm", "TermContext", "KDBatch", "KD_TERMS", "NEEDS", "register_te
 KD_TERMS: dict[str, type] = {}
 
 # what a term may need: model outputs (both nets) and the batch's sample indices
-NEEDS = frozenset({"logits", "hint", "feats", "preact_feats", "embedding", "index"})
+NEEDS = frozenset({"logits", "hint", "feats", "preact_feats", "embedding", "hint_out",
+                   "shortcuts", "index"})
 
 
 @dataclass
@@ -61,12 +64,19 @@ class KDTerm(nn.Module):
     options: ClassVar[dict] = {}
     parts: ClassVar[tuple] = ()   # the names of the parts forward returns, if it returns a dict
     bounds: ClassVar[dict] = {}   # option -> (lowest, highest) accepted, both inclusive
+    choices: ClassVar[dict] = {}  # option -> the values accepted (string options)
     weight_flag: ClassVar[str | None] = None  # the script flag that also sets its weight (the
                                               # original work's names: skip alpha, logit beta)
 
     def __init__(self, ctx: TermContext):
         super().__init__()
         self.opts = {**type(self).options, **ctx.options}  # defaults, then what was given
+
+    @classmethod
+    def check_option(cls, key: str, value):
+        """A hook for what type, bounds and choices cannot say (e.g. a list's format): returns
+        the value (normalised) or raises ValueError."""
+        return value
 
     def forward(self, student_out, teacher_out, batch: KDBatch):
         raise NotImplementedError
@@ -110,8 +120,10 @@ def parse_kd(spec: str) -> list[str]:
 
 def term_options(name: str, given: dict | None = None) -> dict:
     """A term's options: its defaults updated with `given` ({key: value}), each value cast to
-    its default's type. Unknown keys or values that do not cast: ValueError."""
-    defaults = dict(getattr(KD_TERMS[name], "options", {}))
+    its default's type and checked against the term's bounds, choices and check_option.
+    Unknown keys or values that do not cast or fit: ValueError."""
+    cls = KD_TERMS[name]
+    defaults = dict(getattr(cls, "options", {}))
     out = dict(defaults)
     for key, value in (given or {}).items():
         if key not in defaults:
@@ -130,7 +142,17 @@ def term_options(name: str, given: dict | None = None) -> dict:
             article = "an" if kind.__name__[0] in "aeiou" else "a"
             raise ValueError(f"option {name}.{key} must be {article} {kind.__name__}, got "
                              f"{value!r}") from None
-        lo, hi = getattr(KD_TERMS[name], "bounds", {}).get(key, (None, None))
+        lo, hi = getattr(cls, "bounds", {}).get(key, (None, None))
         if lo is not None and not lo <= out[key] <= hi:
             raise ValueError(f"option {name}.{key} must be in [{lo:g}, {hi:g}], got {value!r}")
+        allowed = getattr(cls, "choices", {}).get(key)
+        if allowed is not None and out[key] not in allowed:
+            raise ValueError(f"option {name}.{key} must be one of {', '.join(map(str, allowed))}, "
+                             f"got {value!r}")
+        check = getattr(cls, "check_option", None)
+        if check is not None:
+            try:
+                out[key] = check(key, out[key])
+            except ValueError as exc:
+                raise ValueError(f"option {name}.{key}: {exc}") from None
     return out

@@ -60,7 +60,7 @@ def create_model(name: str, num_classes: int = 10, base_width: int | None = None
 def feature_shapes(model, in_channels: int = 3, image_size: int = 32) -> dict:
     """Per-sample shapes of everything a model can return (the feature contract, FEATURES):
     {'logits': (K,), 'hint': (C, H, W), 'feats': [(C, H, W), ...], 'preact_feats': [...],
-    'embedding': (D,)}, found by running it once on an image_size x image_size input (on the
+    'embedding': (D,), 'hint_out': (C, H, W) or None, 'shortcuts': [(C, H, W), ...] or None}, found by running it once on an image_size x image_size input (on the
     model's device; a meta-device model costs nothing). The model's own request is restored."""
     was_training, request = model.training, model.feature_request
     model.eval()
@@ -74,7 +74,11 @@ def feature_shapes(model, in_channels: int = 3, image_size: int = 32) -> dict:
             "hint": tuple(out.hint.shape[1:]) if out.hint is not None else None,
             "feats": [tuple(f.shape[1:]) for f in out.feats],
             "preact_feats": [tuple(f.shape[1:]) for f in out.preact_feats],
-            "embedding": tuple(out.embedding.shape[1:])}
+            "embedding": tuple(out.embedding.shape[1:]),
+            # the residual families' block features (None where the family has none)
+            "hint_out": tuple(out.hint_out.shape[1:]) if out.hint_out is not None else None,
+            "shortcuts": ([tuple(s.shape[1:]) for s in out.shortcuts]
+                          if out.shortcuts is not None else None)}
 
 
 def hint_shape_of(model, in_channels: int = 3, image_size: int = 32) -> tuple:

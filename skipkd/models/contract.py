@@ -1,6 +1,6 @@
 """The feature contract every model honours, as one base class.
 
-forward(x) -> ModelOutput(logits, hint, feats, preact_feats, embedding):
+forward(x) -> ModelOutput(logits, hint, feats, preact_feats, embedding, hint_out, shortcuts):
 - logits (B, K) always;
 - hint: the skip-connection feature, the output of the hint block's projection shortcut
   (after its BN, before the residual add), or None for a family without a projection shortcut
@@ -8,22 +8,31 @@ forward(x) -> ModelOutput(logits, hint, feats, preact_feats, embedding):
 - feats / preact_feats / embedding only after request_features(...) asked for them (what the
   chosen distillation terms need): the stem's and every stage's output, the same before their
   last ReLU, and the pooled features the classifier sees. The default path computes nothing
-  extra.
+  extra;
+- hint_out / shortcuts likewise only when requested, and only from families that list them in
+  `block_features` (None elsewhere): the hint block's output (after the residual add and its
+  ReLU) and the output of every projection shortcut (after its BN, before the add), in network
+  order. What skip KD's `where=mid` and `stages=all` variants match.
 
 A family subclasses FeatureModel and implements `forward_all(x) -> (feats, preact_feats, hint)`
 and a classifier `self.fc` over `pool(feats[-1])`; it may override `forward_features` (the
 plain path: (last feature map, hint)) when that can skip work, and provides `forward_hint`
-(only the hint: how far a frozen teacher runs for skip KD) when it has a hint.
+(only the hint: how far a frozen teacher runs for skip KD) when it has a hint. A family with
+`block_features` takes a `taps` dict in forward_all (filled with "hint_out" and "shortcuts")
+and provides `forward_prefix(x, want)`: a ModelOutput without logits that runs only as far as
+the requested ones of hint, hint_out and shortcuts need.
 """
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
-__all__ = ["FEATURES", "ModelOutput", "FeatureModel"]
+__all__ = ["FEATURES", "BLOCK_FEATURES", "ModelOutput", "FeatureModel"]
 
 # what a model can return besides logits and the hint, computed only when requested
-FEATURES = ("feats", "preact_feats", "embedding")
+FEATURES = ("feats", "preact_feats", "embedding", "hint_out", "shortcuts")
+# the FEATURES that come from inside residual blocks: only families that list them return them
+BLOCK_FEATURES = frozenset({"hint_out", "shortcuts"})
 
 
 class ModelOutput(NamedTuple):
@@ -35,6 +44,8 @@ class ModelOutput(NamedTuple):
     feats: tuple | None = None            # stem output, then each stage's output (B, C, H, W)
     preact_feats: tuple | None = None     # the same before their last ReLU
     embedding: torch.Tensor | None = None  # the pooled features the classifier sees (B, C)
+    hint_out: torch.Tensor | None = None  # the hint block's output (B, C_hint, H_hint, W_hint)
+    shortcuts: tuple | None = None        # every projection shortcut's output (B, C, H, W)
 
 
 class FeatureModel(nn.Module):
@@ -42,6 +53,7 @@ class FeatureModel(nn.Module):
 
     feature_request: frozenset = frozenset()
     has_hint: bool = True
+    block_features: frozenset = frozenset()  # which of BLOCK_FEATURES the family can return
 
     def request_features(self, names) -> "FeatureModel":
         """From now on forward() also returns these of FEATURES (what distillation terms need);
@@ -76,9 +88,14 @@ class FeatureModel(nn.Module):
         if not want:
             fmap, hint = self.forward_features(x)
             return ModelOutput(self.fc(self.pool(fmap)), hint)
-        feats, preacts, hint = self.forward_all(x)
+        taps = {} if want & self.block_features else None
+        feats, preacts, hint = self.forward_all(x) if taps is None else self.forward_all(x, taps)
         emb = self.pool(feats[-1])
+        taps = taps or {}
         return ModelOutput(self.fc(emb), hint,
                            feats=feats if "feats" in want else None,
                            preact_feats=preacts if "preact_feats" in want else None,
-                           embedding=emb if "embedding" in want else None)
+                           embedding=emb if "embedding" in want else None,
+                           hint_out=taps.get("hint_out") if "hint_out" in want else None,
+                           shortcuts=(tuple(taps["shortcuts"]) if "shortcuts" in want
+                                      and "shortcuts" in taps else None))

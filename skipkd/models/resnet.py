@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .contract import FEATURES, FeatureModel, ModelOutput
+from .contract import BLOCK_FEATURES, FEATURES, FeatureModel, ModelOutput
 from .init import orthogonal_init_, reference_init_
 from .placement import ECA_PLACEMENTS, AttentionPlacer, BlockSite
 
@@ -148,8 +148,11 @@ class ResNet(FeatureModel):
     """CIFAR ResNet: 3x3 stem, no max-pool, stages of residual blocks (the first block of every
     stage after the first has stride 2), GAP, linear head.
 
-    forward(x) -> ModelOutput(logits, hint).
+    forward(x) -> ModelOutput(logits, hint); on request (request_features) also the stage
+    features, the embedding, the hint block's output and every projection shortcut's output.
     """
+
+    block_features = BLOCK_FEATURES  # hint_out and shortcuts (skip KD's mid / all variants)
 
     def __init__(self, block: str, layers, num_classes=10, base_width=64, in_channels=3,
                  eca="none", eca_k=None, attn="eca", stage_widths=None, init="orthogonal",
@@ -240,9 +243,11 @@ class ResNet(FeatureModel):
                 x = stage(x)
         return x, hint
 
-    def forward_all(self, x: torch.Tensor) -> tuple[tuple, tuple, torch.Tensor]:
+    def forward_all(self, x: torch.Tensor, taps: dict | None = None) -> tuple[tuple, tuple, torch.Tensor]:
         """(feats, preact_feats, hint): the stem's and every stage's output, before and after
-        their last ReLU (the same values forward_features computes)."""
+        their last ReLU (the same values forward_features computes). With `taps` (a dict) also
+        fills taps["hint_out"] (the hint block's output) and taps["shortcuts"] (every projection
+        shortcut's output after its BN, before the add, in network order)."""
         pre = self.stem[1](self.stem[0](x))
         x = F.relu(pre)
         feats, preacts, hint = [x], [pre], None
@@ -251,6 +256,10 @@ class ResNet(FeatureModel):
                 x, s, pre = blk.forward_with_shortcut(x, preact=True)
                 if stage_idx == self.hint_stage and i == 0:
                     hint = s
+                    if taps is not None:
+                        taps["hint_out"] = x
+                if taps is not None and blk.shortcut is not None:
+                    taps.setdefault("shortcuts", []).append(s)
             feats.append(x)
             preacts.append(pre)
         return tuple(feats), tuple(preacts), hint
@@ -262,3 +271,35 @@ class ResNet(FeatureModel):
         for stage in self.stages[:self.hint_stage]:
             x = stage(x)
         return self.hint_block.shortcut(x)
+
+    def forward_prefix(self, x: torch.Tensor, want) -> ModelOutput:
+        """ModelOutput(None, hint, hint_out=..., shortcuts=...) computed only as far as `want`
+        (of "hint", "hint_out", "shortcuts") needs: up to the hint block's shortcut (hint), its
+        output (hint_out), the last projection shortcut (shortcuts); nothing after, no logits.
+        What a frozen teacher runs for skip KD's variants."""
+        want = frozenset(want)
+        blocks = [((si, i), blk) for si, stage in enumerate(self.stages) for i, blk in enumerate(stage)]
+        hint_at = (self.hint_stage, 0)
+        stops = [hint_at] if want & {"hint", "hint_out"} else []
+        if "shortcuts" in want:
+            stops.append(max(pos for pos, blk in blocks if blk.shortcut is not None))
+        end = max(stops)
+        whole_end = end == hint_at and "hint_out" in want  # the last block is needed whole
+        x = self.stem(x)
+        got = {"shortcuts": []}
+        for pos, blk in blocks:
+            if pos == end and not whole_end:
+                s = blk.shortcut(x)  # only this block's projection: nothing after it is needed
+            else:
+                x, s = blk.forward_with_shortcut(x)
+            if blk.shortcut is not None:
+                got["shortcuts"].append(s)
+            if pos == hint_at:
+                got["hint"] = s
+                if pos != end or whole_end:  # the hint block ran whole: x is its output
+                    got["hint_out"] = x
+            if pos == end:
+                break
+        return ModelOutput(None, got.get("hint") if "hint" in want else None,
+                           hint_out=got.get("hint_out") if "hint_out" in want else None,
+                           shortcuts=tuple(got["shortcuts"]) if "shortcuts" in want else None)
