@@ -5,7 +5,8 @@ own parsers (imported on first use).
 import importlib
 import os
 
-__all__ = ["REPO", "SCRIPTS", "TEACHER_SCRIPT", "SWEEP_OWNED", "ATTENTION_GROUP", "Parsers"]
+__all__ = ["REPO", "SCRIPTS", "TEACHER_SCRIPT", "SWEEP_OWNED", "ATTENTION_GROUP",
+           "STUDENT_GROUPS", "Parsers"]
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -16,9 +17,11 @@ TEACHER_SCRIPT = "model_training.py"
 
 # the sweep sets these itself (every trial is one run key in the sweep folder)
 SWEEP_OWNED = {"run_name", "output_dir", "resume", "overwrite"}
-# the training scripts' argument group whose flags a shared teacher does not take from a
-# student's (the teacher's own placement is set in the spec's `teacher` section)
+# the distillation script's argument groups whose flags a shared teacher never takes from a
+# student's: the attention group (the teacher script has it too; the teacher's own placement is
+# set in the spec's `teacher` section), the networks' and the distillation terms' groups
 ATTENTION_GROUP = "attention"
+STUDENT_GROUPS = (ATTENTION_GROUP, "teacher and student", "distillation")
 
 
 class Parsers:
@@ -42,17 +45,22 @@ class Parsers:
 
     def student_only(self) -> frozenset:
         """The argparse destinations a shared teacher does not take from a student's flags,
-        read from the parsers: the distillation script's flags that the teacher's script lacks
-        (the student, the distillation terms, the teacher's own settings) and its attention
-        group (both networks' placement)."""
+        read from the parsers (a new distillation flag needs no edit here): the distillation
+        script's flags that the teacher's script lacks, and every flag of its STUDENT_GROUPS
+        (both networks' attention placement; the networks and the distillation terms, kept out
+        even if the teacher's script ever shares one of their names)."""
         if self._student_only is None:
             student = self.module("model_training_mid.py").get_args_parser()
             teacher = self.module(TEACHER_SCRIPT).get_args_parser()
             teacher_dests = {a.dest for a in teacher._actions}
-            attention = {a.dest for g in student._action_groups if g.title == ATTENTION_GROUP
-                         for a in g._group_actions}
-            if not attention:
-                raise RuntimeError(f"the training scripts have no {ATTENTION_GROUP!r} group")
+            groups = {g.title: {a.dest for a in g._group_actions}
+                      for g in student._action_groups}
+            missing = [title for title in STUDENT_GROUPS if not groups.get(title)]
+            if missing:
+                raise RuntimeError(f"model_training_mid.py's parser has no argument group "
+                                   f"{', '.join(map(repr, missing))} (utils/sweep/scripts.py "
+                                   f"STUDENT_GROUPS)")
             self._student_only = frozenset(
-                {a.dest for a in student._actions if a.dest not in teacher_dests} | attention)
+                {a.dest for a in student._actions if a.dest not in teacher_dests}
+                .union(*(groups[title] for title in STUDENT_GROUPS)))
         return self._student_only

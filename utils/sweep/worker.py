@@ -100,8 +100,8 @@ class Worker:
             self.stop = signum
             if child is not None:
                 child.send_signal(signum)  # the script saves its state at the next step
-                self.status.event(f"{name}: stopping; {self.runner.current.name()} saves its state and "
-                                  f"goes back to the queue (again to stop at once)")
+                self.status.event(f"{name}: stopping; {self.runner.current.name()} saves its "
+                                  f"state and goes back to the queue (again to stop at once)")
             else:
                 self.status.event(f"{name}: stopping")
         elif child is not None:
