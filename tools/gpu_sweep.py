@@ -10,7 +10,6 @@ The dry run uses a fake device list (utils/sweep/gpus.py, SWEEP_FAKE_GPUS) and t
 the whole path runs in the test suite. Part of tools/gpu_check.sh.
 """
 import argparse
-import glob
 import json
 import os
 import subprocess
@@ -19,6 +18,9 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+
+from skipkd.errors import UserError  # noqa: E402
+from skipkd.io.summary import read_summary  # noqa: E402
 
 SIZES = {  # per-gpu levels and trials per level; recipe of the runs
     "gpu": dict(levels=(1, 4, 8), trials=(4, 8, 16), teacher_epochs=3, epochs=2, batch=64,
@@ -94,11 +96,16 @@ def main(args):
         _run(work, env, log)
         wall = time.perf_counter() - start
         images = done = 0
-        for path in glob.glob(os.path.join(folder, "numpy_outputs", "summary_*.json")):
-            with open(path) as f:
-                s = json.load(f)
-            done += 1
-            images += s["dataset"]["train_size"] * s["student"]["epochs"]
+        for seed in range(n):  # the runs' exact keys (sweep keys: study_seed=N), validated
+            key = f"{study}_seed={seed}"
+            try:
+                s = read_summary(os.path.join(folder, "numpy_outputs", f"summary_{key}.json"), key)
+            except UserError:
+                continue
+            sizes = (s.get("dataset") or {}).get("train_size"), (s.get("student") or {}).get("epochs")
+            if all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in sizes):
+                done += 1
+                images += sizes[0] * sizes[1]
         levels.append({"per_gpu": per_gpu, "trials": n, "done": done, "wall_s": round(wall, 1),
                        "trials_per_hour": round(done / wall * 3600, 1),
                        "images_per_s": round(images / wall, 1)})
