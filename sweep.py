@@ -201,6 +201,8 @@ def create(args):
             raw[key] = getattr(args, key)
     spec = normalize_spec(raw, args.grid or "sweep")
     parsers = Parsers()
+    if spec.get("tune") is not None:
+        return _create_tune(args, spec, parsers, sweep_dir)
     plan = expand(spec, args.study, parsers)
     check_plan(spec, plan, parsers)
     n, nt = len(plan["trials"]), len(plan["teachers"])
@@ -212,14 +214,44 @@ def create(args):
             print(f"{t['key']}: python {t['script']} {' '.join(t['argv'])}")
         print(f"{what}: the grid is valid (--dry-run: nothing written)")
         return 0
+    store = _open_for_create(args, sweep_dir)
+    distributions = grid_distributions(spec) if spec["search"] is None else {}
+    create_sweep(store, args.study, spec, plan, distributions)
+    print(f"study '{args.study}' in {store.label}: {what}; runs go to {sweep_dir}")
+    more = "" if args.dir is None else f" --dir {args.dir}"
+    if args.storage is not None:
+        more += " --storage URL" if "***" in store.label else f" --storage '{store.label}'"
+    print(f"start workers with: python sweep.py work {args.study}{more}")
+    return 0
+
+
+def _open_for_create(args, sweep_dir):
+    from utils.sweep.storage import open_store
+    from utils.sweep.worker import check_run_dir
     if args.storage and "://" in args.storage:
         store = open_store(args.storage, sweep_dir, create=True)  # reachable before any file
         check_run_dir(sweep_dir)
     else:
         check_run_dir(sweep_dir)
         store = open_store(args.storage, sweep_dir, create=True)
-    distributions = grid_distributions(spec) if spec["search"] is None else {}
-    create_sweep(store, args.study, spec, plan, distributions)
+    return store
+
+
+def _create_tune(args, spec, parsers, sweep_dir):
+    """A tune file: one search per method and the record study (utils/sweep/tune.py)."""
+    from utils.sweep.tune import create_tune, sub_specs
+    subs = sub_specs(spec, args.study, parsers)  # every command line checked first
+    tune = spec["tune"]
+    what = (f"a tune of {len(tune['methods'])} method(s): {len(subs)} search(es) of "
+            f"{tune['n_trials']} trial(s), then a retrain on seeds "
+            f"{','.join(map(str, tune['seeds']))}")
+    if args.dry_run:
+        for name, _, _ in subs:
+            print(f"{name}: a search of {tune['n_trials']} trial(s)")
+        print(f"{what}: the tune file is valid (--dry-run: nothing written)")
+        return 0
+    store = _open_for_create(args, sweep_dir)
+    create_tune(store, args.study, spec, subs)
     print(f"study '{args.study}' in {store.label}: {what}; runs go to {sweep_dir}")
     more = "" if args.dir is None else f" --dir {args.dir}"
     if args.storage is not None:
@@ -260,6 +292,9 @@ def work(args):
             return 0
         if args.device is None and not os.environ.get(FAKE_ENV):
             args.device = "cuda"  # CUDA_VISIBLE_DEVICES holds the slot's GPU only
+    if sweep.spec.get("tune") is not None:
+        from utils.sweep.tune import work as tune_work
+        return tune_work(store, sweep, sweep_dir, args, slot=slot)
     return Worker(sweep, sweep_dir, args, slot=slot).run()
 
 
@@ -272,12 +307,16 @@ def report(args):
     sweep_dir = _dir(args)
     store = open_store(args.storage, sweep_dir, create=False)
     sweep = load_sweep(store, args.study)
-    if args.baseline:  # this report only: the study keeps its own
+    if args.baseline and sweep.spec.get("tune") is None:  # this report only: the study keeps its own
         sweep.spec["baseline"] = normalize_baseline(
             {"baseline": baseline_flag(args.baseline)}, sweep.spec, "--baseline")
     if args.update:
         check_document(args.update, args.study)  # before anything is written
-    rep = build_report(sweep, sweep_dir)
+    if sweep.spec.get("tune") is not None:
+        from utils.sweep.tune import tune_report
+        rep = tune_report(store, sweep, sweep_dir, args.baseline)
+    else:
+        rep = build_report(sweep, sweep_dir)
     out = args.out or os.path.join(sweep_dir, "report")
     paths = write_report(rep, out, command_line(), args.plotlyjs)
     with open(paths[0], encoding="utf-8") as f:

@@ -186,6 +186,9 @@ def common_parser(description) -> OneLineParser:
     g.add_argument("--split-seed", type=SEED, default=0,
                    help="seed of the --val-split split (fixed by default, so runs with different "
                         "--seed validate on the same images)")
+    add_bool(g, "--report-test", True, "read the test split and report the test accuracy of "
+             "each stage (--no-report-test: the test split is never read, for a search that must "
+             "not see it; needs --val-split > 0)", aliases=())
     add_bool(g, "--shuffle", True, "shuffle the training set every epoch", aliases=())
 
     g = p.add_argument_group("recipe (unset values come from --preset)")

@@ -50,10 +50,12 @@ DATASETS = {
 }
 
 
-def load_dataset(name: str, data_dir: str = "./data", download: bool = False, **kwargs):
+def load_dataset(name: str, data_dir: str = "./data", download: bool = False, test: bool = True,
+                 **kwargs):
     """-> (train ImageData, test ImageData). Unknown names list the valid ones. kwargs: reader
     options (synthetic: train_size, test_size, seed; folder: image_size; fashion-mnist: pad_to);
-    those the chosen reader does not take are ignored."""
+    those the chosen reader does not take are ignored. test=False: the test split is neither
+    read nor looked for (every reader takes it), and None comes back in its place."""
     if name not in DATASETS:
         raise UserError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
     if name != "synthetic" and not os.path.isdir(data_dir) and not download:
@@ -62,4 +64,5 @@ def load_dataset(name: str, data_dir: str = "./data", download: bool = False, **
     reader = DATASETS[name]
     # options a reader does not take are dropped, so callers can pass e.g. image_size to any
     accepted = inspect.signature(reader).parameters
-    return reader(data_dir, download, **{k: v for k, v in kwargs.items() if k in accepted})
+    return reader(data_dir, download, test=test,
+                  **{k: v for k, v in kwargs.items() if k in accepted})

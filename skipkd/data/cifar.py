@@ -144,7 +144,7 @@ def _read_class_names(path, names_key, num_classes, dataset):
 
 
 def _load_cifar(data_dir, download, name, folder_name, url, tv_name, train_files, test_files,
-                label_key, meta_file, names_key, default_classes):
+                label_key, meta_file, names_key, default_classes, test=True):
     """The class count is the format's (len(default_classes)): a label outside it, or a meta
     file naming another number of classes, is an error, never a silently wider model."""
     folder = os.path.join(data_dir, folder_name)
@@ -155,26 +155,26 @@ def _load_cifar(data_dir, download, name, folder_name, url, tv_name, train_files
         _try_download(getattr(torchvision.datasets, tv_name), data_dir, name, folder_name, url)
     num_classes = len(default_classes)
     train = _read_cifar_batches(folder, train_files, label_key, num_classes, name)
-    test = _read_cifar_batches(folder, test_files, label_key, num_classes, name)
+    test = _read_cifar_batches(folder, test_files, label_key, num_classes, name) if test else None
     classes = list(default_classes)
     meta = os.path.join(folder, meta_file)
     if os.path.exists(meta):
         classes = _read_class_names(meta, names_key, num_classes, name) or classes
-    return ImageData(*train, classes), ImageData(*test, list(classes))
+    return ImageData(*train, classes), (ImageData(*test, list(classes)) if test else None)
 
 
-def load_cifar10(data_dir, download=False):
+def load_cifar10(data_dir, download=False, test=True):
     return _load_cifar(data_dir, download, "CIFAR-10", "cifar-10-batches-py",
                        "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "CIFAR10",
                        [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels",
-                       "batches.meta", "label_names", CIFAR10_CLASSES)
+                       "batches.meta", "label_names", CIFAR10_CLASSES, test)
 
 
-def load_cifar100(data_dir, download=False):
+def load_cifar100(data_dir, download=False, test=True):
     return _load_cifar(data_dir, download, "CIFAR-100", "cifar-100-python",
                        "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", "CIFAR100",
                        ["train"], ["test"], "fine_labels", "meta", "fine_label_names",
-                       [str(i) for i in range(100)])
+                       [str(i) for i in range(100)], test)
 
 
 def write_cifar10(data_dir, train: ImageData, test: ImageData, n_train_batches=5):

@@ -99,7 +99,7 @@ def _pad_to(images: np.ndarray, size: int) -> np.ndarray:
     return np.pad(images, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2)))
 
 
-def load_fashion_mnist(data_dir, download=False, pad_to=32):
+def load_fashion_mnist(data_dir, download=False, pad_to=32, test=True):
     """Fashion-MNIST from the four IDX files in data_dir, data_dir/fashion-mnist/ or
     data_dir/FashionMNIST/raw/ (torchvision's layout; --download puts them there).
     Images come back (N, 1, 32, 32) uint8: the 28x28 digits-style images zero-padded by 2 px
@@ -121,7 +121,7 @@ def load_fashion_mnist(data_dir, download=False, pad_to=32):
         if folder is None:
             raise UserError(f"the Fashion-MNIST download left no IDX files in {data_dir}")
     out = []
-    for split in ("train", "test"):
+    for split in ("train", "test") if test else ("train",):
         img_base, lab_base = _FMNIST_FILES[split]
         images, labels = _read_idx_pair(files[img_base], files[lab_base], 10)
         h, w = images.shape[1:]
@@ -134,4 +134,4 @@ def load_fashion_mnist(data_dir, download=False, pad_to=32):
             images = images.copy()
         out.append(ImageData(torch.from_numpy(images),
                              torch.from_numpy(labels), list(FASHION_MNIST_CLASSES), info))
-    return tuple(out)
+    return out[0], (out[1] if test else None)

@@ -102,26 +102,27 @@ def _decode_all(paths, size, what):
 
 # Long on purpose: the reader walks the format top to bottom (classes, files, decode, checks);
 # each step is a few lines with its own error message.
-def load_folder(data_dir, download=False, image_size=32):
+def load_folder(data_dir, download=False, image_size=32, test=True):
     """An ImageFolder tree: data_dir/train/<class>/<images> and data_dir/test/<class>/<images>
     (val/ is accepted when there is no test/). The class list and indices come from train/
     (sorted folder names, as torchvision's ImageFolder); a class folder without images is
     skipped with a warning; a test/ class that train/ lacks is an error. Files whose extension
     is not an image's are skipped and counted. Every image becomes RGB (see _to_rgb) of
-    image_size x image_size (shorter side resized, centre crop)."""
+    image_size x image_size (shorter side resized, centre crop). test=False: test/ is neither
+    looked for nor read (the second value is None)."""
     if download:
         raise UserError("--download is not available for --dataset folder (point --data-dir at "
                         "a folder with train/ and test/ class folders)")
     train_dir = os.path.join(data_dir, "train")
     test_dir = next((os.path.join(data_dir, s) for s in ("test", "val")
                      if os.path.isdir(os.path.join(data_dir, s))), os.path.join(data_dir, "test"))
-    for d in (train_dir, test_dir):
+    for d in (train_dir, test_dir) if test else (train_dir,):
         if not os.path.isdir(d):
             raise UserError(f"folder dataset: {d} not found (expected {data_dir}/train/<class>/"
                             f"<image> and {data_dir}/test/<class>/<image>)")
     t0 = time.perf_counter()
-    splits = {}
-    for split, split_dir in (("train", train_dir), ("test", test_dir)):
+    splits = {"test": {}}
+    for split, split_dir in (("train", train_dir),) + ((("test", test_dir),) if test else ()):
         found, skipped, stray = _scan_split(split_dir)
         if skipped:
             _warn(f"{split_dir}: skipped {skipped} non-image file(s) (images are "
@@ -154,21 +155,26 @@ def load_folder(data_dir, download=False, image_size=32):
         raise UserError(f"folder dataset: {test_dir} has class folder(s) {', '.join(unknown)} with "
                         f"images but {train_dir} has no images of them (the classes come from "
                         f"train/: {', '.join(classes)})")
+    index = {c: i for i, c in enumerate(classes)}
+    info = {"source": os.path.abspath(data_dir),
+            "preprocessing": f"RGB, shorter side resized to {image_size} + centre crop, "
+                             f"transparency on black"}
+    train = ImageData(torch.from_numpy(train_images),
+                      torch.tensor([index[n] for n in train_names], dtype=torch.int64),
+                      list(classes), dict(info))
+    if not test:
+        print(f"folder dataset: {len(train_names)} train images (test/ not read), "
+              f"{len(classes)} classes, decoded in {time.perf_counter() - t0:.1f}s", flush=True)
+        return train, None
     empty_test = [c for c, paths in test_found.items() if not paths]
     if empty_test:
         _warn(f"{test_dir}: empty class folder(s) skipped: {', '.join(empty_test)}")
     test_images, test_names = decode({c: p for c, p in test_found.items() if p}, test_dir)
     if len(test_names) == 0:
         raise UserError(f"folder dataset: no readable images in {test_dir}")
-    index = {c: i for i, c in enumerate(classes)}
-    info = {"source": os.path.abspath(data_dir),
-            "preprocessing": f"RGB, shorter side resized to {image_size} + centre crop, "
-                             f"transparency on black"}
     print(f"folder dataset: {len(train_names)} train / {len(test_names)} test images, "
           f"{len(classes)} classes, decoded in {time.perf_counter() - t0:.1f}s", flush=True)
-    return (ImageData(torch.from_numpy(train_images),
-                      torch.tensor([index[n] for n in train_names], dtype=torch.int64),
-                      list(classes), dict(info)),
+    return (train,
             ImageData(torch.from_numpy(test_images),
                       torch.tensor([index[n] for n in test_names], dtype=torch.int64),
                       list(classes), dict(info)))

@@ -39,10 +39,12 @@ def _read_svhn_mat(path):
     return torch.from_numpy(images), torch.from_numpy(y)
 
 
-def load_svhn(data_dir, download=False):
+def load_svhn(data_dir, download=False, test=True):
     """SVHN cropped digits: train_32x32.mat and test_32x32.mat in data_dir (or data_dir/svhn/).
     'X' is (32, 32, 3, N) uint8 -> (N, 3, 32, 32); labels 1..10 with 10 meaning the digit 0."""
     names = {"train": "train_32x32.mat", "test": "test_32x32.mat"}
+    if not test:  # the test file is neither looked for nor read
+        del names["test"]
 
     def locate(name):
         for folder in (data_dir, os.path.join(data_dir, "svhn"), os.path.join(data_dir, "SVHN")):
@@ -68,7 +70,8 @@ def load_svhn(data_dir, download=False):
                 paths[split] = os.path.join(data_dir, names[split])
     info = {"source": os.path.dirname(paths["train"]), "preprocessing": "none"}
     return (ImageData(*_read_svhn_mat(paths["train"]), list(SVHN_CLASSES), dict(info)),
-            ImageData(*_read_svhn_mat(paths["test"]), list(SVHN_CLASSES), dict(info)))
+            ImageData(*_read_svhn_mat(paths["test"]), list(SVHN_CLASSES), dict(info))
+            if test else None)
 
 
 # ---------------------------------------------------------------- ImageFolder trees

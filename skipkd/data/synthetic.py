@@ -52,5 +52,7 @@ def make_synthetic(n: int, seed: int = 0, image_size: int = 32, num_classes: int
 SYNTHETIC_SEED = 1234  # the training scripts' synthetic dataset is fixed; --seed changes training
 
 
-def load_synthetic(data_dir=None, download=False, train_size=5000, test_size=1000, seed=0):
-    return make_synthetic(train_size, seed=seed), make_synthetic(test_size, seed=seed + 1_000_003)
+def load_synthetic(data_dir=None, download=False, train_size=5000, test_size=1000, seed=0,
+                   test=True):
+    return (make_synthetic(train_size, seed=seed),
+            make_synthetic(test_size, seed=seed + 1_000_003) if test else None)

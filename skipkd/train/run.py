@@ -62,8 +62,12 @@ class Run:
     def describe_data(self) -> str:
         """'{dataset} [{n} train / {m} test, {protocol}]' for the run's first line."""
         cfg = self.data_cfg
-        return (f"{cfg['dataset']} [{cfg['train_size']} train / {cfg['test_size']} test, "
-                f"{cfg['protocol']}]")
+        return f"{cfg['dataset']} [{self._sizes()}, {cfg['protocol']}]"
+
+    def _sizes(self) -> str:
+        cfg = self.data_cfg
+        test = "test not read" if cfg.get("test_read") is False else f"{cfg['test_size']} test"
+        return f"{cfg['train_size']} train / {test}"
 
     def close(self, checkpoint_role: str, label: str) -> dict:
         """Write the summary (every role's result, the command line, the data, the machine),
@@ -78,8 +82,8 @@ class Run:
         print(results_table(list(self.results.items())))
         rows = [(label, self.results[checkpoint_role]["checkpoint"]),
                 ("summary:", self.outputs.summary),
-                ("ran on:", f"{cfg['dataset']} ({cfg['train_size']} train / {cfg['test_size']} "
-                            f"test), {describe_machine(self.device, args.precision)}"),
+                ("ran on:", f"{cfg['dataset']} ({self._sizes()}), "
+                            f"{describe_machine(self.device, args.precision)}"),
                 ("wall time:", f"{summary['wall_time_s']:.1f}s")]
         width = max(len(name) for name, _ in rows) + 1
         print("\n" + "\n".join(f"{name:<{width}}{value}" for name, value in rows))

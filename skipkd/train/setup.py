@@ -77,20 +77,25 @@ def prepare_data(args):
     if name == "synthetic":
         kwargs = dict(train_size=args.synthetic_train_size, test_size=args.synthetic_test_size,
                       seed=SYNTHETIC_SEED)  # the dataset is fixed; --seed only changes training
-    train, test = load_dataset(name, args.data_dir, args.download, **kwargs)
+    fraction = float(getattr(args, "val_split", 0) or 0)
+    report_test = getattr(args, "report_test", True)
+    if not report_test and fraction <= 0:
+        raise UserError("--no-report-test needs a held-out validation split (--val-split > 0): "
+                        "without one the test set is the validation set")
+    train, test = load_dataset(name, args.data_dir, args.download, test=report_test, **kwargs)
     if args.limit_train:
         train.images, train.labels = train.images[:args.limit_train], train.labels[:args.limit_train]
-    if args.limit_test:
+    if args.limit_test and test is not None:
         test.images, test.labels = test.images[:args.limit_test], test.labels[:args.limit_test]
-    if len(train) == 0 or len(test) == 0:
+    if len(train) == 0 or (test is not None and len(test) == 0):
         raise UserError(f"dataset {name} in {args.data_dir} has no images")
     if name == "svhn" and getattr(args, "hflip", False):
         print("notice: --hflip mirrors SVHN's digits at random; --no-hflip usually suits digits")
-    fraction = float(getattr(args, "val_split", 0) or 0)
     split_seed = int(getattr(args, "split_seed", 0) or 0)
     fit = train
-    split = {"protocol": "test-as-val", "val_split": 0.0, "val_size": len(test)}
-    if fraction > 0:
+    if fraction <= 0:
+        split = {"protocol": "test-as-val", "val_split": 0.0, "val_size": len(test)}
+    else:
         fit, val, digest = held_out_split(train, fraction, split_seed)
         if len(val) == 0 or len(fit) == 0:
             raise UserError(f"--val-split {fraction:g} of {len(train)} training images leaves "
@@ -109,7 +114,8 @@ def prepare_data(args):
     data_cfg = {"dataset": name, "mean": mean, "std": std, "classes": list(train.classes),
                 "num_classes": num_classes, "in_channels": c,
                 "image_size": int(train.images.shape[-1]),
-                "train_size": len(fit), "test_size": len(test), **split,
+                "train_size": len(fit), "test_size": len(test) if test is not None else 0,
+                **split, **({} if report_test else {"test_read": False}),
                 **({"preprocessing": train.info["preprocessing"]}
                    if train.info.get("preprocessing") else {})}
     return train, test, data_cfg
@@ -133,8 +139,10 @@ def make_loaders(train, test, data_cfg, args, device) -> Loaders:
         train, val, digest = held_out_split(train, data_cfg["val_split"], data_cfg["split_seed"])
         if digest != data_cfg.get("val_indices_sha1") or len(val) != data_cfg["val_size"]:
             raise RuntimeError("make_loaders: the held-out split differs from prepare_data's")
-        report_loader = TensorLoader(test, args.eval_batch_size, device, data_cfg["mean"],
-                                     data_cfg["std"], channels_last=args.channels_last, **shard)
+        if test is not None:  # None: --no-report-test, the test split was not read
+            report_loader = TensorLoader(test, args.eval_batch_size, device, data_cfg["mean"],
+                                         data_cfg["std"], channels_last=args.channels_last,
+                                         **shard)
     else:
         val = test
     aug = Augment(crop_padding=args.crop_padding, hflip=args.hflip, vflip=args.vflip)

@@ -283,6 +283,9 @@ def report_test_accuracy(model, best_path, report_loader, data_cfg, device, prec
     Under 'test-as-val' they are the validation numbers (the best one was selected on the test
     set, so it is optimistic); under a held-out split the test set is evaluated here, once."""
     out = {"protocol": data_cfg.get("protocol", "test-as-val")}
+    if data_cfg.get("test_read") is False:  # --no-report-test: the test split was never read
+        out.update(test_acc_best=None, test_acc_last=None, test_read=False)
+        return out
     if report_loader is None:
         out.update(test_acc_best=result["best_val_acc"], test_acc_last=result["final_val_acc"])
         return out

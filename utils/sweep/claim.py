@@ -76,6 +76,8 @@ class Claimer:
             waiting = trials_of(study, (TrialState.WAITING,))
             waiting.sort(key=lambda t: (t.user_attrs.get("attempt", 1) == 1, t.number))
             for t in waiting:
+                if not t.user_attrs.get("key"):  # a queued start setting: ask() gives it out
+                    continue
                 tkey = t.user_attrs.get("teacher_key") if study is self.sweep.study else None
                 state = teachers.get(tkey, "failed") if tkey else None
                 if state == "complete" and not self._teacher_here(tkey):
@@ -97,7 +99,7 @@ class Claimer:
     def _search_budget_left(self) -> int:
         """How many search trials are still to be asked for (workers that ask at the same
         moment may together run a few more than n_trials)."""
-        keys = {t.user_attrs.get("key") for t in trials_of(self.sweep.study)}
+        keys = {t.user_attrs.get("key") for t in trials_of(self.sweep.study)} - {None}
         return max(0, self.spec["search"]["n_trials"] - len(keys))
 
     def _ask_new(self):

@@ -23,6 +23,8 @@ def key_states(trials) -> dict:
              "running" if t.state == TrialState.RUNNING else
              "waiting" if t.state == TrialState.WAITING else "failed")
         k = t.user_attrs.get("key")
+        if k is None:  # queued by enqueue_trial, or being asked: not a run yet
+            continue
         if k not in out or rank[s] > rank[out[k]]:
             out[k] = s
     return out
@@ -94,7 +96,7 @@ class Progress:
         total = sum(counts.values())
         new = 0
         if self.spec["search"] is not None:
-            keys = {t.user_attrs.get("key") for t in trials_of(self.sweep.study)}
+            keys = {t.user_attrs.get("key") for t in trials_of(self.sweep.study)} - {None}
             new = max(0, self.spec["search"]["n_trials"] - len(keys))
             total += new
         left = counts["waiting"] + counts["running"] + new

@@ -31,7 +31,13 @@ def read_run_summary(run_dir, key, script) -> dict:
     """The run's summary, validated, with the fields a trial records present and finite."""
     from skipkd.io.summary import read_summary
     role = SCRIPTS[script][1]
-    return read_summary(summary_path(run_dir, key), key, need=[f"{role}.{f}" for f in NEEDED])
+    path = summary_path(run_dir, key)
+    doc = read_summary(path, key, need=[f"{role}.best_val_acc"])
+    # a run that never read the test split (--no-report-test, a tuning search's trial) has no
+    # test accuracy, and says so in its data section; every other run must have it
+    if (doc.get("dataset") or {}).get("test_read") is not False:
+        read_summary(path, key, need=[f"{role}.{f}" for f in NEEDED])
+    return doc
 
 
 def val_curve(run_dir, key, script):
@@ -128,10 +134,11 @@ class ResultRecorder:
             if self.beats.finish(job, TrialState.COMPLETE, value=value):
                 nothing = lines and "nothing to resume" in " ".join(lines[-8:])
                 before = " (it had finished before)" if nothing else ""
-                self.status.event(
-                    f"{name}: done in {elapsed:.0f}s{before}: "
-                    f"test {metrics['test_acc_best']:.2f}% (best-val checkpoint), "
-                    f"{metrics['test_acc_last']:.2f}% (last epoch)")
+                score = (f"test {metrics['test_acc_best']:.2f}% (best-val checkpoint), "
+                         f"{metrics['test_acc_last']:.2f}% (last epoch)"
+                         if metrics["test_acc_best"] is not None else
+                         f"validation {value:.2f}% (test split not read)")
+                self.status.event(f"{name}: done in {elapsed:.0f}s{before}: {score}")
         elif job.pruned:
             self.beats.finish(job, TrialState.PRUNED)
         elif stop is not None:

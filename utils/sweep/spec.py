@@ -14,6 +14,8 @@ A spec (docs/SWEEPS.md has the reference) is a dict:
               which the students load with --teacher-checkpoint (default: each run trains its own)
     baseline  {axis: label}: the grid point each one is compared with, seed by seed (default:
               the value that sets --kd none, the no-teacher student)
+    tune      equal-budget tuning of several methods (tune.py has its shape), instead of a grid
+              or a search
     heartbeat, grace, max_retries: how dead workers are noticed (seconds) and how often a killed
               trial is retried
 
@@ -46,7 +48,7 @@ LIMITS = {"depth": 16,                 # nesting of the spec's objects and lists
 
 DEFAULTS = {"heartbeat": 30.0, "grace": 120.0, "max_retries": 3}
 TOP_KEYS = ("description", "script", "fixed", "grid", "exclude", "search", "teacher", "baseline",
-            "heartbeat", "grace", "max_retries")
+            "heartbeat", "grace", "max_retries", "tune")
 SEARCH_KEYS = ("n_trials", "params", "sampler", "pruner", "seed", "direction")
 _SCALARS = (str, int, float, bool)
 _FLAG_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]*(\.[A-Za-z0-9_.-]+)?")
@@ -129,6 +131,13 @@ def normalize_spec(raw: dict, source: str) -> dict:
         raise UserError(f"{source}: unknown script {script!r}; choose from {', '.join(SCRIPTS)}")
     spec = {"description": str(raw.get("description", "")), "script": script,
             "fixed": _check_flags(raw.get("fixed", {}), f"{source}: fixed")}
+    if "tune" in raw:  # equal-budget tuning (tune.py): its searches and retrain are specs too
+        from utils.sweep.tune import normalize_tune
+        spec.update(grid=None, search=None, exclude=[], teacher=None, baseline=None,
+                    tune=normalize_tune(raw, source, _check_flags, _normalize_param))
+        for key, default in DEFAULTS.items():
+            spec[key] = _positive(raw, key, default, integer=key == "max_retries")
+        return spec
     grid, search = raw.get("grid"), raw.get("search")
     if grid is not None and search is not None:
         raise UserError(f"{source}: give a grid or a search, not both")

@@ -56,7 +56,8 @@ def _environments(rows):
 def markdown(rep, command_line) -> str:
     """report.md: the study, its protocol, the results, shared teachers, failed trials, the
     runs' commands and the figures."""
-    lines = (_md_head(rep, command_line) + _md_protocol(rep) + _md_results(rep)
+    lines = (_md_head(rep, command_line) + _md_protocol(rep) + rep.get("extra_md", [])
+             + _md_results(rep)
              + _md_teachers(rep) + _md_failed(rep) + _md_commands(rep) + _md_figures(rep))
     return "\n".join(lines)
 

@@ -1,0 +1,426 @@
+"""Equal-budget tuning: every method gets the same search, then its chosen setting is trained
+again on fresh seeds beside its defaults (docs/SWEEPS.md, "Equal-budget tuning").
+
+A tune file has, instead of `grid` or `search`, a `tune` entry:
+
+    tune  {"methods": {LABEL: {"flags": {flag: value},           what makes the method
+                               "params": {flag: range},          its own knobs (none: not searched)
+                               "start": {flag: value}}},         the first trial (its defaults)
+           "n_trials": N,          search trials per method: the budget, the same for every one
+           "sampler": "tpe", "seed": S, "pruner": "none",   the searches' sampler (seeded)
+           "search_seed": 0,       --seed of every search trial
+           "seeds": [1, 2, 3, 4, 5],   fresh seeds of the retrain (never the search seed)
+           "baseline": LABEL}      what the deltas compare with (default: the method with --kd none)
+
+`sweep.py create T --grid FILE` makes one search study per searched method, `T-search-LABEL`
+(an ordinary search: the spec's fixed flags, the method's flags, --seed search_seed and
+--no-report-test, so the trials never read the test split and are scored on the held-out
+validation split only), and the record `T` that holds the tune spec. `sweep.py work T` runs
+the searches, and once every one is finished makes `T-retrain`: a grid of every method at its
+flags (the defaults) and, for each searched method, at its flags plus the best trial's
+parameters (`LABEL-tuned`), on the fresh seeds, with the test accuracy reported and paired
+against the baseline. `sweep.py report T` is that grid's report with the searches' budget, each
+method's chosen setting and a default-vs-tuned table in front. All studies share the sweep
+folder and the storage.
+"""
+import argparse
+import copy
+import fcntl
+import os
+import re
+import time
+
+from skipkd.errors import UserError
+from utils.sweep.keys import _label
+
+__all__ = ["TUNE_KEYS", "normalize_tune", "search_name", "retrain_name", "sub_specs",
+           "create_tune", "work", "tune_section"]
+
+TUNE_KEYS = ("methods", "n_trials", "sampler", "seed", "pruner", "search_seed", "seeds",
+             "baseline")
+_LABEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,39}")
+TUNED = "-tuned"
+
+
+def search_name(tune_name, label):
+    return f"{tune_name}-search-{label}"
+
+
+def retrain_name(tune_name):
+    return f"{tune_name}-retrain"
+
+
+def normalize_tune(raw: dict, source: str, check_flags, normalize_param) -> dict:
+    """The `tune` entry checked, with its defaults (check_flags/normalize_param: spec.py's)."""
+    what = f"{source}: tune"
+    tune = raw["tune"]
+    if not isinstance(tune, dict):
+        raise UserError(f"{what}: expected an object with methods, n_trials and seeds")
+    unknown = [k for k in tune if k not in TUNE_KEYS]
+    if unknown:
+        raise UserError(f"{what}: unknown entry {unknown[0]!r} (known: {', '.join(TUNE_KEYS)})")
+    for key in ("grid", "search", "exclude", "baseline"):
+        if key in raw:
+            raise UserError(f"{source}: give 'tune' or '{key}', not both (a tune makes its own "
+                            f"searches and retrain grid)")
+    if "teacher" in raw:
+        raise UserError(f"{source}: a tune distils every trial from one teacher: train it once "
+                        f"and give its checkpoint as teacher-checkpoint in 'fixed' (so every "
+                        f"method and seed learns from the same network)")
+    n = tune.get("n_trials", 8)
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 10_000:
+        raise UserError(f"{what}: n_trials must be a whole number in 1..10000, got {n!r}")
+    sampler, pruner = tune.get("sampler", "tpe"), tune.get("pruner", "none")
+    if sampler not in ("tpe", "random"):
+        raise UserError(f"{what}: sampler must be tpe or random, got {sampler!r}")
+    if pruner not in ("median", "none"):
+        raise UserError(f"{what}: pruner must be median or none, got {pruner!r}")
+    seed, search_seed = tune.get("seed", 0), tune.get("search_seed", 0)
+    for name, v in (("seed", seed), ("search_seed", search_seed)):
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**32:
+            raise UserError(f"{what}: {name} must be a whole number >= 0, got {v!r}")
+    seeds = tune.get("seeds", [1, 2, 3, 4, 5])
+    if not isinstance(seeds, list) or not seeds or len(seeds) > 1000 or not all(
+            isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**32 for s in seeds):
+        raise UserError(f"{what}: seeds must be a non-empty list of whole numbers >= 0")
+    if len(set(seeds)) != len(seeds):
+        raise UserError(f"{what}: seeds repeat")
+    if search_seed in seeds:
+        raise UserError(f"{what}: the retrain's seeds must be fresh: {search_seed} is the "
+                        f"search seed")
+    fixed = raw.get("fixed") or {}
+    for flag in list(fixed) + [f for m in (tune.get("methods") or {}).values()
+                               if isinstance(m, dict) for f in (m.get("flags") or {})]:
+        if flag.lstrip("-") in ("seed", "report-test"):
+            raise UserError(f"{what}: --{flag.lstrip('-')} is set by the tune (search_seed, "
+                            f"seeds; the searches never read the test split)")
+    methods = tune.get("methods")
+    if not isinstance(methods, dict) or not methods or len(methods) > 64:
+        raise UserError(f"{what}: methods: expected an object of 1..64 label: {{flags, params}}")
+    out = {}
+    for label, m in methods.items():
+        mwhat = f"{what}.methods.{label}"
+        if not isinstance(label, str) or not _LABEL_RE.fullmatch(label) or \
+                label.endswith(TUNED):
+            raise UserError(f"{mwhat}: a label is 1-40 letters, digits, . _ - (not ending in "
+                            f"{TUNED})")
+        if not isinstance(m, dict) or set(m) - {"flags", "params", "start"}:
+            raise UserError(f"{mwhat}: expected an object with flags, params and start")
+        flags = check_flags(m.get("flags", {}), f"{mwhat}.flags")
+        params = {}
+        raw_params = m.get("params") or {}
+        if not isinstance(raw_params, dict):
+            raise UserError(f"{mwhat}.params: expected an object of flag: range")
+        for flag, rule in raw_params.items():
+            check_flags({flag: None}, f"{mwhat}.params")
+            if flag.lstrip("-") in ("seed", "report-test"):
+                raise UserError(f"{mwhat}.params: --{flag.lstrip('-')} is set by the tune")
+            params[flag.lstrip("-")] = normalize_param(flag, rule, f"{mwhat}.params.{flag}")
+        start = m.get("start")
+        if start is not None:
+            start = {str(k).lstrip("-"): v for k, v in check_flags(start, f"{mwhat}.start").items()}
+            _check_start(start, params, f"{mwhat}.start")
+        out[label] = {"flags": flags, "params": params, "start": start}
+    if not any(m["params"] for m in out.values()):
+        raise UserError(f"{what}: no method has params: nothing to tune")
+    baseline = tune.get("baseline")
+    if baseline is None:
+        baseline = next((lab for lab, m in out.items() if m["flags"].get("kd") == "none"), None)
+    elif baseline not in out:
+        raise UserError(f"{what}: baseline {baseline!r} is not a method label")
+    return {"methods": out, "n_trials": n, "sampler": sampler, "pruner": pruner, "seed": seed,
+            "search_seed": search_seed, "seeds": list(seeds), "baseline": baseline}
+
+
+def _check_start(start, params, what):
+    """A start setting names every searched flag once, with a value inside its range."""
+    if set(start) != set(params):
+        missing = sorted(set(params) - set(start)) or sorted(set(start) - set(params))
+        raise UserError(f"{what}: give a value for each searched flag and nothing else "
+                        f"({missing[0]!r})")
+    for flag, v in start.items():
+        rule = params[flag]
+        if "choices" in rule:
+            if v not in rule["choices"]:
+                raise UserError(f"{what}: --{flag} {v!r} is not one of {rule['choices']}")
+        elif isinstance(v, bool) or not isinstance(v, (int, float)) or \
+                not rule["low"] <= v <= rule["high"] or (rule["type"] == "int" and
+                                                          not isinstance(v, int)):
+            raise UserError(f"{what}: --{flag} {v!r} is outside [{rule['low']}, "
+                            f"{rule['high']}]")
+
+
+def _common(spec) -> dict:
+    return {"script": spec["script"], "heartbeat": spec["heartbeat"], "grace": spec["grace"],
+            "max_retries": spec["max_retries"]}
+
+
+def search_raw(spec, label) -> dict:
+    """The raw spec of one method's search."""
+    tune, m = spec["tune"], spec["tune"]["methods"][label]
+    fixed = {**spec["fixed"], **m["flags"], "seed": tune["search_seed"], "report-test": False}
+    return {**_common(spec), "fixed": fixed,
+            "description": f"Search of method {label} for the tune of the same name: "
+                           f"{tune['n_trials']} trials, scored on held-out validation only.",
+            "search": {"n_trials": tune["n_trials"], "params": copy.deepcopy(m["params"]),
+                       "sampler": tune["sampler"], "pruner": tune["pruner"],
+                       "seed": tune["seed"]}}
+
+
+def retrain_raw(spec, chosen: dict) -> dict:
+    """The raw spec of the retrain grid; chosen: label -> the best trial's params (a method
+    whose search chose its start setting gets no tuned row: it would repeat the default one)."""
+    tune = spec["tune"]
+    variants = {}
+    for label, m in tune["methods"].items():
+        variants[label] = dict(m["flags"])
+        best = chosen.get(label)
+        if m["params"] and best is not None and best != m["start"]:
+            variants[label + TUNED] = {**m["flags"], **best}
+    raw = {**_common(spec), "fixed": dict(spec["fixed"]), "description": spec["description"],
+           "grid": {"seed": list(tune["seeds"]), "method": variants}}
+    raw["baseline"] = {"method": tune["baseline"]} if tune["baseline"] else None
+    return raw
+
+
+def sub_specs(spec, name, parsers):
+    """Every search's (study name, normalized spec, plan), checked by the scripts' parsers,
+    and the retrain grid checked at the start settings (at create time)."""
+    from utils.sweep.expand import expand
+    from utils.sweep.plan_check import check_argv, check_plan
+    from utils.sweep.expand import search_trial
+    from utils.sweep.spec import normalize_spec
+    out = []
+    for label, m in spec["tune"]["methods"].items():
+        if not m["params"]:
+            continue
+        sname = search_name(name, label)
+        sspec = normalize_spec(search_raw(spec, label), f"tune method {label}")
+        plan = expand(sspec, sname, parsers)
+        check_plan(sspec, plan, parsers)
+        if m["start"] is not None:
+            t = search_trial(sspec, "check", 0, m["start"], None)
+            check_argv(parsers, t["script"], t["argv"], f"method {label}, start setting")
+        out.append((sname, sspec, plan))
+    rspec = normalize_spec(retrain_raw(spec, {}), "tune retrain")
+    check_plan(rspec, expand(rspec, retrain_name(name), parsers), parsers)
+    return out
+
+
+def create_tune(store, name, spec, subs):
+    """The searches (each with its start setting queued first), then the record study."""
+    from utils.sweep.storage import create_sweep
+    names = set(store.study_names())
+    for n in [s for s, _, _ in subs] + [retrain_name(name)]:
+        if n in names:
+            raise UserError(f"study {n!r} already exists in {store.label}; choose another name "
+                            f"(or give another --dir / --storage)")
+    for sname, sspec, plan in subs:
+        sweep = create_sweep(store, sname, sspec, plan, {})
+        label = sname[len(search_name(name, "")):]
+        start = spec["tune"]["methods"][label]["start"]
+        if start is not None:
+            sweep.study.enqueue_trial(start, user_attrs={"start": True})
+    return create_sweep(store, name, spec, {"trials": [], "teachers": []}, {})
+
+
+# ---------------------------------------------------------------------- the worker
+def _searches(store, sweep):
+    from utils.sweep.storage import load_sweep
+    return {label: load_sweep(store, search_name(sweep.name, label))
+            for label, m in sweep.spec["tune"]["methods"].items() if m["params"]}
+
+
+def _finished(sub) -> bool:
+    from utils.sweep.progress import Progress
+    return Progress(sub).overview()["finished"]
+
+
+def chosen_settings(searches) -> dict:
+    """label -> the params of the search's best complete trial (held-out validation)."""
+    from optuna.trial import TrialState
+    out = {}
+    for label, sub in searches.items():
+        done = [t for t in sub.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                if t.value is not None]
+        if not done:
+            raise UserError(f"the search of method {label} has no completed trial: nothing to "
+                            f"retrain (python sweep.py report {sub.name} shows its failures)")
+        best = max(done, key=lambda t: (t.value, -t.number))
+        out[label] = dict(best.params)
+    return out
+
+
+def _retrain(store, sweep, sweep_dir, searches):
+    """The retrain grid: loaded when it exists, else made (once, under a lock in the sweep
+    folder; on a database, the loser of a race between machines loads the winner's)."""
+    from utils.sweep.expand import expand, grid_distributions
+    from utils.sweep.plan_check import check_plan
+    from utils.sweep.scripts import Parsers
+    from utils.sweep.spec import normalize_spec
+    from utils.sweep.storage import create_sweep, load_sweep
+    rname = retrain_name(sweep.name)
+    with open(os.path.join(sweep_dir, f".{sweep.name}.tune.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if rname not in store.study_names():
+            rspec = normalize_spec(retrain_raw(sweep.spec, chosen_settings(searches)),
+                                   "tune retrain")
+            parsers = Parsers()
+            plan = expand(rspec, rname, parsers)
+            check_plan(rspec, plan, parsers)
+            try:
+                create_sweep(store, rname, rspec, plan, grid_distributions(rspec))
+            except UserError:
+                pass  # made meanwhile by a worker on another machine
+    for _ in range(60):  # its spec is written last: wait for a half-made one
+        try:
+            return load_sweep(store, rname)
+        except UserError:
+            time.sleep(1.0)
+    return load_sweep(store, rname)
+
+
+def work(store, sweep, sweep_dir, args, slot=None) -> int:
+    """`sweep.py work T` on a tune: the searches (each until it has no trial to give), then,
+    when all are finished, the retrain grid. Returns the exit status."""
+    from utils.sweep.worker import Worker
+    ran = failed = 0
+    retried = set()
+    while True:
+        searches = _searches(store, sweep)
+        for label, sub in searches.items():
+            if _finished(sub):
+                continue
+            if args.n_trials is not None and ran >= args.n_trials:
+                break
+            opts = argparse.Namespace(**vars(args))
+            opts.wait = False  # a search with nothing free: on to the next method
+            opts.n_trials = None if args.n_trials is None else args.n_trials - ran
+            opts.retry_failed = args.retry_failed and label not in retried
+            retried.add(label)
+            w = Worker(sub, sweep_dir, opts, slot=slot)
+            rc = w.run()
+            ran, failed = ran + w.ran, failed + w.failed
+            if w.stop is not None:
+                return rc
+        if args.n_trials is not None and ran >= args.n_trials:
+            print(f"ran {ran} trial(s) (--n-trials): stopping", flush=True)
+            return 1 if failed else 0
+        if all(_finished(s) for s in searches.values()):
+            break
+        if not args.wait:
+            print("the searches have no trial to take now (--no-wait): stopping", flush=True)
+            return 1 if failed else 0
+        time.sleep(max(args.poll, 2.0))  # trials run elsewhere; a dead one is taken up again
+    retrain = _retrain(store, sweep, sweep_dir, searches)
+    opts = argparse.Namespace(**vars(args))
+    opts.n_trials = None if args.n_trials is None else args.n_trials - ran
+    w = Worker(retrain, sweep_dir, opts, slot=slot)
+    rc = w.run()
+    failed += w.failed
+    return rc if w.stop is not None else (1 if failed else rc)
+
+
+# ---------------------------------------------------------------------- the report
+def search_summaries(store, sweep) -> dict:
+    """label -> the search's budget, counts, start and best trial (for the report)."""
+    from optuna.trial import TrialState
+    from utils.sweep.progress import key_states
+    out = {}
+    for label, sub in _searches(store, sweep).items():
+        trials = sub.study.get_trials(deepcopy=False)
+        done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+        states = list(key_states(trials).values())
+        start = next((t for t in done if t.user_attrs.get("start")), None)
+        best = max(done, key=lambda t: (t.value, -t.number)) if done else None
+        out[label] = {"study": sub.name, "budget": sub.spec["search"]["n_trials"],
+                      "done": len(done), "failed": states.count("failed"),
+                      "start_value": start.value if start else None,
+                      "best_value": best.value if best else None,
+                      "best_number": best.number if best else None,
+                      "best_params": dict(best.params) if best else None,
+                      "params": sub.spec["search"]["params"]}
+    return out
+
+
+def tune_report(store, sweep, sweep_dir, baseline=None) -> dict:
+    """The report of a tune: the retrain grid's, with the tuning section in front."""
+    from utils.sweep.progress import Progress
+    from utils.sweep.report import build_report
+    from utils.sweep.spec import normalize_baseline
+    from utils.sweep.spec_sources import baseline_flag
+    from utils.sweep.storage import load_sweep
+    summaries = search_summaries(store, sweep)
+    if retrain_name(sweep.name) not in store.study_names():
+        left = ", ".join(f"{label} {s['done']}/{s['budget']}" for label, s in summaries.items())
+        raise UserError(f"tune '{sweep.name}': the searches are not finished ({left} trials "
+                        f"done); the report comes from the retrain that follows them (python "
+                        f"sweep.py report {search_name(sweep.name, 'LABEL')} shows a search)")
+    retrain = load_sweep(store, retrain_name(sweep.name))
+    if baseline:  # this report only
+        retrain.spec["baseline"] = normalize_baseline({"baseline": baseline_flag(baseline)},
+                                                      retrain.spec, "--baseline")
+    rep = build_report(retrain, sweep_dir)
+    rep["name"] = sweep.name
+    rep["tune_spec"] = dict(sweep.spec["tune"])
+    if baseline:
+        rep["tune_spec"]["baseline"] = next(iter(retrain.spec["baseline"].values()))
+    rep["spec"] = dict(retrain.spec, description=sweep.spec["description"])
+    rep["extra_md"] = tune_section(rep, summaries)
+    if not Progress(retrain).overview()["finished"]:
+        rep["extra_md"].append("")
+        rep["extra_md"].append("*The retrain is still running: the rows below are partial.*")
+    return rep
+
+
+def tune_section(rep, summaries) -> list:
+    """The markdown lines in front of the retrain's results: budget, chosen settings, and the
+    default-vs-tuned table (Δ against the baseline, paired by seed)."""
+    from utils.sweep.tables import _delta_text, _num, _pm
+    from utils.sweep.stats import paired_delta
+    tune = rep["tune_spec"]
+    configs = {c["axes"].get("method"): c for c in rep["configs"]}
+    lines = ["", "## Tuning", "",
+             f"- Budget: {tune['n_trials']} search trials per method ({tune['sampler']} sampler, "
+             f"seed {tune['seed']}, {'median pruner' if tune['pruner'] == 'median' else 'no pruning'}), "
+             f"each trial one training run with `--seed {tune['search_seed']}`, scored on the "
+             f"held-out validation split (best epoch); the search runs never read the test split "
+             f"(`--no-report-test`). The first trial of each search is its start setting (the "
+             f"method's defaults) when the tune file gives one.",
+             f"- Retrain: each method at its defaults and, where the search chose something else, "
+             f"at the chosen setting (`-tuned`), on the fresh seeds "
+             f"{', '.join(map(str, tune['seeds']))}; test accuracy of the best-validation "
+             f"checkpoint, Δ against `{tune['baseline']}` paired by seed with its 95% interval.",
+             "", "| method | searched | val % start → best | chosen setting | default: test best % "
+             "| Δ default [95% CI] | tuned: test best % | Δ tuned [95% CI] | tuned − default "
+             "[95% CI] |", "|---|---|---|---|---|---|---|---|---|"]
+    for label, m in tune["methods"].items():
+        s = summaries.get(label)
+        d, t = configs.get(label), configs.get(label + TUNED)
+        if s is None:
+            searched, vals, setting = "no", "", "(not searched)"
+        else:
+            searched = f"{s['done']}/{s['budget']}" + (f", {s['failed']} failed"
+                                                      if s["failed"] else "")
+            vals = f"{_num(s['start_value'])} → {_num(s['best_value'])}"
+            setting = ", ".join(f"{k}={_short(v)}" for k, v in (s["best_params"] or {}).items())
+            if s["best_params"] is not None and s["best_params"] == m["start"]:
+                setting += " (= start: the default row is its retrain)"
+        cells = [label, searched, vals, setting or "—"]
+        for c in (d, t):
+            if c is None:
+                cells += ["—", "—"]
+                continue
+            cells += [_pm(*c["test_acc_best"]),
+                      _delta_text(c["delta_test_acc_best"]) if c.get("baseline") else "(baseline)"]
+        gain = "—"
+        if d is not None and t is not None:
+            by_seed = {r["seed"]: r["test_acc_best"] for r in d["rows"]}
+            gain = _delta_text(paired_delta([(r["test_acc_best"], by_seed.get(r["seed"]))
+                                             for r in t["rows"]]))
+        lines.append("| " + " | ".join(cells + [gain]) + " |")
+    return lines
+
+
+def _short(v):
+    return f"{v:.3g}" if isinstance(v, float) else _label(v)
