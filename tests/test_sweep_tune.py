@@ -143,3 +143,20 @@ def test_tune_two_methods_end_to_end(tmp_path, tiny_cifar, run):
     assert "## Tuning" in report and "3 search trials per method" in report
     assert "| logit | 3/3 |" in report and "| skip | 3/3 |" in report
     assert "fresh seeds 1, 2" in report
+
+
+def test_seeded_search_draws_differ_between_trials_and_repeat():
+    """Workers each build their sampler from the search's seed: seeded by the trial's number,
+    two trials asked by two workers get different draws, and a trial's draw repeats."""
+    import optuna
+    from utils.sweep.worker import search_sampler
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    def draw(number):
+        study = optuna.create_study(direction="maximize")
+        trial = study.ask()
+        study.sampler = search_sampler({"seed": 3, "sampler": "tpe"}, number)
+        return trial.suggest_float("x", 0.0, 1.0)
+
+    assert draw(1) != draw(2)
+    assert draw(1) == draw(1)

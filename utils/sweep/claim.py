@@ -108,6 +108,9 @@ class Claimer:
         frozen = self.storage.get_trial(trial._trial_id)
         if frozen.user_attrs.get("key"):  # a queued retry that ask() popped
             return self._start_job(study, frozen, trial=trial)
+        if self.spec["search"]["seed"] is not None:  # the draws of this trial number
+            from utils.sweep.worker import search_sampler
+            study.sampler = search_sampler(self.spec["search"], trial.number)
         params = {}
         for flag, dist in search_distributions(self.spec).items():
             rule = self.spec["search"]["params"][flag]

@@ -47,7 +47,7 @@ from utils.sweep.heartbeat import Heartbeats, transient
 from utils.sweep.progress import Progress, Status
 from utils.sweep.results import ResultRecorder
 
-__all__ = ["Worker", "check_run_dir"]
+__all__ = ["Worker", "check_run_dir", "search_sampler"]
 
 
 class Worker:
@@ -85,8 +85,7 @@ class Worker:
     def _set_search_strategy(self):
         import optuna
         s = self.spec["search"]
-        sampler = (optuna.samplers.TPESampler(seed=s["seed"]) if s["sampler"] == "tpe"
-                   else optuna.samplers.RandomSampler(seed=s["seed"]))
+        sampler = search_sampler(s)
         pruner = (optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
                   if s["pruner"] == "median" else optuna.pruners.NopPruner())
         self.sweep.study.sampler, self.sweep.study.pruner = sampler, pruner
@@ -173,6 +172,17 @@ class Worker:
         end = time.monotonic() + max(self.poll, min(5.0, self.beats.heartbeat / 2))
         while self.stop is None and time.monotonic() < end:
             time.sleep(min(0.2, self.poll))
+
+
+def search_sampler(search: dict, number: int = 0):
+    """The search's sampler, seeded for trial `number` when the search has a seed: every
+    worker's samplers start from the same seed, so one seeded once would give two workers the
+    same draws; seeded by the trial's number, the draws differ and stay repeatable."""
+    import optuna
+    seed = None if search["seed"] is None else search["seed"] * 100_003 + number
+    if search["sampler"] == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    return optuna.samplers.RandomSampler(seed=seed)
 
 
 def check_run_dir(run_dir):
