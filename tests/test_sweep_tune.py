@@ -160,3 +160,13 @@ def test_seeded_search_draws_differ_between_trials_and_repeat():
 
     assert draw(1) != draw(2)
     assert draw(1) == draw(1)
+
+
+def test_tune_refuses_a_search_without_a_held_out_split(tmp_path, run):
+    raw = _tune()
+    raw["fixed"].update({"val-split": 0, "epochs": 1})
+    grid = tmp_path / "t.json"
+    grid.write_text(json.dumps(raw))
+    proc = run("sweep.py", "create", "t", "--grid", grid, "--dir", tmp_path / "s", "--dry-run")
+    assert_refused(proc, "held-out validation split", "--val-split")
+    assert not (tmp_path / "s").exists()

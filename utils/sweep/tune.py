@@ -201,10 +201,27 @@ def sub_specs(spec, name, parsers):
         if m["start"] is not None:
             t = search_trial(sspec, "check", 0, m["start"], None)
             check_argv(parsers, t["script"], t["argv"], f"method {label}, start setting")
+        _check_held_out(parsers, sspec, label)
         out.append((sname, sspec, plan))
     rspec = normalize_spec(retrain_raw(spec, {}), "tune retrain")
     check_plan(rspec, expand(rspec, retrain_name(name), parsers), parsers)
     return out
+
+
+def _check_held_out(parsers, sspec, label):
+    """A search is scored on a held-out split: --val-split must end up > 0 (a preset such as
+    'crd' or 'original' sets 0, the test set as validation)."""
+    import contextlib
+    import io
+    from utils.sweep.expand import search_trial
+    rule = lambda r: r["choices"][0] if "choices" in r else r["low"]  # noqa: E731
+    t = search_trial(sspec, "check", 0, {f: rule(r) for f, r in
+                                         sspec["search"]["params"].items()}, None)
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        args = parsers.module(t["script"]).parse_args(list(t["argv"]))
+    if not getattr(args, "val_split", 0):
+        raise UserError(f"tune method {label}: the search needs a held-out validation split "
+                        f"(--val-split > 0 in 'fixed'): it never reads the test set")
 
 
 def create_tune(store, name, spec, subs):
