@@ -182,8 +182,7 @@ def create(args):
     from utils.sweep.scripts import Parsers
     from utils.sweep.spec import normalize_spec
     from utils.sweep.spec_sources import load_spec_file, spec_from_flags
-    from utils.sweep.storage import check_journal_path, create_sweep, open_store
-    from utils.sweep.worker import check_run_dir
+    from utils.sweep.storage import check_journal_path, create_sweep
     sweep_dir = _dir(args)
     if args.storage and "://" not in args.storage:  # a user's file is refused before any write
         check_journal_path(args.storage, create=True)
@@ -313,7 +312,7 @@ def report(args):
     if args.update:
         check_document(args.update, args.study)  # before anything is written
     if sweep.spec.get("tune") is not None:
-        from utils.sweep.tune import tune_report
+        from utils.sweep.tune_report import tune_report
         rep = tune_report(store, sweep, sweep_dir, args.baseline)
     else:
         rep = build_report(sweep, sweep_dir)

@@ -3,7 +3,6 @@ end-to-end tune of two methods with three search trials each on tiny data whose 
 absent while the searches run, so a search that read it would fail.
 """
 import json
-import os
 import shutil
 
 import pytest

@@ -1,0 +1,114 @@
+"""`sweep.py report T` on a tune (tune.py): the retrain grid's report with a Tuning section in
+front: the budget, each search's validation accuracy at its start and at its best, each method's
+chosen setting, and default vs tuned test accuracy, each against the baseline and against each
+other, paired by seed with 95% intervals.
+"""
+from skipkd.errors import UserError
+from utils.sweep.keys import _label
+from utils.sweep.tune import TUNED, retrain_name, search_name, search_sweeps
+
+__all__ = ["search_summaries", "tune_report", "tune_section"]
+
+
+def search_summaries(store, sweep) -> dict:
+    """label -> the search's budget, counts, start and best trial (for the report)."""
+    from optuna.trial import TrialState
+    from utils.sweep.progress import key_states
+    out = {}
+    for label, sub in search_sweeps(store, sweep).items():
+        trials = sub.study.get_trials(deepcopy=False)
+        done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+        states = list(key_states(trials).values())
+        start = next((t for t in done if t.user_attrs.get("start")), None)
+        best = max(done, key=lambda t: (t.value, -t.number)) if done else None
+        out[label] = {"study": sub.name, "budget": sub.spec["search"]["n_trials"],
+                      "done": len(done), "failed": states.count("failed"),
+                      "start_value": start.value if start else None,
+                      "best_value": best.value if best else None,
+                      "best_number": best.number if best else None,
+                      "best_params": dict(best.params) if best else None,
+                      "params": sub.spec["search"]["params"]}
+    return out
+
+
+def tune_report(store, sweep, sweep_dir, baseline=None) -> dict:
+    """The report of a tune: the retrain grid's, with the tuning section in front."""
+    from utils.sweep.progress import Progress
+    from utils.sweep.report import build_report
+    from utils.sweep.spec import normalize_baseline
+    from utils.sweep.spec_sources import baseline_flag
+    from utils.sweep.storage import load_sweep
+    summaries = search_summaries(store, sweep)
+    if retrain_name(sweep.name) not in store.study_names():
+        left = ", ".join(f"{label} {s['done']}/{s['budget']}" for label, s in summaries.items())
+        raise UserError(f"tune '{sweep.name}': the searches are not finished ({left} trials "
+                        f"done); the report comes from the retrain that follows them (python "
+                        f"sweep.py report {search_name(sweep.name, 'LABEL')} shows a search)")
+    retrain = load_sweep(store, retrain_name(sweep.name))
+    if baseline:  # this report only
+        retrain.spec["baseline"] = normalize_baseline({"baseline": baseline_flag(baseline)},
+                                                      retrain.spec, "--baseline")
+    rep = build_report(retrain, sweep_dir)
+    rep["name"] = sweep.name
+    rep["tune_spec"] = dict(sweep.spec["tune"])
+    if baseline:
+        rep["tune_spec"]["baseline"] = next(iter(retrain.spec["baseline"].values()))
+    rep["spec"] = dict(retrain.spec, description=sweep.spec["description"])
+    rep["extra_md"] = tune_section(rep, summaries)
+    if not Progress(retrain).overview()["finished"]:
+        rep["extra_md"].append("")
+        rep["extra_md"].append("*The retrain is still running: the rows below are partial.*")
+    return rep
+
+
+def tune_section(rep, summaries) -> list:
+    """The markdown lines in front of the retrain's results: budget, chosen settings, and the
+    default-vs-tuned table (Δ against the baseline, paired by seed)."""
+    from utils.sweep.tables import _delta_text, _num, _pm
+    from utils.sweep.stats import paired_delta
+    tune = rep["tune_spec"]
+    configs = {c["axes"].get("method"): c for c in rep["configs"]}
+    lines = ["", "## Tuning", "",
+             f"- Budget: {tune['n_trials']} search trials per method ({tune['sampler']} sampler, "
+             f"seed {tune['seed']}, {'median pruner' if tune['pruner'] == 'median' else 'no pruning'}), "
+             f"each trial one training run with `--seed {tune['search_seed']}`, scored on the "
+             f"held-out validation split (best epoch); the search runs never read the test split "
+             f"(`--no-report-test`). The first trial of each search is its start setting (the "
+             f"method's defaults) when the tune file gives one.",
+             f"- Retrain: each method at its defaults and, where the search chose something else, "
+             f"at the chosen setting (`-tuned`), on the fresh seeds "
+             f"{', '.join(map(str, tune['seeds']))}; test accuracy of the best-validation "
+             f"checkpoint, Δ against `{tune['baseline']}` paired by seed with its 95% interval.",
+             "", "| method | searched | val % start → best | chosen setting | default: test best % "
+             "| Δ default [95% CI] | tuned: test best % | Δ tuned [95% CI] | tuned − default "
+             "[95% CI] |", "|---|---|---|---|---|---|---|---|---|"]
+    for label, m in tune["methods"].items():
+        s = summaries.get(label)
+        d, t = configs.get(label), configs.get(label + TUNED)
+        if s is None:
+            searched, vals, setting = "no", "", "(not searched)"
+        else:
+            searched = f"{s['done']}/{s['budget']}" + (f", {s['failed']} failed"
+                                                      if s["failed"] else "")
+            vals = f"{_num(s['start_value'])} → {_num(s['best_value'])}"
+            setting = ", ".join(f"{k}={_short(v)}" for k, v in (s["best_params"] or {}).items())
+            if s["best_params"] is not None and s["best_params"] == m["start"]:
+                setting += " (= start: the default row is its retrain)"
+        cells = [label, searched, vals, setting or "—"]
+        for c in (d, t):
+            if c is None:
+                cells += ["—", "—"]
+                continue
+            cells += [_pm(*c["test_acc_best"]),
+                      _delta_text(c["delta_test_acc_best"]) if c.get("baseline") else "(baseline)"]
+        gain = "—"
+        if d is not None and t is not None:
+            by_seed = {r["seed"]: r["test_acc_best"] for r in d["rows"]}
+            gain = _delta_text(paired_delta([(r["test_acc_best"], by_seed.get(r["seed"]))
+                                             for r in t["rows"]]))
+        lines.append("| " + " | ".join(cells + [gain]) + " |")
+    return lines
+
+
+def _short(v):
+    return f"{v:.3g}" if isinstance(v, float) else _label(v)
