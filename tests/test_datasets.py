@@ -367,3 +367,32 @@ def test_folder_no_images_cli_error(tmp_path, run):
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: folder dataset: no images in")
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------ test=False: the test split unread
+def test_every_reader_leaves_the_test_split_unread(tmp_path, folder_tree):
+    """load_dataset(..., test=False) returns (train, None) with the test files gone from disk:
+    no reader opens, or even looks for, them (what --no-report-test relies on)."""
+    import shutil
+    from skipkd.data import write_cifar10
+    from skipkd.data.synthetic import make_synthetic
+    fm = tmp_path / "fm"
+    write_fashion_mnist(str(fm))
+    for name in os.listdir(fm):
+        if name.startswith("t10k"):
+            os.remove(fm / name)
+    cifar = tmp_path / "cifar"
+    write_cifar10(str(cifar), make_synthetic(20, seed=1), make_synthetic(10, seed=2))
+    os.remove(cifar / "cifar-10-batches-py" / "test_batch")
+    svhn = tmp_path / "svhn"
+    write_svhn(str(svhn))
+    os.remove(svhn / "test_32x32.mat")
+    shutil.rmtree(folder_tree / "test")
+    for name, root in (("fashion-mnist", fm), ("cifar10", cifar), ("svhn", svhn),
+                       ("folder", folder_tree)):
+        train, test = load_dataset(name, str(root), test=False)
+        assert test is None and len(train) > 0, name
+        with pytest.raises(UserError):  # the same folder with the test split asked for
+            load_dataset(name, str(root))
+    train, test = load_dataset("synthetic", str(tmp_path), test=False, train_size=8)
+    assert test is None and len(train) == 8

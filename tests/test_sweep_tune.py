@@ -34,6 +34,16 @@ def _tune(**over):
     (lambda r: r["tune"].update(seeds=[1, 1]), "repeat"),
     (lambda r: r["tune"].update(baseline="dkd"), "not a method label"),
     (lambda r: r["tune"].update(budget=3), "unknown entry"),
+    (lambda r: r["tune"].update(methods=[1]), "methods"),
+    (lambda r: r["tune"].update(methods="x"), "methods"),
+    (lambda r: r["tune"]["methods"]["logit"].update(flags=5), "expected an object"),
+    (lambda r: r["tune"]["methods"]["logit"].update(flags=[1]), "expected an object"),
+    (lambda r: r["tune"].update(baseline=[]), "baseline"),
+    (lambda r: r["tune"]["methods"]["logit"]["flags"].update({"report-test": True}),
+     "set by the tune"),
+    (lambda r: r["tune"]["methods"]["logit"].update(
+        flags={"kd": "logit", "kd-opt": "logit.standardize=1"},
+        params={"kd-opt.logit.standardize": {"choices": [0, 1]}}, start=None), "NAME entries"),
 ])
 def test_tune_file_refusals(change, needle):
     raw = _tune()
@@ -120,7 +130,6 @@ def test_tune_two_methods_end_to_end(tmp_path, tiny_cifar, run):
             assert trials[0].params == {"temperature": 4.0, "beta": 1.0}
         top = max(t.value for t in trials)
         best[method] = next(t for t in trials if t.value == top).params
-    assert not test_batch.exists()
     # the retrain reads the test set: put it back
     shutil.move(hidden, test_batch)
     assert_ok(run("sweep.py", "work", "tt", "--dir", sdir, timeout=900))
@@ -166,6 +175,43 @@ def test_tune_refuses_a_search_without_a_held_out_split(tmp_path, run):
     raw["fixed"].update({"val-split": 0, "epochs": 1})
     grid = tmp_path / "t.json"
     grid.write_text(json.dumps(raw))
-    proc = run("sweep.py", "create", "t", "--grid", grid, "--dir", tmp_path / "s", "--dry-run")
+    proc = run("sweep.py", "create", "t", "--grid", grid, "--dir", tmp_path / "s")
     assert_refused(proc, "held-out validation split", "--val-split")
-    assert not (tmp_path / "s").exists()
+    assert not (tmp_path / "s").exists()  # refused before the sweep folder is made
+
+
+class _Search:
+    """What budget_trials/best_trial read of a search sweep: its study and its budget."""
+
+    def __init__(self, study, n_trials):
+        self.study, self.spec = study, {"search": {"n_trials": n_trials}}
+
+
+def _search_with(values, start=None):
+    """An in-memory study whose trial i has key k{i}, parameter x = i and value values[i]
+    (trial 0 at x = start when given)."""
+    import optuna
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import create_trial
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize")
+    for i, v in enumerate(values):
+        x = float(start if (i == 0 and start is not None) else i)
+        study.add_trial(create_trial(params={"x": x}, distributions={
+            "x": FloatDistribution(0, 100)}, value=v, user_attrs={"key": f"k{i}"}))
+    return study
+
+
+def test_best_trial_keeps_the_budget_and_prefers_the_start_on_a_tie():
+    from utils.sweep.tune import best_trial, budget_trials
+    # 3 allowed; a 4th trial (a worker's race past the budget) is better but not counted
+    sub = _Search(_search_with([70.0, 80.0, 75.0, 99.0]), 3)
+    assert [t.number for t in budget_trials(sub)] == [0, 1, 2]
+    assert best_trial(sub, None).params == {"x": 1.0}
+    # a tie between the start setting and a later trial: the start is kept
+    sub = _Search(_search_with([80.0, 80.0, 60.0], start=50.0), 3)
+    assert best_trial(sub, {"x": 50.0}).number == 0
+    # a tie between two other trials: the earlier one
+    sub = _Search(_search_with([10.0, 80.0, 80.0], start=50.0), 3)
+    assert best_trial(sub, {"x": 50.0}).number == 1
+    assert best_trial(_Search(_search_with([]), 3), None) is None

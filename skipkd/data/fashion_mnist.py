@@ -52,10 +52,11 @@ def write_idx(path, array: np.ndarray):
         f.write(header + array.tobytes())
 
 
-def _find_idx_folder(data_dir, subfolders):
-    """The first of data_dir and its subfolders holding all four files (plain or .gz, also the
-    'train-images.idx3-ubyte' spelling) -> (folder, {base name: path}); else a UserError."""
-    bases = [b for pair in _FMNIST_FILES.values() for b in pair]
+def _find_idx_folder(data_dir, subfolders, splits=("train", "test")):
+    """The first of data_dir and its subfolders holding the files of `splits` (plain or .gz,
+    also the 'train-images.idx3-ubyte' spelling) -> (folder, {base name: path}); else a
+    UserError."""
+    bases = [b for split in splits for b in _FMNIST_FILES[split]]
     best = None
     for folder in [data_dir] + [os.path.join(data_dir, s) for s in subfolders]:
         found = {}
@@ -105,7 +106,8 @@ def load_fashion_mnist(data_dir, download=False, pad_to=32, test=True):
     Images come back (N, 1, 32, 32) uint8: the 28x28 digits-style images zero-padded by 2 px
     on each side (the background is 0), so the models see CIFAR's input size."""
     subfolders = ["fashion-mnist", "fashion_mnist", os.path.join("FashionMNIST", "raw")]
-    folder, files = _find_idx_folder(data_dir, subfolders)
+    splits = ("train", "test") if test else ("train",)  # test=False: t10k-* never looked for
+    folder, files = _find_idx_folder(data_dir, subfolders, splits)
     if folder is None:
         if not download:
             raise UserError(f"Fashion-MNIST not found: expected train-images-idx3-ubyte[.gz], "
@@ -117,11 +119,11 @@ def load_fashion_mnist(data_dir, download=False, pad_to=32, test=True):
         import torchvision
         _try_download(torchvision.datasets.FashionMNIST, data_dir, "Fashion-MNIST",
                       "the four IDX files", _FMNIST_URL)
-        folder, files = _find_idx_folder(data_dir, subfolders)
+        folder, files = _find_idx_folder(data_dir, subfolders, splits)
         if folder is None:
             raise UserError(f"the Fashion-MNIST download left no IDX files in {data_dir}")
     out = []
-    for split in ("train", "test") if test else ("train",):
+    for split in splits:
         img_base, lab_base = _FMNIST_FILES[split]
         images, labels = _read_idx_pair(files[img_base], files[lab_base], 10)
         h, w = images.shape[1:]

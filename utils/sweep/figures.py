@@ -16,7 +16,9 @@ def figures(rep):
     if rep["kind"] == "grid":
         cs = rep["configs"]
         figs = [("accuracy", *_accuracy(cs))]
-        with_delta = [c for c in cs if c.get("baseline")]
+        # a configuration whose seeds share none with the baseline's (a partial study) has no Δ
+        with_delta = [c for c in cs if c.get("baseline")
+                      and c["delta_test_acc_best"][1] is not None]
         if with_delta:
             figs.append(("deltas", *_deltas(with_delta)))
         figs.append(("cost", *_cost(cs)))

@@ -12,7 +12,7 @@ import signal
 
 from utils.sweep.scripts import SCRIPTS
 
-__all__ = ["summary_path", "read_run_summary", "val_curve", "run_metrics", "result_problem",
+__all__ = ["summary_path", "reads_test", "read_run_summary", "val_curve", "run_metrics", "result_problem",
            "ResultRecorder"]
 
 # what a trial's objective and status line need from its section of the summary
@@ -27,17 +27,23 @@ def summary_path(run_dir, key):
     return os.path.join(run_dir, "numpy_outputs", f"summary_{key}.json")
 
 
-def read_run_summary(run_dir, key, script) -> dict:
-    """The run's summary, validated, with the fields a trial records present and finite."""
+def reads_test(argv) -> bool:
+    """False for a command line with --no-report-test (or --report-test false)."""
+    argv = list(argv)
+    if "--no-report-test" in argv:
+        return False
+    return not any(a == "--report-test" and i + 1 < len(argv) and argv[i + 1] == "false"
+                   for i, a in enumerate(argv))
+
+
+def read_run_summary(run_dir, key, script, test=True) -> dict:
+    """The run's summary, validated, with the fields a trial records present and finite
+    (test=False: a run told never to read the test split, whose test accuracy is missing; the
+    trial's own command line says so, not the file)."""
     from skipkd.io.summary import read_summary
     role = SCRIPTS[script][1]
-    path = summary_path(run_dir, key)
-    doc = read_summary(path, key, need=[f"{role}.best_val_acc"])
-    # a run that never read the test split (--no-report-test, a tuning search's trial) has no
-    # test accuracy, and says so in its data section; every other run must have it
-    if (doc.get("dataset") or {}).get("test_read") is not False:
-        read_summary(path, key, need=[f"{role}.{f}" for f in NEEDED])
-    return doc
+    need = [f"{role}.{f}" for f in NEEDED if test or not f.startswith("test_")]
+    return read_summary(summary_path(run_dir, key), key, need=need)
 
 
 def val_curve(run_dir, key, script):
@@ -118,7 +124,9 @@ class ResultRecorder:
         if rc == 0:
             try:
                 metrics = run_metrics(read_run_summary(self.run_dir, job.key,
-                                                       job.attrs["script"]), job.attrs["script"])
+                                                       job.attrs["script"],
+                                                       reads_test(job.attrs["argv"])),
+                                      job.attrs["script"])
             except UserError as exc:
                 self.beats.finish(job, TrialState.FAIL, reason="error",
                                   error=f"the run ended but its summary is unusable: {exc}")

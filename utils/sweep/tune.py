@@ -28,12 +28,14 @@ import copy
 import fcntl
 import os
 import re
+import sys
 import time
 
 from skipkd.errors import UserError
 
 __all__ = ["TUNE_KEYS", "TUNED", "normalize_tune", "search_name", "retrain_name", "sub_specs",
-           "create_tune", "search_sweeps", "chosen_settings", "work"]
+           "create_tune", "search_sweeps", "budget_trials", "best_trial", "chosen_settings",
+           "work"]
 
 TUNE_KEYS = ("methods", "n_trials", "sampler", "seed", "pruner", "search_seed", "seeds",
              "baseline")
@@ -87,12 +89,8 @@ def normalize_tune(raw: dict, source: str, check_flags, normalize_param) -> dict
     if search_seed in seeds:
         raise UserError(f"{what}: the retrain's seeds must be fresh: {search_seed} is the "
                         f"search seed")
-    fixed = raw.get("fixed") or {}
-    for flag in list(fixed) + [f for m in (tune.get("methods") or {}).values()
-                               if isinstance(m, dict) for f in (m.get("flags") or {})]:
-        if flag.lstrip("-") in ("seed", "report-test"):
-            raise UserError(f"{what}: --{flag.lstrip('-')} is set by the tune (search_seed, "
-                            f"seeds; the searches never read the test split)")
+    fixed = check_flags(raw.get("fixed", {}), f"{source}: fixed")
+    _check_tune_owned(fixed, f"{source}: fixed")
     methods = tune.get("methods")
     if not isinstance(methods, dict) or not methods or len(methods) > 64:
         raise UserError(f"{what}: methods: expected an object of 1..64 label: {{flags, params}}")
@@ -106,6 +104,7 @@ def normalize_tune(raw: dict, source: str, check_flags, normalize_param) -> dict
         if not isinstance(m, dict) or set(m) - {"flags", "params", "start"}:
             raise UserError(f"{mwhat}: expected an object with flags, params and start")
         flags = check_flags(m.get("flags", {}), f"{mwhat}.flags")
+        _check_tune_owned(flags, f"{mwhat}.flags")
         params = {}
         raw_params = m.get("params") or {}
         if not isinstance(raw_params, dict):
@@ -119,16 +118,31 @@ def normalize_tune(raw: dict, source: str, check_flags, normalize_param) -> dict
         if start is not None:
             start = {str(k).lstrip("-"): v for k, v in check_flags(start, f"{mwhat}.start").items()}
             _check_start(start, params, f"{mwhat}.start")
+        for flag in params:  # a plain --kd-opt beside kd-opt.NAME: the retrain would drop one
+            base = flag.partition(".")[0]
+            if "." in flag and (base in flags or base in fixed):
+                raise UserError(f"{mwhat}.params: {flag} searches inside --{base}, which "
+                                f"'{'flags' if base in flags else 'fixed'}' sets whole: write "
+                                f"that as {base}.NAME entries")
         out[label] = {"flags": flags, "params": params, "start": start}
     if not any(m["params"] for m in out.values()):
         raise UserError(f"{what}: no method has params: nothing to tune")
     baseline = tune.get("baseline")
+    if baseline is not None and not isinstance(baseline, str):
+        raise UserError(f"{what}: baseline must be a method label")
     if baseline is None:
         baseline = next((lab for lab, m in out.items() if m["flags"].get("kd") == "none"), None)
     elif baseline not in out:
         raise UserError(f"{what}: baseline {baseline!r} is not a method label")
     return {"methods": out, "n_trials": n, "sampler": sampler, "pruner": pruner, "seed": seed,
             "search_seed": search_seed, "seeds": list(seeds), "baseline": baseline}
+
+
+def _check_tune_owned(flags: dict, what: str):
+    for flag in flags:
+        if flag in ("seed", "report-test"):
+            raise UserError(f"{what}: --{flag} is set by the tune (search_seed, seeds; the "
+                            f"searches never read the test split)")
 
 
 def _check_start(start, params, what):
@@ -166,15 +180,16 @@ def search_raw(spec, label) -> dict:
                        "seed": tune["seed"]}}
 
 
-def retrain_raw(spec, chosen: dict) -> dict:
+def retrain_raw(spec, chosen: dict, force=False) -> dict:
     """The raw spec of the retrain grid; chosen: label -> the best trial's params (a method
-    whose search chose its start setting gets no tuned row: it would repeat the default one)."""
+    whose search chose its start setting gets no tuned row: it would repeat the default one;
+    nor does one whose search has no completed trial). force: a tuned row for every chosen."""
     tune = spec["tune"]
     variants = {}
     for label, m in tune["methods"].items():
         variants[label] = dict(m["flags"])
         best = chosen.get(label)
-        if m["params"] and best is not None and best != m["start"]:
+        if m["params"] and best is not None and (force or best != m["start"]):
             variants[label + TUNED] = {**m["flags"], **best}
     raw = {**_common(spec), "fixed": dict(spec["fixed"]), "description": spec["description"],
            "grid": {"seed": list(tune["seeds"]), "method": variants}}
@@ -202,9 +217,16 @@ def sub_specs(spec, name, parsers):
             check_argv(parsers, t["script"], t["argv"], f"method {label}, start setting")
         _check_held_out(parsers, sspec, label)
         out.append((sname, sspec, plan))
-    rspec = normalize_spec(retrain_raw(spec, {}), "tune retrain")
+    # the retrain as it may come out: every searched method with a tuned row at its low ends
+    stand_in = {label: {f: _ends(r)[0] for f, r in m["params"].items()}
+                for label, m in spec["tune"]["methods"].items() if m["params"]}
+    rspec = normalize_spec(retrain_raw(spec, stand_in, force=True), "tune retrain")
     check_plan(rspec, expand(rspec, retrain_name(name), parsers), parsers)
     return out
+
+
+def _ends(rule) -> list:
+    return list(rule["choices"]) if "choices" in rule else [rule["low"], rule["high"]]
 
 
 def _check_held_out(parsers, sspec, label):
@@ -213,21 +235,25 @@ def _check_held_out(parsers, sspec, label):
     import contextlib
     import io
     from utils.sweep.expand import search_trial
-    rule = lambda r: r["choices"][0] if "choices" in r else r["low"]  # noqa: E731
-    t = search_trial(sspec, "check", 0, {f: rule(r) for f, r in
-                                         sspec["search"]["params"].items()}, None)
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        args = parsers.module(t["script"]).parse_args(list(t["argv"]))
-    if not getattr(args, "val_split", 0):
-        raise UserError(f"tune method {label}: the search needs a held-out validation split "
-                        f"(--val-split > 0 in 'fixed'): it never reads the test set")
+    params = sspec["search"]["params"]
+    base = {f: _ends(r)[0] for f, r in params.items()}
+    for flag, rule in params.items():  # each end of each parameter, as check_plan parses them
+        for value in _ends(rule):
+            t = search_trial(sspec, "check", 0, {**base, flag: value}, None)
+            with contextlib.redirect_stdout(io.StringIO()), \
+                    contextlib.redirect_stderr(io.StringIO()):
+                args = parsers.module(t["script"]).parse_args(list(t["argv"]))
+            if not getattr(args, "val_split", 0):
+                raise UserError(f"tune method {label}: the search needs a held-out validation "
+                                f"split (--val-split > 0) at every point it may try: it never "
+                                f"reads the test set")
 
 
 def create_tune(store, name, spec, subs):
     """The searches (each with its start setting queued first), then the record study."""
-    from utils.sweep.storage import create_sweep
+    from utils.sweep.storage import TEACHERS_SUFFIX, create_sweep
     names = set(store.study_names())
-    for n in [s for s, _, _ in subs] + [retrain_name(name)]:
+    for n in [name, name + TEACHERS_SUFFIX, retrain_name(name)] + [s for s, _, _ in subs]:
         if n in names:
             raise UserError(f"study {n!r} already exists in {store.label}; choose another name "
                             f"(or give another --dir / --storage)")
@@ -252,24 +278,53 @@ def _finished(sub) -> bool:
     return Progress(sub).overview()["finished"]
 
 
-def chosen_settings(searches) -> dict:
-    """label -> the params of the search's best complete trial (held-out validation)."""
+def budget_trials(sub) -> list:
+    """The search's completed trials among its first n_trials run keys (workers that ask at
+    the same moment may run a few more; those are left out, so every method has the same
+    budget), in trial order."""
     from optuna.trial import TrialState
+    trials = sorted(sub.study.get_trials(deepcopy=False), key=lambda t: t.number)
+    keys = []
+    for t in trials:
+        k = t.user_attrs.get("key")
+        if k and k not in keys:
+            keys.append(k)
+    allowed = set(keys[:sub.spec["search"]["n_trials"]])
+    return [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None
+            and t.user_attrs.get("key") in allowed]
+
+
+def best_trial(sub, start):
+    """The best held-out validation trial within the budget; a tie goes to the start setting,
+    then to the earlier trial (so a search that finds nothing better keeps the defaults)."""
+    done = budget_trials(sub)
+    if not done:
+        return None
+    return max(done, key=lambda t: (t.value, start is not None and t.params == start,
+                                    -t.number))
+
+
+def chosen_settings(searches, methods) -> dict:
+    """label -> the params of the search's best trial; None for a search without any completed
+    trial (the method keeps only its default row; a warning says so)."""
+    import sys
     out = {}
     for label, sub in searches.items():
-        done = [t for t in sub.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                if t.value is not None]
-        if not done:
-            raise UserError(f"the search of method {label} has no completed trial: nothing to "
-                            f"retrain (python sweep.py report {sub.name} shows its failures)")
-        best = max(done, key=lambda t: (t.value, -t.number))
-        out[label] = dict(best.params)
+        best = best_trial(sub, methods[label]["start"])
+        if best is None:
+            print(f"warning: the search of method {label} has no completed trial: it gets no "
+                  f"tuned row (its failures: python sweep.py report {sub.name} --dir DIR --out "
+                  f"DIR/report-{sub.name})", file=sys.stderr, flush=True)
+        out[label] = None if best is None else dict(best.params)
     return out
 
 
 def _retrain(store, sweep, sweep_dir, searches):
     """The retrain grid: loaded when it exists, else made (once, under a lock in the sweep
-    folder; on a database, the loser of a race between machines loads the winner's)."""
+    folder, with Ctrl-C and SIGTERM held back until it is whole; on a database shared by
+    several machines, the loser of a race loads the winner's)."""
+    import signal
+    from optuna.exceptions import DuplicatedStudyError
     from utils.sweep.expand import expand, grid_distributions
     from utils.sweep.plan_check import check_plan
     from utils.sweep.scripts import Parsers
@@ -279,44 +334,59 @@ def _retrain(store, sweep, sweep_dir, searches):
     with open(os.path.join(sweep_dir, f".{sweep.name}.tune.lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if rname not in store.study_names():
-            rspec = normalize_spec(retrain_raw(sweep.spec, chosen_settings(searches)),
-                                   "tune retrain")
+            chosen = chosen_settings(searches, sweep.spec["tune"]["methods"])
+            rspec = normalize_spec(retrain_raw(sweep.spec, chosen), "tune retrain")
             parsers = Parsers()
             plan = expand(rspec, rname, parsers)
             check_plan(rspec, plan, parsers)
+            held = {signal.SIGINT, signal.SIGTERM}
+            signal.pthread_sigmask(signal.SIG_BLOCK, held)
             try:
                 create_sweep(store, rname, rspec, plan, grid_distributions(rspec))
-            except UserError:
+            except (UserError, DuplicatedStudyError):
                 pass  # made meanwhile by a worker on another machine
-    for _ in range(60):  # its spec is written last: wait for a half-made one
+            finally:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
+    for _ in range(60):  # its spec is written last: wait for one being made elsewhere
         try:
             return load_sweep(store, rname)
         except UserError:
             time.sleep(1.0)
-    return load_sweep(store, rname)
+    raise UserError(f"study {rname!r} in {store.label} is half made (the worker making it was "
+                    f"killed): remove it (optuna delete-study --study-name {rname} --storage "
+                    f"...) and start the workers again; the searches are kept")
 
 
 def work(store, sweep, sweep_dir, args, slot=None) -> int:
     """`sweep.py work T` on a tune: the searches (each until it has no trial to give), then,
-    when all are finished, the retrain grid. Returns the exit status."""
+    when all are finished, the retrain grid. Returns the exit status. One Worker per search,
+    kept between passes, so its heartbeats see a dead worker's trial go stale and queue it
+    again."""
     from utils.sweep.worker import Worker
     ran = failed = 0
-    retried = set()
+    workers = {}
+
+    def limit_left():
+        return None if args.n_trials is None else args.n_trials - ran
+
     while True:
         searches = search_sweeps(store, sweep)
         for label, sub in searches.items():
-            if _finished(sub):
-                continue
             if args.n_trials is not None and ran >= args.n_trials:
                 break
-            opts = argparse.Namespace(**vars(args))
-            opts.wait = False  # a search with nothing free: on to the next method
-            opts.n_trials = None if args.n_trials is None else args.n_trials - ran
-            opts.retry_failed = args.retry_failed and label not in retried
-            retried.add(label)
-            w = Worker(sub, sweep_dir, opts, slot=slot)
+            w = workers.get(label)
+            if w is None:
+                opts = argparse.Namespace(**vars(args))
+                opts.wait = False  # a search with nothing free: on to the next method
+                w = workers[label] = Worker(sub, sweep_dir, opts, slot=slot)
+            elif _finished(sub):
+                continue
+            before = w.ran
+            w.limit = None if args.n_trials is None else w.ran + limit_left()
             rc = w.run()
-            ran, failed = ran + w.ran, failed + w.failed
+            w.retry_failed, w.announce = False, False  # --retry-failed: once, at the start
+            ran, failed = ran + w.ran - before, failed + w.failed
+            w.failed = 0
             if w.stop is not None:
                 return rc
         if args.n_trials is not None and ran >= args.n_trials:
@@ -327,10 +397,15 @@ def work(store, sweep, sweep_dir, args, slot=None) -> int:
         if not args.wait:
             print("the searches have no trial to take now (--no-wait): stopping", flush=True)
             return 1 if failed else 0
-        time.sleep(max(args.poll, 2.0))  # trials run elsewhere; a dead one is taken up again
+        try:  # trials run elsewhere; the next pass takes up any whose worker died
+            time.sleep(max(args.poll, 5.0))
+        except KeyboardInterrupt:
+            print("stopped (SIGINT) between searches", file=sys.stderr, flush=True)
+            return 130
     retrain = _retrain(store, sweep, sweep_dir, searches)
     opts = argparse.Namespace(**vars(args))
-    opts.n_trials = None if args.n_trials is None else args.n_trials - ran
+    opts.n_trials = limit_left()
+    opts.retry_failed = args.retry_failed
     w = Worker(retrain, sweep_dir, opts, slot=slot)
     rc = w.run()
     failed += w.failed

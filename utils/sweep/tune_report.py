@@ -5,29 +5,27 @@ other, paired by seed with 95% intervals.
 """
 from skipkd.errors import UserError
 from utils.sweep.keys import _label
-from utils.sweep.tune import TUNED, retrain_name, search_name, search_sweeps
+from utils.sweep.tune import (TUNED, best_trial, budget_trials, retrain_name, search_name,
+                              search_sweeps)
 
 __all__ = ["search_summaries", "tune_report", "tune_section"]
 
 
 def search_summaries(store, sweep) -> dict:
-    """label -> the search's budget, counts, start and best trial (for the report)."""
-    from optuna.trial import TrialState
+    """label -> the search's budget, counts, and its start and best trials within the budget."""
     from utils.sweep.progress import key_states
     out = {}
     for label, sub in search_sweeps(store, sweep).items():
-        trials = sub.study.get_trials(deepcopy=False)
-        done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-        states = list(key_states(trials).values())
-        start = next((t for t in done if t.user_attrs.get("start")), None)
-        best = max(done, key=lambda t: (t.value, -t.number)) if done else None
+        start_params = sweep.spec["tune"]["methods"][label]["start"]
+        done = budget_trials(sub)
+        states = list(key_states(sub.study.get_trials(deepcopy=False)).values())
+        start = next((t for t in done if start_params is not None
+                      and t.params == start_params), None)
+        best = best_trial(sub, start_params)
         out[label] = {"study": sub.name, "budget": sub.spec["search"]["n_trials"],
                       "done": len(done), "failed": states.count("failed"),
                       "start_value": start.value if start else None,
-                      "best_value": best.value if best else None,
-                      "best_number": best.number if best else None,
-                      "best_params": dict(best.params) if best else None,
-                      "params": sub.spec["search"]["params"]}
+                      "best_value": best.value if best else None}
     return out
 
 
@@ -41,9 +39,10 @@ def tune_report(store, sweep, sweep_dir, baseline=None) -> dict:
     summaries = search_summaries(store, sweep)
     if retrain_name(sweep.name) not in store.study_names():
         left = ", ".join(f"{label} {s['done']}/{s['budget']}" for label, s in summaries.items())
-        raise UserError(f"tune '{sweep.name}': the searches are not finished ({left} trials "
-                        f"done); the report comes from the retrain that follows them (python "
-                        f"sweep.py report {search_name(sweep.name, 'LABEL')} shows a search)")
+        raise UserError(f"tune '{sweep.name}': no retrain yet (searches: {left} trials done); "
+                        f"the report comes from the retrain that follows them (one search: "
+                        f"python sweep.py report {search_name(sweep.name, 'LABEL')} --dir DIR "
+                        f"--out DIR/report-LABEL)")
     retrain = load_sweep(store, retrain_name(sweep.name))
     if baseline:  # this report only
         retrain.spec["baseline"] = normalize_baseline({"baseline": baseline_flag(baseline)},
@@ -78,10 +77,14 @@ def tune_section(rep, summaries) -> list:
              f"- Retrain: each method at its defaults and, where the search chose something else, "
              f"at the chosen setting (`-tuned`), on the fresh seeds "
              f"{', '.join(map(str, tune['seeds']))}; test accuracy of the best-validation "
-             f"checkpoint, Δ against `{tune['baseline']}` paired by seed with its 95% interval.",
+             f"checkpoint" + (f", Δ against `{tune['baseline']}` paired by seed with its 95% "
+                              f"interval." if tune["baseline"] else " (no baseline: no Δ)."),
+             "- A trial that failed (e.g. a combination of options the method refuses) counts "
+             "against its search's budget; the table says how many did.",
              "", "| method | searched | val % start → best | chosen setting | default: test best % "
              "| Δ default [95% CI] | tuned: test best % | Δ tuned [95% CI] | tuned − default "
              "[95% CI] |", "|---|---|---|---|---|---|---|---|---|"]
+    variants = rep["spec"]["grid"]["method"]["variants"]  # what the retrain trains
     for label, m in tune["methods"].items():
         s = summaries.get(label)
         d, t = configs.get(label), configs.get(label + TUNED)
@@ -91,16 +94,22 @@ def tune_section(rep, summaries) -> list:
             searched = f"{s['done']}/{s['budget']}" + (f", {s['failed']} failed"
                                                       if s["failed"] else "")
             vals = f"{_num(s['start_value'])} → {_num(s['best_value'])}"
-            setting = ", ".join(f"{k}={_short(v)}" for k, v in (s["best_params"] or {}).items())
-            if s["best_params"] is not None and s["best_params"] == m["start"]:
-                setting += " (= start: the default row is its retrain)"
+            tuned = variants.get(label + TUNED)
+            if tuned is not None:
+                setting = ", ".join(f"{k}={_short(v)}" for k, v in tuned.items()
+                                    if m["flags"].get(k) != v)
+            elif s["best_value"] is None:
+                setting = "(no completed trial: no tuned row)"
+            else:
+                setting = "= start (the default row is its retrain)"
         cells = [label, searched, vals, setting or "—"]
         for c in (d, t):
             if c is None:
                 cells += ["—", "—"]
                 continue
-            cells += [_pm(*c["test_acc_best"]),
-                      _delta_text(c["delta_test_acc_best"]) if c.get("baseline") else "(baseline)"]
+            delta = (_delta_text(c["delta_test_acc_best"]) if c.get("baseline") else
+                     "(baseline)" if c["axes"].get("method") == tune["baseline"] else "—")
+            cells += [_pm(*c["test_acc_best"]), delta or "—"]
         gain = "—"
         if d is not None and t is not None:
             by_seed = {r["seed"]: r["test_acc_best"] for r in d["rows"]}

@@ -65,6 +65,7 @@ class Worker:
         self.ran = self.failed = 0
         self.host, self.pid = socket.gethostname(), os.getpid()
         self.status = Status()
+        self.announce = True      # its first and last lines (a tune's later passes: quiet)
         stop = lambda: self.stop  # noqa: E731  (the parts ask; only the signal handler sets it)
         self.beats = Heartbeats(sweep, self.status, self.host, self.pid, self.poll, stop)
         self.claimer = Claimer(sweep, self.run_dir, self.beats)
@@ -110,9 +111,10 @@ class Worker:
     # ------------------------------------------------------------------ the loop
     def run(self) -> int:
         handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        self.status.event(f"worker {self.host}:{self.pid} on study '{self.sweep.name}' "
-                          f"({self.sweep.store.label}); runs in {self.run_dir}"
-                          + (f"; {self.slot.describe()}" if self.slot is not None else ""))
+        if self.announce:
+            self.status.event(f"worker {self.host}:{self.pid} on study '{self.sweep.name}' "
+                              f"({self.sweep.store.label}); runs in {self.run_dir}"
+                              + (f"; {self.slot.describe()}" if self.slot is not None else ""))
         try:
             if self.retry_failed:
                 self.beats.requeue_failed()
@@ -140,7 +142,8 @@ class Worker:
                                       f"done, {view['failed']} failed")
                     break
                 if not self.wait:
-                    self.status.event("no trial to take now (--no-wait): stopping")
+                    if self.announce:
+                        self.status.event("no trial to take now (--no-wait): stopping")
                     break
                 elsewhere = self.claimer.elsewhere
                 if view["running"] == 0 and elsewhere and \
@@ -179,7 +182,7 @@ def search_sampler(search: dict, number: int = 0):
     worker's samplers start from the same seed, so one seeded once would give two workers the
     same draws; seeded by the trial's number, the draws differ and stay repeatable."""
     import optuna
-    seed = None if search["seed"] is None else search["seed"] * 100_003 + number
+    seed = None if search["seed"] is None else (search["seed"] * 100_003 + number) % 2**32
     if search["sampler"] == "tpe":
         return optuna.samplers.TPESampler(seed=seed)
     return optuna.samplers.RandomSampler(seed=seed)
