@@ -216,6 +216,11 @@ def create(args):
     store = _open_for_create(args, sweep_dir)
     distributions = grid_distributions(spec) if spec["search"] is None else {}
     create_sweep(store, args.study, spec, plan, distributions)
+    return _created(args, store, what, sweep_dir)
+
+
+def _created(args, store, what, sweep_dir) -> int:
+    """What `create` says once the study is written: what it holds and how to start workers."""
     print(f"study '{args.study}' in {store.label}: {what}; runs go to {sweep_dir}")
     more = "" if args.dir is None else f" --dir {args.dir}"
     if args.storage is not None:
@@ -251,12 +256,7 @@ def _create_tune(args, spec, parsers, sweep_dir):
         return 0
     store = _open_for_create(args, sweep_dir)
     create_tune(store, args.study, spec, subs)
-    print(f"study '{args.study}' in {store.label}: {what}; runs go to {sweep_dir}")
-    more = "" if args.dir is None else f" --dir {args.dir}"
-    if args.storage is not None:
-        more += " --storage URL" if "***" in store.label else f" --storage '{store.label}'"
-    print(f"start workers with: python sweep.py work {args.study}{more}")
-    return 0
+    return _created(args, store, what, sweep_dir)
 
 
 def _slot_worker_argv(args) -> list:
