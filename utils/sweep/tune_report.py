@@ -95,9 +95,12 @@ def tune_section(rep, summaries) -> list:
                                                       if s["failed"] else "")
             vals = f"{_num(s['start_value'])} → {_num(s['best_value'])}"
             tuned = variants.get(label + TUNED)
-            if tuned is not None:
-                setting = ", ".join(f"{k}={_short(v)}" for k, v in tuned.items()
-                                    if m["flags"].get(k) != v)
+            if tuned is not None:  # the searched values (those that differ from the start)
+                start = m["start"] or {}
+                chosen = {k: v for k, v in tuned.items() if k in m["params"]}
+                moved = {k: v for k, v in chosen.items() if start.get(k) != v}
+                setting = ", ".join(f"{k}={_short(v)}" for k, v in moved.items()) + (
+                    "; the rest as the start" if len(moved) < len(chosen) else "")
             elif s["best_value"] is None:
                 setting = "(no completed trial: no tuned row)"
             else:
