@@ -252,7 +252,7 @@ def _create_tune(args, spec, parsers, sweep_dir):
     if args.dry_run:
         for name, _, _ in subs:
             print(f"{name}: a search of {tune['n_trials']} trial(s)")
-        print(f"{what}: the tune file is valid (--dry-run: nothing written)")
+        print(f"{what}: the grid is valid (--dry-run: nothing written)")
         return 0
     store = _open_for_create(args, sweep_dir)
     create_tune(store, args.study, spec, subs)
