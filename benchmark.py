@@ -21,12 +21,22 @@ import torch
 from skipkd.models import ECA_PLACEMENTS, MODELS, create_model, default_width, feature_shapes
 from skipkd.cli import OneLineParser, add_bool, int_in, kd_spec, model_name, positive_int
 from skipkd.data import Augment, TensorLoader, channel_stats, make_synthetic
-from skipkd.train.engine import autocast_context
+from skipkd.train.engine import PRECISIONS, autocast_context
 from skipkd.errors import exit_on_user_error
 from skipkd.kd import KD_TERMS, DistillationLoss, TermContext, parse_kd
 from skipkd.io.outputs import atomic_write_text
 from skipkd.train.setup import resolve_device
 from utils.analysis.toolargs import check_output_path
+
+
+def precision_list(text) -> list:
+    """--precisions: distinct names of PRECISIONS, comma-separated."""
+    names = [p.strip() for p in str(text).split(",") if p.strip()]
+    unknown = [p for p in names if p not in PRECISIONS]
+    if not names or unknown or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(
+            f"expected distinct precisions among {', '.join(PRECISIONS)}, got {text!r}")
+    return names
 
 
 def get_args_parser():
@@ -46,8 +56,8 @@ def get_args_parser():
     p.add_argument("--warmup", type=positive_int, default=2, help="untimed steps before timing")
     p.add_argument("--repeats", type=positive_int, default=3, help="repeats; medians are reported")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--precisions", default="fp32,bf16",
-                   help="comma-separated precisions to time on our path (fp32, bf16, fp16)")
+    p.add_argument("--precisions", type=precision_list, default="fp32,bf16",
+                   help=f"comma-separated precisions to time on our path ({', '.join(PRECISIONS)})")
     add_bool(p, "--channels-last", False, "channels_last memory format on our path")
     add_bool(p, "--compile", False, "torch.compile on our path: the teacher's inference, and the "
                                     "trained model on CUDA / the evaluated model")
@@ -286,7 +296,7 @@ def main(args):
         terms = list(KD_TERMS) if args.terms == "all" else parse_kd(args.terms)
     except ValueError as exc:
         raise SystemExit(f"benchmark.py: error: --terms: {exc}") from None
-    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    precisions = args.precisions
     n = max(args.batch_size, args.eval_batch_size) * (args.steps + args.warmup + 1)
     data = make_synthetic(min(n, 20000), seed=0)
     rows = []

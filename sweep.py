@@ -177,6 +177,7 @@ def _dir(args):
 
 
 def create(args):
+    from utils.sweep.child import check_no_foreign_runs
     from utils.sweep.expand import expand, grid_distributions
     from utils.sweep.plan_check import check_plan
     from utils.sweep.scripts import Parsers
@@ -213,6 +214,7 @@ def create(args):
             print(f"{t['key']}: python {t['script']} {' '.join(t['argv'])}")
         print(f"{what}: the grid is valid (--dry-run: nothing written)")
         return 0
+    check_no_foreign_runs(sweep_dir, [t["key"] for t in plan["teachers"] + plan["trials"]])
     store = _open_for_create(args, sweep_dir)
     distributions = grid_distributions(spec) if spec["search"] is None else {}
     create_sweep(store, args.study, spec, plan, distributions)
@@ -281,7 +283,7 @@ def work(args):
     if args.gpus is not None:
         if args.gpu_slot is not None:
             raise UserError("give --gpus or --gpu-slot, not both")
-        return launch_slots(args, _slot_worker_argv(args))
+        return launch_slots(args, _slot_worker_argv(args), sweep_dir)
     slot = None
     if args.gpu_slot is not None:
         slot = GpuSlot(sweep_dir, args.gpu_slot, args.per_gpu, args.min_free_mib)

@@ -1,9 +1,21 @@
-"""Writing files safely: run keys that stay in their folder, atomic replacement (a crash leaves
-the old file or the new one, and a symbolic link at the path is replaced, never written
-through), and SHA-256 of what was written (the run record of outputs.py)."""
+"""Writing files safely, the one way every writer of the toolkit writes (tests/test_writers.py
+walks the source tree and fails on any other):
+
+- atomic_write / atomic_write_text / atomic_save_npy: a whole file replaced atomically (a crash
+  leaves the old file or the new one; a symbolic link at the path is replaced, never written
+  through); a full disk is the OSError it is (ENOSPC), also when a writer such as torch.save
+  wraps it in its own error;
+- open_append: a log appended to, opened without following a link, regular files only;
+- open_lock: a lock file (read-write, created when missing), opened the same way;
+- make_folder: a folder made below a root, none of whose parts may be a link;
+- run keys that stay in their folder (validate_run_key) and SHA-256 of what was written (the run
+  record of outputs.py).
+"""
+import errno
 import hashlib
 import os
 import re
+import stat
 import tempfile
 
 import numpy as np
@@ -11,7 +23,8 @@ import numpy as np
 from ..errors import UserError
 
 __all__ = ["validate_run_key", "RUN_KEY_MAX", "atomic_write", "atomic_write_text",
-           "atomic_save_npy", "write_temporary", "UMASK", "unlink_quietly", "sha256_file", "npy_writer"]
+           "atomic_save_npy", "write_temporary", "UMASK", "unlink_quietly", "sha256_file",
+           "npy_writer", "open_append", "open_lock", "make_folder"]
 
 # the longest name made from a key ("train_accuracy_student_{key}.npy", a temporary copy of it
 # ".{name}.tmp-XXXXXXXX.npy") must fit the usual 255-byte file-name limit
@@ -62,13 +75,40 @@ def write_temporary(path, write, mode, suffix="") -> str:
     try:
         os.fchmod(fd, 0o666 & ~UMASK)
         with os.fdopen(fd, mode) as f:
-            write(f)
+            sink = _WriteErrors(f)
+            try:
+                write(sink)
+            except RuntimeError:
+                # torch.save (its zip writer) turns the file's OSError into a RuntimeError: the
+                # OSError it swallowed is the error (a full disk reads as one)
+                if sink.error is not None:
+                    raise sink.error from None
+                raise
             f.flush()
             os.fsync(f.fileno())
     except BaseException:
         unlink_quietly(tmp)
         raise
     return tmp
+
+
+class _WriteErrors:
+    """A file object that remembers the OSError its write() raised (see write_temporary)."""
+
+    def __init__(self, f):
+        self._f, self.error = f, None
+
+    def write(self, data):
+        try:
+            return self._f.write(data)
+        except OSError as exc:
+            if exc.filename is None:
+                exc.filename = getattr(self._f, "name", None)
+            self.error = exc
+            raise
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
 
 
 def unlink_quietly(path):
@@ -102,3 +142,63 @@ def atomic_save_npy(path, array):
 
 def npy_writer(values):
     return lambda f: np.save(f, np.asarray(values, dtype=np.float64))
+
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+def _open_regular(path, flags, what) -> int:
+    """os.open without following a link at `path` (O_NOFOLLOW); a link, or anything but a
+    regular file, is a one-line UserError and nothing is written."""
+    try:
+        fd = os.open(path, flags | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0), 0o666 & ~UMASK)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP or os.path.islink(path):
+            raise UserError(f"{what} {path} is a symbolic link: it is never written through; "
+                            f"move the link away") from None
+        if exc.errno in (errno.EISDIR, errno.ENXIO):
+            raise UserError(f"{what} {path} is not a regular file; move it away") from None
+        raise UserError(f"cannot open {what} {path}: {exc.strerror}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UserError(f"{what} {path} is not a regular file; move it away")
+    os.set_blocking(fd, True)
+    return fd
+
+
+def open_append(path, what="log"):
+    """A text file (UTF-8) opened for appending, created when missing: a link at `path`, or
+    anything but a regular file, is a one-line UserError (nothing written). Line-buffered."""
+    fd = _open_regular(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, what)
+    return os.fdopen(fd, "a", encoding="utf-8", buffering=1)
+
+
+def open_lock(path, what="lock file") -> int:
+    """A lock file opened read-write (created when missing) as a raw descriptor, under the same
+    rule as open_append."""
+    return _open_regular(path, os.O_RDWR | os.O_CREAT, what)
+
+
+def make_folder(path, root, what="folder") -> str:
+    """Make `path` (a folder at or below the existing folder `root`) and any missing parts in
+    between; a part that is a link, or not a folder, is a one-line UserError. Returns path."""
+    root, path = os.path.abspath(root), os.path.abspath(path)
+    rel = os.path.relpath(path, root)
+    if rel == os.curdir:
+        return path
+    if rel.startswith(os.pardir):
+        raise UserError(f"{what} {path} is not inside {root}")
+    here = root
+    for part in rel.split(os.sep):
+        here = os.path.join(here, part)
+        if os.path.islink(here):
+            raise UserError(f"{what} {here} is a symbolic link: nothing is written through it; "
+                            f"move the link away")
+        try:
+            os.mkdir(here)
+        except FileExistsError:
+            if os.path.islink(here) or not os.path.isdir(here):
+                raise UserError(f"{what} {here} is not a folder; move it away") from None
+        except OSError as exc:
+            raise UserError(f"cannot create {what} {here}: {exc.strerror}") from None
+    return path

@@ -40,7 +40,7 @@ from .files import (RUN_KEY_MAX, atomic_save_npy, atomic_write, atomic_write_tex
                     sha256_file, unlink_quietly, validate_run_key, write_temporary)
 from .runlock import RunLock
 
-__all__ = ["RunOutputs", "atomic_write", "atomic_write_text", "atomic_save_npy",
+__all__ = ["RunOutputs", "MAKER_ENV", "atomic_write", "atomic_write_text", "atomic_save_npy",
            "validate_run_key", "RUN_KEY_MAX", "LEGACY_METRICS", "sha256_file"]
 
 
@@ -49,6 +49,9 @@ LEGACY_METRICS = ("accuracy", "loss")
 _ROLES = ("teacher", "student", "baseline")
 _MANIFEST_FORMAT = 2
 _TMP_RANDOM = r"[a-z0-9_]{8}"  # tempfile.mkstemp's random part
+# who starts a run, recorded in its record as "maker" (a sweep sets it for its trials, so that
+# it never takes a run it did not make for its own); unset: a user, no maker recorded
+MAKER_ENV = "SKIPKD_RUN_MAKER"
 
 
 class RunOutputs:
@@ -63,6 +66,7 @@ class RunOutputs:
         self._run_lock = RunLock(self.lock_path, key)
         self._claimed = False
         self._files = None  # the run's record while it writes: {relative path: [sha256] | "dir"}
+        self._maker = None  # who made the run, as its record says (MAKER_ENV; None: a user)
 
     # ---------------------------------------------------------------- names
     def checkpoint(self, role, last=False, state=False):
@@ -133,6 +137,8 @@ class RunOutputs:
         except (OSError, ValueError):
             raise UserError(f"run record {self.manifest} is unreadable; move it away to continue "
                             f"(the run's files are then treated as not its own)") from None
+        maker = data.get("maker") if isinstance(data, dict) else None
+        self._maker = maker if isinstance(maker, str) and 0 < len(maker) <= 200 else None
         allowed = {self._rel(p) for p in self.candidates()}
         tb = self._rel(self.tb_dir)
         files = data.get("files") if isinstance(data, dict) and data.get("key") == self.key else None
@@ -149,11 +155,22 @@ class RunOutputs:
                 owned[name] = list(entry)
         return owned
 
-    def _write_manifest(self, owned: dict):
+    def _write_manifest(self, owned: dict, fresh: bool = False):
+        """fresh: a new run under this key (--overwrite): its maker is this process's."""
+        if fresh or self._maker is None:
+            self._maker = os.environ.get(MAKER_ENV) or None
         files = {k: v for k, v in sorted(owned.items()) if v is not None}
-        text = json.dumps({"key": self.key, "format": _MANIFEST_FORMAT, "files": files},
-                          indent=1) + "\n"
-        atomic_write_text(self.manifest, text)
+        record = {"key": self.key, "format": _MANIFEST_FORMAT, "files": files}
+        if self._maker:
+            record["maker"] = self._maker
+        atomic_write_text(self.manifest, json.dumps(record, indent=1) + "\n")
+
+    def recorded_maker(self) -> str | None:
+        """Who made the run, as its record says (MAKER_ENV when it was started; None: by hand, a
+        record from before makers, or no record). Reads only; an unreadable record is a
+        UserError."""
+        self._read_manifest()
+        return self._maker
 
     def existing(self):
         """The exact paths of this key that exist (files, and the TensorBoard folder)."""
@@ -226,7 +243,7 @@ class RunOutputs:
         if overwrite:
             for path in existing:
                 self._remove_owned(path)
-            self._write_manifest({})
+            self._write_manifest({}, fresh=True)
 
     def _check_tensorboard_writable(self):
         runs = self.runs_dir

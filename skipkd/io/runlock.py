@@ -4,10 +4,9 @@ process lives and removed at its exit."""
 import atexit
 import errno
 import os
-import stat
 
 from ..errors import UserError
-from .files import UMASK
+from .files import open_lock
 
 __all__ = ["RunLock"]
 
@@ -29,20 +28,8 @@ class RunLock:
             return
         if os.path.realpath(self.lock_path) in _HELD_LOCKS:  # this process already runs the key
             return
-        flags = (os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-                 | getattr(os, "O_CLOEXEC", 0))
         while True:
-            try:
-                fd = os.open(self.lock_path, flags, 0o666 & ~UMASK)
-            except OSError as exc:
-                if exc.errno == errno.ELOOP or os.path.islink(self.lock_path):
-                    raise UserError(f"lock {self.lock_path} is a symbolic link, not a lock of this "
-                                    f"toolkit; remove the link to run '{self.key}'") from None
-                raise UserError(f"cannot open lock {self.lock_path}: {exc.strerror}") from None
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                os.close(fd)
-                raise UserError(f"lock {self.lock_path} is not a regular file; remove it to run "
-                                f"'{self.key}'")
+            fd = open_lock(self.lock_path, "lock")
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:

@@ -63,6 +63,9 @@ class DistillationLoss(nn.Module):
         if ce_weight < 0:
             raise ValueError("the cross-entropy weight must be >= 0")
         self.ce_weight = float(ce_weight)  # 0.1 in Hinton KD's CIFAR-100 runs (RepDistiller)
+        if self.ce_weight == 0 and not any(self.weights.values()):
+            raise ValueError("every loss weight is zero (the cross-entropy weight and each "
+                             "term's): the loss is identically zero and nothing would be learned")
         # the teacher is a plain attribute: not in state_dict, not in parameters(), never trained
         self.__dict__["teacher"] = teacher if self.names else None
         self.__dict__["teacher_infer"] = None

@@ -103,5 +103,8 @@ def apply_init_(model: nn.Module, scheme: str = "model", zero_residual: bool = F
     elif scheme == "kaiming":
         reference_init_(model, linear="default")
     if zero_residual:
+        if not residual_tail_norms(model):
+            raise ValueError("--zero-init-residual: this network has no residual branch ending "
+                             "in a BatchNorm, so there is nothing to start at zero")
         zero_init_residual_(model)
     return model

@@ -9,15 +9,20 @@ from torch import nn
 from .distributed import all_reduce_sum, dist_info
 from .progress import progress
 
-__all__ = ["train_one_epoch", "evaluate", "autocast_context", "recalibrate_bn", "NonFiniteLoss"]
+__all__ = ["PRECISIONS", "train_one_epoch", "evaluate", "autocast_context", "recalibrate_bn", "NonFiniteLoss"]
 
 
 class NonFiniteLoss(RuntimeError):
     pass
 
 
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
 def autocast_context(device: torch.device, precision: str):
     """One switch for precision: fp32 -> nullcontext, bf16/fp16 -> torch.autocast."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "fp32":
         return nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16

@@ -8,12 +8,16 @@ import subprocess
 import sys
 import time
 
+from skipkd.errors import UserError
+from skipkd.io.files import make_folder, open_append
+from skipkd.io.outputs import MAKER_ENV, RunOutputs
 from utils.sweep.heartbeat import now_text, transient
 from utils.sweep.progress import trials_of
 from utils.sweep.results import val_curve
-from utils.sweep.scripts import REPO, SCRIPTS
+from utils.sweep.plan_check import check_stored_trial
+from utils.sweep.scripts import REPO, SCRIPTS, Parsers
 
-__all__ = ["BOOTSTRAP", "ChildRunner"]
+__all__ = ["BOOTSTRAP", "ChildRunner", "sweep_maker", "foreign_run", "check_no_foreign_runs"]
 
 # Runs as `python -c BOOTSTRAP WORKER_PID PYTHON SCRIPT ARGS...`: SIGTERM when the worker dies
 # (Linux; elsewhere nothing), then exec the training script in this same process.
@@ -27,6 +31,27 @@ BOOTSTRAP = (
     "if os.getppid() != int(sys.argv[1]):\n"
     "    sys.exit(143)  # the worker died before the request took effect\n"
     "os.execv(sys.argv[2], sys.argv[2:])\n")
+
+
+def sweep_maker(study: str) -> str:
+    """The maker recorded in the runs the sweep `study` starts (skipkd.io.outputs.MAKER_ENV)."""
+    return f"sweep.py study {study}"
+
+
+def foreign_run(key, run_dir, maker) -> str:
+    return (f"run '{key}' in {run_dir} was not made by this sweep (its record "
+            f"{'names ' + repr(maker) if maker else 'names no sweep'}); move its files away "
+            f"or give the sweep another --dir")
+
+
+def check_no_foreign_runs(run_dir, keys):
+    """`create`: none of the sweep's run keys may already have files in its folder (a run there
+    is the user's or another sweep's: the sweep never takes it for its own)."""
+    for key in keys:
+        outputs = RunOutputs(run_dir, key)
+        if outputs.existing() or os.path.lexists(outputs.manifest):
+            raise UserError(foreign_run(key, os.path.abspath(run_dir), None).replace(
+                " (its record names no sweep)", ""))
 
 
 def _tail(path, size=4096) -> list:
@@ -57,6 +82,8 @@ class ChildRunner:
         self.host, self.pid = beats.host, beats.pid
         self.child = None
         self.current = None       # the running Job
+        self.parsers = Parsers()  # the scripts' parsers: stored trials are checked with them
+        self.maker = sweep_maker(sweep.name)  # recorded in each run it starts (RunOutputs)
 
     def run(self, job) -> tuple:
         """Run `job` to its end -> (ran, failed): ran is False when the trial was refused
@@ -91,21 +118,25 @@ class ChildRunner:
 
     def _start_mode(self, job):
         """('start' | 'resume' | 'restart', extra flags), or (None, reason) when the run key
-        has outputs that this sweep did not write."""
+        has outputs that this sweep did not make (their record names another maker, or none)."""
         key, script = job.key, job.attrs["script"]
         roles = ("teacher", "student") if SCRIPTS[script][1] == "student" else ("baseline",)
-        ckpt = os.path.join(self.run_dir, "saved_pth_model")
-        if any(os.path.isfile(os.path.join(ckpt, f"{key}_{r}_state.pth")) for r in roles):
+        outputs = RunOutputs(self.run_dir, key)
+        if outputs.existing() or os.path.lexists(outputs.manifest):
+            try:
+                maker = outputs.recorded_maker()
+            except UserError as exc:
+                return None, str(exc)
+            # a run recorded before makers were: this sweep's own only on a later attempt
+            legacy = maker is None and job.attrs.get("attempt", 1) > 1
+            if maker != self.maker and not legacy:
+                return None, foreign_run(key, self.run_dir, maker)
+        if any(os.path.isfile(outputs.checkpoint(r, state=True)) for r in roles):
             return "resume", ["--resume"]
-        manifest = os.path.join(self.run_dir, "numpy_outputs", f"manifest_{key}.json")
-        if os.path.exists(manifest):
-            if job.attrs.get("attempt", 1) > 1:
-                # an earlier attempt of this trial started the run but saved no state yet:
-                # --overwrite removes only the files that the run recorded as its own
-                return "restart", ["--overwrite"]
-            return None, (f"run '{key}' already has outputs in {self.run_dir} that this sweep "
-                          f"did not write ({os.path.relpath(manifest, self.run_dir)}); move them "
-                          f"away or give the sweep another --dir")
+        if os.path.exists(outputs.manifest):
+            # this sweep started the run but it saved no state yet: --overwrite removes only
+            # the files that the run recorded as its own
+            return "restart", ["--overwrite"]
         return "start", []
 
     def _refused(self, job) -> bool:
@@ -154,11 +185,11 @@ class ChildRunner:
         shown = os.path.relpath(log) if not os.path.relpath(log).startswith("..") else log
         self.status.event(f"{job.name()}: {'resuming' if mode == 'resume' else 'starting'} "
                           f"(attempt {job.attrs.get('attempt', 1)}) -> {shown}")
-        with open(log, "a") as f:
+        with open_append(log, "trial log") as f:
             f.write(f"# {now_text()} {self.host}:{self.pid} trial {job.number}: "
                     f"{' '.join(cmd[1:])}\n")
             f.flush()
-            env = dict(os.environ, PYTHONUNBUFFERED="1")
+            env = dict(os.environ, PYTHONUNBUFFERED="1", **{MAKER_ENV: self.maker})
             if self.threads:
                 env.update(OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads))
             self.child = subprocess.Popen(
@@ -169,22 +200,36 @@ class ChildRunner:
         if self.stop() is not None:  # a signal came while it started
             self.child.send_signal(self.stop())
 
-    def _run(self, job):
+    def _fail(self, job, message) -> tuple:
+        """The trial failed before its run started, for `message`: -> (ran, failed)."""
         from optuna.trial import TrialState
+        self.beats.finish(job, TrialState.FAIL, reason="error", error=message)
+        self.status.event(f"trial {job.number}: failed: {message}")
+        return True, True
+
+    def _run(self, job):
+        try:  # its record read back from the storage: checked like a user's flags
+            check_stored_trial(self.parsers, job.attrs, f"trial {job.number}")
+        except UserError as exc:
+            return self._fail(job, str(exc))
         if self._refused(job):
             return False, bool(job.teacher_failed)
         if self.slot is not None and not self._memory_ok(job):
             return False, False
-        os.makedirs(os.path.join(self.run_dir, "logs"), exist_ok=True)
-        log = os.path.join(self.run_dir, "logs", f"{job.key}.trial{job.number}.log")
+        try:
+            logs = make_folder(os.path.join(self.run_dir, "logs"), self.run_dir, "trial log folder")
+        except UserError as exc:
+            return self._fail(job, str(exc))
+        log = os.path.join(logs, f"{job.key}.trial{job.number}.log")
         start = time.monotonic()
         while True:
             mode, flags = self._start_mode(job)
             if mode is None:
-                self.beats.finish(job, TrialState.FAIL, reason="error", error=flags)
-                self.status.event(f"{job.name()}: failed: {flags}")
-                return True, True
-            self._start_child(job, log, mode, flags)
+                return self._fail(job, flags)
+            try:
+                self._start_child(job, log, mode, flags)
+            except UserError as exc:  # a planted link or foreign file at the trial's log
+                return self._fail(job, str(exc))
             rc = self._monitor(job, log)
             lines = _tail(log)
             if rc == 2 and lines and "is in use by process" in lines[-1] and not job.lost \

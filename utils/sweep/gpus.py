@@ -27,11 +27,13 @@ import sys
 import time
 
 from skipkd.errors import UserError
+from skipkd.io.files import make_folder, open_lock
 
 __all__ = ["FAKE_ENV", "gpu_list", "free_memory", "GpuSlot", "launch_slots"]
 
 FAKE_ENV = "SWEEP_FAKE_GPUS"
 MAX_GPUS = 64
+MAX_WORKERS = 256  # slot workers one `--gpus` command may start on one machine
 
 
 def gpu_list(text) -> list:
@@ -81,17 +83,19 @@ class GpuSlot:
 
     def __init__(self, run_dir, gpu, per_gpu, min_free_mib):
         self.gpu, self.per_gpu, self.min_free_mib = gpu, per_gpu, min_free_mib
-        self.folder = os.path.join(run_dir, ".gpu_slots", socket.gethostname())
+        self.run_dir = run_dir
+        self.folder = os.path.join(run_dir, ".gpu_slots", _host_folder())
         self.index = self.fd = None
         self.fake = bool(os.environ.get(FAKE_ENV))
         self.unreadable_said = False
 
     def acquire(self) -> bool:
-        """Hold a free slot of the GPU; False when all are held by other workers."""
-        os.makedirs(self.folder, exist_ok=True)
+        """Hold a free slot of the GPU; False when all are held by other workers. A link at
+        .gpu_slots, at its host folder or at a slot's lock is a one-line UserError."""
+        make_folder(self.folder, self.run_dir, "GPU slot folder")
         for j in range(self.per_gpu):
             path = os.path.join(self.folder, f"gpu{self.gpu}.slot{j}.lock")
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            fd = open_lock(path, "GPU slot lock")
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
@@ -112,14 +116,24 @@ class GpuSlot:
         return f"GPU {self.gpu} slot {self.index}"
 
 
-def launch_slots(args, study_argv) -> int:
+def launch_slots(args, study_argv, run_dir) -> int:
     """Start one worker per slot (`--per-gpu` on each of `--gpus`), wait for all of them, and
     return the worst exit code. Ctrl-C reaches every worker (one process group)."""
+    total = len(args.gpus) * args.per_gpu
+    if total > MAX_WORKERS:
+        raise UserError(f"--gpus {','.join(map(str, args.gpus))} --per-gpu {args.per_gpu} would "
+                        f"start {total} workers; at most {MAX_WORKERS} on one machine")
     found = free_memory()
-    if found is not None and not set(args.gpus) <= set(found):
+    if found is None:
+        raise UserError(f"--gpus {','.join(map(str, args.gpus))}: no GPU can be seen on this "
+                        f"machine (nvidia-smi is missing or fails); run without --gpus to use "
+                        f"--device")
+    if not set(args.gpus) <= set(found):
         missing = sorted(set(args.gpus) - set(found))
         raise UserError(f"--gpus {','.join(map(str, args.gpus))}: no GPU {missing[0]} on this "
                         f"machine (it has {', '.join(map(str, sorted(found))) or 'none'})")
+    # the slots' folder, checked once here (a planted link is refused before any worker starts)
+    make_folder(os.path.join(run_dir, ".gpu_slots", _host_folder()), run_dir, "GPU slot folder")
     procs = []
     for gpu in args.gpus:
         env = dict(os.environ, CUDA_VISIBLE_DEVICES=str(gpu))
@@ -139,6 +153,13 @@ def launch_slots(args, study_argv) -> int:
             except KeyboardInterrupt:  # the workers got it too (same process group)
                 time.sleep(0.1)
     return max(codes, key=lambda c: (c != 0, abs(c))) if codes else 0
+
+
+def _host_folder() -> str:
+    """This machine's name as one plain folder name (a host name with a separator, or . or ..,
+    would lead elsewhere)."""
+    name = "".join(c if c.isalnum() or c in "._-" else "_" for c in socket.gethostname())
+    return name if name.strip(".") else "host"
 
 
 def _repo():

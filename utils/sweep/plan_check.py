@@ -6,11 +6,12 @@ import contextlib
 import io
 
 from skipkd.errors import UserError
+from skipkd.io.files import validate_run_key
 from utils.sweep.expand import search_trial
 from utils.sweep.keys import _label
-from utils.sweep.scripts import Parsers
+from utils.sweep.scripts import SCRIPTS, Parsers
 
-__all__ = ["check_argv", "check_plan"]
+__all__ = ["check_argv", "check_plan", "check_stored_trial"]
 
 
 class _ParseError(Exception):
@@ -34,13 +35,14 @@ def _parse_errors_raise():
 
 
 def check_argv(parsers, script, argv, what):
-    """Parse one trial's command line with the script's own parse_args (as the run will)."""
+    """Parse one trial's command line with the script's own parse_args (as the run will) -> the
+    parsed arguments; a refusal is a one-line UserError."""
     mod = parsers.module(script)
     sink = io.StringIO()
     try:
         with _parse_errors_raise(), contextlib.redirect_stdout(sink), \
                 contextlib.redirect_stderr(sink):
-            mod.parse_args(list(argv))
+            return mod.parse_args(list(argv))
     except _ParseError as exc:
         raise UserError(f"{what}: {exc}") from None
     except UserError as exc:
@@ -72,3 +74,32 @@ def check_plan(spec: dict, plan: dict, parsers=None):
             continue
         seen.add(sig)
         check_argv(parsers, script, argv, what)
+
+
+def check_stored_trial(parsers, attrs: dict, what: str):
+    """A trial's record as read back from the storage (a journal or database anyone may have
+    edited) checked like a user's flags before the worker writes anything for it: its run key
+    and its shared teacher's are plain names, its script is one of SCRIPTS, and its flags are
+    strings that the script's own parser accepts and that leave the run's place to the sweep
+    (no --resume or --overwrite: the worker decides those). A one-line UserError otherwise."""
+    def bad(why):
+        return UserError(f"{what}: its stored record is not one this sweep wrote ({why})")
+
+    try:
+        key = validate_run_key(attrs.get("key"))
+        if attrs.get("teacher_key") is not None:
+            validate_run_key(attrs.get("teacher_key"))
+    except UserError as exc:
+        raise bad(str(exc).replace(" (--run-name)", "")) from None
+    script = attrs.get("script")
+    if not isinstance(script, str) or script not in SCRIPTS:
+        raise bad(f"script {str(script)[:60]!r} is not one of {', '.join(SCRIPTS)}")
+    argv = attrs.get("argv")
+    if not isinstance(argv, list) or not all(isinstance(a, str) and "\0" not in a for a in argv):
+        raise bad("its flags are not a list of strings")
+    attempt = attrs.get("attempt", 1)
+    if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 1:
+        raise bad(f"attempt {str(attempt)[:20]!r} is not a positive whole number")
+    args = check_argv(parsers, script, argv + ["--run-name", key, "--output-dir", "."], what)
+    if getattr(args, "resume", False) or getattr(args, "overwrite", False):
+        raise bad("its flags ask for --resume or --overwrite, which only the worker sets")

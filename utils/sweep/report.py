@@ -154,6 +154,9 @@ def _configs(rows, spec, order):
 def _check_out_dir(out_dir, names, study):
     """Refuse (before anything is written) a folder that is a file, unwritable, or that holds a
     file of one of our names which an earlier report of this folder did not write."""
+    if os.path.islink(out_dir):
+        raise UserError(f"report folder {out_dir} is a symbolic link: a report is never written "
+                        f"through one; give the folder itself")
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise UserError(f"report folder {out_dir} is a file")
     parent = out_dir if os.path.isdir(out_dir) else os.path.dirname(os.path.abspath(out_dir))
@@ -173,6 +176,10 @@ def _check_out_dir(out_dir, names, study):
         if not isinstance(files, list) or not all(isinstance(n, str) for n in files):
             raise UserError(f"report record {record}: \"files\" is not a list of file names; "
                             f"move it away")
+        if data.get("study") != study:
+            raise UserError(f"report folder {out_dir} holds the report of study "
+                            f"{str(data.get('study'))[:80]!r} ({RECORD}), not of '{study}'; give "
+                            f"another --out")
         owned = set(files)
     elif os.path.exists(record):
         raise UserError(f"{record} is not a file")
