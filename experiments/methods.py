@@ -19,6 +19,7 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from skipkd.io.files import atomic_write_text  # noqa: E402
 from skipkd.models import create_model, feature_shapes  # noqa: E402
 from skipkd.kd import KD_RECIPES, KD_TERMS, DistillationLoss, TermContext  # noqa: E402
 from skipkd.kd import recipes as _recipes  # noqa: E402
@@ -131,10 +132,7 @@ def with_readme_table(readme: str) -> str:
 
 
 def _write(path, text):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 def main():

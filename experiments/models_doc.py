@@ -16,6 +16,7 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from skipkd.io.files import atomic_write_text  # noqa: E402
 from skipkd.models import MODELS, count_parameters, create_model, feature_shapes  # noqa: E402
 
 OUT = os.path.join(REPO, "docs", "MODELS.md")
@@ -93,10 +94,7 @@ def main():
         print("docs/MODELS.md is " + ("up to date" if same else
                                       "out of date: run python experiments/models_doc.py"))
         sys.exit(0 if same else 1)
-    tmp = OUT + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, OUT)
+    atomic_write_text(OUT, text)
     print(f"wrote {os.path.relpath(OUT, REPO)}")
 
 

@@ -6,7 +6,8 @@ import sys
 __all__ = ["UserError", "RunInterrupted", "exit_on_user_error"]
 
 
-_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES,
+                       errno.EPERM}
 
 
 class UserError(Exception):

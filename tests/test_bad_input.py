@@ -73,6 +73,11 @@ CASES = {
     "placement-the-family-lacks": (BASE, ["--model", "vgg8", "--eca", "parallel"],
                                    ["vgg8", "parallel"]),
     "unknown-flag": (MID, ["--teacher-lr", "0.1"], ["--teacher-lr"]),
+    "every-loss-weight-zero": (MID, ["--kd", "logit", "--kd-recipe", "hinton", "--ce-weight", "0",
+                                     "--beta", "0"],
+                               ["weight is zero"]),
+    "zero-init-residual-vgg": (BASE, ["--model", "vgg8", "--eca", "none", "--zero-init-residual"],
+                               ["--zero-init-residual", "residual"]),
     "device-mps": (BASE, ["--device", "mps"], ["mps"]),
     "device-cuda-without-cuda": (BASE, ["--device", "cuda"], ["cuda"]),
     "fp16-on-cpu": (BASE, ["--precision", "fp16"], ["fp16", "cpu"]),
@@ -174,6 +179,7 @@ CASES = {
                                          "{out}/sweeps/s"], ["search.params.lr.high", "beyond"]),
     "sweep-grid-values-wrong-type": (SWEEP, ["create", "s", "--grid", "{string_axis_grid}",
                                              "--dir", "{out}/sweeps/s"], ["seed", "list"]),
+    "benchmark-fp8": (BENCH, ["--precisions", "fp8"], ["fp8", "fp32, bf16, fp16"]),
     "benchmark-negative-workers": (BENCH, ["--workers", "-1"], ["--workers", "-1"]),
 }
 

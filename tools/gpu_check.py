@@ -24,6 +24,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from skipkd.io.files import atomic_write_text, open_append  # noqa: E402
 from gpu_report import (DEPTH_RUNS, depth_result, fmnist_result, markdown,  # noqa: E402
                         parse_tests, read_json, sweep_result)
 
@@ -168,9 +169,9 @@ def hide_optional_packages(work):
     root = os.path.join(work, "no_optional")
     for name in OPTIONAL:
         os.makedirs(os.path.join(root, name), exist_ok=True)
-        with open(os.path.join(root, name, "__init__.py"), "w") as f:
-            f.write(f"raise ImportError('{name} is hidden by the gpu_check dry run: the GPU "
-                    f"machine does not have it')\n")
+        atomic_write_text(os.path.join(root, name, "__init__.py"),
+                          f"raise ImportError('{name} is hidden by the gpu_check dry run: the "
+                          f"GPU machine does not have it')\n")
     os.environ["PYTHONPATH"] = os.pathsep.join(
         p for p in (root, os.environ.get("PYTHONPATH")) if p)
 
@@ -234,7 +235,7 @@ def main(args):
     summary = {"environment": environment(args.dry_run), "budget_s": budget, "parts": {},
                "benchmarks": {}}
     print(json.dumps(summary["environment"]), flush=True)
-    with open(os.path.join(args.out, "logs.txt"), "w") as log:
+    with open_append(os.path.join(args.out, "logs.txt")) as log:
         for name, limit, argv, env_extra, note in plan(args, args.out, work):
             if argv is None:
                 summary["parts"][name] = {"status": note, "limit_s": 0, "wall_s": 0}
@@ -263,11 +264,9 @@ def main(args):
     summary["sweep_small"] = sweep_result(work)
     summary["wall_s"] = round(time.perf_counter() - start, 1)
     shutil.rmtree(work, ignore_errors=True)
-    with open(os.path.join(args.out, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    atomic_write_text(os.path.join(args.out, "summary.json"), json.dumps(summary, indent=2))
     md = markdown(summary)
-    with open(os.path.join(args.out, "summary.md"), "w") as f:
-        f.write(md)
+    atomic_write_text(os.path.join(args.out, "summary.md"), md)
     print(md)
     bad = [n for n, p in summary["parts"].items() if p["status"] not in ("ok",)
            and not p["status"].startswith("skipped")]

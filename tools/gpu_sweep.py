@@ -20,6 +20,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from skipkd.errors import UserError  # noqa: E402
+from skipkd.io.files import atomic_write_text, open_append  # noqa: E402
 from skipkd.io.summary import read_summary  # noqa: E402
 
 SIZES = {  # per-gpu levels and trials per level; recipe of the runs
@@ -58,14 +59,13 @@ def main(args):
     env = dict(os.environ, PYTHONUNBUFFERED="1", TQDM_DISABLE="1")
     if args.dry_run:
         fake = os.path.join(args.work, "fake_gpus.json")
-        with open(fake, "w") as f:
-            json.dump({str(args.gpu): 1_000_000}, f)
+        atomic_write_text(fake, json.dumps({str(args.gpu): 1_000_000}))
         env["SWEEP_FAKE_GPUS"] = fake
     common = ["--dataset", "fashion-mnist", "--data-dir", os.path.abspath(args.data_dir),
               "--limit-train", str(size["limit_train"]), "--val-split", "0.1",
               "--batch-size", str(size["batch"]), "--no-progress", "--no-tensorboard",
               *_size_flags(size)]
-    log = open(os.path.join(args.work, "log.txt"), "w")
+    log = open_append(os.path.join(args.work, "log.txt"))
     t0 = time.perf_counter()
     _run([py, os.path.join(REPO, "model_training.py"), "--model", "resnet20", "--eca", "none",
           "--epochs", str(size["teacher_epochs"]), "--device", device, "--output-dir",
@@ -83,9 +83,8 @@ def main(args):
     for per_gpu, n in zip(size["levels"], size["trials"]):
         study, folder = f"per_gpu_{per_gpu}", os.path.join(args.work, f"per_gpu_{per_gpu}")
         grid = os.path.join(args.work, f"{study}.json")
-        with open(grid, "w") as f:
-            json.dump({"description": f"{n} students at {per_gpu} per GPU", "fixed": fixed,
-                       "grid": {"seed": list(range(n))}}, f)
+        atomic_write_text(grid, json.dumps({"description": f"{n} students at {per_gpu} per GPU",
+                                            "fixed": fixed, "grid": {"seed": list(range(n))}}))
         _run([py, os.path.join(REPO, "sweep.py"), "create", study, "--grid", grid, "--dir",
               folder], env, log)
         work = [py, os.path.join(REPO, "sweep.py"), "work", study, "--dir", folder, "--gpus",
@@ -114,8 +113,7 @@ def main(args):
         lv["x_per_gpu_1"] = round(lv["trials_per_hour"] / base, 2) if base else None
     out = {"pair": "resnet20 -> resnet8 (logit KD), Fashion-MNIST", "dry_run": args.dry_run,
            "teacher_s": round(teacher_s, 1), "recipe": fixed, "levels": levels}
-    with open(args.json, "w") as f:
-        json.dump(out, f, indent=2)
+    atomic_write_text(args.json, json.dumps(out, indent=2))
     print(json.dumps(levels))
     return 0
 

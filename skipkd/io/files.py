@@ -75,7 +75,7 @@ def write_temporary(path, write, mode, suffix="") -> str:
     try:
         os.fchmod(fd, 0o666 & ~UMASK)
         with os.fdopen(fd, mode) as f:
-            sink = _WriteErrors(f)
+            sink = _WriteErrors(f, path)
             try:
                 write(sink)
             except RuntimeError:
@@ -95,15 +95,15 @@ def write_temporary(path, write, mode, suffix="") -> str:
 class _WriteErrors:
     """A file object that remembers the OSError its write() raised (see write_temporary)."""
 
-    def __init__(self, f):
-        self._f, self.error = f, None
+    def __init__(self, f, path):
+        self._f, self._path, self.error = f, path, None
 
     def write(self, data):
         try:
             return self._f.write(data)
         except OSError as exc:
-            if exc.filename is None:
-                exc.filename = getattr(self._f, "name", None)
+            if not isinstance(exc.filename, str):
+                exc.filename = str(self._path)
             self.error = exc
             raise
 

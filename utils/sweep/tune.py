@@ -32,6 +32,7 @@ import sys
 import time
 
 from skipkd.errors import UserError
+from skipkd.io.files import open_lock
 
 __all__ = ["TUNE_KEYS", "TUNED", "normalize_tune", "search_name", "retrain_name", "sub_specs",
            "create_tune", "search_sweeps", "budget_trials", "best_trial", "chosen_settings",
@@ -331,7 +332,8 @@ def _retrain(store, sweep, sweep_dir, searches):
     from utils.sweep.spec import normalize_spec
     from utils.sweep.storage import create_sweep, load_sweep
     rname = retrain_name(sweep.name)
-    with open(os.path.join(sweep_dir, f".{sweep.name}.tune.lock"), "a") as lock:
+    with os.fdopen(open_lock(os.path.join(sweep_dir, f".{sweep.name}.tune.lock"),
+                             "tune lock")) as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if rname not in store.study_names():
             chosen = chosen_settings(searches, sweep.spec["tune"]["methods"])
