@@ -68,11 +68,12 @@ def script_env():
     return env
 
 
-def run_script(script, *args, timeout=300, check=False):
-    """Run `python <script> args...` from the repository root; returns the CompletedProcess."""
+def run_script(script, *args, timeout=300, check=False, env=None):
+    """Run `python <script> args...` from the repository root (env: more environment
+    variables); returns the CompletedProcess."""
     cmd = [sys.executable, os.path.join(REPO_ROOT, script), *[str(a) for a in args]]
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=script_env(), capture_output=True, text=True,
-                          timeout=timeout)
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env={**script_env(), **(env or {})},
+                          capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} {' '.join(map(str, args))} failed with {proc.returncode}\n"
                              f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}")

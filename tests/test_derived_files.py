@@ -18,6 +18,8 @@ import torch
 
 from conftest import REPO_ROOT, files_digest, run_script
 from skipkd.errors import exit_on_user_error
+from skipkd.io.outputs import MAKER_ENV
+from utils.sweep.child import sweep_maker
 
 MID = "model_training_mid.py"
 STUDY, KEY = "s", "s_seed=0"   # the sweep's one trial and its run key
@@ -38,7 +40,8 @@ def good(tmp_path_factory):
     from utils.sweep.storage import load_sweep, open_store
     trial, = load_sweep(open_store(None, out, create=False), STUDY).study.get_trials()
     assert trial.user_attrs["key"] == KEY
-    _ok(run_script(MID, *trial.user_attrs["argv"], "--run-name", KEY, "--output-dir", out))
+    _ok(run_script(MID, *trial.user_attrs["argv"], "--run-name", KEY, "--output-dir", out,
+                   env={MAKER_ENV: sweep_maker(STUDY)}))  # as the sweep's worker runs it
     before_work = str(root / "before_work")
     shutil.copytree(out, before_work)
     _ok(run_script("sweep.py", "work", STUDY, "--dir", out, "--poll", "0.2"))

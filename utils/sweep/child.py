@@ -82,7 +82,11 @@ class ChildRunner:
         self.host, self.pid = beats.host, beats.pid
         self.child = None
         self.current = None       # the running Job
-        self.parsers = Parsers()  # the scripts' parsers: stored trials are checked with them
+        # the scripts' parsers, which check each stored trial: imported now (torch with them),
+        # not between a trial's claim and its first heartbeat
+        self.parsers = Parsers()
+        for script in SCRIPTS:
+            self.parsers.module(script)
         self.maker = sweep_maker(sweep.name)  # recorded in each run it starts (RunOutputs)
 
     def run(self, job) -> tuple:
