@@ -1,9 +1,13 @@
-"""Command-line flags shared by the training scripts: one style (--kebab-case), the original
-project's flags as aliases, presets, and validation that ends in a one-line error."""
+"""The training scripts' command lines: both parsers (baseline_parser, distill_parser), one
+style (--kebab-case), the original project's flags as aliases, presets and --kd-recipe, and
+validation that ends in a one-line error. The scripts only call parse_baseline_args /
+parse_distill_args; a library caller (the sweep) parses with raising=True and gets a UserError
+instead of an exit."""
 import argparse
 import sys
 
-from .models import ECA_PLACEMENTS, MODELS
+from .kd import KD_RECIPES, KD_TERMS, parse_kd, resolve_recipe, term_options
+from .models import ATTENTION_LAYERS, ECA_PLACEMENTS, MODELS
 
 from .argparsing import (BATCH, EPOCHS, SEED, WIDTH, HelpFormatter, OneLineParser, add_bool,  # noqa: F401
                          float_in, fraction, int_in, nonneg_float, nonneg_int, positive_float,
@@ -12,8 +16,10 @@ from .data import DATASETS, MAX_SYNTHETIC_SIZE
 from .errors import UserError
 from .io.outputs import validate_run_key
 
-__all__ = ["OneLineParser", "str2bool", "add_bool", "common_parser", "PRESETS", "finalize_args",
-           "kd_spec", "kd_weights", "kd_options", "merge_kd_options"]
+__all__ = ["OneLineParser", "RaisingParser", "str2bool", "add_bool", "common_parser", "PRESETS",
+           "finalize_args", "kd_spec", "kd_weights", "kd_options", "merge_kd_options",
+           "baseline_parser", "distill_parser", "apply_kd_recipe", "parse_baseline_args",
+           "parse_distill_args", "SCRIPTS", "parse_script_args", "option_dests", "group_dests"]
 
 
 def cpu_has_native_bf16() -> bool:
@@ -28,7 +34,6 @@ def cpu_has_native_bf16() -> bool:
 
 
 def attention_name(v):
-    from .models import ATTENTION_LAYERS
     if v not in ATTENTION_LAYERS:
         raise argparse.ArgumentTypeError(f"unknown attention {v!r}; choose from "
                                          f"{', '.join(ATTENTION_LAYERS)}")
@@ -38,7 +43,6 @@ def attention_name(v):
 def kd_spec(v):
     """--kd: 'none' or registered distillation terms joined by '+' (skipkd.kd.KD_TERMS),
     returned normalised (' skip + logit' -> 'skip+logit')."""
-    from .kd import parse_kd
     try:
         return "+".join(parse_kd(v)) or "none"
     except ValueError as exc:
@@ -47,7 +51,6 @@ def kd_spec(v):
 
 def kd_weights(v):
     """--kd-weights 'skip=0.3,logit=1': per-term weights of registered terms."""
-    from .kd import KD_TERMS
     out = {}
     for item in filter(None, (i.strip() for i in str(v).split(","))):
         name, sep, value = item.partition("=")
@@ -64,7 +67,6 @@ def kd_options(v):
     """--kd-opt 'dkd.beta=8,dkd.warmup=5': options of registered terms, checked against each
     term's declared options -> {term: {key: value}}. A piece without '=' continues the value
     before it: 'skip.stages=all,skip.stage_weights=1,2,4' gives stage_weights '1,2,4'."""
-    from .kd import KD_TERMS, term_options
     out, items = {}, []
     for piece in filter(None, (i.strip() for i in str(v).split(","))):
         if "=" not in piece and items:
@@ -88,7 +90,6 @@ def kd_options(v):
 def merge_kd_options(parser, kd: str, given, weights=None) -> dict:
     """The --kd-opt values (one dict per use of the flag) merged and cast, {term: {key: value}};
     an option of a term that --kd does not choose is an error (it would do nothing)."""
-    from .kd import parse_kd, term_options
     chosen, merged = parse_kd(kd), {}
     for opts in given or ():
         for name, kv in opts.items():
@@ -154,10 +155,140 @@ PRESETS = {
 }
 
 
+def distill_parser(parser_class=None):
+    """model_training_mid.py's parser (parser_class: OneLineParser, or RaisingParser for a
+    library caller)."""
+    p = common_parser("Train a ResNet teacher, then distil a student from it through the "
+                      "teacher's skip-connection (shortcut) features.", parser_class)
+    g = p.add_argument_group("teacher and student")
+    g.add_argument("--teacher", "--model", dest="teacher", type=model_name, default=None,
+                   help="teacher architecture (default: resnet34, or the one in --teacher-checkpoint)")
+    g.add_argument("--student", "--model_kd", dest="student", type=model_name, default="resnet18",
+                   help="student architecture (the same as the teacher = self-distillation)")
+    g.add_argument("--teacher-checkpoint", default=None,
+                   help="reuse this trained teacher (.pth from saved_pth_model/) instead of training one")
+    g.add_argument("--teacher-width", type=WIDTH, default=None,
+                   help="teacher base width (default: --width)")
+    g.add_argument("--student-width", type=WIDTH, default=None,
+                   help="student base width (default: --width)")
+    g.add_argument("--teacher-epochs", type=EPOCHS, default=None,
+                   help="teacher epochs (default: --epochs)")
+    g = p.add_argument_group("distillation")
+    g.add_argument("--kd", type=kd_spec, default="skip", metavar="TERMS",
+                   help=f"distillation terms joined by '+', from {', '.join(KD_TERMS)} "
+                        f"(docs/METHODS.md): skip = alpha * hint MSE (this toolkit's method), "
+                        f"logit = beta * Hinton KD, skip+logit = both; none = the student alone "
+                        f"with the same recipe (the fair baseline)")
+    g.add_argument("--kd-weights", type=kd_weights, default=None, metavar="NAME=W,...",
+                   help="per-term weights, e.g. skip=0.3,logit=1 (default: --alpha for skip, "
+                        "--beta for logit, each other term's own default)")
+    g.add_argument("--kd-opt", type=kd_options, action="append", default=None,
+                   metavar="TERM.KEY=V,...",
+                   help="options of the chosen terms, e.g. dkd.warmup=5 or logit.standardize=1 "
+                        "(repeatable; each term's options and defaults: docs/METHODS.md)")
+    g.add_argument("--ce-weight", type=float_in(0, 10_000), default=1.0,
+                   help="weight of the student's cross-entropy (Hinton KD's CIFAR-100 runs in the "
+                        "literature use 0.1 with logit=0.9: docs/BENCHMARK.md)")
+    g.add_argument("--alpha", type=float_in(0, 10_000), default=0.3, help="weight of the skip (hint) loss")
+    g.add_argument("--beta", type=float_in(0, 10_000), default=1.0, help="weight of the logit KD loss")
+    g.add_argument("--temperature", type=float_in(0, 1000, lo_open=True), default=4.0,
+                   help="temperature of the logit term (dkd and dist have their own: "
+                        "--kd-opt dkd.temperature=T, dist.tau=T)")
+    g.add_argument("--kd-recipe", choices=list(KD_RECIPES), default=None,
+                   help="a published recipe for the chosen terms: fills --kd-weights, --kd-opt, "
+                        "--ce-weight and --temperature where not given (lskd: logit or dkd with "
+                        "logit standardisation; dist-cifar: DIST's CIFAR config; hinton: "
+                        "RepDistiller's KD split; docs/PRESETS.md)")
+    return p
+
+
+_UNSET = object()
+RECIPE_FLAGS = ("ce_weight", "temperature", "alpha", "beta")  # scalar flags a recipe may fill
+
+
+def apply_kd_recipe(parser, args, argv=None):
+    """--kd-recipe: the recipe's values where the command line gave none (a flag given with its
+    default value counts as given); refusals are one-line errors."""
+    if args.kd_recipe is None:
+        return args
+    probe = argparse.Namespace(**dict.fromkeys(RECIPE_FLAGS, _UNSET))
+    parser.parse_known_args(argv, namespace=probe)  # argparse fills no default over a set attribute
+    given = {d for d in RECIPE_FLAGS if getattr(probe, d) is not _UNSET}
+    try:
+        got = resolve_recipe(args.kd_recipe, parse_kd(args.kd), args.kd_weights, args.kd_opt, given)
+    except ValueError as exc:
+        parser.error(str(exc))
+    args.kd_weights, args.kd_opt = got["kd_weights"] or None, got["kd_opt"]
+    args.ce_weight = args.ce_weight if got["ce_weight"] is None else got["ce_weight"]
+    args.temperature = args.temperature if got["temperature"] is None else got["temperature"]
+    return args
+
+
+def baseline_parser(parser_class=None):
+    """model_training.py's parser (parser_class as distill_parser's)."""
+    p = common_parser("Train a baseline ResNet with cross-entropy only (no distillation).",
+                      parser_class)
+    g = p.add_argument_group("model")
+    g.add_argument("--model", "--arch", dest="model", type=model_name, default="resnet18",
+                   help="architecture")
+    return p
+
+
+def parse_baseline_args(argv=None, raising=False):
+    """model_training.py's command line -> its arguments, presets and checks applied; an error
+    exits with one line (raising=True: raises UserError instead)."""
+    parser = baseline_parser(RaisingParser if raising else None)
+    # the original baseline ran 200 epochs (the distillation script 300)
+    return finalize_args(parser, parser.parse_args(argv), default_eca="none",
+                         preset_overrides={"original": {"epochs": 200}}, argv=argv)
+
+
+def parse_distill_args(argv=None, raising=False):
+    """model_training_mid.py's command line -> its arguments (as parse_baseline_args), the
+    --kd-opt values merged and --kd-recipe applied."""
+    parser = distill_parser(RaisingParser if raising else None)
+    args = finalize_args(parser, parser.parse_args(argv), default_eca="parallel", argv=argv)
+    args.kd_opt = merge_kd_options(parser, args.kd, args.kd_opt, args.kd_weights)
+    return apply_kd_recipe(parser, args, argv)
+
+
+# the training scripts: file name -> (parser builder, parse function, the summary's section that
+# holds the trained model's result)
+SCRIPTS = {"model_training_mid.py": (distill_parser, parse_distill_args, "student"),
+           "model_training.py": (baseline_parser, parse_baseline_args, "baseline")}
+
+
+def parse_script_args(script, argv):
+    """A training script's command line parsed as the script parses it -> its arguments; every
+    refusal is a UserError (nothing exits, nothing is printed: notes go to stderr)."""
+    return SCRIPTS[script][1](list(argv), raising=True)
+
+
+def option_dests(parser) -> dict:
+    """{option string: argparse destination} of a parser built here."""
+    return {o: a.dest for a in parser._actions for o in a.option_strings}
+
+
+def group_dests(parser) -> dict:
+    """{argument group title: {destinations}} of a parser built here."""
+    return {g.title: {a.dest for a in g._group_actions} for g in parser._action_groups}
+
+
 # Long on purpose: a flat list of the flags both training scripts share, in --help order;
 # splitting it would only scatter them.
-def common_parser(description) -> OneLineParser:
-    p = OneLineParser(description=description, formatter_class=HelpFormatter)
+class RaisingParser(OneLineParser):
+    """A parser for library callers (the sweep checking a trial's flags): an error raises a
+    one-line UserError instead of exiting, and so does --help."""
+
+    def error(self, message):
+        raise UserError(message)
+
+    def exit(self, status=0, message=None):
+        raise UserError((message or f"the parser exited with status {status}").strip())
+
+
+def common_parser(description, parser_class=None) -> OneLineParser:
+    p = (parser_class or OneLineParser)(description=description, formatter_class=HelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="cifar10", choices=list(DATASETS) + ["auto"],
                    help="dataset: cifar10/cifar100 (python batches), fashion-mnist (IDX files, "

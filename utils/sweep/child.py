@@ -86,7 +86,7 @@ class ChildRunner:
         # not between a trial's claim and its first heartbeat
         self.parsers = Parsers()
         for script in SCRIPTS:
-            self.parsers.module(script)
+            self.parsers.parser(script)
         self.maker = sweep_maker(sweep.name)  # recorded in each run it starts (RunOutputs)
 
     def run(self, job) -> tuple:
@@ -124,7 +124,7 @@ class ChildRunner:
         """('start' | 'resume' | 'restart', extra flags), or (None, reason) when the run key
         has outputs that this sweep did not make (their record names another maker, or none)."""
         key, script = job.key, job.attrs["script"]
-        roles = ("teacher", "student") if SCRIPTS[script][1] == "student" else ("baseline",)
+        roles = ("teacher", "student") if SCRIPTS[script] == "student" else ("baseline",)
         outputs = RunOutputs(self.run_dir, key)
         if outputs.existing() or os.path.lexists(outputs.manifest):
             try:

@@ -1,7 +1,6 @@
 """Checking a plan before anything is written: every distinct command line of its trials and
 teachers through the script's own parser (a search: each parameter at both ends of its range).
 """
-import argparse
 import contextlib
 import io
 
@@ -14,42 +13,15 @@ from utils.sweep.scripts import SCRIPTS, Parsers
 __all__ = ["check_argv", "check_plan", "check_stored_trial"]
 
 
-class _ParseError(Exception):
-    pass
-
-
-@contextlib.contextmanager
-def _parse_errors_raise():
-    """argparse's error() (the scripts print one line and exit) raises instead."""
-    from skipkd.cli import OneLineParser
-
-    def error(self, message):
-        raise _ParseError(message)
-
-    saved = (argparse.ArgumentParser.error, OneLineParser.error)
-    argparse.ArgumentParser.error = OneLineParser.error = error
-    try:
-        yield
-    finally:
-        argparse.ArgumentParser.error, OneLineParser.error = saved
-
-
 def check_argv(parsers, script, argv, what):
     """Parse one trial's command line with the script's own parse_args (as the run will) -> the
     parsed arguments; a refusal is a one-line UserError."""
-    mod = parsers.module(script)
-    sink = io.StringIO()
+    sink = io.StringIO()  # a note the parser prints (e.g. on original flags) is not shown here
     try:
-        with _parse_errors_raise(), contextlib.redirect_stdout(sink), \
-                contextlib.redirect_stderr(sink):
-            return mod.parse_args(list(argv))
-    except _ParseError as exc:
-        raise UserError(f"{what}: {exc}") from None
+        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            return parsers.parse(script, argv)
     except UserError as exc:
         raise UserError(f"{what}: {exc}") from None
-    except SystemExit:
-        lines = sink.getvalue().strip().splitlines()
-        raise UserError(f"{what}: {lines[-1] if lines else 'invalid flags'}") from None
 
 
 def check_plan(spec: dict, plan: dict, parsers=None):

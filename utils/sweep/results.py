@@ -41,7 +41,7 @@ def read_run_summary(run_dir, key, script, test=True) -> dict:
     (test=False: a run told never to read the test split, whose test accuracy is missing; the
     trial's own command line says so, not the file)."""
     from skipkd.io.summary import read_summary
-    role = SCRIPTS[script][1]
+    role = SCRIPTS[script]
     need = [f"{role}.{f}" for f in NEEDED if test or not f.startswith("test_")]
     return read_summary(summary_path(run_dir, key), key, need=need)
 
@@ -55,13 +55,13 @@ def val_curve(run_dir, key, script):
         found = read_history(history_path(os.path.join(run_dir, "numpy_outputs"), key), key)
     except (UserError, RecursionError, OverflowError):  # nested too deeply, a 400-digit number
         return []
-    series = (found or {}).get(SCRIPTS[script][1], {}).get(("val", "accuracy"))
+    series = (found or {}).get(SCRIPTS[script], {}).get(("val", "accuracy"))
     return [] if series is None else [float(v) for v in series]
 
 
 def run_metrics(summary: dict, script: str) -> dict:
     """What a trial records, from the run's own JSON summary (as read_run_summary returns it)."""
-    section = summary[SCRIPTS[script][1]]
+    section = summary[SCRIPTS[script]]
     teacher = summary.get("teacher") or {}
     return {"run_key": summary.get("run_key"),
             "test_acc_best": section.get("test_acc_best"),

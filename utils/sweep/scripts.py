@@ -1,18 +1,18 @@
 """The training scripts a sweep runs: their names, where their summaries hold the trained
-model's result, the flags the sweep sets itself or keeps from a shared teacher, and the scripts'
-own parsers (imported on first use).
+model's result, the flags the sweep sets itself or keeps from a shared teacher, and what the
+scripts' parsers (built by skipkd.cli, never by loading a script) say a flag is.
 """
-import importlib
 import os
+
+from skipkd import cli
 
 __all__ = ["REPO", "SCRIPTS", "TEACHER_SCRIPT", "SWEEP_OWNED", "ATTENTION_GROUP",
            "STUDENT_GROUPS", "Parsers"]
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-# script -> (module, the summary's section that holds the trained model's result)
-SCRIPTS = {"model_training_mid.py": ("model_training_mid", "student"),
-           "model_training.py": ("model_training", "baseline")}
+# script -> the summary's section that holds the trained model's result
+SCRIPTS = {script: section for script, (_, _, section) in cli.SCRIPTS.items()}
 TEACHER_SCRIPT = "model_training.py"
 
 # the sweep sets these itself (every trial is one run key in the sweep folder)
@@ -25,22 +25,25 @@ STUDENT_GROUPS = (ATTENTION_GROUP, "teacher and student", "distillation")
 
 
 class Parsers:
-    """The training scripts' own parsers (imported on first use: they import torch)."""
+    """The training scripts' parsers (skipkd.cli), built once each."""
 
     def __init__(self):
-        self._mods, self._dests = {}, {}
+        self._parsers, self._dests = {}, {}
         self._student_only = None
 
-    def module(self, script):
-        if script not in self._mods:
-            self._mods[script] = importlib.import_module(SCRIPTS[script][0])
-        return self._mods[script]
+    def parser(self, script):
+        if script not in self._parsers:
+            self._parsers[script] = cli.SCRIPTS[script][0](cli.RaisingParser)
+        return self._parsers[script]
+
+    def parse(self, script, argv):
+        """The script's own parsing of `argv` -> its arguments; a refusal is a UserError."""
+        return cli.parse_script_args(script, argv)
 
     def dest(self, script, flag):
         """The argparse destination of --flag (None: not a flag of the script)."""
         if script not in self._dests:
-            actions = self.module(script).get_args_parser()._option_string_actions
-            self._dests[script] = {o: a.dest for o, a in actions.items()}
+            self._dests[script] = cli.option_dests(self.parser(script))
         return self._dests[script].get("--" + flag.partition(".")[0])
 
     def student_only(self) -> frozenset:
@@ -50,17 +53,18 @@ class Parsers:
         (both networks' attention placement; the networks and the distillation terms, kept out
         even if the teacher's script ever shares one of their names)."""
         if self._student_only is None:
-            student = self.module("model_training_mid.py").get_args_parser()
-            teacher = self.module(TEACHER_SCRIPT).get_args_parser()
-            teacher_dests = {a.dest for a in teacher._actions}
-            groups = {g.title: {a.dest for a in g._group_actions}
-                      for g in student._action_groups}
+            student = set(self.dests("model_training_mid.py"))
+            teacher = set(self.dests(TEACHER_SCRIPT))
+            groups = cli.group_dests(self.parser("model_training_mid.py"))
             missing = [title for title in STUDENT_GROUPS if not groups.get(title)]
             if missing:
-                raise RuntimeError(f"model_training_mid.py's parser has no argument group "
+                raise RuntimeError(f"skipkd.cli.distill_parser has no argument group "
                                    f"{', '.join(map(repr, missing))} (utils/sweep/scripts.py "
                                    f"STUDENT_GROUPS)")
             self._student_only = frozenset(
-                {a.dest for a in student._actions if a.dest not in teacher_dests}
-                .union(*(groups[title] for title in STUDENT_GROUPS)))
+                (student - teacher).union(*(groups[title] for title in STUDENT_GROUPS)))
         return self._student_only
+
+    def dests(self, script) -> set:
+        """Every argparse destination of the script's flags."""
+        return set(cli.option_dests(self.parser(script)).values())

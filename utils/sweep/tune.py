@@ -233,17 +233,14 @@ def _ends(rule) -> list:
 def _check_held_out(parsers, sspec, label):
     """A search is scored on a held-out split: --val-split must end up > 0 (a preset such as
     'crd' or 'original' sets 0, the test set as validation)."""
-    import contextlib
-    import io
     from utils.sweep.expand import search_trial
+    from utils.sweep.plan_check import check_argv
     params = sspec["search"]["params"]
     base = {f: _ends(r)[0] for f, r in params.items()}
     for flag, rule in params.items():  # each end of each parameter, as check_plan parses them
         for value in _ends(rule):
             t = search_trial(sspec, "check", 0, {**base, flag: value}, None)
-            with contextlib.redirect_stdout(io.StringIO()), \
-                    contextlib.redirect_stderr(io.StringIO()):
-                args = parsers.module(t["script"]).parse_args(list(t["argv"]))
+            args = check_argv(parsers, t["script"], t["argv"], f"tune method {label}")
             if not getattr(args, "val_split", 0):
                 raise UserError(f"tune method {label}: the search needs a held-out validation "
                                 f"split (--val-split > 0) at every point it may try: it never "
