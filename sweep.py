@@ -11,7 +11,7 @@ import sys
 
 from skipkd.argparsing import HelpFormatter, OneLineParser, add_bool, int_in
 from skipkd.errors import UserError, exit_on_user_error
-from utils.sweep.gpus import gpu_list
+from utils.sweep.run.gpus import gpu_list
 
 STORAGE_HELP = ("where the study lives: a database URL Optuna accepts (e.g. "
                 "postgresql://user:pass@host:5432/db, for workers on many machines) or a journal "
@@ -170,20 +170,20 @@ def _add_report(sub):
 
 
 def _dir(args):
-    from utils.sweep.keys import validate_study_name
-    from utils.sweep.storage import default_dir
+    from utils.sweep.spec.keys import validate_study_name
+    from utils.sweep.run.storage import default_dir
     validate_study_name(args.study)
     return args.dir or default_dir(args.study)
 
 
 def create(args):
-    from utils.sweep.child import check_no_foreign_runs
-    from utils.sweep.expand import expand, grid_distributions
-    from utils.sweep.plan_check import check_plan
-    from utils.sweep.scripts import Parsers
-    from utils.sweep.spec import normalize_spec
-    from utils.sweep.spec_sources import load_spec_file, spec_from_flags
-    from utils.sweep.storage import check_journal_path, create_sweep
+    from utils.sweep.run.child import check_no_foreign_runs
+    from utils.sweep.spec.expand import expand, grid_distributions
+    from utils.sweep.spec.check import check_plan
+    from utils.sweep.spec.scripts import Parsers
+    from utils.sweep.spec.normalize import normalize_spec
+    from utils.sweep.spec.sources import load_spec_file, spec_from_flags
+    from utils.sweep.run.storage import check_journal_path, create_sweep
     sweep_dir = _dir(args)
     if args.storage and "://" not in args.storage:  # a user's file is refused before any write
         check_journal_path(args.storage, create=True)
@@ -232,8 +232,8 @@ def _created(args, store, what, sweep_dir) -> int:
 
 
 def _open_for_create(args, sweep_dir):
-    from utils.sweep.storage import open_store
-    from utils.sweep.worker import check_run_dir
+    from utils.sweep.run.storage import open_store
+    from utils.sweep.run.worker import check_run_dir
     if args.storage and "://" in args.storage:
         store = open_store(args.storage, sweep_dir, create=True)  # reachable before any file
         check_run_dir(sweep_dir)
@@ -245,7 +245,8 @@ def _open_for_create(args, sweep_dir):
 
 def _create_tune(args, spec, parsers, sweep_dir):
     """A tune file: one search per method and the record study (utils/sweep/tune.py)."""
-    from utils.sweep.tune import create_tune, sub_specs
+    from utils.sweep.run.tune import create_tune
+    from utils.sweep.spec.tune_plan import sub_specs
     subs = sub_specs(spec, args.study, parsers)  # every command line checked first
     tune = spec["tune"]
     what = (f"a tune of {len(tune['methods'])} method(s): {len(subs)} search(es) of "
@@ -273,9 +274,9 @@ def _slot_worker_argv(args) -> list:
 
 
 def work(args):
-    from utils.sweep.gpus import FAKE_ENV, GpuSlot, launch_slots
-    from utils.sweep.storage import load_sweep, open_store
-    from utils.sweep.worker import Worker, check_run_dir
+    from utils.sweep.run.gpus import FAKE_ENV, GpuSlot, launch_slots
+    from utils.sweep.run.storage import load_sweep, open_store
+    from utils.sweep.run.worker import Worker, check_run_dir
     sweep_dir = _dir(args)
     store = open_store(args.storage, sweep_dir, create=False)
     sweep = load_sweep(store, args.study)
@@ -294,17 +295,17 @@ def work(args):
         if args.device is None and not os.environ.get(FAKE_ENV):
             args.device = "cuda"  # CUDA_VISIBLE_DEVICES holds the slot's GPU only
     if sweep.spec.get("tune") is not None:
-        from utils.sweep.tune import work as tune_work
+        from utils.sweep.run.tune import work as tune_work
         return tune_work(store, sweep, sweep_dir, args, slot=slot)
     return Worker(sweep, sweep_dir, args, slot=slot).run()
 
 
 def report(args):
-    from utils.sweep.document import check_document, update_document
-    from utils.sweep.spec import normalize_baseline
-    from utils.sweep.spec_sources import baseline_flag
-    from utils.sweep.report import build_report, command_line, write_report
-    from utils.sweep.storage import load_sweep, open_store
+    from utils.sweep.report.document import check_document, update_document
+    from utils.sweep.spec.normalize import normalize_baseline
+    from utils.sweep.spec.sources import baseline_flag
+    from utils.sweep.report.build import build_report, command_line, write_report
+    from utils.sweep.run.storage import load_sweep, open_store
     sweep_dir = _dir(args)
     store = open_store(args.storage, sweep_dir, create=False)
     sweep = load_sweep(store, args.study)
@@ -314,7 +315,7 @@ def report(args):
     if args.update:
         check_document(args.update, args.study)  # before anything is written
     if sweep.spec.get("tune") is not None:
-        from utils.sweep.tune_report import tune_report
+        from utils.sweep.report.tune import tune_report
         rep = tune_report(store, sweep, sweep_dir, args.baseline)
     else:
         rep = build_report(sweep, sweep_dir)

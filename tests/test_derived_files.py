@@ -19,7 +19,7 @@ import torch
 from conftest import REPO_ROOT, files_digest, run_script
 from skipkd.errors import exit_on_user_error
 from skipkd.io.outputs import MAKER_ENV
-from utils.sweep.child import sweep_maker
+from utils.sweep.run.child import sweep_maker
 
 MID = "model_training_mid.py"
 STUDY, KEY = "s", "s_seed=0"   # the sweep's one trial and its run key
@@ -37,7 +37,7 @@ def good(tmp_path_factory):
     out = str(root / "good")
     _ok(run_script("sweep.py", "create", STUDY, "--dir", out, "--script", MID, "--args", FLAGS,
                    "--seeds", "0"))
-    from utils.sweep.storage import load_sweep, open_store
+    from utils.sweep.run.storage import load_sweep, open_store
     trial, = load_sweep(open_store(None, out, create=False), STUDY).study.get_trials()
     assert trial.user_attrs["key"] == KEY
     _ok(run_script(MID, *trial.user_attrs["argv"], "--run-name", KEY, "--output-dir", out,
@@ -364,8 +364,8 @@ def test_sweep_report_leaves_out_an_unusable_trial(good, capsys):
     warning line; the other is reported."""
     import optuna
     from types import SimpleNamespace
-    from utils.sweep.report import build_report
-    from utils.sweep.storage import load_sweep, open_store
+    from utils.sweep.report.build import build_report
+    from utils.sweep.run.storage import load_sweep, open_store
     real = load_sweep(open_store(None, good[0], create=False), STUDY)
     done, = real.study.get_trials()
     study = optuna.create_study(direction="maximize")

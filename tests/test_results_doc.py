@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from utils.sweep.document import embed, markers
+from utils.sweep.report.document import embed, markers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOC = os.path.join(REPO, "docs", "RESULTS.md")

@@ -102,7 +102,7 @@ def _finish(proc, timeout=240):
 
 
 def _load(sweep_dir, study, storage=None):
-    from utils.sweep.storage import load_sweep, open_store
+    from utils.sweep.run.storage import load_sweep, open_store
     return load_sweep(open_store(storage, sweep_dir, create=False), study)
 
 
@@ -565,9 +565,9 @@ def test_empty_database_is_not_written_to(postgres_url, capsys):
 
 def test_toml_grid_is_the_json_grid(tmp_path):
     """The same grid written in TOML and in JSON expands to the same trials."""
-    from utils.sweep.expand import expand
-    from utils.sweep.spec import normalize_spec
-    from utils.sweep.spec_sources import load_spec_file
+    from utils.sweep.spec.expand import expand
+    from utils.sweep.spec.normalize import normalize_spec
+    from utils.sweep.spec.sources import load_spec_file
     toml = tmp_path / "g.toml"
     toml.write_text('script = "model_training_mid.py"\n'
                     '[fixed]\ndataset = "synthetic"\nwidth = 4\ntensorboard = false\n'

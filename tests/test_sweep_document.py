@@ -5,7 +5,7 @@ import os
 import pytest
 
 from skipkd.errors import UserError
-from utils.sweep.document import check_document, embed, update_document
+from utils.sweep.report.document import check_document, embed, update_document
 
 B, E = "<!-- sweep.py report s1: begin -->", "<!-- sweep.py report s1: end -->"
 REPORT = "# Sweep `s1`\n\nAbout.\n\n## Results\n\n| configuration |\n\n![acc](accuracy.png)\n"

@@ -58,8 +58,8 @@ def test_two_commands_share_the_slots_and_a_full_gpu_starts_nothing(tmp_path):
     assert text.count("slot(s) are all taken by other workers") == 4, text
 
     from optuna.trial import TrialState
-    from utils.sweep.heartbeat import END_ATTR
-    from utils.sweep.storage import load_sweep, open_store
+    from utils.sweep.run.heartbeat import END_ATTR
+    from utils.sweep.run.storage import load_sweep, open_store
     study = load_sweep(open_store(None, sweep_dir, create=False), "gpus").study
     trials = study.get_trials(deepcopy=False)
     done = [t for t in trials if t.state == TrialState.COMPLETE]

@@ -114,7 +114,7 @@ def test_create_refuses_a_users_run_under_a_trial_key(tmp_path):
     sweep_dir = tmp_path / "sw"
     (sweep_dir / "numpy_outputs").mkdir(parents=True)
     (sweep_dir / "numpy_outputs" / "good_seed=0_summary.json").write_text("{}")  # not a key's
-    from utils.sweep.keys import trial_key
+    from utils.sweep.spec.keys import trial_key
     key = trial_key("good", [("seed", "0")])
     (sweep_dir / "numpy_outputs" / f"summary_{key}.json").write_text("{}")
     grid = tmp_path / "g.json"
@@ -135,7 +135,7 @@ def fake_gpus(tmp_path):
 def test_linked_gpu_slots_are_refused(tmp_path, fake_gpus):
     """.gpu_slots a link to another folder, then a slot lock that is a link: one line each, no
     lock file made in the other folder, the link's target untouched."""
-    from utils.sweep.gpus import _host_folder
+    from utils.sweep.run.gpus import _host_folder
     sweep_dir, elsewhere = tmp_path / "sw", tmp_path / "elsewhere"
     elsewhere.mkdir()
     _create(tmp_path, "g", [0], sweep_dir)
@@ -177,7 +177,7 @@ def test_report_refuses_another_studys_report_folder(tmp_path):
     """A report folder whose record says it holds study A's report is not written over by
     study B's report."""
     from skipkd.errors import UserError
-    from utils.sweep.report import RECORD, _check_out_dir
+    from utils.sweep.report.build import RECORD, _check_out_dir
     out = tmp_path / "report"
     out.mkdir()
     (out / RECORD).write_text(json.dumps({"study": "tune", "files": ["report.md"]}))

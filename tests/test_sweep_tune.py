@@ -9,7 +9,7 @@ import pytest
 
 from conftest import assert_ok, assert_refused
 from skipkd.errors import UserError
-from utils.sweep.spec import normalize_spec
+from utils.sweep.spec.normalize import normalize_spec
 
 
 def _tune(**over):
@@ -157,7 +157,7 @@ def test_seeded_search_draws_differ_between_trials_and_repeat():
     """Workers each build their sampler from the search's seed: seeded by the trial's number,
     two trials asked by two workers get different draws, and a trial's draw repeats."""
     import optuna
-    from utils.sweep.worker import search_sampler
+    from utils.sweep.run.claim import search_sampler
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     def draw(number):
@@ -203,7 +203,7 @@ def _search_with(values, start=None):
 
 
 def test_best_trial_keeps_the_budget_and_prefers_the_start_on_a_tie():
-    from utils.sweep.tune import best_trial, budget_trials
+    from utils.sweep.run.tune import best_trial, budget_trials
     # 3 allowed; a 4th trial (a worker's race past the budget) is better but not counted
     sub = _Search(_search_with([70.0, 80.0, 75.0, 99.0]), 3)
     assert [t.number for t in budget_trials(sub)] == [0, 1, 2]

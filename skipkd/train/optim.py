@@ -4,6 +4,7 @@ import math
 
 import torch
 
+from ..models import MODELS
 from .distributed import dist_info
 
 __all__ = ["effective_lr", "base_lr", "build_optimizer", "build_scheduler", "lr_milestones",
@@ -33,7 +34,6 @@ def base_lr(args, arch: str | None = None) -> float:
     if args.lr is not None:
         return args.lr
     if getattr(args, "preset", None) == "crd":
-        from ..models import MODELS
         light = arch in MODELS and MODELS[arch].family in LIGHT_FAMILIES
         return 0.01 if light else 0.05
     raise ValueError("--lr is unset")

@@ -27,6 +27,10 @@ import torch
 from torch import nn
 
 from skipkd.errors import UserError
+from skipkd.io.outputs import atomic_write
+from skipkd.models import feature_shapes
+from utils.analysis.toolargs import check_output_path
+from utils.analysis.tools import checkpoint_test_data
 
 __all__ = ["FeatureCapture", "capture_features", "layer_names", "mean_activation_maps",
            "normalise_image", "load_image", "test_image", "plot_mean_activations",
@@ -45,7 +49,6 @@ def layer_names(model: nn.Module) -> list[str]:
     and 'hint' where there is one (every other family)."""
     names = ["stem"]
     if not _per_block(model):
-        from skipkd.models import feature_shapes
         first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
         n_stages = len(feature_shapes(model, first.in_channels)["feats"]) - 1
         return names + [f"stages.{i}" for i in range(n_stages)] + \
@@ -155,7 +158,6 @@ def test_image(ckpt: dict, index: int = 0, data_dir: str | None = None, log=prin
 
     data_dir: the folder holding the dataset; when None, the run's --data-dir saved in the
     checkpoint is used and announced with one line through `log` (utils.analysis)."""
-    from utils.analysis.tools import checkpoint_test_data
     test, _ = checkpoint_test_data(ckpt, data_dir=data_dir, log=log)
     if not 0 <= index < len(test):
         raise UserError(f"image index {index} out of range: the test split has {len(test)} images")
@@ -279,8 +281,6 @@ def plot_hint(hint: torch.Tensor, max_channels=32):
 def save_figure(fig, path: str, dpi: int = 100, close: bool = False) -> str:
     """Save atomically (a temporary file beside `path`, then os.replace); a path that is a
     folder or cannot be written is a one-line UserError. The extension picks the format."""
-    from skipkd.io.outputs import atomic_write
-    from utils.analysis.toolargs import check_output_path
     try:
         check_output_path(path, what="figure path", create=True)
         fmt = os.path.splitext(path)[1].lstrip(".").lower() or "png"

@@ -12,7 +12,12 @@ error that names the variable, in the notebook as on the command line.
 import os
 import sys
 
+from skipkd.data import SYNTHETIC_SEED, Augment, TensorLoader, channel_stats, load_dataset
 from skipkd.errors import UserError
+from skipkd.io.checkpoint import save_checkpoint
+from skipkd.kd import DistillationLoss
+from skipkd.models import create_model
+from skipkd.train.engine import evaluate, train_one_epoch
 
 __all__ = ["notebook_settings", "one_line_errors", "check_layer", "MAX_INDEX",
            "train_tiny_checkpoint"]
@@ -96,11 +101,6 @@ def train_tiny_checkpoint(path: str, arch="resnet18", width=4, eca="parallel", e
     as the run's --data-dir, like a training script does)."""
     import torch
 
-    from skipkd.data import SYNTHETIC_SEED, Augment, TensorLoader, channel_stats, load_dataset
-    from skipkd.io.checkpoint import save_checkpoint
-    from skipkd.kd import DistillationLoss
-    from skipkd.models import create_model
-    from skipkd.train.engine import evaluate, train_one_epoch
 
     torch.manual_seed(seed)
     if dataset == "synthetic":

@@ -22,6 +22,7 @@ import numpy as np
 from skipkd.errors import UserError
 from skipkd.io.history import history_path, read_history
 from skipkd.io.summary import read_summary
+from skipkd.kd.registry import KD_TERMS, term_outputs
 
 __all__ = ["ROLES", "SPLITS", "METRICS", "list_run_keys", "check_run_keys", "load_history",
            "load_summary", "load_summaries", "run_checkpoints", "unknown_key_message"]
@@ -33,7 +34,6 @@ METRICS = ("accuracy", "loss")
 
 def _loss_parts() -> tuple:
     """The loss parts a run records (loss_ce and each registered term's outputs)."""
-    from skipkd.kd.registry import KD_TERMS, term_outputs
     return ("ce",) + tuple(n for name in KD_TERMS for n in term_outputs(name))
 
 

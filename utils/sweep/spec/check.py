@@ -6,9 +6,9 @@ import io
 
 from skipkd.errors import UserError
 from skipkd.io.files import validate_run_key
-from utils.sweep.expand import search_trial
-from utils.sweep.keys import _label
-from utils.sweep.scripts import SCRIPTS, Parsers
+from utils.sweep.spec.expand import search_trial
+from utils.sweep.spec.keys import _label
+from utils.sweep.spec.scripts import SCRIPTS, Parsers
 
 __all__ = ["check_argv", "check_plan", "check_stored_trial"]
 

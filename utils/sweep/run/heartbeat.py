@@ -6,7 +6,7 @@ import json
 import time
 from datetime import datetime, timezone
 
-from utils.sweep.progress import key_states, trials_of
+from utils.sweep.run.progress import key_states, trials_of
 
 __all__ = ["HB_ATTR", "END_ATTR", "IDENTITY", "Heartbeats", "claim_trial", "transient",
            "root_message", "now_text"]

@@ -9,7 +9,8 @@ from skipkd import cli
 __all__ = ["REPO", "SCRIPTS", "TEACHER_SCRIPT", "SWEEP_OWNED", "ATTENTION_GROUP",
            "STUDENT_GROUPS", "Parsers"]
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# the repository's root (utils/sweep/spec/scripts.py is three folders below it)
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, os.pardir))
 
 # script -> the summary's section that holds the trained model's result
 SCRIPTS = {script: section for script, (_, _, section) in cli.SCRIPTS.items()}

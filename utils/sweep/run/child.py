@@ -11,11 +11,11 @@ import time
 from skipkd.errors import UserError
 from skipkd.io.files import make_folder, open_append
 from skipkd.io.outputs import MAKER_ENV, RunOutputs
-from utils.sweep.heartbeat import now_text, transient
-from utils.sweep.progress import trials_of
-from utils.sweep.results import val_curve
-from utils.sweep.plan_check import check_stored_trial
-from utils.sweep.scripts import REPO, SCRIPTS, Parsers
+from utils.sweep.run.heartbeat import now_text, transient
+from utils.sweep.run.progress import trials_of
+from utils.sweep.run.results import val_curve
+from utils.sweep.spec.check import check_stored_trial
+from utils.sweep.spec.scripts import REPO, SCRIPTS, Parsers
 
 __all__ = ["BOOTSTRAP", "ChildRunner", "sweep_maker", "foreign_run", "check_no_foreign_runs"]
 

@@ -6,7 +6,7 @@ import io
 import os
 import shlex
 
-from utils.sweep.keys import to_argv
+from utils.sweep.spec.keys import to_argv
 
 __all__ = ["markdown", "configs_csv", "trials_csv"]
 

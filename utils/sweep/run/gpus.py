@@ -28,6 +28,7 @@ import time
 
 from skipkd.errors import UserError
 from skipkd.io.files import make_folder, open_lock
+from utils.sweep.spec.scripts import REPO
 
 __all__ = ["FAKE_ENV", "gpu_list", "free_memory", "GpuSlot", "launch_slots"]
 
@@ -138,7 +139,7 @@ def launch_slots(args, study_argv, run_dir) -> int:
     for gpu in args.gpus:
         env = dict(os.environ, CUDA_VISIBLE_DEVICES=str(gpu))
         for _ in range(args.per_gpu):
-            cmd = [sys.executable, os.path.join(_repo(), "sweep.py"), "work", *study_argv,
+            cmd = [sys.executable, os.path.join(REPO, "sweep.py"), "work", *study_argv,
                    "--gpu-slot", str(gpu), "--per-gpu", str(args.per_gpu),
                    "--min-free-mib", str(args.min_free_mib)]
             procs.append(subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL))
@@ -160,7 +161,3 @@ def _host_folder() -> str:
     would lead elsewhere)."""
     name = "".join(c if c.isalnum() or c in "._-" else "_" for c in socket.gethostname())
     return name if name.strip(".") else "host"
-
-
-def _repo():
-    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -4,16 +4,22 @@ chosen setting, and default vs tuned test accuracy, each against the baseline an
 other, paired by seed with 95% intervals.
 """
 from skipkd.errors import UserError
-from utils.sweep.keys import _label
-from utils.sweep.tune import (TUNED, best_trial, budget_trials, retrain_name, search_name,
-                              search_sweeps)
+from utils.sweep.report.build import build_report
+from utils.sweep.report.stats import paired_delta
+from utils.sweep.report.tables import _delta_text, _num, _pm
+from utils.sweep.run.progress import Progress, key_states
+from utils.sweep.run.storage import load_sweep
+from utils.sweep.run.tune import best_trial, budget_trials, search_sweeps
+from utils.sweep.spec.keys import _label
+from utils.sweep.spec.normalize import normalize_baseline
+from utils.sweep.spec.sources import baseline_flag
+from utils.sweep.spec.tune import TUNED, retrain_name, search_name
 
 __all__ = ["search_summaries", "tune_report", "tune_section"]
 
 
 def search_summaries(store, sweep) -> dict:
     """label -> the search's budget, counts, and its start and best trials within the budget."""
-    from utils.sweep.progress import key_states
     out = {}
     for label, sub in search_sweeps(store, sweep).items():
         start_params = sweep.spec["tune"]["methods"][label]["start"]
@@ -31,11 +37,6 @@ def search_summaries(store, sweep) -> dict:
 
 def tune_report(store, sweep, sweep_dir, baseline=None) -> dict:
     """The report of a tune: the retrain grid's, with the tuning section in front."""
-    from utils.sweep.progress import Progress
-    from utils.sweep.report import build_report
-    from utils.sweep.spec import normalize_baseline
-    from utils.sweep.spec_sources import baseline_flag
-    from utils.sweep.storage import load_sweep
     summaries = search_summaries(store, sweep)
     if retrain_name(sweep.name) not in store.study_names():
         left = ", ".join(f"{label} {s['done']}/{s['budget']}" for label, s in summaries.items())
@@ -63,8 +64,6 @@ def tune_report(store, sweep, sweep_dir, baseline=None) -> dict:
 def tune_section(rep, summaries) -> list:
     """The markdown lines in front of the retrain's results: budget, chosen settings, and the
     default-vs-tuned table (Δ against the baseline, paired by seed)."""
-    from utils.sweep.tables import _delta_text, _num, _pm
-    from utils.sweep.stats import paired_delta
     tune = rep["tune_spec"]
     configs = {c["axes"].get("method"): c for c in rep["configs"]}
     lines = ["", "## Tuning", "",

@@ -41,13 +41,13 @@ import sys
 import time
 
 from skipkd.errors import UserError
-from utils.sweep.child import ChildRunner
-from utils.sweep.claim import Claimer
-from utils.sweep.heartbeat import Heartbeats, transient
-from utils.sweep.progress import Progress, Status
-from utils.sweep.results import ResultRecorder
+from utils.sweep.run.child import ChildRunner
+from utils.sweep.run.claim import Claimer, search_sampler
+from utils.sweep.run.heartbeat import Heartbeats, transient
+from utils.sweep.run.progress import Progress, Status
+from utils.sweep.run.results import ResultRecorder
 
-__all__ = ["Worker", "check_run_dir", "search_sampler"]
+__all__ = ["Worker", "check_run_dir"]
 
 
 class Worker:
@@ -175,17 +175,6 @@ class Worker:
         end = time.monotonic() + max(self.poll, min(5.0, self.beats.heartbeat / 2))
         while self.stop is None and time.monotonic() < end:
             time.sleep(min(0.2, self.poll))
-
-
-def search_sampler(search: dict, number: int = 0):
-    """The search's sampler, seeded for trial `number` when the search has a seed: every
-    worker's samplers start from the same seed, so one seeded once would give two workers the
-    same draws; seeded by the trial's number, the draws differ and stay repeatable."""
-    import optuna
-    seed = None if search["seed"] is None else (search["seed"] * 100_003 + number) % 2**32
-    if search["sampler"] == "tpe":
-        return optuna.samplers.TPESampler(seed=seed)
-    return optuna.samplers.RandomSampler(seed=seed)
 
 
 def check_run_dir(run_dir):

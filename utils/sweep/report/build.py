@@ -23,11 +23,12 @@ from datetime import datetime, timezone
 
 from skipkd.errors import UserError
 from skipkd.io.outputs import atomic_write, atomic_write_text
-from utils.sweep.heartbeat import END_ATTR
-from utils.sweep.progress import key_states
-from utils.sweep.results import result_problem
-from utils.sweep.stats import mean_std, paired_delta
-from utils.sweep.tables import configs_csv, markdown, trials_csv
+from utils.sweep.report.figures import figures
+from utils.sweep.report.stats import mean_std, paired_delta
+from utils.sweep.report.tables import configs_csv, markdown, trials_csv
+from utils.sweep.run.heartbeat import END_ATTR
+from utils.sweep.run.progress import key_states
+from utils.sweep.run.results import result_problem
 
 __all__ = ["build_report", "write_report", "command_line"]
 
@@ -192,7 +193,6 @@ def _check_out_dir(out_dir, names, study):
 
 
 def write_report(rep, out_dir, command_line, plotlyjs="inline") -> list:
-    from utils.sweep.figures import figures  # plotly and matplotlib: imported only to write
     figs = figures(rep)
     rep["figure_names"] = [name for name, _, _ in figs]
     texts = {"report.md": markdown(rep, command_line), "trials.csv": trials_csv(rep)}

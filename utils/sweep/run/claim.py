@@ -3,12 +3,12 @@ their shared teacher's checkpoint is here), else a new search trial asked from t
 """
 import os
 
-from utils.sweep.expand import search_distributions, search_trial
-from utils.sweep.heartbeat import claim_trial
-from utils.sweep.progress import trials_of
-from utils.sweep.storage import trial_attrs
+from utils.sweep.run.heartbeat import claim_trial
+from utils.sweep.run.progress import trials_of
+from utils.sweep.run.storage import trial_attrs
+from utils.sweep.spec.expand import search_distributions, search_trial
 
-__all__ = ["Job", "Claimer"]
+__all__ = ["Job", "Claimer", "search_sampler"]
 
 
 class Job:
@@ -109,7 +109,6 @@ class Claimer:
         if frozen.user_attrs.get("key"):  # a queued retry that ask() popped
             return self._start_job(study, frozen, trial=trial)
         if self.spec["search"]["seed"] is not None:  # the draws of this trial number
-            from utils.sweep.worker import search_sampler
             study.sampler = search_sampler(self.spec["search"], trial.number)
         params = {}
         for flag, dist in search_distributions(self.spec).items():
@@ -133,3 +132,14 @@ class Claimer:
         self.beats.forget(frozen._trial_id)
         self.beats.beat(frozen._trial_id)
         return Job(study, frozen, trial=trial, teacher_failed=teacher_failed)
+
+
+def search_sampler(search: dict, number: int = 0):
+    """The search's sampler, seeded for trial `number` when the search has a seed: every
+    worker's samplers start from the same seed, so one seeded once would give two workers the
+    same draws; seeded by the trial's number, the draws differ and stay repeatable."""
+    import optuna
+    seed = None if search["seed"] is None else (search["seed"] * 100_003 + number) % 2**32
+    if search["sampler"] == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    return optuna.samplers.RandomSampler(seed=seed)

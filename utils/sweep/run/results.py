@@ -10,7 +10,10 @@ import math
 import os
 import signal
 
-from utils.sweep.scripts import SCRIPTS
+from skipkd.errors import UserError
+from skipkd.io.history import history_path, read_history
+from skipkd.io.summary import read_summary
+from utils.sweep.spec.scripts import SCRIPTS
 
 __all__ = ["summary_path", "reads_test", "read_run_summary", "val_curve", "run_metrics", "result_problem",
            "ResultRecorder"]
@@ -40,7 +43,6 @@ def read_run_summary(run_dir, key, script, test=True) -> dict:
     """The run's summary, validated, with the fields a trial records present and finite
     (test=False: a run told never to read the test split, whose test accuracy is missing; the
     trial's own command line says so, not the file)."""
-    from skipkd.io.summary import read_summary
     role = SCRIPTS[script]
     need = [f"{role}.{f}" for f in NEEDED if test or not f.startswith("test_")]
     return read_summary(summary_path(run_dir, key), key, need=need)
@@ -49,8 +51,6 @@ def read_run_summary(run_dir, key, script, test=True) -> dict:
 def val_curve(run_dir, key, script):
     """Per-epoch validation accuracy of the trained model (the student of a distillation run),
     from the run's own history; [] while there is none (or it cannot be read)."""
-    from skipkd.errors import UserError
-    from skipkd.io.history import history_path, read_history
     try:
         found = read_history(history_path(os.path.join(run_dir, "numpy_outputs"), key), key)
     except (UserError, RecursionError, OverflowError):  # nested too deeply, a 400-digit number
@@ -117,7 +117,6 @@ class ResultRecorder:
         that is stopping the worker, or None. -> True when the trial failed."""
         from optuna.trial import TrialState
 
-        from skipkd.errors import UserError
         if job.lost:
             return False
         name, failed = job.name(), False

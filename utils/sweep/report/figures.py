@@ -2,7 +2,7 @@
 matplotlib (a PNG). A grid: test accuracy per configuration, the paired deltas against the
 baseline, accuracy against cost. A search: the objective per trial, and against each parameter.
 
-Imports plotly and matplotlib at once: report.py imports this module only when it writes.
+Imports plotly and matplotlib at once (build.py imports it: `sweep.py report` is the only user).
 """
 import plotly.graph_objects as go
 from matplotlib.figure import Figure

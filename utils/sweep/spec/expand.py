@@ -6,9 +6,9 @@ import itertools
 
 from skipkd.errors import UserError
 from skipkd.io.outputs import RUN_KEY_MAX, validate_run_key
-from utils.sweep.keys import _KEY_BAD, _digest, _label, to_argv, trial_key
-from utils.sweep.scripts import SWEEP_OWNED, TEACHER_SCRIPT, Parsers
-from utils.sweep.spec import _axis_labels
+from utils.sweep.spec.keys import _KEY_BAD, _digest, _label, to_argv, trial_key
+from utils.sweep.spec.normalize import axis_labels
+from utils.sweep.spec.scripts import SWEEP_OWNED, TEACHER_SCRIPT, Parsers
 
 __all__ = ["expand", "grid_distributions", "search_distributions", "search_trial"]
 
@@ -97,7 +97,7 @@ def expand(spec: dict, study: str, parsers=None) -> dict:
     teachers, trials = {}, []
     grid = spec["grid"]
     axes = sorted(grid, key=lambda a: a != "seed")  # seeds outermost
-    choices = [[(lab, _axis_flags(grid[a], i)) for i, lab in enumerate(_axis_labels(grid[a]))]
+    choices = [[(lab, _axis_flags(grid[a], i)) for i, lab in enumerate(axis_labels(grid[a]))]
                for a in axes]
     for combo in itertools.product(*choices):
         labels = {a: lab for a, (lab, _) in zip(axes, combo)}
@@ -115,7 +115,7 @@ def expand(spec: dict, study: str, parsers=None) -> dict:
                                        "seed": t[2], "role": "teacher"})
             args["teacher-checkpoint"] = f"saved_pth_model/{t[0]}_baseline.pth"
         by_dest = {parsers.dest(spec["script"], f): v for f, v in args.items()}
-        params = {a: (grid[a]["values"][_axis_labels(grid[a]).index(labels[a])]
+        params = {a: (grid[a]["values"][axis_labels(grid[a]).index(labels[a])]
                       if "values" in grid[a] else labels[a]) for a in grid}
         trials.append({"key": key, "script": spec["script"], "argv": to_argv(args),
                        "axes": {a: labels[a] for a in grid},
@@ -163,8 +163,7 @@ def grid_distributions(spec) -> dict:
 
 
 def search_distributions(spec) -> dict:
-    from optuna.distributions import (CategoricalDistribution, FloatDistribution,
-                                      IntDistribution)
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
     out = {}
     for flag, rule in spec["search"]["params"].items():
         if "choices" in rule:

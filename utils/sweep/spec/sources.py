@@ -5,7 +5,7 @@ import json
 import shlex
 
 from skipkd.errors import UserError
-from utils.sweep.spec import TOP_KEYS
+from utils.sweep.spec.normalize import TOP_KEYS
 
 __all__ = ["load_spec_file", "spec_from_flags", "tokens_to_args", "baseline_flag"]
 

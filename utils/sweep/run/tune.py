@@ -1,0 +1,177 @@
+"""Equal-budget tuning, the running side: the searches made at `create`, run by `work` method by
+method, then the retrain grid made once every search is finished (spec/tune.py has the tune
+file's shape; report/tune.py its report)."""
+import argparse
+import fcntl
+import os
+import signal
+import sys
+import time
+
+from optuna.exceptions import DuplicatedStudyError
+from optuna.trial import TrialState
+
+from skipkd.errors import UserError
+from skipkd.io.files import open_lock
+from utils.sweep.run.progress import Progress
+from utils.sweep.run.storage import TEACHERS_SUFFIX, create_sweep, load_sweep
+from utils.sweep.run.worker import Worker
+from utils.sweep.spec.check import check_plan
+from utils.sweep.spec.expand import expand, grid_distributions
+from utils.sweep.spec.normalize import normalize_spec
+from utils.sweep.spec.scripts import Parsers
+from utils.sweep.spec.tune import retrain_name, retrain_raw, search_name
+
+__all__ = ["create_tune", "search_sweeps", "budget_trials", "best_trial", "chosen_settings",
+           "work"]
+
+
+def create_tune(store, name, spec, subs):
+    """The searches (each with its start setting queued first), then the record study."""
+    names = set(store.study_names())
+    for n in [name, name + TEACHERS_SUFFIX, retrain_name(name)] + [s for s, _, _ in subs]:
+        if n in names:
+            raise UserError(f"study {n!r} already exists in {store.label}; choose another name "
+                            f"(or give another --dir / --storage)")
+    for sname, sspec, plan in subs:
+        sweep = create_sweep(store, sname, sspec, plan, {})
+        label = sname[len(search_name(name, "")):]
+        start = spec["tune"]["methods"][label]["start"]
+        if start is not None:
+            sweep.study.enqueue_trial(start, user_attrs={"start": True})
+    return create_sweep(store, name, spec, {"trials": [], "teachers": []}, {})
+
+
+# ---------------------------------------------------------------------- the worker
+def search_sweeps(store, sweep):
+    return {label: load_sweep(store, search_name(sweep.name, label))
+            for label, m in sweep.spec["tune"]["methods"].items() if m["params"]}
+
+
+def _finished(sub) -> bool:
+    return Progress(sub).overview()["finished"]
+
+
+def budget_trials(sub) -> list:
+    """The search's completed trials among its first n_trials run keys (workers that ask at
+    the same moment may run a few more; those are left out, so every method has the same
+    budget), in trial order."""
+    trials = sorted(sub.study.get_trials(deepcopy=False), key=lambda t: t.number)
+    keys = []
+    for t in trials:
+        k = t.user_attrs.get("key")
+        if k and k not in keys:
+            keys.append(k)
+    allowed = set(keys[:sub.spec["search"]["n_trials"]])
+    return [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None
+            and t.user_attrs.get("key") in allowed]
+
+
+def best_trial(sub, start):
+    """The best held-out validation trial within the budget; a tie goes to the start setting,
+    then to the earlier trial (so a search that finds nothing better keeps the defaults)."""
+    done = budget_trials(sub)
+    if not done:
+        return None
+    return max(done, key=lambda t: (t.value, start is not None and t.params == start,
+                                    -t.number))
+
+
+def chosen_settings(searches, methods) -> dict:
+    """label -> the params of the search's best trial; None for a search without any completed
+    trial (the method keeps only its default row; a warning says so)."""
+    out = {}
+    for label, sub in searches.items():
+        best = best_trial(sub, methods[label]["start"])
+        if best is None:
+            print(f"warning: the search of method {label} has no completed trial: it gets no "
+                  f"tuned row (its failures: python sweep.py report {sub.name} --dir DIR --out "
+                  f"DIR/report-{sub.name})", file=sys.stderr, flush=True)
+        out[label] = None if best is None else dict(best.params)
+    return out
+
+
+def _retrain(store, sweep, sweep_dir, searches):
+    """The retrain grid: loaded when it exists, else made (once, under a lock in the sweep
+    folder, with Ctrl-C and SIGTERM held back until it is whole; on a database shared by
+    several machines, the loser of a race loads the winner's)."""
+    rname = retrain_name(sweep.name)
+    with os.fdopen(open_lock(os.path.join(sweep_dir, f".{sweep.name}.tune.lock"),
+                             "tune lock")) as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if rname not in store.study_names():
+            chosen = chosen_settings(searches, sweep.spec["tune"]["methods"])
+            rspec = normalize_spec(retrain_raw(sweep.spec, chosen), "tune retrain")
+            parsers = Parsers()
+            plan = expand(rspec, rname, parsers)
+            check_plan(rspec, plan, parsers)
+            held = {signal.SIGINT, signal.SIGTERM}
+            signal.pthread_sigmask(signal.SIG_BLOCK, held)
+            try:
+                create_sweep(store, rname, rspec, plan, grid_distributions(rspec))
+            except (UserError, DuplicatedStudyError):
+                pass  # made meanwhile by a worker on another machine
+            finally:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
+    for _ in range(60):  # its spec is written last: wait for one being made elsewhere
+        try:
+            return load_sweep(store, rname)
+        except UserError:
+            time.sleep(1.0)
+    raise UserError(f"study {rname!r} in {store.label} is half made (the worker making it was "
+                    f"killed): remove it (optuna delete-study --study-name {rname} --storage "
+                    f"...) and start the workers again; the searches are kept")
+
+
+def work(store, sweep, sweep_dir, args, slot=None) -> int:
+    """`sweep.py work T` on a tune: the searches (each until it has no trial to give), then,
+    when all are finished, the retrain grid. Returns the exit status. One Worker per search,
+    kept between passes, so its heartbeats see a dead worker's trial go stale and queue it
+    again."""
+    ran = failed = 0
+    workers = {}
+
+    def limit_left():
+        return None if args.n_trials is None else args.n_trials - ran
+
+    while True:
+        searches = search_sweeps(store, sweep)
+        for label, sub in searches.items():
+            if args.n_trials is not None and ran >= args.n_trials:
+                break
+            w = workers.get(label)
+            if w is None:
+                opts = argparse.Namespace(**vars(args))
+                opts.wait = False  # a search with nothing free: on to the next method
+                w = workers[label] = Worker(sub, sweep_dir, opts, slot=slot)
+            elif _finished(sub):
+                continue
+            before = w.ran
+            w.limit = None if args.n_trials is None else w.ran + limit_left()
+            rc = w.run()
+            w.retry_failed, w.announce = False, False  # --retry-failed: once, at the start
+            ran, failed = ran + w.ran - before, failed + w.failed
+            w.failed = 0
+            if w.stop is not None:
+                return rc
+        if args.n_trials is not None and ran >= args.n_trials:
+            print(f"ran {ran} trial(s) (--n-trials): stopping", flush=True)
+            return 1 if failed else 0
+        if all(_finished(s) for s in searches.values()):
+            break
+        if not args.wait:
+            print("the searches have no trial to take now (--no-wait): stopping", flush=True)
+            return 1 if failed else 0
+        try:  # trials run elsewhere; the next pass takes up any whose worker died
+            time.sleep(max(args.poll, 5.0))
+        except KeyboardInterrupt:
+            print("stopped (SIGINT) between searches", file=sys.stderr, flush=True)
+            return 130
+    retrain = _retrain(store, sweep, sweep_dir, searches)
+    opts = argparse.Namespace(**vars(args))
+    opts.n_trials = limit_left()
+    opts.retry_failed = args.retry_failed
+    w = Worker(retrain, sweep_dir, opts, slot=slot)
+    rc = w.run()
+    failed += w.failed
+    return rc if w.stop is not None else (1 if failed else rc)
