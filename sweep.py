@@ -244,7 +244,7 @@ def _open_for_create(args, sweep_dir):
 
 
 def _create_tune(args, spec, parsers, sweep_dir):
-    """A tune file: one search per method and the record study (utils/sweep/tune.py)."""
+    """A tune file: one search per method and the record study (utils/sweep/spec/tune.py, utils/sweep/run/tune.py)."""
     from utils.sweep.run.tune import create_tune
     from utils.sweep.spec.tune_plan import sub_specs
     subs = sub_specs(spec, args.study, parsers)  # every command line checked first

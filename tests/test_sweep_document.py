@@ -1,4 +1,4 @@
-"""sweep.py report --update's document rules (utils/sweep/document.py): where the block is, what
+"""sweep.py report --update's document rules (utils/sweep/report/document.py): where the block is, what
 is kept, how the report is fitted in, and what is refused before anything is written."""
 import os
 

@@ -1,4 +1,4 @@
-"""Equal-budget tuning (utils/sweep/tune.py): the tune file's checks, --no-report-test, and an
+"""Equal-budget tuning (utils/sweep/spec/tune.py, utils/sweep/run/tune.py): the tune file's checks, --no-report-test, and an
 end-to-end tune of two methods with three search trials each on tiny data whose test split is
 absent while the searches run, so a search that read it would fail.
 """

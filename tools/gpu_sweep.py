@@ -6,7 +6,7 @@ each level gives the aggregate trials/hour and training images/s.
     python tools/gpu_sweep.py --data-dir DIR --work DIR --json OUT.json            (a GPU)
     python tools/gpu_sweep.py --dry-run --data-dir DIR --work DIR --json OUT.json  (the CPU)
 
-The dry run uses a fake device list (utils/sweep/gpus.py, SWEEP_FAKE_GPUS) and tiny sizes, so
+The dry run uses a fake device list (utils/sweep/run/gpus.py, SWEEP_FAKE_GPUS) and tiny sizes, so
 the whole path runs in the test suite. Part of tools/gpu_check.sh.
 """
 import argparse
