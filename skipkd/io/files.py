@@ -24,7 +24,7 @@ from ..errors import UserError
 
 __all__ = ["validate_run_key", "RUN_KEY_MAX", "atomic_write", "atomic_write_text",
            "atomic_save_npy", "write_temporary", "UMASK", "unlink_quietly", "sha256_file",
-           "npy_writer", "open_append", "open_lock", "make_folder"]
+           "npy_writer", "open_append", "open_lock", "make_folder", "writable_folder"]
 
 # the longest name made from a key ("train_accuracy_student_{key}.npy", a temporary copy of it
 # ".{name}.tmp-XXXXXXXX.npy") must fit the usual 255-byte file-name limit
@@ -177,6 +177,20 @@ def open_lock(path, what="lock file") -> int:
     """A lock file opened read-write (created when missing) as a raw descriptor, under the same
     rule as open_append."""
     return _open_regular(path, os.O_RDWR | os.O_CREAT, what)
+
+
+def writable_folder(path, what="folder") -> str:
+    """Make `path` when missing; a file there, a folder that cannot be made, or one that is not
+    writable is a one-line UserError. Returns path."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UserError(f"cannot create {what} {path}: it is a file")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create {what} {path}: {exc.strerror}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UserError(f"{what} {path} is not writable")
+    return path
 
 
 def make_folder(path, root, what="folder") -> str:

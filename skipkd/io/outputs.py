@@ -37,7 +37,8 @@ from ..errors import UserError
 from .history import (HISTORY_ROLES, history_document, history_lists, history_path, read_history,
                       split_metrics)
 from .files import (RUN_KEY_MAX, atomic_save_npy, atomic_write, atomic_write_text, npy_writer,
-                    sha256_file, unlink_quietly, validate_run_key, write_temporary)
+                    sha256_file, unlink_quietly, validate_run_key, writable_folder,
+                    write_temporary)
 from .runlock import RunLock
 
 __all__ = ["RunOutputs", "MAKER_ENV", "atomic_write", "atomic_write_text", "atomic_save_npy",
@@ -210,12 +211,7 @@ class RunOutputs:
                 raise UserError(f"cannot create output folder {d}: it is a file")
         if write:
             for d in (self.ckpt_dir, self.numpy_dir):
-                try:
-                    os.makedirs(d, exist_ok=True)
-                except OSError as exc:
-                    raise UserError(f"cannot create output folder {d}: {exc.strerror}") from None
-                if not os.access(d, os.W_OK | os.X_OK):
-                    raise UserError(f"output folder {d} is not writable")
+                writable_folder(d, "output folder")
             self._run_lock.acquire()  # before looking: a concurrent start of this key is refused here
         existing = self.existing()
         if resume:

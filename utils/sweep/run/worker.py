@@ -40,7 +40,7 @@ import socket
 import sys
 import time
 
-from skipkd.errors import UserError
+from skipkd.io.files import writable_folder
 from utils.sweep.run.child import ChildRunner
 from utils.sweep.run.claim import Claimer, search_sampler
 from utils.sweep.run.heartbeat import Heartbeats, transient
@@ -179,11 +179,4 @@ class Worker:
 
 def check_run_dir(run_dir):
     """The sweep folder must be a writable folder (made when missing)."""
-    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
-        raise UserError(f"sweep folder {run_dir} is a file")
-    try:
-        os.makedirs(run_dir, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create sweep folder {run_dir}: {exc.strerror}") from None
-    if not os.access(run_dir, os.W_OK | os.X_OK):
-        raise UserError(f"sweep folder {run_dir} is not writable")
+    writable_folder(run_dir, "sweep folder")
