@@ -68,13 +68,14 @@ def _one_line(proc, *needles):
 
 
 def test_bad_trials_fail_with_their_reason_and_write_nothing_outside(tmp_path):
-    """One worker over five trials, each made bad in its own way after `create`; each fails
-    with its reason and nothing is written outside the sweep's own files."""
+    """One worker over eight trials, each made bad in its own way after `create`; each fails
+    with its reason, the worker lives on, and nothing is written outside the sweep's own
+    files."""
     sweep_dir, outside = tmp_path / "sw", tmp_path / "user"
     outside.mkdir()
     notes = outside / "notes.txt"
     notes.write_bytes(NOTES)
-    _create(tmp_path, "ss", range(5), sweep_dir)
+    _create(tmp_path, "ss", range(8), sweep_dir)
     storage, trials = _trials(sweep_dir, "ss")
     keys = [t.user_attrs["key"] for t in trials]
     # 0: its log is a planted link to the user's notes
@@ -85,10 +86,19 @@ def test_bad_trials_fail_with_their_reason_and_write_nothing_outside(tmp_path):
     storage.set_trial_user_attr(trials[2]._trial_id, "script", "../evil.py")
     storage.set_trial_user_attr(trials[3]._trial_id, "argv", trials[3].user_attrs["argv"]
                                 + ["--overwrite"])
-    # 4: the user's own finished run under the trial's key (made after create)
+    # 4: the user's own finished run under the trial's key (made after create), on the trial's
+    # second attempt (a retry must not adopt it either)
     user_run = sweep_dir / "numpy_outputs"
     user_run.mkdir()
     (user_run / f"summary_{keys[4]}.json").write_text('{"the": "user\'s run"}')
+    storage.set_trial_user_attr(trials[4]._trial_id, "attempt", 2)
+    # 5: flags that would fetch data into a folder the storage names
+    storage.set_trial_user_attr(trials[5]._trial_id, "argv", trials[5].user_attrs["argv"]
+                                + ["--data-dir", str(outside / "data"), "--download"])
+    # 6: a run key that is not a string
+    storage.set_trial_user_attr(trials[6]._trial_id, "key", ["not", "a", "key"])
+    # 7: a run record nested too deeply to read
+    (user_run / f"manifest_{keys[7]}.json").write_text("[" * 100_000)
     before_user, before_sweep_files = _digest(outside), _digest(sweep_dir / "numpy_outputs")
 
     proc = _sweep("work", "ss", "--dir", sweep_dir, "--no-wait", "--poll", "0.2")
@@ -102,6 +112,9 @@ def test_bad_trials_fail_with_their_reason_and_write_nothing_outside(tmp_path):
     assert "evil.py" in errors[2]
     assert "--overwrite" in errors[3]
     assert "not made by this sweep" in errors[4]
+    assert "--download" in errors[5]
+    assert "run key" in errors[6]
+    assert "unreadable" in errors[7]
     assert _digest(outside) == before_user and notes.read_bytes() == NOTES
     assert _digest(sweep_dir / "numpy_outputs") == before_sweep_files  # the user's run as it was
     assert not (tmp_path / "pwn.trial1.log").exists() and not (outside / "pwn.trial1.log").exists()
@@ -187,5 +200,6 @@ def test_report_refuses_another_studys_report_folder(tmp_path):
     assert _check_out_dir(str(out), ["report.md"], "tune") == {"report.md"}
     link = tmp_path / "link"
     os.symlink(out, link)
-    with pytest.raises(UserError, match="symbolic link"):
-        _check_out_dir(str(link), ["report.md"], "tune")
+    for given in (str(link), str(link) + os.sep):
+        with pytest.raises(UserError, match="symbolic link"):
+            _check_out_dir(given, ["report.md"], "tune")

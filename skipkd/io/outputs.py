@@ -135,7 +135,7 @@ class RunOutputs:
                 data = json.load(f)
         except FileNotFoundError:
             return {}
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             raise UserError(f"run record {self.manifest} is unreadable; move it away to continue "
                             f"(the run's files are then treated as not its own)") from None
         maker = data.get("maker") if isinstance(data, dict) else None

@@ -155,7 +155,7 @@ def _configs(rows, spec, order):
 def _check_out_dir(out_dir, names, study):
     """Refuse (before anything is written) a folder that is a file, unwritable, or that holds a
     file of one of our names which an earlier report of this folder did not write."""
-    if os.path.islink(out_dir):
+    if os.path.islink(os.path.normpath(out_dir)):  # "link/" too
         raise UserError(f"report folder {out_dir} is a symbolic link: a report is never written "
                         f"through one; give the folder itself")
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):

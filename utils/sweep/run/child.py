@@ -12,7 +12,7 @@ from skipkd.errors import UserError
 from skipkd.io.files import make_folder, open_append
 from skipkd.io.outputs import MAKER_ENV, RunOutputs
 from utils.sweep.run.heartbeat import now_text, transient
-from utils.sweep.run.progress import trials_of
+from utils.sweep.run.progress import stored_key, trials_of
 from utils.sweep.run.results import val_curve
 from utils.sweep.spec.check import check_stored_trial
 from utils.sweep.spec.scripts import REPO, SCRIPTS, Parsers
@@ -131,8 +131,11 @@ class ChildRunner:
                 maker = outputs.recorded_maker()
             except UserError as exc:
                 return None, str(exc)
-            # a run recorded before makers were: this sweep's own only on a later attempt
-            legacy = maker is None and job.attrs.get("attempt", 1) > 1
+            # a record from before makers were: this sweep's own only where an earlier trial of
+            # this study started a run under the key (its "worker" attribute says so)
+            legacy = maker is None and any(
+                stored_key(t) == key and t.number != job.number and "worker" in t.user_attrs
+                for t in trials_of(job.study))
             if maker != self.maker and not legacy:
                 return None, foreign_run(key, self.run_dir, maker)
         if any(os.path.isfile(outputs.checkpoint(r, state=True)) for r in roles):

@@ -4,7 +4,7 @@ their shared teacher's checkpoint is here), else a new search trial asked from t
 import os
 
 from utils.sweep.run.heartbeat import claim_trial
-from utils.sweep.run.progress import trials_of
+from utils.sweep.run.progress import stored_key, trials_of
 from utils.sweep.run.storage import trial_attrs
 from utils.sweep.spec.expand import search_distributions, search_trial
 
@@ -59,7 +59,7 @@ class Claimer:
         for t in trials_of(self.sweep.teachers):
             s = ("complete" if t.state == TrialState.COMPLETE else
                  "pending" if t.state in (TrialState.WAITING, TrialState.RUNNING) else "failed")
-            k = t.user_attrs.get("key")
+            k = stored_key(t)
             if rank[s] > rank.get(out.get(k), -1):
                 out[k] = s
         return out
@@ -76,9 +76,9 @@ class Claimer:
             waiting = trials_of(study, (TrialState.WAITING,))
             waiting.sort(key=lambda t: (t.user_attrs.get("attempt", 1) == 1, t.number))
             for t in waiting:
-                if not t.user_attrs.get("key"):  # a queued start setting: ask() gives it out
+                if t.user_attrs.get("key") is None:  # a queued start setting: ask() gives it out
                     continue
-                tkey = t.user_attrs.get("teacher_key") if study is self.sweep.study else None
+                tkey = stored_key(t, "teacher_key") if study is self.sweep.study else None
                 state = teachers.get(tkey, "failed") if tkey else None
                 if state == "complete" and not self._teacher_here(tkey):
                     self.elsewhere += 1
@@ -99,7 +99,7 @@ class Claimer:
     def _search_budget_left(self) -> int:
         """How many search trials are still to be asked for (workers that ask at the same
         moment may together run a few more than n_trials)."""
-        keys = {t.user_attrs.get("key") for t in trials_of(self.sweep.study)} - {None}
+        keys = {stored_key(t) for t in trials_of(self.sweep.study)} - {None}
         return max(0, self.spec["search"]["n_trials"] - len(keys))
 
     def _ask_new(self):

@@ -4,7 +4,15 @@ and one status line rewritten in place on a terminal (plain lines otherwise).
 import os
 import sys
 
-__all__ = ["Status", "key_states", "trials_of", "Progress"]
+__all__ = ["Status", "key_states", "trials_of", "stored_key", "Progress"]
+
+
+def stored_key(trial, name="key"):
+    """A run key a trial holds (its own, or its teacher's: name='teacher_key'), as read back
+    from the storage: a string, else None (an edited record is checked in full when claimed:
+    spec/check.py)."""
+    value = trial.user_attrs.get(name)
+    return value if isinstance(value, str) else None
 
 
 def trials_of(study, states=None):
@@ -22,7 +30,7 @@ def key_states(trials) -> dict:
         s = ("done" if t.state in (TrialState.COMPLETE, TrialState.PRUNED) else
              "running" if t.state == TrialState.RUNNING else
              "waiting" if t.state == TrialState.WAITING else "failed")
-        k = t.user_attrs.get("key")
+        k = stored_key(t)
         if k is None:  # queued by enqueue_trial, or being asked: not a run yet
             continue
         if k not in out or rank[s] > rank[out[k]]:

@@ -72,6 +72,11 @@ def check_stored_trial(parsers, attrs: dict, what: str):
     attempt = attrs.get("attempt", 1)
     if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 1:
         raise bad(f"attempt {str(attempt)[:20]!r} is not a positive whole number")
-    args = check_argv(parsers, script, argv + ["--run-name", key, "--output-dir", "."], what)
-    if getattr(args, "resume", False) or getattr(args, "overwrite", False):
+    # fp32 last: the check never asks CUDA about bf16 (a CUDA context in every slot worker)
+    args = check_argv(parsers, script, argv + ["--run-name", key, "--output-dir", ".",
+                                               "--precision", "fp32"], what)
+    if args.resume or args.overwrite:
         raise bad("its flags ask for --resume or --overwrite, which only the worker sets")
+    if args.download:
+        raise bad("its flags ask for --download: a sweep reads its data, it never fetches it "
+                  "into a folder named in the storage")

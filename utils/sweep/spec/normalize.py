@@ -19,8 +19,8 @@ A spec (docs/SWEEPS.md has the reference) is a dict:
     heartbeat, grace, max_retries: how dead workers are noticed (seconds) and how often a killed
               trial is retried
 
-This module checks a spec's shape and fills its defaults (normalize_spec). spec_sources.py
-reads one, expand.py turns it into trials, and plan_check.py parses every trial's command line
+This module checks a spec's shape and fills its defaults (normalize_spec). sources.py
+reads one, expand.py turns it into trials, and check.py parses every trial's command line
 with the script's own parser before anything is written, so an unknown method, model or flag
 is a one-line error at `create`. Values are flags' values as on the command line (keys.py):
 true/false for booleans, a list repeats the flag, and a flag written `kd-weights.skip` /

@@ -60,8 +60,8 @@ class Parsers:
             missing = [title for title in STUDENT_GROUPS if not groups.get(title)]
             if missing:
                 raise RuntimeError(f"skipkd.cli.distill_parser has no argument group "
-                                   f"{', '.join(map(repr, missing))} (utils/sweep/scripts.py "
-                                   f"STUDENT_GROUPS)")
+                                   f"{', '.join(map(repr, missing))} "
+                                   f"(utils/sweep/spec/scripts.py STUDENT_GROUPS)")
             self._student_only = frozenset(
                 (student - teacher).union(*(groups[title] for title in STUDENT_GROUPS)))
         return self._student_only

@@ -20,7 +20,7 @@ validation split only), and the record `T` that holds the tune spec. `sweep.py w
 the searches, and once every one is finished makes `T-retrain`: a grid of every method at its
 flags (the defaults) and, for each searched method, at its flags plus the best trial's
 parameters (`LABEL-tuned`), on the fresh seeds, with the test accuracy reported and paired
-against the baseline. `sweep.py report T` (tune_report.py) is that grid's report with the
+against the baseline. `sweep.py report T` (report/tune.py) is that grid's report with the
 searches' budget, each method's chosen setting and a default-vs-tuned table in front. All
 studies share the sweep folder and the storage.
 """
