@@ -437,13 +437,13 @@ def finalize_args(parser, args, default_eca, preset_overrides=None, argv=None):
     argv: the command line (default sys.argv[1:]), to see which flag spellings were used."""
     preset = {**PRESETS[args.preset], **(preset_overrides or {}).get(args.preset, {})}
     for key, value in preset.items():
-        if getattr(args, key, None) is None:
+        if vars(args).get(key) is None:  # a preset's key that the command line left unset
             setattr(args, key, value)
     if args.eca_yes is not None or args.eca_block is not None:
-        if getattr(args, "eca", None) is not None:
+        if args.eca is not None:
             parser.error("give either --eca or the original --ECA/--ECA_block, not both")
         args.eca = "none" if args.eca_yes is False else (args.eca_block or "parallel")
-    elif getattr(args, "eca", None) is None:
+    elif args.eca is None:
         args.eca = default_eca
     if args.eca_k is not None and args.eca_k % 2 == 0:
         parser.error(f"--eca-k must be odd, got {args.eca_k}")

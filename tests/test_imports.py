@@ -141,3 +141,14 @@ def test_skipkd_imports_no_client():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
                          text=True, timeout=120, check=True).stdout.strip()
     assert out == "[]", out
+
+
+def test_no_getattr_on_args_in_the_library():
+    """The library reads the parsed arguments by name (args.lr), never through
+    getattr(args, name, default): a default written a second time drifts from the parser's."""
+    bad = []
+    for module, path in MODULES.items():
+        if module.startswith("skipkd"):
+            with open(path, encoding="utf-8") as f:
+                bad += [f"{module}:{i}" for i, line in enumerate(f, 1) if "getattr(args" in line]
+    assert not bad, bad

@@ -34,7 +34,7 @@ def build_loss(args, context, student, teacher) -> DistillationLoss:
     try:
         return DistillationLoss(args.kd, teacher, alpha=args.alpha, beta=args.beta,
                                 temperature=args.temperature, compile_teacher=(
-                                    args.compile and getattr(args, "compile_mode", "default")),
+                                    args.compile and args.compile_mode),
                                 weights=args.kd_weights, context=terms,
                                 options=args.kd_opt, ce_weight=args.ce_weight).to(context.device)
     except ValueError as exc:

@@ -18,7 +18,7 @@ DEFAULT_MILESTONE_EPOCHS = 240
 
 def lr_milestones(args, epochs: int) -> list:
     """--lr-milestones, or RepDistiller's 150/180/210 of 240 epochs scaled to this run's length."""
-    given = getattr(args, "lr_milestones", None)
+    given = args.lr_milestones
     if given:
         return sorted(given)
     return [round(m * epochs / DEFAULT_MILESTONE_EPOCHS) for m in DEFAULT_MILESTONES]
@@ -33,7 +33,7 @@ def base_lr(args, arch: str | None = None) -> float:
     """--lr when given; else the preset's, which under --preset crd depends on the model."""
     if args.lr is not None:
         return args.lr
-    if getattr(args, "preset", None) == "crd":
+    if args.preset == "crd":
         light = arch in MODELS and MODELS[arch].family in LIGHT_FAMILIES
         return 0.01 if light else 0.05
     raise ValueError("--lr is unset")
@@ -50,7 +50,7 @@ def effective_lr(args, arch: str | None = None) -> float:
 def build_optimizer(params, args, arch: str | None = None):
     """SGD; the fused implementation (one kernel for all parameters) measured 20x faster per
     step than the default loop on a 2-core CPU (22 ms -> 1 ms for resnet18 at width 16)."""
-    if not getattr(args, "bn_weight_decay", True):  # no decay on BatchNorm weights and biases
+    if not args.bn_weight_decay:  # no decay on BatchNorm weights and biases
         params = list(params)
         params = [{"params": [p for p in params if p.ndim > 1]},
                   {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]

@@ -73,12 +73,12 @@ def prepare_data(args):
             print(f"notice: CIFAR-10 not found in {args.data_dir}/cifar-10-batches-py; using the "
                   f"built-in synthetic dataset instead (put CIFAR-10 there or pass --download)")
             name = "synthetic"
-    kwargs = {"image_size": getattr(args, "image_size", 32)}  # readers that do not take it ignore it
+    kwargs = {"image_size": args.image_size}  # readers that do not take it ignore it
     if name == "synthetic":
         kwargs = dict(train_size=args.synthetic_train_size, test_size=args.synthetic_test_size,
                       seed=SYNTHETIC_SEED)  # the dataset is fixed; --seed only changes training
-    fraction = float(getattr(args, "val_split", 0) or 0)
-    report_test = getattr(args, "report_test", True)
+    fraction = float(args.val_split or 0)
+    report_test = args.report_test
     if not report_test and fraction <= 0:
         raise UserError("--no-report-test needs a held-out validation split (--val-split > 0): "
                         "without one the test set is the validation set")
@@ -89,9 +89,9 @@ def prepare_data(args):
         test.images, test.labels = test.images[:args.limit_test], test.labels[:args.limit_test]
     if len(train) == 0 or (test is not None and len(test) == 0):
         raise UserError(f"dataset {name} in {args.data_dir} has no images")
-    if name == "svhn" and getattr(args, "hflip", False):
+    if name == "svhn" and args.hflip:
         print("notice: --hflip mirrors SVHN's digits at random; --no-hflip usually suits digits")
-    split_seed = int(getattr(args, "split_seed", 0) or 0)
+    split_seed = int(args.split_seed or 0)
     fit = train
     if fraction <= 0:
         split = {"protocol": "test-as-val", "val_split": 0.0, "val_size": len(test)}
@@ -156,8 +156,8 @@ def make_loaders(train, test, data_cfg, args, device) -> Loaders:
 
 def init_options(args) -> dict:
     """build_model's init keywords from the recipe flags (--init, --zero-init-residual)."""
-    return {"init": getattr(args, "init", "model") or "model",
-            "zero_residual": bool(getattr(args, "zero_init_residual", False))}
+    return {"init": args.init or "model",
+            "zero_residual": bool(args.zero_init_residual)}
 
 
 def build_model(arch, data_cfg, width, eca, eca_k, device, channels_last=False, attn="eca",

@@ -96,7 +96,7 @@ class StageTrainer:
     def __init__(self, stage: Stage, run: RunContext):
         self.stage, self.run = stage, run
         args, model = run.args, stage.model
-        if dist_info().enabled and getattr(args, "sync_bn", False):
+        if dist_info().enabled and args.sync_bn:
             stage.model = model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same Parameters
         extra = [p for p in stage.loss_fn.parameters() if p.requires_grad]  # learned by terms
         self.optimizer = build_optimizer(list(model.parameters()) + extra, args, stage.arch)
