@@ -180,7 +180,7 @@ def create(args):
     from utils.sweep.run.child import check_no_foreign_runs
     from utils.sweep.spec.expand import expand, grid_distributions
     from utils.sweep.spec.check import check_plan
-    from utils.sweep.spec.scripts import Parsers
+    from utils.sweep.spec.parsers import Parsers
     from utils.sweep.spec.normalize import normalize_spec
     from utils.sweep.spec.sources import load_spec_file, spec_from_flags
     from utils.sweep.run.storage import check_journal_path, create_sweep
@@ -296,7 +296,8 @@ def work(args):
             args.device = "cuda"  # CUDA_VISIBLE_DEVICES holds the slot's GPU only
     if sweep.spec.get("tune") is not None:
         from utils.sweep.run.tune import work as tune_work
-        return tune_work(store, sweep, sweep_dir, args, slot=slot)
+        from utils.sweep.spec.parsers import Parsers
+        return tune_work(store, sweep, sweep_dir, args, Parsers, slot=slot)
     return Worker(sweep, sweep_dir, args, slot=slot).run()
 
 

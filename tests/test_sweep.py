@@ -566,6 +566,7 @@ def test_empty_database_is_not_written_to(postgres_url, capsys):
 def test_toml_grid_is_the_json_grid(tmp_path):
     """The same grid written in TOML and in JSON expands to the same trials."""
     from utils.sweep.spec.expand import expand
+    from utils.sweep.spec.parsers import Parsers
     from utils.sweep.spec.normalize import normalize_spec
     from utils.sweep.spec.sources import load_spec_file
     toml = tmp_path / "g.toml"
@@ -579,7 +580,7 @@ def test_toml_grid_is_the_json_grid(tmp_path):
             "grid": {"seed": [0, 1], "kd": ["none", "skip"],
                      "pair": {"r8": {"teacher": "resnet8", "student": "resnet8"}}},
             "teacher": {"eca": "none"}}
-    plans = [expand(normalize_spec(load_spec_file(path), path), "t")
+    plans = [expand(normalize_spec(load_spec_file(path), path), "t", Parsers())
              for path in (str(toml), _write(tmp_path, "g.json", spec))]
     assert plans[0] == plans[1]
     assert len(plans[0]["trials"]) == 4 and len(plans[0]["teachers"]) == 2

@@ -203,3 +203,39 @@ def test_report_refuses_another_studys_report_folder(tmp_path):
     for given in (str(link), str(link) + os.sep):
         with pytest.raises(UserError, match="symbolic link"):
             _check_out_dir(given, ["report.md"], "tune")
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--overwrite"], "--overwrite"), (["--overw"], "--overwrite"), (["--res=yes"], "--resume"),
+    (["--do"], "--download"), (["--data-dir", "/elsewhere", "--download", "true"], "--download"),
+])
+def test_a_stored_trial_never_gives_a_worker_only_option(flags, needle):
+    """Also an abbreviation that argparse would take for one (the check itself never imports
+    PyTorch: the run's own parser checks the rest)."""
+    from skipkd.errors import UserError
+    from utils.sweep.spec.stored import check_stored_trial
+    attrs = {"key": "s_seed=0", "script": "model_training.py", "argv": ["--epochs", "1"]}
+    check_stored_trial(attrs, "trial 0")  # a good one passes
+    with pytest.raises(UserError, match=needle):
+        check_stored_trial({**attrs, "argv": attrs["argv"] + flags}, "trial 0")
+
+
+def test_the_light_tables_match_the_parsers():
+    """spec/scripts.py is torch-free so that a worker stays light; its tables are the parsers'
+    (every option string of the worker-only flags, the scripts and their result sections)."""
+    from skipkd import cli
+    from utils.sweep.spec.scripts import SCRIPTS, WORKER_ONLY_OPTIONS
+    assert SCRIPTS == {s: section for s, (_, _, section) in cli.SCRIPTS.items()}
+    for script, (build, _, _) in cli.SCRIPTS.items():
+        dests = cli.option_dests(build())
+        giving = {o for o, d in dests.items() if d in ("resume", "overwrite", "download")
+                  and not o.startswith("--no-")}
+        assert giving == set(WORKER_ONLY_OPTIONS), (script, giving)
+
+
+def test_a_worker_imports_no_torch():
+    code = ("import sys, utils.sweep.run.worker, utils.sweep.run.tune, utils.sweep.run.gpus\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
+                         text=True, timeout=120, check=True).stdout.strip()
+    assert out == "False"

@@ -14,8 +14,11 @@ Three layers, each importing only the ones below it (tests/test_imports.py check
 - spec/    what a sweep runs, before anything is stored: sources.py (a grid file or create's
            flags), rules.py (limits, flag values, search ranges and settings), normalize.py (a
            spec's shape and defaults), tune.py (a tune file's shape), keys.py (run keys, command
-           lines), scripts.py (the training scripts and their parsers, from skipkd.cli),
-           expand.py (trials and shared teachers), check.py (every command line through the
-           script's parser; trials read back from storage), tune_plan.py (a tune's searches and
-           retrain as plans).
+           lines), scripts.py (the training scripts, torch-free), parsers.py (their parsers, from
+           skipkd.cli: `create` only), expand.py (trials and shared teachers), check.py (every
+           command line through the script's parser), stored.py (trials read back from
+           storage), tune_plan.py (a tune's searches and retrain as plans).
+
+A worker (run/) never imports PyTorch: it checks stored trials without the parsers, and a tune
+gets them handed in by sweep.py for the one moment it makes its retrain grid.
 """

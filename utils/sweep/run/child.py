@@ -14,8 +14,8 @@ from skipkd.io.outputs import MAKER_ENV, RunOutputs
 from utils.sweep.run.heartbeat import now_text, transient
 from utils.sweep.run.progress import stored_key, trials_of
 from utils.sweep.run.results import val_curve
-from utils.sweep.spec.check import check_stored_trial
-from utils.sweep.spec.scripts import REPO, SCRIPTS, Parsers
+from utils.sweep.spec.scripts import REPO, SCRIPTS
+from utils.sweep.spec.stored import check_stored_trial
 
 __all__ = ["BOOTSTRAP", "ChildRunner", "sweep_maker", "foreign_run", "check_no_foreign_runs"]
 
@@ -82,11 +82,6 @@ class ChildRunner:
         self.host, self.pid = beats.host, beats.pid
         self.child = None
         self.current = None       # the running Job
-        # the scripts' parsers, which check each stored trial: imported now (torch with them),
-        # not between a trial's claim and its first heartbeat
-        self.parsers = Parsers()
-        for script in SCRIPTS:
-            self.parsers.parser(script)
         self.maker = sweep_maker(sweep.name)  # recorded in each run it starts (RunOutputs)
 
     def run(self, job) -> tuple:
@@ -216,7 +211,7 @@ class ChildRunner:
 
     def _run(self, job):
         try:  # its record read back from the storage: checked like a user's flags
-            check_stored_trial(self.parsers, job.attrs, f"trial {job.number}")
+            check_stored_trial(job.attrs, f"trial {job.number}")
         except UserError as exc:
             return self._fail(job, str(exc))
         if self._refused(job):

@@ -19,7 +19,6 @@ from utils.sweep.run.worker import Worker
 from utils.sweep.spec.check import check_plan
 from utils.sweep.spec.expand import expand, grid_distributions
 from utils.sweep.spec.normalize import normalize_spec
-from utils.sweep.spec.scripts import Parsers
 from utils.sweep.spec.tune import retrain_name, retrain_raw, search_name
 
 __all__ = ["create_tune", "search_sweeps", "budget_trials", "best_trial", "chosen_settings",
@@ -91,7 +90,7 @@ def chosen_settings(searches, methods) -> dict:
     return out
 
 
-def _retrain(store, sweep, sweep_dir, searches):
+def _retrain(store, sweep, sweep_dir, searches, make_parsers):
     """The retrain grid: loaded when it exists, else made (once, under a lock in the sweep
     folder, with Ctrl-C and SIGTERM held back until it is whole; on a database shared by
     several machines, the loser of a race loads the winner's)."""
@@ -102,7 +101,7 @@ def _retrain(store, sweep, sweep_dir, searches):
         if rname not in store.study_names():
             chosen = chosen_settings(searches, sweep.spec["tune"]["methods"])
             rspec = normalize_spec(retrain_raw(sweep.spec, chosen), "tune retrain")
-            parsers = Parsers()
+            parsers = make_parsers()  # PyTorch comes with them: only here, once
             plan = expand(rspec, rname, parsers)
             check_plan(rspec, plan, parsers)
             held = {signal.SIGINT, signal.SIGTERM}
@@ -123,9 +122,10 @@ def _retrain(store, sweep, sweep_dir, searches):
                     f"...) and start the workers again; the searches are kept")
 
 
-def work(store, sweep, sweep_dir, args, slot=None) -> int:
+def work(store, sweep, sweep_dir, args, make_parsers, slot=None) -> int:
     """`sweep.py work T` on a tune: the searches (each until it has no trial to give), then,
-    when all are finished, the retrain grid. Returns the exit status. One Worker per search,
+    when all are finished, the retrain grid (checked with make_parsers(): the scripts' parsers,
+    handed in by sweep.py so that a worker imports PyTorch only if it makes the retrain). Returns the exit status. One Worker per search,
     kept between passes, so its heartbeats see a dead worker's trial go stale and queue it
     again."""
     ran = failed = 0
@@ -167,7 +167,7 @@ def work(store, sweep, sweep_dir, args, slot=None) -> int:
         except KeyboardInterrupt:
             print("stopped (SIGINT) between searches", file=sys.stderr, flush=True)
             return 130
-    retrain = _retrain(store, sweep, sweep_dir, searches)
+    retrain = _retrain(store, sweep, sweep_dir, searches, make_parsers)
     opts = argparse.Namespace(**vars(args))
     opts.n_trials = limit_left()
     opts.retry_failed = args.retry_failed

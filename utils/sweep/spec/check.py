@@ -5,12 +5,10 @@ import contextlib
 import io
 
 from skipkd.errors import UserError
-from skipkd.io.files import validate_run_key
 from utils.sweep.spec.expand import search_trial
 from utils.sweep.spec.keys import _label
-from utils.sweep.spec.scripts import SCRIPTS, Parsers
 
-__all__ = ["check_argv", "check_plan", "check_stored_trial"]
+__all__ = ["check_argv", "check_plan"]
 
 
 def check_argv(parsers, script, argv, what):
@@ -24,10 +22,9 @@ def check_argv(parsers, script, argv, what):
         raise UserError(f"{what}: {exc}") from None
 
 
-def check_plan(spec: dict, plan: dict, parsers=None):
+def check_plan(spec: dict, plan: dict, parsers):
     """Every distinct command line of the plan through its script's parser; a search checks
     each parameter at its low and high end (or each choice)."""
-    parsers = parsers or Parsers()
     seen = set()
     runs = [(t["script"], t["argv"] + ["--run-name", t["key"]], f"trial {t['key']}")
             for t in plan["trials"] + plan["teachers"]]
@@ -46,37 +43,3 @@ def check_plan(spec: dict, plan: dict, parsers=None):
             continue
         seen.add(sig)
         check_argv(parsers, script, argv, what)
-
-
-def check_stored_trial(parsers, attrs: dict, what: str):
-    """A trial's record as read back from the storage (a journal or database anyone may have
-    edited) checked like a user's flags before the worker writes anything for it: its run key
-    and its shared teacher's are plain names, its script is one of SCRIPTS, and its flags are
-    strings that the script's own parser accepts and that leave the run's place to the sweep
-    (no --resume or --overwrite: the worker decides those). A one-line UserError otherwise."""
-    def bad(why):
-        return UserError(f"{what}: its stored record is not one this sweep wrote ({why})")
-
-    try:
-        key = validate_run_key(attrs.get("key"))
-        if attrs.get("teacher_key") is not None:
-            validate_run_key(attrs.get("teacher_key"))
-    except UserError as exc:
-        raise bad(str(exc).replace(" (--run-name)", "")) from None
-    script = attrs.get("script")
-    if not isinstance(script, str) or script not in SCRIPTS:
-        raise bad(f"script {str(script)[:60]!r} is not one of {', '.join(SCRIPTS)}")
-    argv = attrs.get("argv")
-    if not isinstance(argv, list) or not all(isinstance(a, str) and "\0" not in a for a in argv):
-        raise bad("its flags are not a list of strings")
-    attempt = attrs.get("attempt", 1)
-    if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 1:
-        raise bad(f"attempt {str(attempt)[:20]!r} is not a positive whole number")
-    # fp32 last: the check never asks CUDA about bf16 (a CUDA context in every slot worker)
-    args = check_argv(parsers, script, argv + ["--run-name", key, "--output-dir", ".",
-                                               "--precision", "fp32"], what)
-    if args.resume or args.overwrite:
-        raise bad("its flags ask for --resume or --overwrite, which only the worker sets")
-    if args.download:
-        raise bad("its flags ask for --download: a sweep reads its data, it never fetches it "
-                  "into a folder named in the storage")

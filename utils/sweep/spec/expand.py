@@ -8,7 +8,7 @@ from skipkd.errors import UserError
 from skipkd.io.outputs import RUN_KEY_MAX, validate_run_key
 from utils.sweep.spec.keys import _KEY_BAD, _digest, _label, to_argv, trial_key
 from utils.sweep.spec.normalize import axis_labels
-from utils.sweep.spec.scripts import SWEEP_OWNED, TEACHER_SCRIPT, Parsers
+from utils.sweep.spec.scripts import SWEEP_OWNED, TEACHER_SCRIPT
 
 __all__ = ["expand", "grid_distributions", "search_distributions", "search_trial"]
 
@@ -85,12 +85,11 @@ def _check_owned(spec, parsers):
                             f"in the sweep folder)")
 
 
-def expand(spec: dict, study: str, parsers=None) -> dict:
+def expand(spec: dict, study: str, parsers) -> dict:
     """The trials of a spec: {'trials': [...], 'teachers': [...]} for a grid (every point, in
     queue order: seeds outermost), and the one shared teacher of a search. Each trial:
     key, script, argv, axes ({axis: label}), config (label without the seed), seed, params
     (Optuna's view: {axis: value}), teacher_key."""
-    parsers = parsers or Parsers()
     _check_owned(spec, parsers)
     if spec["search"] is not None:
         return _expand_search(spec, study, parsers)

@@ -1,71 +1,29 @@
 """The training scripts a sweep runs: their names, where their summaries hold the trained
-model's result, the flags the sweep sets itself or keeps from a shared teacher, and what the
-scripts' parsers (built by skipkd.cli, never by loading a script) say a flag is.
+model's result, and the flags the sweep sets itself or keeps from a shared teacher. Torch-free,
+so that a worker stays light (about 45 MB, not 570 with PyTorch): what the scripts' parsers say
+a flag is lives in parsers.py, which `create` uses; tests/test_sweep_safety.py checks these
+tables against the parsers.
 """
 import os
 
-from skipkd import cli
-
-__all__ = ["REPO", "SCRIPTS", "TEACHER_SCRIPT", "SWEEP_OWNED", "ATTENTION_GROUP",
-           "STUDENT_GROUPS", "Parsers"]
+__all__ = ["REPO", "SCRIPTS", "TEACHER_SCRIPT", "SWEEP_OWNED", "WORKER_ONLY_OPTIONS",
+           "ATTENTION_GROUP", "STUDENT_GROUPS"]
 
 # the repository's root (utils/sweep/spec/scripts.py is three folders below it)
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, os.pardir))
 
-# script -> the summary's section that holds the trained model's result
-SCRIPTS = {script: section for script, (_, _, section) in cli.SCRIPTS.items()}
+# script -> the summary's section that holds the trained model's result (skipkd.cli.SCRIPTS)
+SCRIPTS = {"model_training_mid.py": "student", "model_training.py": "baseline"}
 TEACHER_SCRIPT = "model_training.py"
 
 # the sweep sets these itself (every trial is one run key in the sweep folder)
 SWEEP_OWNED = {"run_name", "output_dir", "resume", "overwrite"}
+# the option strings that only a worker may give a run (it decides resume and restart; a run
+# never fetches data into a folder that the storage names): a trial read back from the storage
+# with one of these, or an abbreviation argparse would take for one, is refused
+WORKER_ONLY_OPTIONS = ("--resume", "--overwrite", "--download")
 # the distillation script's argument groups whose flags a shared teacher never takes from a
 # student's: the attention group (the teacher script has it too; the teacher's own placement is
 # set in the spec's `teacher` section), the networks' and the distillation terms' groups
 ATTENTION_GROUP = "attention"
 STUDENT_GROUPS = (ATTENTION_GROUP, "teacher and student", "distillation")
-
-
-class Parsers:
-    """The training scripts' parsers (skipkd.cli), built once each."""
-
-    def __init__(self):
-        self._parsers, self._dests = {}, {}
-        self._student_only = None
-
-    def parser(self, script):
-        if script not in self._parsers:
-            self._parsers[script] = cli.SCRIPTS[script][0](cli.RaisingParser)
-        return self._parsers[script]
-
-    def parse(self, script, argv):
-        """The script's own parsing of `argv` -> its arguments; a refusal is a UserError."""
-        return cli.parse_script_args(script, argv)
-
-    def dest(self, script, flag):
-        """The argparse destination of --flag (None: not a flag of the script)."""
-        if script not in self._dests:
-            self._dests[script] = cli.option_dests(self.parser(script))
-        return self._dests[script].get("--" + flag.partition(".")[0])
-
-    def student_only(self) -> frozenset:
-        """The argparse destinations a shared teacher does not take from a student's flags,
-        read from the parsers (a new distillation flag needs no edit here): the distillation
-        script's flags that the teacher's script lacks, and every flag of its STUDENT_GROUPS
-        (both networks' attention placement; the networks and the distillation terms, kept out
-        even if the teacher's script ever shares one of their names)."""
-        if self._student_only is None:
-            student = set(self.dests("model_training_mid.py"))
-            teacher = set(self.dests(TEACHER_SCRIPT))
-            groups = cli.group_dests(self.parser("model_training_mid.py"))
-            missing = [title for title in STUDENT_GROUPS if not groups.get(title)]
-            if missing:
-                raise RuntimeError(f"skipkd.cli.distill_parser has no argument group "
-                                   f"{', '.join(map(repr, missing))} "
-                                   f"(utils/sweep/spec/scripts.py STUDENT_GROUPS)")
-            self._student_only = frozenset(
-                (student - teacher).union(*(groups[title] for title in STUDENT_GROUPS)))
-        return self._student_only
-
-    def dests(self, script) -> set:
-        """Every argparse destination of the script's flags."""
-        return set(cli.option_dests(self.parser(script)).values())
