@@ -208,6 +208,7 @@ def test_report_refuses_another_studys_report_folder(tmp_path):
 @pytest.mark.parametrize("flags, needle", [
     (["--overwrite"], "--overwrite"), (["--overw"], "--overwrite"), (["--res=yes"], "--resume"),
     (["--do"], "--download"), (["--data-dir", "/elsewhere", "--download", "true"], "--download"),
+    (["--data-dir"], "without a value"), (["--device"], "without a value"),
 ])
 def test_a_stored_trial_never_gives_a_worker_only_option(flags, needle):
     """Also an abbreviation that argparse would take for one (the check itself never imports

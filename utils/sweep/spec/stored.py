@@ -4,6 +4,9 @@ from skipkd.errors import UserError
 from skipkd.io.files import validate_run_key
 from utils.sweep.spec.scripts import SCRIPTS, WORKER_ONLY_OPTIONS
 
+# flags whose value the worker reads and rewrites (run/child.py: _command)
+REWRITTEN_FLAGS = ("--data-dir", "--teacher-checkpoint", "--device")
+
 __all__ = ["check_stored_trial"]
 
 
@@ -33,6 +36,9 @@ def check_stored_trial(attrs: dict, what: str):
     attempt = attrs.get("attempt", 1)
     if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 1:
         raise bad(f"attempt {str(attempt)[:20]!r} is not a positive whole number")
+    for flag in REWRITTEN_FLAGS:  # the worker rewrites the value after each of these
+        if flag in argv and argv.index(flag) == len(argv) - 1:
+            raise bad(f"its flags end in {flag} without a value")
     for token in argv:
         name = token.partition("=")[0]
         if len(name) > 2 and name.startswith("--") and \
