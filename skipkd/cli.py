@@ -204,6 +204,8 @@ def distill_parser(parser_class=None):
 
 _UNSET = object()
 RECIPE_FLAGS = ("ce_weight", "temperature", "alpha", "beta")  # scalar flags a recipe may fill
+# the original work's weight flags, each the weight of one term (--kd-weights wins over them)
+LEGACY_WEIGHT_FLAGS = {"alpha": "skip", "beta": "logit"}
 
 
 def apply_kd_recipe(parser, args, argv=None):
@@ -214,6 +216,7 @@ def apply_kd_recipe(parser, args, argv=None):
     probe = argparse.Namespace(**dict.fromkeys(RECIPE_FLAGS, _UNSET))
     parser.parse_known_args(argv, namespace=probe)  # argparse fills no default over a set attribute
     given = {d for d in RECIPE_FLAGS if getattr(probe, d) is not _UNSET}
+    given |= {LEGACY_WEIGHT_FLAGS[d] for d in given & set(LEGACY_WEIGHT_FLAGS)}  # their terms
     try:
         got = resolve_recipe(args.kd_recipe, parse_kd(args.kd), args.kd_weights, args.kd_opt, given)
     except ValueError as exc:
@@ -243,13 +246,25 @@ def parse_baseline_args(argv=None, raising=False):
                          preset_overrides={"original": {"epochs": 200}}, argv=argv)
 
 
+def term_weights(args) -> dict:
+    """The weight of each term --kd chooses: --kd-weights (or the --kd-recipe's), else the
+    original work's flag for it (--alpha for skip, --beta for logit), else the term's own
+    default. The only place where --alpha and --beta mean anything."""
+    chosen, given = parse_kd(args.kd), args.kd_weights or {}
+    legacy = {term: vars(args)[flag] for flag, term in LEGACY_WEIGHT_FLAGS.items()}
+    return {t: float(given[t] if t in given else legacy.get(t, KD_TERMS[t].default_weight))
+            for t in chosen}
+
+
 def parse_distill_args(argv=None, raising=False):
     """model_training_mid.py's command line -> its arguments (as parse_baseline_args), the
-    --kd-opt values merged and --kd-recipe applied."""
+    --kd-opt values merged, --kd-recipe applied and each term's weight in args.term_weights."""
     parser = distill_parser(RaisingParser if raising else None)
     args = finalize_args(parser, parser.parse_args(argv), default_eca="parallel", argv=argv)
     args.kd_opt = merge_kd_options(parser, args.kd, args.kd_opt, args.kd_weights)
-    return apply_kd_recipe(parser, args, argv)
+    args = apply_kd_recipe(parser, args, argv)
+    args.term_weights = term_weights(args)
+    return args
 
 
 # the training scripts: file name -> (parser builder, parse function, the summary's section that

@@ -30,7 +30,7 @@ from conftest import REPO_ROOT, script_env
 from skipkd.models import create_model
 from skipkd.data import Augment, TensorLoader, channel_stats, make_synthetic
 from skipkd.train.engine import autocast_context, train_one_epoch
-from skipkd.kd import KD_MODES, DistillationLoss
+from skipkd.kd import KD_MODES, DistillationLoss, TermContext
 
 DEVICE = torch.device(os.environ.get("CUDA_TESTS_DEVICE", "cuda"))
 ON_GPU = DEVICE.type == "cuda"
@@ -97,8 +97,8 @@ def _distill_epoch(data, precision, mode="skip+logit"):
     averaged loss parts and the parameter update."""
     teacher, student = _pair()
     s_hint, t_hint = _hint_shapes(student, teacher)
-    loss_fn = DistillationLoss(mode, teacher, student_hint_shape=s_hint,
-                               teacher_hint_shape=t_hint).to(DEVICE)
+    loss_fn = DistillationLoss(mode, teacher, context=TermContext(
+        student_shapes={"hint": s_hint}, teacher_shapes={"hint": t_hint})).to(DEVICE)
     params = list(student.parameters()) + list(loss_fn.parameters())
     before = _flat(params)
     opt = torch.optim.SGD(params, lr=0.05, momentum=0.9)
@@ -133,8 +133,8 @@ def test_every_kd_term_runs_in_mixed_precision(data, mode, precision):
     autocast, within that precision's tolerance of the same batch in fp32."""
     teacher, student = _pair(eca="none")
     s_hint, t_hint = _hint_shapes(student, teacher)
-    loss_fn = DistillationLoss(mode, teacher, student_hint_shape=s_hint,
-                               teacher_hint_shape=t_hint).to(DEVICE)
+    loss_fn = DistillationLoss(mode, teacher, context=TermContext(
+        student_shapes={"hint": s_hint}, teacher_shapes={"hint": t_hint})).to(DEVICE)
     student.train()
     x, y = next(iter(_loader(data)))
     results = {}
@@ -244,8 +244,9 @@ def test_compiled_teacher_matches_eager(data, mode):
     x, _ = next(iter(_loader(data)))
     outs = []
     for compile_teacher in (False, True):
-        loss_fn = DistillationLoss(mode, teacher, student_hint_shape=s_hint,
-                                   teacher_hint_shape=t_hint, compile_teacher=compile_teacher)
+        loss_fn = DistillationLoss(mode, teacher, context=TermContext(
+            student_shapes={"hint": s_hint}, teacher_shapes={"hint": t_hint}),
+            compile_teacher=compile_teacher)
         with true_fp32():
             outs.append(loss_fn.teacher_forward(x))
     for a, b in zip(outs[1], outs[0]):

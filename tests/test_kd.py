@@ -7,7 +7,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from skipkd.models import ModelOutput, create_model, hint_shape
-from skipkd.kd import KD_MODES, DistillationLoss, LogitKDLoss, SkipHintLoss, build_connector
+from skipkd.kd import (KD_MODES, DistillationLoss, LogitKDLoss, SkipHintLoss, TermContext,
+                       build_connector)
+
+
+def hints(student_shape, teacher_shape, temperature=4.0):
+    """A TermContext that knows only the two hint shapes (what the skip term reads)."""
+    return TermContext(student_shapes={"hint": student_shape},
+                       teacher_shapes={"hint": teacher_shape}, temperature=temperature)
 
 # The loss always computes in float32 (it casts its inputs), the references below in float64,
 # so each check allows float32 rounding: EPS32 times the number of rounded terms summed, times
@@ -86,8 +93,9 @@ def test_loss_values_match_hand_computation(fixed_case, mode):
     x, s_out, y, teacher = fixed_case
     alpha, beta, T = 0.3, 0.7, 4.0
     # fast_teacher=False: the hand-made teacher is called as it is (it has no BN to fold)
-    loss_fn = DistillationLoss(mode, teacher, alpha=alpha, beta=beta, temperature=T,
-                               fast_teacher=False)
+    chosen = {"skip": alpha, "logit": beta}
+    loss_fn = DistillationLoss(mode, teacher, weights={t: chosen[t] for t in mode.split("+")},
+                               context=TermContext(temperature=T), fast_teacher=False)
     total, parts = loss_fn(x, s_out, y)
     ce = _hand_ce(s_out.logits, y)
     mse = _hand_mse(s_out.hint, teacher.hint)
@@ -114,7 +122,7 @@ def test_loss_values_match_hand_computation(fixed_case, mode):
 def test_default_weights(fixed_case):
     x, s_out, y, teacher = fixed_case
     loss_fn = DistillationLoss("skip+logit", teacher)
-    assert (loss_fn.alpha, loss_fn.beta, loss_fn.logit.temperature) == (0.3, 1.0, 4.0)
+    assert (loss_fn.weights, loss_fn.logit.temperature) == ({"skip": 0.3, "logit": 1.0}, 4.0)
     total, _ = loss_fn(x, s_out, y)
     expected = (_hand_ce(s_out.logits, y) + 0.3 * _hand_mse(s_out.hint, teacher.hint)
                 + 1.0 * _hand_kl(s_out.logits, teacher.logits, 4.0))
@@ -157,11 +165,13 @@ def test_invalid_arguments_raise(fixed_case):
     with pytest.raises(ValueError):
         DistillationLoss("skip", None)
     with pytest.raises(ValueError):
-        DistillationLoss("skip", teacher, alpha=-0.1)
+        DistillationLoss("skip", teacher, weights={"skip": -0.1})
     with pytest.raises(ValueError):
-        DistillationLoss("logit", teacher, beta=-1.0)
+        DistillationLoss("logit", teacher, weights={"logit": -1.0})
+    with pytest.raises(ValueError, match="not among the chosen"):
+        DistillationLoss("logit", teacher, weights={"skip": 1.0})
     with pytest.raises(ValueError):
-        DistillationLoss("logit", teacher, temperature=0)
+        DistillationLoss("logit", teacher, context=TermContext(temperature=0))
     assert KD_MODES == ("none", "skip", "logit", "skip+logit")
 
 
@@ -190,8 +200,8 @@ def test_teacher_frozen_during_distillation(mode):
     before_t = _snapshot(teacher)
     before_s = _snapshot(student)
     teacher.train()  # DistillationLoss must put it back in eval
-    loss_fn = DistillationLoss(mode, teacher, student_hint_shape=hint_shape("resnet18", 4),
-                               teacher_hint_shape=hint_shape("resnet34", 4))
+    loss_fn = DistillationLoss(mode, teacher, context=hints(hint_shape("resnet18", 4),
+                                                            hint_shape("resnet34", 4)))
     assert loss_fn.connector is None  # same hint shapes: plain MSE
     assert not teacher.training
     assert all(not p.requires_grad for p in teacher.parameters())
@@ -240,8 +250,8 @@ def test_connector_resnet50_to_resnet18():
     assert (t_shape, s_shape) == ((128, 8, 8), (64, 4, 4))
     teacher = create_model("resnet50", base_width=8)
     student = create_model("resnet18", base_width=8)
-    loss_fn = DistillationLoss("skip", teacher, alpha=1.0, student_hint_shape=s_shape,
-                               teacher_hint_shape=t_shape)
+    loss_fn = DistillationLoss("skip", teacher, weights={"skip": 1.0},
+                               context=hints(s_shape, t_shape))
     conn = loss_fn.connector
     assert conn is not None
     with torch.no_grad():
@@ -303,10 +313,9 @@ def test_fast_teacher_gives_the_same_loss(teacher_arch, mode):
     t_shape = tuple(teacher(x[:1]).hint.shape[1:])
     s_shape = tuple(student(x[:1]).hint.shape[1:])
     torch.manual_seed(1)
-    slow = DistillationLoss(mode, teacher, student_hint_shape=s_shape, teacher_hint_shape=t_shape,
-                            fast_teacher=False)
+    slow = DistillationLoss(mode, teacher, context=hints(s_shape, t_shape), fast_teacher=False)
     torch.manual_seed(1)
-    fast = DistillationLoss(mode, teacher, student_hint_shape=s_shape, teacher_hint_shape=t_shape)
+    fast = DistillationLoss(mode, teacher, context=hints(s_shape, t_shape))
     fast.load_state_dict(slow.state_dict())
     out = student(x)
     a, pa = slow(x, out, y)

@@ -93,8 +93,8 @@ def test_lskd_logit_loss_on_a_fixed_batch_matches_an_independent_computation():
     torch.manual_seed(0)
     teacher = create_model("resnet8", num_classes=10, base_width=4).eval()
     student = create_model("resnet8", num_classes=10, base_width=4).eval()
-    loss = DistillationLoss(args.kd, teacher, alpha=args.alpha, beta=args.beta,
-                            temperature=args.temperature, weights=args.kd_weights,
+    loss = DistillationLoss(args.kd, teacher, weights=args.term_weights,
+                            context=TermContext(temperature=args.temperature),
                             options=args.kd_opt, ce_weight=args.ce_weight, fast_teacher=False)
     g = torch.Generator().manual_seed(7)
     x, y = torch.randn(6, 3, 32, 32, generator=g), torch.randint(0, 10, (6,), generator=g)

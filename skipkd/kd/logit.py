@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .registry import register_term
+from .registry import KDTerm, register_term
 
 __all__ = ["LogitKDLoss", "LogitTerm", "standardize", "logit_pair"]
 
@@ -47,18 +47,22 @@ class LogitKDLoss(nn.Module):
 
 
 @register_term
-class LogitTerm(LogitKDLoss):
+class LogitTerm(KDTerm):
     """Hinton et al., 2015: the softened teacher distribution as a target (weight beta = 1,
     temperature T = 4 by default). Option standardize: z-score both logits first (Sun et al.,
     2024)."""
     name, needs, default_weight = "logit", frozenset({"logits"}), 1.0
-    weight_flag = "beta"
     paper = "Hinton, Vinyals & Dean, Distilling the Knowledge in a Neural Network, 2015"
     matches = "softened logits"
     options, parts = {"standardize": False}, ()
 
     def __init__(self, ctx):
-        super().__init__(ctx.temperature, ctx.options.get("standardize", False))
+        super().__init__(ctx)
+        self.kd = LogitKDLoss(ctx.temperature, self.opts["standardize"])
+
+    @property
+    def temperature(self) -> float:
+        return self.kd.temperature
 
     def forward(self, student_out, teacher_out, batch=None):
-        return super().forward(student_out.logits, teacher_out.logits)
+        return self.kd(student_out.logits, teacher_out.logits)

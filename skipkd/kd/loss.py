@@ -25,40 +25,39 @@ KD_MODES = ("none", "skip", "logit", "skip+logit")
 class DistillationLoss(nn.Module):
     """loss = ce_weight * CE(s, y) + sum over the chosen terms of weight * term(student, teacher).
 
-    mode: 'none' or registered term names joined by '+' (skipkd.kd.registry.KD_TERMS): 'skip'
-    (alpha * hint MSE), 'logit' (beta * Hinton KD), 'skip+logit', ... weights: {term: weight};
-    alpha and beta are the weights of the terms whose `weight_flag` names them (skip and logit:
-    the original work's flags); `weights` overrides them.
+    terms: 'none', registered term names joined by '+' (skipkd.kd.registry.KD_TERMS: 'skip',
+    'logit', 'skip+logit', ...) or a list of names. weights: {term: weight}; a chosen term left
+    out gets its own default_weight (skip 0.3, logit 1.0, ...). The scripts' legacy --alpha and
+    --beta are turned into weights by skipkd.cli, never here.
+    context: a TermContext with the models' feature shapes, the training set's size and labels,
+    and the temperature; options: {term: {key: value}} (--kd-opt).
     `forward` returns (total loss, dict of detached parts: 'ce' and one per term, and
     name_part for the parts of terms that return several).
-    context: a TermContext with the models' feature shapes, the training set's size and labels;
-    options: {term: {key: value}} (--kd-opt).
     fast_teacher: run the frozen teacher as a BatchNorm-folded copy, and only as far as the
     terms need (hint-only when no term needs its logits). Same values, less work.
     compile_teacher: torch.compile that inference function (worth it on CPU and GPU alike); True
     or a torch.compile mode ('default', 'reduce-overhead': CUDA graphs, 'max-autotune').
     """
 
-    def __init__(self, mode: str = "none", teacher: nn.Module | None = None, alpha: float = 0.3,
-                 beta: float = 1.0, temperature: float = 4.0, student_hint_shape=None,
-                 teacher_hint_shape=None, label_smoothing: float = 0.0, fast_teacher: bool = True,
-                 compile_teacher: bool | str = False, weights: dict | None = None,
-                 context: TermContext | None = None, options: dict | None = None,
-                 ce_weight: float = 1.0):
+    def __init__(self, terms="none", teacher: nn.Module | None = None,
+                 weights: dict | None = None, context: TermContext | None = None,
+                 options: dict | None = None, ce_weight: float = 1.0,
+                 label_smoothing: float = 0.0, fast_teacher: bool = True,
+                 compile_teacher: bool | str = False):
         super().__init__()
-        self.names = parse_kd(mode)
+        self.names = parse_kd(terms) if isinstance(terms, str) else parse_kd("+".join(terms) or "none")
+        self.mode = "+".join(self.names) or "none"
         if self.names and teacher is None:
-            raise ValueError(f"KD mode {mode!r} needs a teacher")
-        if alpha < 0 or beta < 0 or any(w < 0 for w in (weights or {}).values()):
+            raise ValueError(f"KD mode {self.mode!r} needs a teacher")
+        weights = dict(weights or {})
+        unknown = sorted(set(weights) - set(self.names))
+        if unknown:
+            raise ValueError(f"a weight is given for {unknown[0]!r}, which is not among the "
+                             f"chosen terms ({', '.join(self.names) or 'none'})")
+        if any(not float(w) >= 0 for w in weights.values()):
             raise ValueError("distillation weights must be >= 0")
-        self.mode = mode
         self.compile_teacher = compile_teacher
-        self.alpha, self.beta = float(alpha), float(beta)
-        self.weights = {n: float(KD_TERMS[n].default_weight) for n in self.names}
-        by_flag = {"alpha": self.alpha, "beta": self.beta}
-        flags = {n: getattr(KD_TERMS[n], "weight_flag", None) for n in self.names}
-        self.weights.update({n: by_flag[f] for n, f in flags.items() if f in by_flag})
-        self.weights.update({k: float(v) for k, v in (weights or {}).items() if k in self.weights})
+        self.weights = {n: float(weights.get(n, KD_TERMS[n].default_weight)) for n in self.names}
         self.label_smoothing = label_smoothing
         if ce_weight < 0:
             raise ValueError("the cross-entropy weight must be >= 0")
@@ -75,11 +74,7 @@ class DistillationLoss(nn.Module):
                 p.requires_grad_(False)
             if fast_teacher:
                 self.__dict__["teacher_infer"] = fold_batchnorm(self.teacher)
-        base = context or TermContext()  # not modified: each term gets its own copy
-        ctx = dataclasses.replace(
-            base, temperature=temperature,
-            student_hint_shape=student_hint_shape or base.student_shapes.get("hint"),
-            teacher_hint_shape=teacher_hint_shape or base.teacher_shapes.get("hint"))
+        ctx = context or TermContext()  # not modified: each term gets its own copy
         options = options or {}
         unknown = sorted(set(options) - set(self.names))
         if unknown:

@@ -92,7 +92,8 @@ KD_RECIPES = {
 def resolve_recipe(name: str, terms, weights=None, options=None, given=()) -> dict:
     """Recipe `name` applied to the chosen terms (--kd), under what the user gave: weights
     {term: w} (--kd-weights), options {term: {key: value}} (--kd-opt) and `given`, the names of
-    the scalar flags set on the command line (ce_weight, temperature, alpha, beta, ...).
+    what the command line set: scalar flags (ce_weight, temperature) and terms whose weight a
+    flag of the script set (skipkd.cli maps --alpha to skip, --beta to logit).
     -> {"kd_weights": {...}, "kd_opt": {...}, "ce_weight": float | None,
     "temperature": float | None} (None: unchanged). ValueError (one line) for an unknown
     recipe, one that covers none of the terms, or covered terms whose CE weights disagree while
@@ -107,8 +108,7 @@ def resolve_recipe(name: str, terms, weights=None, options=None, given=()) -> di
     out_w, out_o = dict(weights or {}), {t: dict(kv) for t, kv in (options or {}).items()}
     for t in covered:
         part = recipe.terms[t]
-        flag = getattr(KD_TERMS[t], "weight_flag", None)
-        if part.weight is not None and t not in out_w and flag not in given:
+        if part.weight is not None and t not in out_w and t not in given:
             out_w[t] = float(part.weight)
         opts = {**part.options, **out_o.get(t, {})}  # the user's keys win
         if opts:

@@ -32,9 +32,7 @@ NEEDS = frozenset({"logits", "hint", "feats", "preact_feats", "embedding", "hint
 class TermContext:
     """What a term may need to build itself. Shapes are per sample, as skipkd.models.feature_shapes
     gives them ({'logits': (K,), 'hint': (C, H, W), 'feats': [...], 'embedding': (D,)})."""
-    student_hint_shape: tuple | None = None   # (C, H, W)
-    teacher_hint_shape: tuple | None = None
-    temperature: float = 4.0
+    temperature: float = 4.0                  # the logit term's (other terms have their own)
     student_shapes: dict = field(default_factory=dict)
     teacher_shapes: dict = field(default_factory=dict)
     num_classes: int | None = None
@@ -65,8 +63,6 @@ class KDTerm(nn.Module):
     parts: ClassVar[tuple] = ()   # the names of the parts forward returns, if it returns a dict
     bounds: ClassVar[dict] = {}   # option -> (lowest, highest) accepted, both inclusive
     choices: ClassVar[dict] = {}  # option -> the values accepted (string options)
-    weight_flag: ClassVar[str | None] = None  # the script flag that also sets its weight (the
-                                              # original work's names: skip alpha, logit beta)
 
     def __init__(self, ctx: TermContext):
         super().__init__()

@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .connector import build_connector
-from .registry import register_term
+from .registry import KDTerm, register_term
 
 __all__ = ["SkipHintLoss", "SkipTerm", "HINT_LOSSES", "hint_loss"]
 
@@ -106,13 +106,12 @@ def _stage_weights(spec: str) -> list[float] | None:
 
 
 @register_term
-class SkipTerm(SkipHintLoss):
+class SkipTerm(KDTerm):
     """The method of this toolkit: the hint block's projection-shortcut output of the student
     pulled towards the teacher's (weight alpha = 0.3). Needs only the teacher's hint, so the
     teacher runs only up to its hint block's shortcut. A connector is learned when the hint
     shapes differ."""
     name, needs, default_weight = "skip", frozenset({"hint"}), 0.3
-    weight_flag = "alpha"
     options = {"loss": "mse", "where": "shortcut", "stages": "hint", "stage_weights": "equal"}
     choices = {"loss": tuple(HINT_LOSSES), "where": ("shortcut", "mid"), "stages": ("hint", "all")}
     parts = ()
@@ -127,7 +126,8 @@ class SkipTerm(SkipHintLoss):
         return value
 
     def __init__(self, ctx):
-        o = {**type(self).options, **ctx.options}
+        super().__init__(ctx)
+        o = self.opts
         if o["stages"] == "all" and o["where"] != "shortcut":
             raise ValueError("skip.stages=all matches every projection shortcut itself; it does "
                              "not combine with skip.where=mid")
@@ -143,8 +143,6 @@ class SkipTerm(SkipHintLoss):
                 raise ValueError(f"skip.{setting} needs the {who}'s {feature}, which only the "
                                  f"ResNet families return (resnet18..152, the CIFAR ResNets)")
         s_shape, t_shape = ctx.student_shapes.get(feature), ctx.teacher_shapes.get(feature)
-        if feature == "hint":
-            s_shape, t_shape = ctx.student_hint_shape, ctx.teacher_hint_shape
         connector, connectors = None, None
         weights = _stage_weights(o["stage_weights"])
         if weights is not None and feature != "shortcuts":
@@ -159,7 +157,8 @@ class SkipTerm(SkipHintLoss):
                 raise ValueError(f"skip.stage_weights gives {len(weights)} weights for "
                                  f"{len(s_shape)} projection shortcuts")
             connectors = [build_connector(a, b) or nn.Identity() for a, b in zip(s_shape, t_shape)]
-        super().__init__(connector, o["loss"])
+        self.connector = connector if connector is not None else nn.Identity()
+        self.loss = o["loss"]
         self.where, self.stages, self.feature = o["where"], o["stages"], feature
         self.needs = frozenset({feature})  # what this instance reads (the class says: hint)
         self.stage_weights = weights
@@ -171,7 +170,7 @@ class SkipTerm(SkipHintLoss):
             raise ValueError(f"skip: the {'student' if s is None else 'teacher'} returned no "
                              f"{self.feature} (its family does not provide it)")
         if self.feature != "shortcuts":
-            return super().forward(s, t)
+            return hint_loss(self.loss, self.connector(s), t)
         if len(s) != len(t):
             raise ValueError(f"skip.stages=all: the student has {len(s)} projection shortcuts "
                              f"and the teacher {len(t)}")

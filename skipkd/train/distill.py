@@ -30,13 +30,12 @@ def build_loss(args, context, student, teacher) -> DistillationLoss:
                         teacher_shapes=shape_of(teacher) if teacher is not None else {},
                         num_classes=cfg["num_classes"], epochs=args.epochs,
                         num_samples=len(context.loaders.train.labels),
-                        train_labels=context.loaders.train.labels)
+                        train_labels=context.loaders.train.labels, temperature=args.temperature)
     try:
-        return DistillationLoss(args.kd, teacher, alpha=args.alpha, beta=args.beta,
-                                temperature=args.temperature, compile_teacher=(
-                                    args.compile and args.compile_mode),
-                                weights=args.kd_weights, context=terms,
-                                options=args.kd_opt, ce_weight=args.ce_weight).to(context.device)
+        return DistillationLoss(args.kd, teacher, weights=args.term_weights, context=terms,
+                                options=args.kd_opt, ce_weight=args.ce_weight,
+                                compile_teacher=args.compile and args.compile_mode
+                                ).to(context.device)
     except ValueError as exc:
         raise UserError(f"--kd {args.kd}: {exc}") from None
     except (RuntimeError, MemoryError) as exc:  # e.g. a memory bank that does not fit
