@@ -47,7 +47,8 @@ def get_args_parser():
     p.add_argument("--width", type=positive_int, default=None,
                    help="base width of both nets (default: 16 for resnet18..152, each benchmark "
                         "model's reference width otherwise)")
-    p.add_argument("--eca", choices=ECA_PLACEMENTS, default="parallel", help="ECA placement")
+    p.add_argument("--placement", "--eca", dest="placement", choices=ECA_PLACEMENTS,
+                   default="parallel", help="attention placement")
     p.add_argument("--kd", type=kd_spec, default="skip",
                    help="distillation terms joined by '+' (see model_training_mid.py --help)")
     p.add_argument("--batch-size", type=positive_int, default=128, help="training batch size")
@@ -152,9 +153,9 @@ def ours(bench, args, data, device, precision, kd=None):
                                channels_last=cl)
     fmt = torch.channels_last if cl else torch.contiguous_format
     teacher = create_model(args.teacher, base_width=width_of(args, args.teacher),
-                           eca=args.eca).to(device, memory_format=fmt)
+                           placement=args.placement).to(device, memory_format=fmt)
     student = create_model(args.student, base_width=width_of(args, args.student),
-                           eca=args.eca).to(device, memory_format=fmt)
+                           placement=args.placement).to(device, memory_format=fmt)
     model = {"teacher": teacher, "distill": student, "eval": student}[bench]
     if bench == "distill":
         ctx = TermContext(student_shapes=feature_shapes(student), teacher_shapes=feature_shapes(teacher),
@@ -233,9 +234,9 @@ def reference(bench, args, data, device):
     loader = torch.utils.data.DataLoader(ds, batch_size=bs, shuffle=train, drop_last=True,
                                          num_workers=args.workers, persistent_workers=args.workers > 0)
     teacher = create_model(args.teacher, base_width=width_of(args, args.teacher),
-                           eca=args.eca).to(device)
+                           placement=args.placement).to(device)
     student = create_model(args.student, base_width=width_of(args, args.student),
-                           eca=args.eca).to(device)
+                           placement=args.placement).to(device)
     model = teacher if bench == "teacher" else student
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
     stats = {"loss": 0.0, "correct": 0}
@@ -329,7 +330,7 @@ def main(args):
     # the ratio is against the reference path, or (terms bench) against the plain student step
     head = f"{'bench':8} {'path':10} {'prec':5} {'images/s':>10} {'ratio':>7} {'peak MiB':>9}"
     print(f"device {device}, {args.teacher} -> {args.student}, width "
-          f"{width_of(args, args.teacher)}/{width_of(args, args.student)}, eca {args.eca}, "
+          f"{width_of(args, args.teacher)}/{width_of(args, args.student)}, placement {args.placement}, "
           f"kd {args.kd}, batch {args.batch_size} (eval {args.eval_batch_size}), "
           f"channels_last {args.channels_last}, compile {args.compile}, threads {torch.get_num_threads()}")
     print(head)

@@ -106,7 +106,7 @@ def match_baseline(run, candidates):
         if _dataset_id(cand) != _dataset_id(run):
             continue
         cargs = cand.get("args") or {}
-        score = (8 * (b.get("eca") == s.get("eca"))
+        score = (8 * (b.get("placement") == s.get("placement"))
                  + 4 * ((cand.get("dataset") or {}).get("train_size")
                         == (run.get("dataset") or {}).get("train_size"))
                  + 2 * (b.get("epochs") == s.get("epochs"))
@@ -171,7 +171,7 @@ def comparison_rows(summaries, keys, default_baseline, per_run, auto, which):
             "protocol": protocol(run),
             "teacher": f"{t['arch']} w{t['base_width']}" if t else "-",
             "student": f"{s['arch']} w{s['base_width']}",
-            "eca": s.get("eca", "-"), "kd": kd_label(s, run),
+            "placement": s.get("placement", "-"), "kd": kd_label(s, run),
             "teacher_acc": t_acc, "baseline_acc": b_acc, "student_acc": s_acc,
             "baseline_key": bkey, "teacher_params": t.get("params") if t else None,
             "student_params": s.get("params"),
@@ -191,7 +191,7 @@ def kd_label(student: dict, run: dict) -> str:
 
 
 def markdown(rows, baselines, which):
-    head = ["run", "dataset (train/test)", "protocol", "teacher", "student", "ECA",
+    head = ["run", "dataset (train/test)", "protocol", "teacher", "student", "placement",
             "KD (term weight)", "teacher acc",
             "baseline acc", "KD student acc", "Δ student−baseline", "Δ student−teacher",
             "params T / S", "baseline run"]
@@ -205,21 +205,21 @@ def markdown(rows, baselines, which):
            "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         out.append("| " + " | ".join([
-            r["run"], r["dataset"], r["protocol"], r["teacher"], r["student"], r["eca"], r["kd"],
+            r["run"], r["dataset"], r["protocol"], r["teacher"], r["student"], r["placement"], r["kd"],
             _pct(r["teacher_acc"]), _pct(r["baseline_acc"]), _pct(r["student_acc"]),
             _delta(r["student_acc"], r["baseline_acc"]), _delta(r["student_acc"], r["teacher_acc"]),
             f"{_params(r['teacher_params'])} / {_params(r['student_params'])}",
             r["baseline_key"] or "-"]) + " |")
     if baselines:
         out += ["", "Baselines (no teacher):", "",
-                "| run | dataset (train/test) | protocol | model | ECA | acc | params |",
+                "| run | dataset (train/test) | protocol | model | placement | acc | params |",
                 "|---|---|---|---|---|---|---|"]
         for key, summ in baselines.items():
             b = _student_of(summ)
             d = summ.get("dataset") or {}
             out.append(f"| {key} | {d.get('dataset', '?')} ({d.get('train_size', '?')}/"
                        f"{d.get('test_size', '?')}) | {protocol(summ)} | {b['arch']} w{b['base_width']} | "
-                       f"{b.get('eca', '-')} | {_pct(_acc(b, which))} | {_params(b.get('params'))} |")
+                       f"{b.get('placement', '-')} | {_pct(_acc(b, which))} | {_params(b.get('params'))} |")
     return "\n".join(out)
 
 

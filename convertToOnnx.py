@@ -136,7 +136,7 @@ def main(args):
     except onnx.checker.ValidationError as exc:
         raise UserError(f"the exported model fails onnx.checker: {str(exc).splitlines()[0]}") from None
     opset = max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
-    print(f"exported {cfg['arch']} (eca {cfg.get('eca')}, width {cfg['base_width']}, "
+    print(f"exported {cfg['arch']} (placement {cfg['placement']}, width {cfg['base_width']}, "
           f"{cfg['num_classes']} classes) -> {output} [opset {opset}, "
           f"{os.path.getsize(output) / 2 ** 20:.2f} MB, outputs "
           f"{', '.join(o.name for o in proto.graph.output)}; onnx.checker ok]")

@@ -60,7 +60,7 @@ def measure(path, role, device, args):
     acc = val.get("acc") if isinstance(val, dict) else None  # shown only when it is a number
     row = {
         "label": role or ckpt.get("role") or os.path.basename(path),
-        "checkpoint": os.path.abspath(path), "arch": cfg["arch"], "eca": cfg.get("eca"),
+        "checkpoint": os.path.abspath(path), "arch": cfg["arch"], "placement": cfg["placement"],
         "base_width": cfg["base_width"], "input": [c, size, size],
         "params": count_parameters(model),                        # sum of numel
         "macs": count_macs(model, (1, c, size, size)),            # per image
@@ -93,7 +93,7 @@ def _fmt(key, v):
     return str(v)
 
 
-ROWS = [("architecture", "arch"), ("ECA", "eca"), ("base width", "base_width"),
+ROWS = [("architecture", "arch"), ("attention placement", "placement"), ("base width", "base_width"),
         ("parameters", "params"), ("MACs / image", "macs"), ("checkpoint size", "size_mb"),
         ("val accuracy", "val_acc"), ("latency, batch 1", "latency_ms"),
         ("throughput", "throughput_img_s")]

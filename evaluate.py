@@ -175,7 +175,7 @@ def main(args):
 
     os.makedirs(out_dir, exist_ok=True)
     cfg = ckpt["model"]
-    title = (f"{cfg['arch']} ({role or '?'}, eca {cfg.get('eca')}, width "
+    title = (f"{cfg['arch']} ({role or '?'}, placement {cfg['placement']}, width "
              f"{cfg['base_width']}) on {dataset} {args.split}: {acc:.2f}%"
              + (" with flip TTA" if args.tta else ""))
     write_figures(args, cm, classes, title, cm_path, tb_dir,
@@ -183,7 +183,7 @@ def main(args):
 
     result = {
         "checkpoint": os.path.abspath(args.checkpoint), "role": role,
-        "arch": cfg["arch"], "eca": cfg.get("eca"), "base_width": cfg["base_width"],
+        "arch": cfg["arch"], "placement": cfg["placement"], "base_width": cfg["base_width"],
         "epoch": epoch if step == epoch else None, "dataset": dataset, "split": args.split,
         "data_dir": source.get("data_dir"),
         "data_dir_from_checkpoint": source.get("data_dir_from_checkpoint", False),

@@ -92,7 +92,7 @@ def main(args):
     dot = make_graph(model, torch.zeros(1, c, size, size), args.with_hint, args.show_attrs,
                      args.rankdir, args.dpi)
     path = render(dot, output, fmt)
-    print(f"wrote {path} ({cfg['arch']}, eca {cfg.get('eca')}, width {cfg['base_width']}, "
+    print(f"wrote {path} ({cfg['arch']}, placement {cfg['placement']}, width {cfg['base_width']}, "
           f"{len(dot.body)} graph elements)")
     return path
 

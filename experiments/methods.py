@@ -24,7 +24,7 @@ from skipkd.models import create_model, feature_shapes  # noqa: E402
 from skipkd.kd import KD_RECIPES, KD_TERMS, DistillationLoss, TermContext  # noqa: E402
 from skipkd.kd import recipes as _recipes  # noqa: E402
 
-PAIR = dict(teacher="resnet34", student="resnet18", width=64, eca="parallel", classes=100,
+PAIR = dict(teacher="resnet34", student="resnet18", width=64, placement="parallel", classes=100,
             train_images=45_000)
 OUT = os.path.join(REPO, "docs", "METHODS.md")
 README = os.path.join(REPO, "README.md")
@@ -36,9 +36,9 @@ def learned_and_kept(name: str) -> tuple[int, int]:
     (the networks on the meta device: nothing of them is allocated)."""
     with torch.device("meta"):
         student = create_model(PAIR["student"], num_classes=PAIR["classes"],
-                               base_width=PAIR["width"], eca=PAIR["eca"])
+                               base_width=PAIR["width"], placement=PAIR["placement"])
         teacher = create_model(PAIR["teacher"], num_classes=PAIR["classes"],
-                               base_width=PAIR["width"], eca=PAIR["eca"])
+                               base_width=PAIR["width"], placement=PAIR["placement"])
     labels = torch.arange(PAIR["train_images"]) % PAIR["classes"]
     ctx = TermContext(student_shapes=feature_shapes(student),
                       teacher_shapes=feature_shapes(teacher), num_classes=PAIR["classes"],
@@ -68,7 +68,7 @@ def render() -> str:
         "registry and the terms' own documentation.",
         "",
         f"'Learns' and 'keeps' are counted on the standard pair: {PAIR['teacher']} -> "
-        f"{PAIR['student']} at base width {PAIR['width']} with ECA {PAIR['eca']}, "
+        f"{PAIR['student']} at base width {PAIR['width']} with ECA placement {PAIR['placement']}, "
         f"{PAIR['classes']} classes, {PAIR['train_images']:,} training images. What a term "
         f"learns trains with the student and is not exported with it; what it keeps (buffers) "
         f"is saved with the resumable training state only.",

@@ -242,7 +242,7 @@ def parse_baseline_args(argv=None, raising=False):
     exits with one line (raising=True: raises UserError instead)."""
     parser = baseline_parser(RaisingParser if raising else None)
     # the original baseline ran 200 epochs (the distillation script 300)
-    return finalize_args(parser, parser.parse_args(argv), default_eca="none",
+    return finalize_args(parser, parser.parse_args(argv), default_placement="none",
                          preset_overrides={"original": {"epochs": 200}}, argv=argv)
 
 
@@ -260,7 +260,7 @@ def parse_distill_args(argv=None, raising=False):
     """model_training_mid.py's command line -> its arguments (as parse_baseline_args), the
     --kd-opt values merged, --kd-recipe applied and each term's weight in args.term_weights."""
     parser = distill_parser(RaisingParser if raising else None)
-    args = finalize_args(parser, parser.parse_args(argv), default_eca="parallel", argv=argv)
+    args = finalize_args(parser, parser.parse_args(argv), default_placement="parallel", argv=argv)
     args.kd_opt = merge_kd_options(parser, args.kd, args.kd_opt, args.kd_weights)
     args = apply_kd_recipe(parser, args, argv)
     args.term_weights = term_weights(args)
@@ -398,7 +398,7 @@ def common_parser(description, parser_class=None) -> OneLineParser:
                         "for CPU runs of the 4-stage ResNets)")
     # a group of its own: a sweep's shared teacher does not take these from a student's flags
     g = p.add_argument_group("attention", "in every network of the run")
-    g.add_argument("--attn-placement", "--eca", "--eca-placement", dest="eca",
+    g.add_argument("--placement", "--attn-placement", "--eca", "--eca-placement", dest="placement",
                    choices=ECA_PLACEMENTS, default=None,
                    help="where attention goes, in every network of the run: none, parallel "
                         "(additive on the stage-1 shortcuts, the original idea), last (the hint "
@@ -406,15 +406,15 @@ def common_parser(description, parser_class=None) -> OneLineParser:
                         "skipkd.models.register_placement (default: parallel for "
                         "model_training_mid.py, none for model_training.py)")
     g.add_argument("--attn", type=attention_name, default="eca",
-                   help="the attention module that --attn-placement places: eca (ECA-Net) or se "
+                   help="the attention module that --placement places: eca (ECA-Net) or se "
                         "(Squeeze-and-Excitation); any module registered with "
                         "skipkd.models.register_attention")
     g.add_argument("--eca-k", type=int_in(1, 255), default=None,
                    help="ECA kernel size (odd) (default: ECA-Net's adaptive rule per layer)")
     g.add_argument("--ECA", dest="eca_yes", type=str2bool, default=None, metavar="yes|no",
-                   help="original flag: with ECA or without (alias of --eca)")
+                   help="original flag: with ECA or without (alias of --placement)")
     g.add_argument("--ECA_block", dest="eca_block", choices=["parallel", "last"], default=None,
-                   help="original flag: ECA 'parallel' or 'last' (alias of --eca)")
+                   help="original flag: ECA 'parallel' or 'last' (alias of --placement)")
 
     g = p.add_argument_group("system and outputs")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -446,7 +446,7 @@ def common_parser(description, parser_class=None) -> OneLineParser:
     return p
 
 
-def finalize_args(parser, args, default_eca, preset_overrides=None, argv=None):
+def finalize_args(parser, args, default_placement, preset_overrides=None, argv=None):
     """Fill preset values, resolve aliases and check cross-flag constraints.
     preset_overrides: {preset: {key: value}} for a script's own preset differences.
     argv: the command line (default sys.argv[1:]), to see which flag spellings were used."""
@@ -455,11 +455,11 @@ def finalize_args(parser, args, default_eca, preset_overrides=None, argv=None):
         if vars(args).get(key) is None:  # a preset's key that the command line left unset
             setattr(args, key, value)
     if args.eca_yes is not None or args.eca_block is not None:
-        if args.eca is not None:
-            parser.error("give either --eca or the original --ECA/--ECA_block, not both")
-        args.eca = "none" if args.eca_yes is False else (args.eca_block or "parallel")
-    elif args.eca is None:
-        args.eca = default_eca
+        if args.placement is not None:
+            parser.error("give either --placement or the original --ECA/--ECA_block, not both")
+        args.placement = "none" if args.eca_yes is False else (args.eca_block or "parallel")
+    elif args.placement is None:
+        args.placement = default_placement
     if args.eca_k is not None and args.eca_k % 2 == 0:
         parser.error(f"--eca-k must be odd, got {args.eca_k}")
     if args.precision == "fp16" and not str(args.device).startswith("cuda") and args.device != "auto":

@@ -51,7 +51,7 @@ def test_a_registered_placement_is_placed_by_every_family(entry_placements):
     # resnet18: 4 stages of 2 blocks; wrn_16_2: 3 groups of 2 blocks. Expected positions come
     # from the block lists, not from the rule.
     for name, n_stages in (("resnet18", 4), ("wrn_16_2", 3)):
-        model = create_model(name, base_width=4, eca=ENTRY, eca_k=3)
+        model = create_model(name, base_width=4, placement=ENTRY, eca_k=3)
         assert len(model.stages) == n_stages and all(len(stage) == 2 for stage in model.stages)
         found = _attention_names(model)
         assert sorted(found) == [f"stages.{s}.0.attn" for s in range(n_stages)], name
@@ -60,7 +60,7 @@ def test_a_registered_placement_is_placed_by_every_family(entry_placements):
             assert stage[0].attn is found[f"stages.{s}.0.attn"]
             assert stage[1].attn is None
             assert stage[0].shortcut_attn is None and stage[1].shortcut_attn is None
-        assert model.eca == ENTRY
+        assert model.placement == ENTRY
         out = model(torch.randn(2, 3, 32, 32))
         assert out.logits.shape == (2, 10) and out.hint is not None
 
@@ -72,7 +72,7 @@ def test_a_registered_placement_is_placed_by_every_family(entry_placements):
     assert [s.shortcut for s in sites] == ["projection", "identity"] * 3  # 16 -> 32 in group 1
 
     # the additive one: on the shortcut of each stage's first block of resnet18, SE this time
-    model = create_model("resnet18", base_width=4, eca=ENTRY_SHORTCUT, attn="se")
+    model = create_model("resnet18", base_width=4, placement=ENTRY_SHORTCUT, attn="se")
     found = _attention_names(model)
     assert sorted(found) == [f"stages.{s}.0.shortcut_attn" for s in range(4)]
     assert all(type(m) is ParallelSE for m in found.values())
@@ -80,12 +80,12 @@ def test_a_registered_placement_is_placed_by_every_family(entry_placements):
     # families without an added shortcut refuse the additive form, in the usual words
     with pytest.raises(ValueError, match=r"^vgg8 \(vgg\) defines the ECA placements none, last, "
                                          rf"all, {ENTRY}; got '{ENTRY_SHORTCUT}'$"):
-        create_model("vgg8", base_width=4, eca=ENTRY_SHORTCUT)
+        create_model("vgg8", base_width=4, placement=ENTRY_SHORTCUT)
     with pytest.raises(ValueError, match=rf"^ShuffleNetV2 defines .*; got '{ENTRY_SHORTCUT}'$"):
         MODELS["shufflev2"].factory(num_classes=10, base_width=16, in_channels=3,
-                                    eca=ENTRY_SHORTCUT, eca_k=None, attn="eca")
+                                    placement=ENTRY_SHORTCUT, eca_k=None, attn="eca")
     # ... but host the multiplicative one: VGG's first conv of each of its 5 stages
-    vgg = create_model("vgg8", base_width=4, eca=ENTRY)
+    vgg = create_model("vgg8", base_width=4, placement=ENTRY)
     assert sorted(_attention_names(vgg)) == ["stages.0.2", "stages.1.2", "stages.2.2",
                                              "stages.3.2", "stem.2"]
 
@@ -98,16 +98,16 @@ def test_a_registered_placement_trains_and_reloads(entry_placements, tmp_path):
         "--epochs", "1", "--width", "8", "--device", "cpu", "--batch-size", "32",
         "--no-progress", "--output-dir", str(tmp_path), "--run-name", "entry",
         "--eca", ENTRY])
-    assert args.eca == ENTRY
+    assert args.placement == ENTRY
     model_training.main(args)
     path = str(tmp_path / "saved_pth_model" / "entry_baseline.pth")
     ckpt = load_checkpoint(path)
-    assert (ckpt["model"]["arch"], ckpt["model"]["eca"]) == ("resnet18", ENTRY)
+    assert (ckpt["model"]["arch"], ckpt["model"]["placement"]) == ("resnet18", ENTRY)
     # the hint block (stage 4, block 1) is also saved under its alias hint_block
     assert sorted(k for k in ckpt["state_dict"] if ".attn." in k) == [
         "hint_block.attn.conv.weight", *(f"stages.{s}.0.attn.conv.weight" for s in range(4))]
     model = model_from_checkpoint(ckpt, path)
-    assert model.eca == ENTRY
+    assert model.placement == ENTRY
     assert sorted(_attention_names(model)) == [f"stages.{s}.0.attn" for s in range(4)]
     for key, value in model.state_dict().items():
         assert torch.equal(value, ckpt["state_dict"][key]), key
@@ -124,9 +124,9 @@ def test_attention_types_get_only_the_options_they_declare():
     assert type(se) is SE and se.fc1.out_channels == 1
     eca = create_attn(ADDITIVE, 16, "eca", k_size=5)
     assert type(eca) is ParallelECA and eca.k_size == 5 and eca.conv.kernel_size == (5,)
-    model = create_model("resnet18", base_width=4, eca="all", eca_k=7, attn="se")
+    model = create_model("resnet18", base_width=4, placement="all", eca_k=7, attn="se")
     assert {type(m) for m in _attention_names(model).values()} == {SE}
-    model = create_model("resnet18", base_width=4, eca="all", eca_k=7)
+    model = create_model("resnet18", base_width=4, placement="all", eca_k=7)
     assert {m.k_size for m in _attention_names(model).values()} == {7}
     assert create_attn(None, 16, "se") is None
     with pytest.raises(ValueError, match="unknown attention form"):

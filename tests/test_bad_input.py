@@ -203,17 +203,17 @@ def paths(tmp_path_factory, tiny_cifar, tiny_data):
     model_cfg = {"num_classes": 10, "base_width": 4, "in_channels": 3, "eca": "parallel",
                  "eca_k": None, "image_size": 32}
     r50 = save_checkpoint(str(d / "r50_teacher.pth"), create_model("resnet50", base_width=4,
-                                                                    eca="parallel"),
+                                                                    placement="parallel"),
                           arch="resnet50", role="teacher", model_cfg=model_cfg, data_cfg=data_cfg,
                           metrics={"val": {"acc": 10.0, "loss": 2.3}}, epoch=1)
     # a resnet18's weights labelled as a resnet34
     mislabelled = save_checkpoint(str(d / "mislabelled.pth"),
-                                  create_model("resnet18", base_width=4, eca="parallel"),
+                                  create_model("resnet18", base_width=4, placement="parallel"),
                                   arch="resnet34", role="teacher", model_cfg=model_cfg,
                                   data_cfg=data_cfg, epoch=1)
     # a sound teacher, but for 100 classes
     c100 = save_checkpoint(str(d / "c100.pth"),
-                           create_model("resnet18", num_classes=100, base_width=4, eca="parallel"),
+                           create_model("resnet18", num_classes=100, base_width=4, placement="parallel"),
                            arch="resnet18", role="teacher",
                            model_cfg={**model_cfg, "num_classes": 100},
                            data_cfg={**data_cfg, "num_classes": 100}, epoch=1)

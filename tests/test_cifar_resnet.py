@@ -103,7 +103,7 @@ def test_structure_matches_reference(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_forward_backward_features(name, eca):
     torch.manual_seed(0)
-    model = create_model(name, num_classes=10, base_width=SMALL, eca=eca).train()
+    model = create_model(name, num_classes=10, base_width=SMALL, placement=eca).train()
     shapes = feature_shapes(model)
     x, y = torch.randn(2, 3, 32, 32), torch.tensor([1, 7])
     out = model.request_features(FEATURES)(x)
@@ -147,7 +147,7 @@ def test_hint_shape_default_width(name):
 @pytest.mark.parametrize("name", ["resnet8", "resnet20", "resnet8x4"])
 def test_hint_is_stage3_projection_and_forward_hint(name, eca):
     torch.manual_seed(0)
-    model = create_model(name, base_width=SMALL, eca=eca).eval()
+    model = create_model(name, base_width=SMALL, placement=eca).eval()
     assert model.hint_block is model.stages[2][0]
     seen = {}
     model.hint_block.shortcut.register_forward_hook(lambda m, i, o: seen.__setitem__("s", o))
@@ -167,20 +167,20 @@ def _blocks(model):
 @pytest.mark.parametrize("name", ["resnet14", "resnet8x4"])
 def test_eca_placements(name):
     n = (CIFAR_RESNETS[name][0] - 2) // 6
-    m = create_model(name, base_width=SMALL, eca="parallel")
+    m = create_model(name, base_width=SMALL, placement="parallel")
     assert [s for s, _, b in _blocks(m) if isinstance(b.shortcut_attn, ParallelECA)] == [0] * n
     assert not [x for x in m.modules() if isinstance(x, ECA)]
-    m = create_model(name, base_width=SMALL, eca="last")
+    m = create_model(name, base_width=SMALL, placement="last")
     ecas = [x for x in m.modules() if isinstance(x, ECA)]
     assert len(ecas) == 1 and m.hint_block.attn is ecas[0]
-    m = create_model(name, base_width=SMALL, eca="all", attn="se")
+    m = create_model(name, base_width=SMALL, placement="all", attn="se")
     assert all(b.attn is not None and b.shortcut_attn is None for _, _, b in _blocks(m))
     assert sum(b.attn is not None for _, _, b in _blocks(m)) == 3 * n
 
 
 def test_unknown_placement_and_depth_refused():
     with pytest.raises(ValueError, match="parallel"):
-        create_model("resnet20", base_width=SMALL, eca="first")
+        create_model("resnet20", base_width=SMALL, placement="first")
     with pytest.raises(ValueError, match="6n\\+2"):
         skipkd.models.cifar_resnet.cifar_resnet(21, base_width=SMALL)
 
@@ -190,7 +190,7 @@ def test_reference_init():
     """RepDistiller's: Conv2d kaiming_normal_ (fan_out, ReLU gain), BN 1/0, the Linear head at
     PyTorch's default (bias non-zero); attention modules orthogonal (ECA kernel a unit vector)."""
     torch.manual_seed(0)
-    model = create_model("resnet32x4", eca="parallel")
+    model = create_model("resnet32x4", placement="parallel")
     conv = model.stages[2][1].residual[3]                     # 3x3, 256 -> 256
     fan_out = conv.out_channels * 9
     assert conv.weight.std().item() == pytest.approx((2 / fan_out) ** 0.5, rel=0.02)
@@ -206,7 +206,7 @@ def test_reference_init():
 @pytest.mark.parametrize("name, eca", [("resnet20", "parallel"), ("resnet8x4", "all")])
 def test_channels_last_and_bf16_autocast(name, eca):
     torch.manual_seed(0)
-    model = create_model(name, base_width=SMALL, eca=eca).eval()
+    model = create_model(name, base_width=SMALL, placement=eca).eval()
     cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
     x = torch.randn(2, 3, 32, 32)
     xc = x.contiguous(memory_format=torch.channels_last)

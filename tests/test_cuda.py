@@ -58,10 +58,10 @@ def true_fp32():
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
 
 
-def _pair(seed=0, eca="parallel"):
+def _pair(seed=0, placement="parallel"):
     torch.manual_seed(seed)
-    teacher = create_model("resnet34", base_width=WIDTH, eca=eca)
-    student = create_model("resnet18", base_width=WIDTH, eca=eca)
+    teacher = create_model("resnet34", base_width=WIDTH, placement=placement)
+    student = create_model("resnet18", base_width=WIDTH, placement=placement)
     fmt = torch.channels_last
     return teacher.to(DEVICE, memory_format=fmt), student.to(DEVICE, memory_format=fmt)
 
@@ -131,7 +131,7 @@ def test_mixed_precision_distillation_agrees_with_fp32(data, fp32_epoch, precisi
 def test_every_kd_term_runs_in_mixed_precision(data, mode, precision):
     """Every registered distillation mode: finite loss and gradients under bf16 (and fp16)
     autocast, within that precision's tolerance of the same batch in fp32."""
-    teacher, student = _pair(eca="none")
+    teacher, student = _pair(placement="none")
     s_hint, t_hint = _hint_shapes(student, teacher)
     loss_fn = DistillationLoss(mode, teacher, context=TermContext(
         student_shapes={"hint": s_hint}, teacher_shapes={"hint": t_hint})).to(DEVICE)

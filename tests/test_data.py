@@ -296,7 +296,7 @@ def test_str2bool_rejects(text):
 
 def _parse(argv):
     p = common_parser("test")
-    return finalize_args(p, p.parse_args(argv), default_eca="none")
+    return finalize_args(p, p.parse_args(argv), default_placement="none")
 
 
 def test_bool_flags_via_cli(capsys):
@@ -307,9 +307,9 @@ def test_bool_flags_via_cli(capsys):
     assert _parse(["--no-shuffle"]).shuffle is False
     assert _parse(["--tensorboard", "0"]).tensorboard is False
     args = _parse(["--ECA", "no"])
-    assert args.eca == "none"
-    assert _parse(["--ECA", "yes"]).eca == "parallel"
-    assert _parse(["--ECA", "yes", "--ECA_block", "last"]).eca == "last"
+    assert args.placement == "none"
+    assert _parse(["--ECA", "yes"]).placement == "parallel"
+    assert _parse(["--ECA", "yes", "--ECA_block", "last"]).placement == "last"
     with pytest.raises(SystemExit) as exc:
         _parse(["--shuffle", "maybe"])
     assert exc.value.code == 2

@@ -265,7 +265,7 @@ def test_split_indices_disjoint_stratified_deterministic():
 
 def _args(argv):
     p = common_parser("test")
-    return finalize_args(p, p.parse_args(argv), default_eca="none")
+    return finalize_args(p, p.parse_args(argv), default_placement="none")
 
 
 def test_prepare_data_and_make_loaders_with_val_split(tmp_path):

@@ -136,7 +136,7 @@ def test_bn_recalibration_is_the_average_of_batch_statistics():
 def test_eca_convolutions_are_orthogonally_initialised():
     """SPEC: orthogonal init for conv weights; for ECA's 1 x k kernel that is a unit vector."""
     for eca in ("parallel", "all"):
-        model = create_model("resnet18", base_width=8, eca=eca)
+        model = create_model("resnet18", base_width=8, placement=eca)
         convs = [m for m in model.modules() if isinstance(m, nn.Conv1d)]
         assert convs
         for c in convs:  # a unit vector, up to float32 rounding of its k entries

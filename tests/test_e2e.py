@@ -94,7 +94,7 @@ def test_kd_run_summary(kd_run):
     assert {"teacher", "student", "dataset", "args"} <= set(s)
     t, st = s["teacher"], s["student"]
     assert (t["arch"], st["arch"]) == ("resnet34", "resnet18")
-    assert t["eca"] == st["eca"] == "parallel"
+    assert t["placement"] == st["placement"] == "parallel"
     assert st["kd"] == "skip" and st["alpha"] == 0.3
     assert st["hint_shape"] == st["teacher_hint_shape"] == [32, 4, 4]
     assert st["connector_params"] == 0
@@ -151,7 +151,7 @@ def test_kd_checkpoints_reproduce_logged_accuracy(kd_run, test_loader_for, role)
     assert best["metrics"]["val"]["acc"] == pytest.approx(hist.max())
     cfg = best["model"]
     assert cfg["arch"] == ("resnet34" if role == "teacher" else "resnet18")
-    assert (cfg["eca"], cfg["base_width"], cfg["num_classes"]) == ("parallel", 4, 10)
+    assert (cfg["placement"], cfg["base_width"], cfg["num_classes"]) == ("parallel", 4, 10)
     assert best["data"]["dataset"] == "cifar10"
 
 
@@ -198,11 +198,11 @@ def test_baseline_run(baseline_run, test_loader_for):
             assert _npy(out, f"{split}_{metric}_{BASE_KEY}.npy").shape == (EPOCHS,)
     s = _summary(out, BASE_KEY)
     assert s["script"] == "model_training.py"
-    assert s["baseline"]["arch"] == "resnet18" and s["baseline"]["eca"] == "all"
+    assert s["baseline"]["arch"] == "resnet18" and s["baseline"]["placement"] == "all"
     hist = _npy(out, f"val_accuracy_{BASE_KEY}.npy")
     ckpt = _check_checkpoint(_ckpt(out, f"{BASE_KEY}_baseline.pth"), test_loader_for,
                              "baseline", hist)
-    assert ckpt["model"]["eca"] == "all"
+    assert ckpt["model"]["placement"] == "all"
     assert os.path.isfile(_ckpt(out, f"{BASE_KEY}_baseline_last.pth"))
     events = sorted(_scalars(os.path.join(out, "runs", BASE_KEY))["baseline/val_accuracy"])
     assert [step for step, _ in events] == list(range(EPOCHS))
@@ -272,12 +272,12 @@ def test_original_aliases_and_no_overwrite(tmp_path, run, tiny_cifar):
         assert _npy(out, f"train_loss_{role}_orig_pair.npy").shape == (1,)
     s = _summary(out, "orig_pair")
     a = s["args"]
-    assert (a["teacher"], a["student"], a["eca"]) == ("resnet34", "resnet18", "last")
+    assert (a["teacher"], a["student"], a["placement"]) == ("resnet34", "resnet18", "last")
     assert (a["batch_size"], a["epochs"], a["lr"]) == (50, 1, 0.05)
     assert (a["momentum"], a["weight_decay"], a["alpha"]) == (0.8, 1e-4, 0.5)
     assert s["student"]["alpha"] == 0.5
     ckpt = torch.load(_ckpt(out, "orig_pair_student.pth"), weights_only=True)
-    assert ckpt["model"]["eca"] == "last" and ckpt["model"]["arch"] == "resnet18"
+    assert ckpt["model"]["placement"] == "last" and ckpt["model"]["arch"] == "resnet18"
     assert any(k.startswith("stages.3.0.attn.conv") for k in ckpt["state_dict"])
 
     before = _files_digest(out)

@@ -79,4 +79,4 @@ def test_attn_placement_is_the_flag_and_eca_its_alias(tmp_path):
     for script in (model_training, model_training_mid):
         for flag in ("--attn-placement", "--eca", "--eca-placement"):
             args = script.parse_args([flag, "last", "--output-dir", str(tmp_path)])
-            assert args.eca == "last", (script.__name__, flag)
+            assert args.placement == "last", (script.__name__, flag)

@@ -191,8 +191,8 @@ def _snapshot(model):
 @pytest.mark.parametrize("mode", ["skip", "logit", "skip+logit"])
 def test_teacher_frozen_during_distillation(mode):
     torch.manual_seed(0)
-    teacher = create_model("resnet34", base_width=4, eca="parallel")
-    student = create_model("resnet18", base_width=4, eca="parallel")
+    teacher = create_model("resnet34", base_width=4, placement="parallel")
+    student = create_model("resnet18", base_width=4, placement="parallel")
     # give the teacher non-trivial BN statistics first, so "unchanged" is meaningful
     teacher.train()
     with torch.no_grad():
@@ -302,13 +302,13 @@ def test_skip_loss_with_identity_is_mse():
 def test_fast_teacher_gives_the_same_loss(teacher_arch, mode):
     """The BN-folded, hint-only teacher path computes the same loss as the plain teacher."""
     torch.manual_seed(0)
-    teacher = create_model(teacher_arch, base_width=8, eca="parallel")
+    teacher = create_model(teacher_arch, base_width=8, placement="parallel")
     teacher.train()
     with torch.no_grad():  # move BN statistics away from their init so folding matters
         for _ in range(3):
             teacher(torch.randn(16, 3, 32, 32))
     teacher.eval()
-    student = create_model("resnet18", base_width=8, eca="parallel")
+    student = create_model("resnet18", base_width=8, placement="parallel")
     x, y = torch.randn(6, 3, 32, 32), torch.randint(0, 10, (6,))
     t_shape = tuple(teacher(x[:1]).hint.shape[1:])
     s_shape = tuple(student(x[:1]).hint.shape[1:])

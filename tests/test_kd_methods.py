@@ -44,9 +44,9 @@ def _terms_for(student, teacher):
 def test_every_term_trains_the_student_and_its_own_parts_only(student_arch, s_width, teacher_arch,
                                                               t_width, placement):
     torch.manual_seed(0)
-    student = create_model(student_arch, base_width=s_width, eca=placement)
+    student = create_model(student_arch, base_width=s_width, placement=placement)
     t_placement = placement if placement in MODELS[teacher_arch].placements else "none"
-    teacher = create_model(teacher_arch, base_width=t_width, eca=t_placement).eval()
+    teacher = create_model(teacher_arch, base_width=t_width, placement=t_placement).eval()
     labels = torch.arange(N) % 10
     loss_fn = DistillationLoss(_terms_for(student, teacher), teacher,
                                context=_context(student, teacher, labels), fast_teacher=False)

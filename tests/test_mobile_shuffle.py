@@ -125,9 +125,9 @@ def test_registry_aliases_widths_and_placements():
 
 def test_undefined_placement_is_refused():
     with pytest.raises(ValueError, match="parallel"):
-        create_model("shufflev2", base_width=16, eca="parallel")
+        create_model("shufflev2", base_width=16, placement="parallel")
     with pytest.raises(ValueError):
-        create_model("mobilenetv2", base_width=8, eca="first")
+        create_model("mobilenetv2", base_width=8, placement="first")
 
 
 @pytest.mark.parametrize("name, width", [("shufflev1", 8), ("shufflev2", 15), ("shufflev2", 0),
@@ -141,7 +141,7 @@ def test_invalid_base_width_is_refused(name, width):
 @pytest.mark.parametrize("name, eca", [(n, p) for n in NAMES for p in PLACEMENTS[n]])
 def test_forward_backward_features(name, eca):
     torch.manual_seed(0)
-    model = create_model(name, num_classes=10, base_width=SMALL[name], eca=eca)
+    model = create_model(name, num_classes=10, base_width=SMALL[name], placement=eca)
     shapes = feature_shapes(model)
     x = torch.randn(2, 3, 32, 32)
     model.train().request_features(FEATURES)
@@ -205,33 +205,33 @@ def _attention(model):
 
 
 def test_placements_put_attention_where_documented():
-    mult, add, units = _attention(create_model("mobilenetv2", eca="all"))
+    mult, add, units = _attention(create_model("mobilenetv2", placement="all"))
     assert len(units) == 17 and all(mult) and not any(add)
-    mult, add, _ = _attention(create_model("mobilenetv2", eca="last"))
+    mult, add, _ = _attention(create_model("mobilenetv2", placement="last"))
     assert mult == [False] * 16 + [True] and not any(add)
-    model = create_model("mobilenetv2", eca="parallel")
+    model = create_model("mobilenetv2", placement="parallel")
     mult, add, units = _attention(model)
     assert not any(mult) and add == [False, False, True] + [False] * 14  # the 12 -> 12 block
     assert model.stages[0][2].shortcut_attn.k_size == 3  # ECA's adaptive kernel for 12 channels
 
-    mult, add, units = _attention(create_model("shufflev1", eca="all"))
+    mult, add, units = _attention(create_model("shufflev1", placement="all"))
     assert len(units) == 16 and all(mult) and not any(add)
     # ECA's adaptive kernel of the branch widths: 216 (first unit), then 240
     assert [u.attn.k_size for u in units[:2]] == [eca_kernel_size(216), eca_kernel_size(240)]
-    mult, add, _ = _attention(create_model("shufflev1", eca="last"))
+    mult, add, _ = _attention(create_model("shufflev1", placement="last"))
     assert mult == [False] * 15 + [True] and not any(add)
-    mult, add, _ = _attention(create_model("shufflev1", eca="parallel"))
+    mult, add, _ = _attention(create_model("shufflev1", placement="parallel"))
     assert not any(mult) and add == [False, True, True, True] + [False] * 12
 
-    mult, _, units = _attention(create_model("shufflev2", eca="all", attn="se"))
+    mult, _, units = _attention(create_model("shufflev2", placement="all", attn="se"))
     assert len(units) == 16 and all(mult)  # 4 + 8 + 4 units (down-sampling ones included)
     assert units[0].attn.fc1.in_channels == 58
-    mult, _, _ = _attention(create_model("shufflev2", eca="last", eca_k=5))
+    mult, _, _ = _attention(create_model("shufflev2", placement="last", eca_k=5))
     assert mult == [False] * 15 + [True]
 
 
 def test_parallel_attention_is_additive_on_the_identity():
-    model = create_model("shufflev1", base_width=6, eca="parallel").eval()
+    model = create_model("shufflev1", base_width=6, placement="parallel").eval()
     unit = model.stages[0][1]
     x = torch.rand(1, 60, 16, 16)
     with torch.no_grad():
@@ -286,7 +286,7 @@ def test_mobilenetv2_blocks():
 # ------------------------------------------------------------------ init
 def test_init():
     torch.manual_seed(0)
-    mb = create_model("mobilenetv2", num_classes=100, eca="all")
+    mb = create_model("mobilenetv2", num_classes=100, placement="all")
     assert torch.all(mb.fc.bias == 0) and abs(mb.fc.weight.std().item() - 0.01) < 1e-3
     conv = mb.head[0]  # N(0, sqrt(2 / (1 * 1 * 1280)))
     assert abs(conv.weight.std().item() - (2 / 1280) ** 0.5) < 2e-3
@@ -309,7 +309,7 @@ def test_init():
 def test_channels_last_and_bf16_autocast(name):
     torch.manual_seed(0)
     eca = "all"
-    model = create_model(name, num_classes=10, base_width=SMALL[name], eca=eca).eval()
+    model = create_model(name, num_classes=10, base_width=SMALL[name], placement=eca).eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         ref = model(x).logits

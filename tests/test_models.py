@@ -28,7 +28,7 @@ def test_registry_and_placements():
 @pytest.mark.parametrize("name", ALL_MODELS)
 def test_forward_backward(name, eca):
     torch.manual_seed(0)
-    model = create_model(name, num_classes=10, base_width=8, eca=eca)
+    model = create_model(name, num_classes=10, base_width=8, placement=eca)
     model.train()
     x = torch.randn(2, 3, 32, 32)
     y = torch.tensor([1, 7])
@@ -102,7 +102,7 @@ def test_hint_shape_other_image_sizes(name, size):
 def test_hint_is_projection_shortcut_output(name, eca):
     """The hint is the hint block's shortcut (conv + BN) output, before the residual add."""
     torch.manual_seed(0)
-    model = create_model(name, base_width=8, eca=eca).eval()
+    model = create_model(name, base_width=8, placement=eca).eval()
     expected_block = model.stages[3 if name in BASIC else 2][0]
     assert model.hint_block is expected_block
     assert isinstance(expected_block.shortcut[0], nn.Conv2d)
@@ -128,18 +128,18 @@ def test_eca_kernel_rule():
 
 
 def test_eca_kernel_default_and_override():
-    model = create_model("resnet18", base_width=64, eca="all")
+    model = create_model("resnet18", base_width=64, placement="all")
     for blk in (b for stage in model.stages for b in stage):
         c = blk.residual[-1].num_features
         assert blk.attn.k_size == eca_kernel_size(c)
         assert blk.attn.conv.weight.shape == (1, 1, eca_kernel_size(c))
-    model = create_model("resnet18", base_width=8, eca="all", eca_k=7)
+    model = create_model("resnet18", base_width=8, placement="all", eca_k=7)
     sizes = {m.k_size for m in model.modules() if isinstance(m, (ECA, ParallelECA))}
     assert sizes == {7}
-    model = create_model("resnet18", base_width=8, eca="parallel", eca_k=1)
+    model = create_model("resnet18", base_width=8, placement="parallel", eca_k=1)
     assert {m.conv.weight.shape[-1] for m in model.modules() if isinstance(m, ParallelECA)} == {1}
     with pytest.raises(ValueError):
-        create_model("resnet18", base_width=8, eca="all", eca_k=4)
+        create_model("resnet18", base_width=8, placement="all", eca_k=4)
     with pytest.raises(ValueError):
         ECA(16, k_size=0)
 
@@ -154,11 +154,11 @@ def test_eca_placement(name):
     layers = ARCHS[name][1]
     hint_stage = 3 if name in BASIC else 2
 
-    m = create_model(name, base_width=4, eca="none")
+    m = create_model(name, base_width=4, placement="none")
     assert not [x for x in m.modules() if isinstance(x, (ECA, ParallelECA))]
     assert all(b.attn is None and b.shortcut_attn is None for _, _, b in _blocks(m))
 
-    m = create_model(name, base_width=4, eca="parallel")
+    m = create_model(name, base_width=4, placement="parallel")
     par = [x for x in m.modules() if isinstance(x, ParallelECA)]
     assert len(par) == layers[0]
     assert not [x for x in m.modules() if isinstance(x, ECA)]
@@ -171,14 +171,14 @@ def test_eca_placement(name):
         else:
             assert b.shortcut_attn is None
 
-    m = create_model(name, base_width=4, eca="last")
+    m = create_model(name, base_width=4, placement="last")
     ecas = [x for x in m.modules() if isinstance(x, ECA)]
     assert len(ecas) == 1 and not [x for x in m.modules() if isinstance(x, ParallelECA)]
     assert m.hint_block is m.stages[hint_stage][0]
     assert m.hint_block.attn is ecas[0]
     assert all(b.shortcut_attn is None for _, _, b in _blocks(m))
 
-    m = create_model(name, base_width=4, eca="all")
+    m = create_model(name, base_width=4, placement="all")
     ecas = [x for x in m.modules() if isinstance(x, ECA)]
     assert len(ecas) == sum(layers)
     assert all(isinstance(b.attn, ECA) and b.shortcut_attn is None for _, _, b in _blocks(m))
@@ -187,7 +187,7 @@ def test_eca_placement(name):
 
 def test_unknown_placement_raises():
     with pytest.raises(ValueError, match="parallel"):
-        create_model("resnet18", base_width=4, eca="first")
+        create_model("resnet18", base_width=4, placement="first")
 
 
 # ------------------------------------------------------------------ ECA maths
@@ -239,7 +239,7 @@ def test_parallel_eca_block_adds_to_shortcut(name):
     """relu(residual(x) + s + sigmoid(conv1d(GAP(s)))) for every stage-1 block."""
     torch.manual_seed(0)
     # the equations: float64 on both sides (the block adds in another order)
-    model = create_model(name, base_width=8, eca="parallel").eval().double()
+    model = create_model(name, base_width=8, placement="parallel").eval().double()
     with torch.no_grad():
         x = model.stem(torch.randn(2, 3, 32, 32, dtype=torch.float64))
         for blk in model.stages[0]:
@@ -256,7 +256,7 @@ def test_parallel_eca_block_adds_to_shortcut(name):
 # ------------------------------------------------------------------ initialisation
 @pytest.mark.parametrize("name", ["resnet18", "resnet50"])
 def test_orthogonal_conv_and_bn_init(name):
-    model = create_model(name, base_width=8, eca="all")
+    model = create_model(name, base_width=8, placement="all")
     n_checked = 0
     for mod_name, m in model.named_modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
@@ -311,7 +311,7 @@ def _depth(model):
 @pytest.mark.parametrize("name, eca", [("resnet18", "parallel"), ("resnet50", "all")])
 def test_channels_last_matches_contiguous(name, eca):
     torch.manual_seed(0)
-    model = create_model(name, base_width=8, eca=eca).eval()
+    model = create_model(name, base_width=8, placement=eca).eval()
     cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
     assert cl.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
     x = torch.randn(2, 3, 32, 32)
@@ -344,7 +344,7 @@ def test_channels_last_gradients_match_contiguous(name, width):
     with one thread, where float64 agrees to 1e-14); the kernel bug this guards against gave
     errors of up to 69 times the largest entry."""
     torch.manual_seed(0)
-    model = create_model(name, base_width=width, eca="parallel").train()
+    model = create_model(name, base_width=width, placement="parallel").train()
     cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
     x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
     F.cross_entropy(model(x).logits, y).backward()

@@ -87,7 +87,7 @@ def test_se_is_placed_where_eca_would_be():
     from skipkd.models import SE, ParallelSE, create_model
     from skipkd.models.attention import ECA, ParallelECA
     for placement, kinds in (("parallel", {ParallelSE}), ("all", {SE}), ("last", {SE})):
-        model = create_model("resnet18", base_width=8, eca=placement, attn="se")
+        model = create_model("resnet18", base_width=8, placement=placement, attn="se")
         found = {type(m) for m in model.modules() if isinstance(m, (SE, ParallelSE, ECA, ParallelECA))}
         assert found == kinds, (placement, found)
         out = model(torch.randn(2, 3, 32, 32))
@@ -127,7 +127,7 @@ def test_an_attention_registered_in_a_test_trains_and_reloads(toy_attention, tmp
     model_training.main(args)
     path = str(tmp_path / "saved_pth_model" / "gate_baseline.pth")
     ckpt = load_checkpoint(path)
-    assert (ckpt["model"]["attn"], ckpt["model"]["eca"]) == ("toygate", "all")
+    assert (ckpt["model"]["attn"], ckpt["model"]["placement"]) == ("toygate", "all")
     model = model_from_checkpoint(ckpt, path)
     gates = [m for m in model.modules() if isinstance(m, toy_attention[0])]
     assert len(gates) == 8  # every block of a resnet18
@@ -137,7 +137,7 @@ def test_an_attention_registered_in_a_test_trains_and_reloads(toy_attention, tmp
 def test_checkpoints_from_before_the_attention_choice_load_as_eca(tmp_path):
     from skipkd.models import create_model
     from skipkd.io.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-    model = create_model("resnet18", base_width=4, eca="parallel")
+    model = create_model("resnet18", base_width=4, placement="parallel")
     cfg = {"num_classes": 10, "base_width": 4, "in_channels": 3, "eca": "parallel",
            "eca_k": None, "image_size": 32}  # no 'attn': as written before the registry
     data = {"dataset": "synthetic", "mean": [0.5] * 3, "std": [0.25] * 3, "num_classes": 10,

@@ -250,7 +250,7 @@ _DELETE = object()
 # id: (section, key, value, field named in the message)
 TAMPERED = {
     "unknown-arch": ("model", "arch", "resnet19", "model.arch"),
-    "bad-eca": ("model", "eca", "everywhere", "model.eca"),
+    "bad-placement": ("model", "placement", "everywhere", "model.placement"),
     "width-str": ("model", "base_width", "4", "model.base_width"),
     "width-zero": ("model", "base_width", 0, "model.base_width"),
     "width-bool": ("model", "base_width", True, "model.base_width"),
@@ -264,7 +264,7 @@ TAMPERED = {
     "mean-nan": ("data", "mean", [0.5, float("nan"), 0.5], "data.mean"),
     "mean-str": ("data", "mean", "0.5", "data.mean"),
 }
-IN_SCRIPT = ("unknown-arch", "bad-eca", "width-str", "width-zero", "std-zero", "std-wrong-length",
+IN_SCRIPT = ("unknown-arch", "bad-placement", "width-str", "width-zero", "std-zero", "std-wrong-length",
              "classes-negative")
 
 
@@ -331,7 +331,7 @@ def test_teacher_of_another_shape_is_refused(tiny_ckpt, tiny_cifar, tmp_path, ru
     cfg = {k: v for k, v in real["model"].items() if k != "arch"}
     cfg[field] = value
     model = create_model("resnet18", num_classes=cfg["num_classes"], base_width=4,
-                         eca="parallel")
+                         placement="parallel")
     path = save_checkpoint(str(tmp_path / "teacher.pth"), model, arch="resnet18", role="teacher",
                            model_cfg=cfg, data_cfg={**real["data"], field: value})
     out = tmp_path / "out"

@@ -120,7 +120,7 @@ def _family(name):
 @pytest.mark.parametrize("name, eca", CASES)
 def test_forward_backward_and_contract(name, eca):
     torch.manual_seed(0)
-    model = create_model(name, num_classes=10, base_width=SMALL[_family(name)], eca=eca)
+    model = create_model(name, num_classes=10, base_width=SMALL[_family(name)], placement=eca)
     shapes = feature_shapes(model)
     model.train().request_features(FEATURES)
     x, y = torch.randn(2, 3, 32, 32), torch.tensor([1, 7])
@@ -201,7 +201,7 @@ def test_wrn_hint_default_width(name):
 @pytest.mark.parametrize("eca", WRN_PLACEMENTS)
 def test_wrn_hint_is_projection_output(eca):
     torch.manual_seed(0)
-    model = create_model("wrn_16_2", base_width=4, eca=eca).eval()
+    model = create_model("wrn_16_2", base_width=4, placement=eca).eval()
     block = model.stages[2][0]
     assert model.hint_block is block
     assert isinstance(block.shortcut, nn.Conv2d) and block.shortcut.kernel_size == (1, 1)
@@ -238,12 +238,12 @@ def test_wrn_placements(name):
     n = (depth - 4) // 6
     m = create_model(name, base_width=4)
     assert not _attn(m, (ECA, ParallelECA))
-    m = create_model(name, base_width=4, eca="parallel")
+    m = create_model(name, base_width=4, placement="parallel")
     assert not _attn(m, ECA) and len(_attn(m, ParallelECA)) == n
     assert all(isinstance(b.shortcut_attn, ParallelECA) for b in m.stages[0])
-    m = create_model(name, base_width=4, eca="last")
+    m = create_model(name, base_width=4, placement="last")
     assert _attn(m, ECA) == [m.hint_block.attn] and not _attn(m, ParallelECA)
-    m = create_model(name, base_width=4, eca="all")
+    m = create_model(name, base_width=4, placement="all")
     assert len(_attn(m, ECA)) == 3 * n and not _attn(m, ParallelECA)
     for b in (b for stage in m.stages for b in stage):
         assert b.attn.k_size == eca_kernel_size(b.branch[-1].out_channels)
@@ -253,7 +253,7 @@ def test_wrn_parallel_block_adds_attention_to_shortcut():
     torch.manual_seed(0)
     for name in ("wrn_16_1", "wrn_16_2"):  # identity, then projection, first shortcuts
         # the equations: float64 on both sides (the block adds in another order)
-        model = create_model(name, base_width=4, eca="parallel").eval().double()
+        model = create_model(name, base_width=4, placement="parallel").eval().double()
         with torch.no_grad():
             x = model.stem(torch.randn(2, 3, 32, 32, dtype=torch.float64))
             blk = model.stages[0][0]
@@ -268,11 +268,11 @@ def test_vgg_placements(name):
     n_convs = sum(VGG_ARCHS[name])
     m = create_model(name, base_width=4)
     assert not _attn(m, (ECA, ParallelECA))
-    m = create_model(name, base_width=4, eca="last")
+    m = create_model(name, base_width=4, placement="last")
     ecas = _attn(m, ECA)
     assert len(ecas) == 1 and m.stages[-1][-1] is ecas[0]
     assert isinstance(m.stages[-1][-2], nn.BatchNorm2d)
-    m = create_model(name, base_width=4, eca="all", eca_k=5)
+    m = create_model(name, base_width=4, placement="all", eca_k=5)
     assert len(_attn(m, ECA)) == n_convs and not _attn(m, ParallelECA)
     for stage in (m.stem, *m.stages):
         layers = list(stage)
@@ -283,16 +283,16 @@ def test_vgg_placements(name):
 
 def test_refused_placements():
     with pytest.raises(ValueError, match="none, last, all"):
-        create_model("vgg13", base_width=4, eca="parallel")
+        create_model("vgg13", base_width=4, placement="parallel")
     with pytest.raises(ValueError):
-        VGG(VGG_ARCHS["vgg8"], base_width=4, eca="parallel")
+        VGG(VGG_ARCHS["vgg8"], base_width=4, placement="parallel")
     with pytest.raises(ValueError, match="parallel"):
-        create_model("wrn_16_1", base_width=4, eca="first")
+        create_model("wrn_16_1", base_width=4, placement="first")
 
 
 @pytest.mark.parametrize("name", ["wrn_16_1", "vgg8"])
 def test_se_attention_and_in_channels(name):
-    model = create_model(name, num_classes=7, base_width=4, in_channels=1, eca="all", attn="se")
+    model = create_model(name, num_classes=7, base_width=4, in_channels=1, placement="all", attn="se")
     assert _attn(model, SE)
     assert model.stem[0].in_channels == 1  # stem[0]: the first convolution in every family
     out = model(torch.randn(2, 1, 32, 32))
@@ -302,7 +302,7 @@ def test_se_attention_and_in_channels(name):
 # ------------------------------------------------------------------ init
 def test_wrn_reference_init():
     torch.manual_seed(0)
-    model = create_model("wrn_40_2", num_classes=100, eca="last")
+    model = create_model("wrn_40_2", num_classes=100, placement="last")
     w = model.stages[2][1].branch[0].weight  # 3x3, 128 -> 128
     assert abs(w.std().item() / (2 / (9 * 128)) ** 0.5 - 1) < 0.03
     w = model.hint_block.shortcut.weight     # 1x1, 64 -> 128
@@ -327,7 +327,7 @@ def test_vgg_reference_init():
 @pytest.mark.parametrize("name, eca", [("wrn_16_2", "all"), ("vgg11", "all"), ("vgg8", "none")])
 def test_fold_batchnorm_keeps_outputs(name, eca):
     torch.manual_seed(0)
-    model = create_model(name, base_width=4, eca=eca)
+    model = create_model(name, base_width=4, placement=eca)
     model.train()
     with torch.no_grad():  # non-trivial running statistics
         model(torch.randn(8, 3, 32, 32) * 2 + 0.5)
@@ -347,7 +347,7 @@ def test_fold_batchnorm_keeps_outputs(name, eca):
                                        ("vgg8", "all"), ("vgg13", "last")])
 def test_channels_last_and_bf16_autocast(name, eca):
     torch.manual_seed(0)
-    model = create_model(name, base_width=4, eca=eca).eval()
+    model = create_model(name, base_width=4, placement=eca).eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         ref = model(x)

@@ -89,7 +89,7 @@ def plan(args, out, work):
             continue
         tag = "" if i == 0 else f"_{student}"
         common = [py, os.path.join(REPO, "benchmark.py"), "--device", dev, "--teacher", teacher,
-                  "--student", student, "--eca", eca, "--kd", "skip", "--channels-last", *size]
+                  "--student", student, "--placement", eca, "--kd", "skip", "--channels-last", *size]
         parts.append((f"bench{tag}", 100 if i == 0 else 45,
                       common + ["--precisions", "fp32,bf16", "--no-compile",
                                 "--benches", "teacher,distill,eval" if i == 0 else "distill",
@@ -116,7 +116,7 @@ def plan(args, out, work):
         fm_dir = local if os.path.isdir(local) else "/usr/share/datasets/fashion-mnist"
     fm = [py, os.path.join(REPO, "model_training_mid.py"), "--dataset", "fashion-mnist",
           "--data-dir", fm_dir, "--teacher", "resnet34", "--student", "resnet18", "--kd", "skip",
-          "--eca", "parallel", "--device", dev, "--val-split", "0.1", "--no-progress",
+          "--placement", "parallel", "--device", dev, "--val-split", "0.1", "--no-progress",
           "--output-dir", os.path.join(work, "fmnist"), "--run-name", "gpu_check"]
     fm += (["--width", "4", "--epochs", "1", "--batch-size", "32"] if dry else
            ["--width", "64", "--epochs", "4", "--batch-size", "256", "--eval-batch-size", "1024"])
@@ -133,7 +133,7 @@ def plan(args, out, work):
     # in fp32, as the weak teacher of h200_check_1 ran in bf16 (--precision auto)
     for tag, arch, precision in DEPTH_RUNS:
         argv = [py, os.path.join(REPO, "model_training.py"), "--dataset", "fashion-mnist",
-                "--data-dir", fm_dir, "--model", arch, "--eca", "parallel", "--device", dev,
+                "--data-dir", fm_dir, "--model", arch, "--placement", "parallel", "--device", dev,
                 "--val-split", "0.1", "--no-progress", "--no-tensorboard", "--precision",
                 precision, "--output-dir", os.path.join(work, "depth"), "--run-name", tag]
         argv += (["--width", "4", "--epochs", "1", "--batch-size", "32"] if dry else

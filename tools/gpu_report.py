@@ -88,7 +88,7 @@ def markdown(summary):
     for name, bench in summary.get("benchmarks", {}).items():
         cfg = bench["config"]
         lines += ["", f"## {name}: {cfg['teacher']} -> {cfg['student']}, width {cfg['width']}, "
-                      f"batch {cfg['batch_size']}, eca {cfg['eca']}, kd {cfg['kd']}, compile "
+                      f"batch {cfg['batch_size']}, placement {cfg.get('placement', cfg.get('eca'))}, kd {cfg['kd']}, compile "
                       f"{cfg['compile']} ({bench.get('device_name')})", "",
                   "| bench | path | precision | images/s (median) | repeats | x ref | peak MiB |",
                   "|---|---|---|---:|---:|---:|---:|"]

@@ -67,7 +67,7 @@ def main(args):
               *_size_flags(size)]
     log = open_append(os.path.join(args.work, "log.txt"))
     t0 = time.perf_counter()
-    _run([py, os.path.join(REPO, "model_training.py"), "--model", "resnet20", "--eca", "none",
+    _run([py, os.path.join(REPO, "model_training.py"), "--model", "resnet20", "--placement", "none",
           "--epochs", str(size["teacher_epochs"]), "--device", device, "--output-dir",
           os.path.join(args.work, "teacher"), "--run-name", "teacher", *common], env, log)
     teacher_s = time.perf_counter() - t0

@@ -118,7 +118,8 @@ def _float_list(value, field, length, path, positive=False):
 # ending in its own one-line error.
 def validate_checkpoint(ckpt, path="checkpoint"):
     """Check everything a checkpoint says about itself before anything is built from it: the
-    file comes from outside. Raises a one-line UserError naming the field and the file."""
+    file comes from outside. Raises a one-line UserError naming the field and the file. Old
+    names are read as today's (model.eca and args.eca as placement): -> the checkpoint."""
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise UserError(f"{path} is not a checkpoint of this project (no '{FORMAT}' header)")
     cfg = ckpt.get("model")
@@ -134,10 +135,17 @@ def validate_checkpoint(ckpt, path="checkpoint"):
     for key, (lo, hi) in LIMITS.items():
         if key in cfg or key in ("num_classes", "base_width"):
             _int_field(cfg[key], f"model.{key}", lo, hi, path)
-    eca = cfg.get("eca", "none")
-    if not isinstance(eca, str) or eca not in ECA_PLACEMENTS:
-        raise UserError(f"{path}: checkpoint field model.eca must be one of "
-                        f"{', '.join(ECA_PLACEMENTS)}, got {_shown(eca)}")
+    # the placement was called "eca" until the attention types became a registry: both are read
+    if "eca" in cfg and "placement" in cfg and cfg["eca"] != cfg["placement"]:
+        raise UserError(f"{path}: checkpoint fields model.placement and its old name model.eca "
+                        f"disagree ({_shown(cfg['placement'])} vs {_shown(cfg['eca'])})")
+    field = "placement" if "placement" in cfg or "eca" not in cfg else "eca"
+    placement = cfg.get(field, "none")
+    if not isinstance(placement, str) or placement not in ECA_PLACEMENTS:
+        raise UserError(f"{path}: checkpoint field model.{field} must be one of "
+                        f"{', '.join(ECA_PLACEMENTS)}, got {_shown(placement)}")
+    cfg.pop("eca", None)
+    cfg["placement"] = placement  # readers see one name
     attn = cfg.get("attn", "eca")  # checkpoints from before the attention registry: ECA
     if not isinstance(attn, str) or attn not in ATTENTION_LAYERS:
         raise UserError(f"{path}: checkpoint field model.attn must be one of "
@@ -179,6 +187,9 @@ def validate_checkpoint(ckpt, path="checkpoint"):
     for key in ("args", "metrics"):
         if ckpt.get(key) is not None and not isinstance(ckpt[key], dict):
             raise UserError(f"{path}: checkpoint field {key} must be a dict, got {_kind(ckpt[key])}")
+    saved_args = ckpt.get("args") or {}
+    if "eca" in saved_args and "placement" not in saved_args:  # the flag's old destination
+        saved_args["placement"] = saved_args.pop("eca")
     state = ckpt.get("state_dict")
     if not isinstance(state, dict) or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
@@ -215,7 +226,7 @@ def model_from_checkpoint(ckpt: dict, path: str = "checkpoint"):
     validate_checkpoint(ckpt, path)
     cfg = ckpt["model"]
     kwargs = dict(num_classes=cfg["num_classes"], base_width=cfg["base_width"],
-                  in_channels=cfg.get("in_channels", 3), eca=cfg.get("eca", "none"),
+                  in_channels=cfg.get("in_channels", 3), placement=cfg["placement"],
                   eca_k=cfg.get("eca_k"), attn=cfg.get("attn", "eca"))
     state = ckpt["state_dict"]
     try:

@@ -9,10 +9,10 @@ def _fmt_params(n):
 
 def results_table(rows):
     """rows: list of (label, result dict from train_stage or a loaded checkpoint)."""
-    head = ("model", "arch", "eca", "width", "params", "best val acc", "final val acc")
+    head = ("model", "arch", "placement", "width", "params", "best val acc", "final val acc")
     lines = [head]
     for label, r in rows:
-        lines.append((label, r["arch"], r["eca"], str(r["base_width"]), _fmt_params(r["params"]),
+        lines.append((label, r["arch"], r["placement"], str(r["base_width"]), _fmt_params(r["params"]),
                       f"{r['best_val_acc']:.2f}%", f"{r['final_val_acc']:.2f}%"
                       if r.get("final_val_acc") is not None else "-"))
     widths = [max(len(row[i]) for row in lines) for i in range(len(head))]

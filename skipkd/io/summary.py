@@ -8,12 +8,13 @@ and fails with a one-line UserError naming the file and the field:
     {"run_key": KEY, "script": ..., "wall_time_s": seconds,
      "dataset": {"dataset": name, "train_size": n, "test_size": n, "protocol": text, ...},
      "args": {"kd": text, "seed": int, ...}, "environment": {...},
-     ROLE: {"arch": name, "base_width": int, "eca": name, "params": int, "epochs": int,
+     ROLE: {"arch": name, "base_width": int, "placement": name, "params": int, "epochs": int,
             "best_val_acc": percent, "test_acc_best": percent, ..., "kd_weights": {term: w}}}
 
 ROLE is teacher, student (model_training_mid.py) or baseline (model_training.py). Accuracies
 are percentages in [0, 100] or NaN (not measured, e.g. a reused teacher's test accuracy).
-Fields no tool reads are left as they are. Needs the standard library only (the sweep worker
+Fields no tool reads are left as they are. A summary from before the placement had its name
+says "eca" where today's says "placement" (in each role and in "args"): it is read as today's. Needs the standard library only (the sweep worker
 reads summaries without torch).
 """
 import json
@@ -34,7 +35,7 @@ _PERCENT = ("best_val_acc", "final_val_acc", "final_train_acc", "test_acc_best",
 _NONNEG = ("best_val_loss", "test_loss_best", "test_loss_last", "wall_time_s",
            "train_images_per_s")
 _COUNTS = ("params", "best_epoch", "epochs", "test_size")
-_NAMES = ("eca", "kd", "protocol", "checkpoint")
+_NAMES = ("placement", "kd", "protocol", "checkpoint")
 
 
 def _fail(path, field, what):
@@ -79,9 +80,16 @@ def _check(path, field, value, kind):
                 "0..100 %" if kind == "percent" else f"0..{MAX_COUNT:,}"))
 
 
+def _renamed(section: dict):
+    """A summary written before the rename: its "eca" read as "placement"."""
+    if "eca" in section and "placement" not in section:
+        section["placement"] = section.pop("eca")
+
+
 def _check_role(path, role, section):
     if not isinstance(section, dict):
         _fail(path, f"\"{role}\"", f"is not an object but {_shown(section)}")
+    _renamed(section)
     for field in ("arch", "base_width"):  # what names the model in every table
         if section.get(field) is None:
             _fail(path, f"{role}.{field}", "is missing")
@@ -129,6 +137,7 @@ def read_summary(path: str, key: str | None = None, need=()) -> dict:
                         ("test_size", "count")):
         _check(path, f"dataset.{field}", dataset.get(field), kind)
     args = doc.get("args") or {}
+    _renamed(args)
     _check(path, "args.kd", args.get("kd"), "name")
     _check(path, "args.seed", args.get("seed"), "count")
     for role in SUMMARY_ROLES:

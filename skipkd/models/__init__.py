@@ -45,15 +45,15 @@ def default_width(name: str) -> int:
 
 
 def create_model(name: str, num_classes: int = 10, base_width: int | None = None,
-                 in_channels: int = 3, eca: str = "none", eca_k: int | None = None,
+                 in_channels: int = 3, placement: str = "none", eca_k: int | None = None,
                  attn: str = "eca") -> FeatureModel:
     """Build a registered model (base_width None: its default); unknown names, or an ECA
     placement its family does not define (cannot host), raise ValueError listing the valid ones."""
     spec = model_spec(name)
-    check_placement(eca, f"{name} ({spec.family})", spec.forms)
+    check_placement(placement, f"{name} ({spec.family})", spec.forms)
     return spec.factory(num_classes=num_classes,
                         base_width=spec.default_width if base_width is None else base_width,
-                        in_channels=in_channels, eca=eca, eca_k=eca_k, attn=attn)
+                        in_channels=in_channels, placement=placement, eca_k=eca_k, attn=attn)
 
 
 @torch.no_grad()

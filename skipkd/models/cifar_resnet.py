@@ -64,14 +64,14 @@ CIFAR_RESNETS = {
 
 
 def cifar_resnet(depth: int, multipliers=(1, 2, 4), *, num_classes=100, base_width=16,
-                 in_channels=3, eca="none", eca_k=None, attn="eca") -> ResNet:
+                 in_channels=3, placement="none", eca_k=None, attn="eca") -> ResNet:
     """A 6n+2-layer CIFAR ResNet: stem of base_width channels, three stages of n = (depth-2)/6
     basic blocks of base_width * multipliers channels, RepDistiller's init."""
     if depth < 8 or (depth - 2) % 6:
         raise ValueError(f"a basic-block CIFAR ResNet has depth 6n+2 (8, 14, 20, ...), got {depth}")
     n = (depth - 2) // 6
     return ResNet("basic", (n,) * len(multipliers), num_classes=num_classes,
-                  base_width=base_width, in_channels=in_channels, eca=eca, eca_k=eca_k,
+                  base_width=base_width, in_channels=in_channels, placement=placement, eca_k=eca_k,
                   attn=attn, stage_widths=tuple(base_width * m for m in multipliers),
                   init="kaiming", family="cifar_resnet")
 

@@ -125,13 +125,13 @@ class MobileNetV2(FeatureModel):
 
     has_hint = False
 
-    def __init__(self, num_classes=100, base_width=16, in_channels=3, eca="none", eca_k=None,
+    def __init__(self, num_classes=100, base_width=16, in_channels=3, placement="none", eca_k=None,
                  attn="eca", expansion=6):
         super().__init__()
-        placer = AttentionPlacer(eca, attn, eca_k, owner="MobileNetV2")
+        placer = AttentionPlacer(placement, attn, eca_k, owner="MobileNetV2")
         if base_width < 1 or num_classes < 1 or in_channels < 1 or expansion < 1:
             raise ValueError("base_width, num_classes, in_channels and expansion must be positive")
-        self.eca = eca
+        self.placement = placement
         self.attn_layer = attn
 
         def width(c):  # the reference's int(c * W) with W = base_width / 32, at least 1
@@ -195,11 +195,11 @@ class MobileNetV2(FeatureModel):
         return tuple(feats), tuple(preacts), None
 
 
-def mobilenetv2(num_classes=100, base_width=16, in_channels=3, eca="none", eca_k=None,
+def mobilenetv2(num_classes=100, base_width=16, in_channels=3, placement="none", eca_k=None,
                 attn="eca") -> MobileNetV2:
     """RepDistiller's mobile_half (T = 6, W = base_width / 32 = 0.5 by default)."""
     return MobileNetV2(num_classes=num_classes, base_width=base_width, in_channels=in_channels,
-                       eca=eca, eca_k=eca_k, attn=attn)
+                       placement=placement, eca_k=eca_k, attn=attn)
 
 
 register_model("MobileNetV2", mobilenetv2, default_width=16, family="mobilenetv2",

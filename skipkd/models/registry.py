@@ -1,5 +1,5 @@
 """The model registry: name -> how to build it. A family registers each of its models with
-register_model (a factory taking num_classes, base_width, in_channels, eca, eca_k, attn), the
+register_model (a factory taking num_classes, base_width, in_channels, placement, eca_k, attn), the
 width a user gets by default, and the attention forms its blocks can host; the placements it
 defines follow from those (skipkd/models/placement.py), so a placement registered later is
 defined by every family that can host it."""
@@ -14,7 +14,7 @@ __all__ = ["ModelSpec", "MODELS", "register_model", "model_spec", "ECA_PLACEMENT
 
 @dataclass(frozen=True)
 class ModelSpec:
-    factory: Callable          # factory(num_classes=, base_width=, in_channels=, eca=, eca_k=, attn=)
+    factory: Callable          # factory(num_classes=, base_width=, in_channels=, placement=, eca_k=, attn=)
     default_width: int         # the reference network's base width (what --width means: its docs)
     forms: tuple               # the attention forms its blocks can host (attention.FORMS)
     family: str                # for docs and messages ("resnet", "wrn", "vgg", ...)

@@ -155,12 +155,12 @@ class ResNet(FeatureModel):
     block_features = BLOCK_FEATURES  # hint_out and shortcuts (skip KD's mid / all variants)
 
     def __init__(self, block: str, layers, num_classes=10, base_width=64, in_channels=3,
-                 eca="none", eca_k=None, attn="eca", stage_widths=None, init="orthogonal",
+                 placement="none", eca_k=None, attn="eca", stage_widths=None, init="orthogonal",
                  family="resnet"):
         """layers: blocks per stage (any number of stages, at least 2); base_width: the stem's
         output channels; stage_widths: each stage's block width (before the bottleneck's
         expansion), default base_width * 2**stage (64-128-256-512 for the standard nets);
-        eca: where attention goes (a placement of skipkd.models.placement: none, parallel =
+        placement: where attention goes (a placement of skipkd.models.placement: none, parallel =
         additive on the shortcut of every stage-1 block, last = on the residual branch of the
         hint block, all = on that of every block, or any registered one); attn: which attention
         module (skipkd.models.attention.ATTENTION_LAYERS: eca, se, ...), eca_k: ECA's kernel;
@@ -169,7 +169,7 @@ class ResNet(FeatureModel):
         super().__init__()
         if block not in ("basic", "bottleneck"):
             raise ValueError(f"block must be 'basic' or 'bottleneck', got {block!r}")
-        placer = AttentionPlacer(eca, attn, eca_k, owner="ResNet")
+        placer = AttentionPlacer(placement, attn, eca_k, owner="ResNet")
         if base_width < 1 or num_classes < 1 or in_channels < 1:
             raise ValueError("base_width, num_classes and in_channels must be positive")
         layers = tuple(layers)
@@ -185,7 +185,7 @@ class ResNet(FeatureModel):
             raise ValueError(f"init must be 'orthogonal' or 'kaiming', got {init!r}")
         block_cls = BasicBlock if block == "basic" else Bottleneck
         self.block_type = block
-        self.eca = eca
+        self.placement = placement
         self.attn_layer = attn
         # 0-based stage index of the hint block: the last stage (basic), the one before (bottleneck)
         self.hint_stage = len(layers) - 1 if block == "basic" else len(layers) - 2

@@ -232,15 +232,15 @@ class _ShuffleNet(FeatureModel):
 class ShuffleNetV1(_ShuffleNet):
     """CIFAR ShuffleNet (g = 3), RepDistiller's ShuffleV1; forward -> ModelOutput(logits, None)."""
 
-    def __init__(self, num_classes=100, base_width=24, in_channels=3, eca="none", eca_k=None,
+    def __init__(self, num_classes=100, base_width=24, in_channels=3, placement="none", eca_k=None,
                  attn="eca", units=V1_UNITS, groups=V1_GROUPS):
         super().__init__()
-        placer = AttentionPlacer(eca, attn, eca_k, owner="ShuffleNetV1")
+        placer = AttentionPlacer(placement, attn, eca_k, owner="ShuffleNetV1")
         if base_width < 1 or num_classes < 1 or in_channels < 1 or base_width % groups:
             raise ValueError(f"ShuffleNetV1 needs a positive base_width divisible by its "
                              f"{groups} groups (got {base_width}), positive num_classes and "
                              f"in_channels")
-        self.eca = eca
+        self.placement = placement
         self.attn_layer = attn
         self.stem = nn.Sequential(*_conv_bn(in_channels, base_width))  # 1x1, 24 at 1x
         in_ch, stages = base_width, []
@@ -266,14 +266,14 @@ class ShuffleNetV1(_ShuffleNet):
 class ShuffleNetV2(_ShuffleNet):
     """CIFAR ShuffleNet V2 (1x), RepDistiller's ShuffleV2; forward -> ModelOutput(logits, None)."""
 
-    def __init__(self, num_classes=100, base_width=116, in_channels=3, eca="none", eca_k=None,
+    def __init__(self, num_classes=100, base_width=116, in_channels=3, placement="none", eca_k=None,
                  attn="eca", units=V2_UNITS, head_width=V2_HEAD_WIDTH):
         super().__init__()
-        placer = AttentionPlacer(eca, attn, eca_k, owner="ShuffleNetV2", forms=V2_FORMS)
+        placer = AttentionPlacer(placement, attn, eca_k, owner="ShuffleNetV2", forms=V2_FORMS)
         if base_width < 2 or base_width % 2 or num_classes < 1 or in_channels < 1:
             raise ValueError(f"ShuffleNetV2 needs an even, positive base_width (got "
                              f"{base_width}), positive num_classes and in_channels")
-        self.eca = eca
+        self.placement = placement
         self.attn_layer = attn
         self.stem = nn.Sequential(*_conv_bn(in_channels, STEM_WIDTH))  # 1x1, fixed
         in_ch, stages = STEM_WIDTH, []
@@ -290,18 +290,18 @@ class ShuffleNetV2(_ShuffleNet):
         self._finish(stages, in_ch, num_classes, head_width=head_width)
 
 
-def shufflev1(num_classes=100, base_width=24, in_channels=3, eca="none", eca_k=None,
+def shufflev1(num_classes=100, base_width=24, in_channels=3, placement="none", eca_k=None,
               attn="eca") -> ShuffleNetV1:
     """RepDistiller's ShuffleV1: g = 3, stages 240/480/960 with 4/8/4 units (base_width 24)."""
     return ShuffleNetV1(num_classes=num_classes, base_width=base_width,
-                        in_channels=in_channels, eca=eca, eca_k=eca_k, attn=attn)
+                        in_channels=in_channels, placement=placement, eca_k=eca_k, attn=attn)
 
 
-def shufflev2(num_classes=100, base_width=116, in_channels=3, eca="none", eca_k=None,
+def shufflev2(num_classes=100, base_width=116, in_channels=3, placement="none", eca_k=None,
               attn="eca") -> ShuffleNetV2:
     """RepDistiller's ShuffleV2 (net_size 1): stages 116/232/464, 3/7/3 basic units, head 1024."""
     return ShuffleNetV2(num_classes=num_classes, base_width=base_width,
-                        in_channels=in_channels, eca=eca, eca_k=eca_k, attn=attn)
+                        in_channels=in_channels, placement=placement, eca_k=eca_k, attn=attn)
 
 
 register_model("ShuffleV1", shufflev1, default_width=24, family="shufflenetv1",

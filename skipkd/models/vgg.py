@@ -31,7 +31,7 @@ the same before that ReLU (the last BN's output, or the attention's output where
 puts one there). RepDistiller's preact list gives the first stage after its ReLU; here it is
 before, as for every stage.
 
-Attention placements (`eca`, asked of skipkd/models/placement.py conv by conv, family "vgg":
+Attention placements (`placement`, asked of skipkd/models/placement.py conv by conv, family "vgg":
 each conv-BN is a block site, no hint, no shortcut; `attn` picks the module, `eca_k` its kernel):
   * "none";
   * "last": multiplicative attention on the network's last convolution, after its BN and
@@ -83,14 +83,14 @@ class VGG(FeatureModel):
     has_hint = False
 
     def __init__(self, convs_per_stage, num_classes: int = 10, base_width: int = 64,
-                 in_channels: int = 3, eca: str = "none", eca_k=None, attn: str = "eca"):
+                 in_channels: int = 3, placement: str = "none", eca_k=None, attn: str = "eca"):
         super().__init__()
-        placer = AttentionPlacer(eca, attn, eca_k, owner="VGG", forms=VGG_FORMS)
+        placer = AttentionPlacer(placement, attn, eca_k, owner="VGG", forms=VGG_FORMS)
         if len(convs_per_stage) != len(STAGE_WIDTHS) or min(convs_per_stage) < 1:
             raise ValueError(f"need {len(STAGE_WIDTHS)} stages of at least one conv each")
         if min(base_width, num_classes, in_channels) < 1:
             raise ValueError("base_width, num_classes and in_channels must be positive")
-        self.eca = eca
+        self.placement = placement
         self.attn_layer = attn
         in_ch, stages = in_channels, []
         for s, (n_convs, unit) in enumerate(zip(convs_per_stage, STAGE_WIDTHS)):

@@ -33,7 +33,7 @@ is the group-3 sum before the head's BN, here the map the classifier pools (the 
 last entry). RepDistiller's preact list applies the *next* group's first BN to groups 1 and 2;
 here a stage's feature is its own output.
 
-Attention placements (the `eca` argument, asked of skipkd/models/placement.py block by block,
+Attention placements (the `placement` argument, asked of skipkd/models/placement.py block by block,
 family "wrn"; `attn` picks the module, `eca_k` its kernel; blocks receive the modules built):
   * "none";
   * "parallel": additive attention s + sigmoid(...) on the shortcut of every block of the first
@@ -125,19 +125,19 @@ class WideResNet(FeatureModel):
     global average pooling, linear head. forward(x) -> ModelOutput(logits, hint, ...)."""
 
     def __init__(self, depth: int, widen_factor: int, num_classes: int = 10, base_width: int = 16,
-                 in_channels: int = 3, eca: str = "none", eca_k=None, attn: str = "eca",
+                 in_channels: int = 3, placement: str = "none", eca_k=None, attn: str = "eca",
                  drop_rate: float = 0.0):
         super().__init__()
         if (depth - 4) % 6 or depth < 10:
             raise ValueError(f"WRN depth must be 6n + 4 with n >= 1, got {depth}")
-        placer = AttentionPlacer(eca, attn, eca_k, owner="WideResNet")
+        placer = AttentionPlacer(placement, attn, eca_k, owner="WideResNet")
         if min(widen_factor, base_width, num_classes, in_channels) < 1:
             raise ValueError("widen_factor, base_width, num_classes and in_channels must be "
                              "positive")
         n = (depth - 4) // 6
         widths = (base_width, base_width * widen_factor, 2 * base_width * widen_factor,
                   4 * base_width * widen_factor)
-        self.eca = eca
+        self.placement = placement
         self.attn_layer = attn
         self.hint_stage = 2  # 0-based group of the hint block (its first block)
 

@@ -19,20 +19,20 @@ def train_baseline(args):
     complete."""
     run = Run(args, "model_training.py")
     width = args.width or default_width(args.model)
-    key = args.run_name or (f"{args.model}_{args.attn}-{args.eca}_w{width}_"
+    key = args.run_name or (f"{args.model}_{args.attn}-{args.placement}_w{width}_"
                             f"{run.data_cfg['dataset']}_s{args.seed}")
 
     def check(context):  # a width or placement the family lacks: refused before any file
         with torch.device("meta"):
-            build_model(args.model, context.data_cfg, width, args.eca, args.eca_k,
+            build_model(args.model, context.data_cfg, width, args.placement, args.eca_k,
                         torch.device("meta"), attn=args.attn, **init_options(args))
 
     if not run.open(key, ("baseline",), ("baseline",), check):
         return None
-    model, model_cfg = build_model(args.model, run.data_cfg, width, args.eca, args.eca_k,
+    model, model_cfg = build_model(args.model, run.data_cfg, width, args.placement, args.eca_k,
                                    run.device, args.channels_last, attn=args.attn,
                                    **init_options(args))
-    print(f"baseline {args.model} (eca {args.eca}, width {width}) on {run.describe_data()} "
+    print(f"baseline {args.model} (placement {args.placement}, width {width}) on {run.describe_data()} "
           f"device {run.device}; run '{key}'")
     stage = Stage("baseline", args.model, model, model_cfg, DistillationLoss("none"), args.epochs,
                   array_role="")

@@ -55,12 +55,12 @@ def check_networks(args, context, loaded, teacher_width, student_width):
         meta = dict(device=torch.device("meta"), channels_last=False, attn=args.attn,
                     **init_options(args))
         with torch.device("meta"):
-            student = build_model(args.student, context.data_cfg, student_width, args.eca,
+            student = build_model(args.student, context.data_cfg, student_width, args.placement,
                                   args.eca_k, **meta)[0]
             if args.kd == "none":
                 return
             teacher = (copy.deepcopy(loaded.model).to("meta") if loaded is not None else
-                       build_model(args.teacher, context.data_cfg, teacher_width, args.eca,
+                       build_model(args.teacher, context.data_cfg, teacher_width, args.placement,
                                    args.eca_k, **meta)[0])
         build_loss(args, context, student, teacher)
 
@@ -68,7 +68,7 @@ def check_networks(args, context, loaded, teacher_width, student_width):
 def student_stage(args, context, teacher, width) -> dict:
     """Distil the student from the frozen teacher (or train it alone with --kd none)."""
     seed_everything(args.seed + 1)
-    student, cfg = build_model(args.student, context.data_cfg, width, args.eca, args.eca_k,
+    student, cfg = build_model(args.student, context.data_cfg, width, args.placement, args.eca_k,
                                context.device, args.channels_last, attn=args.attn,
                                **init_options(args))
     loss_fn = build_loss(args, context, student, teacher)
@@ -78,7 +78,7 @@ def student_stage(args, context, teacher, width) -> dict:
     t_hint = (hint_shape_of(teacher, context.data_cfg["in_channels"], context.data_cfg["image_size"])
               if teacher is not None else None)
     learned = {n: c for n, c in loss_fn.learned_parameters().items() if c}
-    print(f"student: {args.student} (eca {args.eca}, width {width}), "
+    print(f"student: {args.student} (placement {args.placement}, width {width}), "
           f"{count_parameters(student):,} parameters, kd {args.kd}"
           + (f", connector {s_hint} -> {t_hint}" if conn is not None else "")
           + (f"; learned for distillation, not exported: "
@@ -100,7 +100,7 @@ def student_stage(args, context, teacher, width) -> dict:
 
 def run_key(args, teacher_width, student_width, dataset) -> str:
     """--run-name, or the key made from what defines the run (seed included)."""
-    return args.run_name or (f"{args.teacher}-{args.student}_kd-{args.kd}_{args.attn}-{args.eca}_"
+    return args.run_name or (f"{args.teacher}-{args.student}_kd-{args.kd}_{args.attn}-{args.placement}_"
                              f"w{teacher_width}-{student_width}_{dataset}_s{args.seed}")
 
 

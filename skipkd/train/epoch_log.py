@@ -39,7 +39,7 @@ class EpochLogger:
         log_predictions(self.writer, f"{stage.role}/predictions_vs_labels", stage.model,
                         run.loaders.val, run.data_cfg["classes"], stage.epochs)
         log_hparams(self.writer, {"role": stage.role, "arch": stage.arch,
-                                  "eca": stage.model_cfg["eca"],
+                                  "placement": stage.model_cfg["placement"],
                                   "width": stage.model_cfg["base_width"],
                                   "lr": effective_lr(run.args, stage.arch),
                                   "batch_size": run.args.batch_size, "epochs": stage.epochs},

@@ -160,13 +160,13 @@ def init_options(args) -> dict:
             "zero_residual": bool(args.zero_init_residual)}
 
 
-def build_model(arch, data_cfg, width, eca, eca_k, device, channels_last=False, attn="eca",
+def build_model(arch, data_cfg, width, placement, eca_k, device, channels_last=False, attn="eca",
                 init="model", zero_residual=False):
     """eca: the attention placement; attn: the attention module (models.ATTENTION_LAYERS);
     init, zero_residual: skipkd.models.init.apply_init_ (init_options(args) gives them)."""
     try:
         model = create_model(arch, num_classes=data_cfg["num_classes"], base_width=width,
-                             in_channels=data_cfg["in_channels"], eca=eca, eca_k=eca_k,
+                             in_channels=data_cfg["in_channels"], placement=placement, eca_k=eca_k,
                              attn=attn)
         apply_init_(model, init, zero_residual)
         model = model.to(device)
@@ -175,7 +175,7 @@ def build_model(arch, data_cfg, width, eca, eca_k, device, channels_last=False, 
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     cfg = {"num_classes": data_cfg["num_classes"], "base_width": width,
-           "in_channels": data_cfg["in_channels"], "eca": eca, "eca_k": eca_k, "attn": attn,
+           "in_channels": data_cfg["in_channels"], "placement": placement, "eca_k": eca_k, "attn": attn,
            "image_size": data_cfg["image_size"]}
     return model, cfg
 

@@ -213,7 +213,7 @@ class StageTrainer:
                             **self.ckpt_kwargs)
         barrier()  # rank 0's checkpoints are on disk before any rank reads them
         result = {
-            "arch": stage.arch, "eca": stage.model_cfg["eca"],
+            "arch": stage.arch, "placement": stage.model_cfg["placement"],
             "base_width": stage.model_cfg["base_width"], "params": count_parameters(stage.model),
             "best_epoch": state.best_epoch,
             "best_val_acc": h["val_acc"][state.best_epoch - 1],

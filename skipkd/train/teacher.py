@@ -17,7 +17,7 @@ __all__ = ["LoadedTeacher", "load_teacher", "teacher_stage"]
 
 class LoadedTeacher(NamedTuple):
     model: torch.nn.Module
-    cfg: dict          # the checkpoint's model description (arch, width, eca, ...)
+    cfg: dict          # the checkpoint's model description (arch, width, placement, ...)
     saved_val: dict    # its validation metrics as saved
     warnings: list     # printed once the run is accepted
 
@@ -75,16 +75,16 @@ def teacher_stage(args, context, loaded, width, epochs) -> tuple:
     trained here (then the best checkpoint on disk is the one distilled from)."""
     if loaded is not None:
         teacher, cfg, saved = loaded.model, loaded.cfg, loaded.saved_val
-        print(f"teacher: {cfg['arch']} (eca {cfg['eca']}, width {cfg['base_width']}) "
+        print(f"teacher: {cfg['arch']} (placement {cfg['placement']}, width {cfg['base_width']}) "
               f"loaded from {args.teacher_checkpoint}")
-        return teacher, {"arch": cfg["arch"], "eca": cfg["eca"], "base_width": cfg["base_width"],
+        return teacher, {"arch": cfg["arch"], "placement": cfg["placement"], "base_width": cfg["base_width"],
                          "params": count_parameters(teacher), "loaded": True,
                          "checkpoint": args.teacher_checkpoint,
                          "best_val_acc": saved.get("acc", float("nan")), "final_val_acc": None}
-    teacher, cfg = build_model(args.teacher, context.data_cfg, width, args.eca, args.eca_k,
+    teacher, cfg = build_model(args.teacher, context.data_cfg, width, args.placement, args.eca_k,
                                context.device, args.channels_last, attn=args.attn,
                                **init_options(args))
-    print(f"teacher: {args.teacher} (eca {args.eca}, width {width}), "
+    print(f"teacher: {args.teacher} (placement {args.placement}, width {width}), "
           f"{count_parameters(teacher):,} parameters, {epochs} epochs")
     saved = load_state(context.outputs.checkpoint("teacher", state=True)) if args.resume else None
     result = train_stage(Stage("teacher", args.teacher, teacher, cfg, DistillationLoss("none"),

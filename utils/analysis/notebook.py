@@ -92,7 +92,7 @@ def one_line_errors():
 
 
 # ---------------------------------------------------------------- a tiny real model
-def train_tiny_checkpoint(path: str, arch="resnet18", width=4, eca="parallel", epochs=1,
+def train_tiny_checkpoint(path: str, arch="resnet18", width=4, placement="parallel", epochs=1,
                           train_size=512, test_size=128, batch_size=64, lr=0.05, seed=0,
                           dataset="synthetic", data_dir=None) -> str:
     """Train a small model with the repo's engine and save a regular checkpoint (the same format
@@ -117,8 +117,8 @@ def train_tiny_checkpoint(path: str, arch="resnet18", width=4, eca="parallel", e
                 "num_classes": len(train.classes), "in_channels": c, "image_size": size,
                 "train_size": len(train), "test_size": len(test)}
     model_cfg = {"num_classes": len(train.classes), "base_width": width, "in_channels": c,
-                 "eca": eca, "eca_k": None, "image_size": size}
-    model = create_model(arch, num_classes=len(train.classes), base_width=width, in_channels=c, eca=eca)
+                 "placement": placement, "eca_k": None, "image_size": size}
+    model = create_model(arch, num_classes=len(train.classes), base_width=width, in_channels=c, placement=placement)
     train_loader = TensorLoader(train, batch_size, "cpu", mean, std, shuffle=True,
                                 augment=Augment(crop_padding=4, hflip=True), seed=seed)
     test_loader = TensorLoader(test, 256, "cpu", mean, std)
@@ -129,7 +129,7 @@ def train_tiny_checkpoint(path: str, arch="resnet18", width=4, eca="parallel", e
         va = evaluate(model, test_loader)
     args = {"dataset": dataset, "synthetic_train_size": train_size,
             "synthetic_test_size": test_size, "eval_batch_size": 256, "epochs": epochs,
-            "batch_size": batch_size, "lr": lr, "seed": seed, "width": width, "eca": eca,
+            "batch_size": batch_size, "lr": lr, "seed": seed, "width": width, "placement": placement,
             "limit_test": None if dataset == "synthetic" else test_size,
             "script": "utils.analysis.notebook.train_tiny_checkpoint"}
     if dataset != "synthetic":

@@ -46,7 +46,8 @@ def _teacher_run(spec, args: dict, parsers, study):
         _set_flag(targs, parsers, TEACHER_SCRIPT, "width", student["teacher_width"])
     if student.get("teacher_epochs") is not None:
         _set_flag(targs, parsers, TEACHER_SCRIPT, "epochs", student["teacher_epochs"])
-    targs.setdefault("eca", "none")
+    if "placement" not in {parsers.dest(TEACHER_SCRIPT, f) for f in targs}:
+        targs["eca"] = "none"  # the flag's old spelling: the trial keys of earlier studies stay
     for flag, value in spec["teacher"].items():
         if parsers.dest(TEACHER_SCRIPT, flag) is None:
             raise UserError(f"teacher: --{flag} is not a flag of {TEACHER_SCRIPT}")
