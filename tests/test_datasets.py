@@ -273,27 +273,27 @@ def test_prepare_data_and_make_loaders_with_val_split(tmp_path):
     args = _args(["--dataset", "fashion-mnist", "--data-dir", str(tmp_path), "--val-split", "0.2",
                   "--batch-size", "8", "--eval-batch-size", "16"])
     train, test, cfg = prepare_data(args)
-    assert cfg["protocol"].startswith("held-out-val (20%") and cfg["val_split"] == 0.2
-    assert (cfg["train_size"], cfg["val_size"], cfg["test_size"]) == (40, 10, 20)
-    assert cfg["in_channels"] == 1 and cfg["image_size"] == 32 and len(cfg["mean"]) == 1
+    assert cfg.protocol.startswith("held-out-val (20%") and cfg.val_split == 0.2
+    assert (cfg.train_size, cfg.val_size, cfg.test_size) == (40, 10, 20)
+    assert cfg.in_channels == 1 and cfg.image_size == 32 and len(cfg.mean) == 1
     tl, vl, rl = make_loaders(train, test, cfg, args, "cpu")
     assert (len(tl.labels), len(vl.labels), len(rl.labels)) == (40, 10, 20)
     # normalisation statistics are those of the 40 training images only
     from skipkd.data import channel_stats
-    assert cfg["mean"] == pytest.approx(channel_stats(tl.images)[0])
+    assert cfg.mean == pytest.approx(channel_stats(tl.images)[0])
     # the held-out images are training images, none of them in the train loader
     flat = lambda t: {bytes(x.numpy().tobytes()) for x in t}
     assert flat(vl.images) <= flat(train.images) and not flat(vl.images) & flat(tl.images)
     # the same split again from the same split seed; another seed gives another split
     _, _, cfg2 = prepare_data(args)
-    assert cfg2["val_indices_sha1"] == cfg["val_indices_sha1"]
+    assert cfg2.val_indices_sha1 == cfg.val_indices_sha1
     args.split_seed = 1
-    assert prepare_data(args)[2]["val_indices_sha1"] != cfg["val_indices_sha1"]
+    assert prepare_data(args)[2].val_indices_sha1 != cfg.val_indices_sha1
     # --val-split 0 (the original preset's protocol): the test set is the validation set,
     # no report loader
     args0 = _args(["--dataset", "fashion-mnist", "--data-dir", str(tmp_path), "--val-split", "0"])
     train, test, cfg0 = prepare_data(args0)
-    assert cfg0["protocol"] == "test-as-val" and cfg0["train_size"] == 50
+    assert cfg0.protocol == "test-as-val" and cfg0.train_size == 50
     tl, vl, rl = make_loaders(train, test, cfg0, args0, "cpu")
     assert rl is None and len(vl.labels) == 20
 

@@ -165,3 +165,16 @@ def test_the_teacher_does_not_depend_on_the_chosen_terms(tmp_path):
                           weights_only=True)["state_dict"]
     a, b = teacher_weights("skip", "a"), teacher_weights("crd+fitnet", "b")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_run_leaves_the_callers_arguments_as_they_were(tmp_path):
+    """distill() resolves the teacher (here the default resnet34) in its own copy of the
+    arguments; the caller's namespace is not changed."""
+    args = model_training_mid.parse_args([
+        "--dataset", "synthetic", "--synthetic-train-size", "40", "--synthetic-test-size", "20",
+        "--width", "4", "--epochs", "1", "--batch-size", "20", "--device", "cpu", "--kd", "none",
+        "--no-progress", "--no-tensorboard", "--output-dir", str(tmp_path), "--run-name", "alone"])
+    before = dict(vars(args))
+    summary = model_training_mid.main(args)
+    assert vars(args) == before and args.teacher is None
+    assert summary["args"]["teacher"] == "resnet34"  # what the run resolved is recorded

@@ -360,8 +360,7 @@ def test_nonfinite_loss_keeps_last_good_state(tmp_path):
                     loss = loss * float("nan")
                 return loss, parts
 
-        stage = Stage("baseline", "resnet18", model, cfg, Poisoned("none"), args.epochs,
-                      array_role="")
+        stage = Stage("baseline", "resnet18", model, cfg, Poisoned("none"), args.epochs)
         return (stage, RunContext(args, torch.device("cpu"), loaders, data_cfg, outputs)), outputs
 
     kw, outputs = setup("bad", poison_from=STEPS)  # every step of epoch 2 onwards

@@ -24,6 +24,7 @@ import os
 from ..errors import UserError
 from .cifar import CIFAR10_CLASSES, CifarUnpickler, load_cifar10, load_cifar100, write_cifar10
 from .common import ImageData
+from .desc import TEST_AS_VAL, DataDesc
 from .fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist, read_idx, write_idx
 from .folder import IMAGE_EXTENSIONS, load_folder
 from .loader import Augment, TensorLoader, channel_stats
@@ -32,7 +33,7 @@ from .svhn import SVHN_CLASSES, load_svhn
 from .synthetic import (MAX_SYNTHETIC_SIZE, SYNTHETIC_CLASSES, SYNTHETIC_SEED, load_synthetic,
                         make_synthetic)
 
-__all__ = ["ImageData", "DATASETS", "SYNTHETIC_SEED", "MAX_SYNTHETIC_SIZE", "load_dataset",
+__all__ = ["ImageData", "DataDesc", "TEST_AS_VAL", "DATASETS", "SYNTHETIC_SEED", "MAX_SYNTHETIC_SIZE", "load_dataset",
            "make_synthetic", "write_cifar10", "channel_stats", "TensorLoader", "Augment",
            "read_idx", "write_idx",
            "split_indices", "held_out_split", "IMAGE_EXTENSIONS", "CIFAR10_CLASSES",

@@ -14,7 +14,7 @@ class ImageData:
     images: torch.Tensor  # (N, C, H, W) uint8
     labels: torch.Tensor  # (N,) int64
     classes: list = field(default_factory=list)
-    info: dict = field(default_factory=dict)  # how the reader preprocessed it (goes to data_cfg)
+    info: dict = field(default_factory=dict)  # how the reader preprocessed it (goes to DataDesc.preprocessing)
 
     def __len__(self):
         return int(self.labels.shape[0])

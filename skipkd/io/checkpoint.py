@@ -24,7 +24,9 @@ def to_plain(obj):
         return {str(k): to_plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [to_plain(v) for v in obj]
-    if obj is None or isinstance(obj, (bool, int, float, str)):
+    if isinstance(obj, str):
+        return str.__str__(obj)  # a str subclass (an enum such as Role) as a plain str
+    if obj is None or isinstance(obj, (bool, int, float)):
         return obj
     if isinstance(obj, torch.Tensor):
         return obj.detach().cpu()
@@ -45,7 +47,7 @@ def save_checkpoint(path, model, *, arch, role, model_cfg, data_cfg, args=None, 
     ckpt = {
         "format": FORMAT,
         "version": VERSION,
-        "role": role,
+        "role": to_plain(role),
         "model": to_plain({"arch": arch, **model_cfg}),
         "data": to_plain(data_cfg),
         "state_dict": state,

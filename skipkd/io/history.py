@@ -16,12 +16,13 @@ import re
 import numpy as np
 
 from ..errors import UserError
+from ..roles import ROLES
 
 __all__ = ["HISTORY_FORMAT", "HISTORY_ROLES", "history_path", "history_document", "read_history",
            "split_metrics", "history_lists"]
 
 HISTORY_FORMAT = "skipkd-eca/history"
-HISTORY_ROLES = ("teacher", "student", "baseline")
+HISTORY_ROLES = ROLES
 _SPLITS = ("train", "val")
 _METRIC_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 MAX_EPOCHS = 1_000_000

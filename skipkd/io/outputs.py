@@ -34,7 +34,8 @@ import os
 import re
 
 from ..errors import UserError
-from .history import (HISTORY_ROLES, history_document, history_lists, history_path, read_history,
+from ..roles import ROLES, Role
+from .history import (history_document, history_lists, history_path, read_history,
                       split_metrics)
 from .files import (RUN_KEY_MAX, atomic_save_npy, atomic_write, atomic_write_text, npy_writer,
                     sha256_file, unlink_quietly, validate_run_key, writable_folder,
@@ -47,7 +48,6 @@ __all__ = ["RunOutputs", "MAKER_ENV", "atomic_write", "atomic_write_text", "atom
 
 # the metrics still written as the original's flat arrays (its plotting script reads these)
 LEGACY_METRICS = ("accuracy", "loss")
-_ROLES = ("teacher", "student", "baseline")
 _MANIFEST_FORMAT = 2
 _TMP_RANDOM = r"[a-z0-9_]{8}"  # tempfile.mkstemp's random part
 # who starts a run, recorded in its record as "maker" (a sweep sets it for its trials, so that
@@ -77,14 +77,15 @@ class RunOutputs:
 
     def array(self, split, metric, role):
         """The original's flat array {split}_{metric}_{role}_{key}.npy ({split}_{metric}_{key}.npy
-        for a baseline, role ''), or None where that name could be another run's (module
+        for a baseline: Role.array_infix), or None where that name could be another run's (module
         docstring): only accuracy and loss, and no baseline array for a key starting with
         teacher_ or student_."""
+        infix = Role(role).array_infix
         if metric not in LEGACY_METRICS or split not in ("train", "val"):
             return None
-        if not role and self.key.startswith(("teacher_", "student_")):
+        if not infix and self.key.startswith(("teacher_", "student_")):
             return None
-        mid = f"_{role}" if role else ""
+        mid = f"_{infix}" if infix else ""
         return os.path.join(self.numpy_dir, f"{split}_{metric}{mid}_{self.key}.npy")
 
     @property
@@ -106,10 +107,10 @@ class RunOutputs:
     def candidates(self) -> list[str]:
         """Every file path this key can produce (the TensorBoard folder aside)."""
         paths = [self.summary, self.history]
-        for role in _ROLES:
+        for role in ROLES:
             paths += [self.checkpoint(role), self.checkpoint(role, last=True),
                       self.checkpoint(role, state=True)]
-        for role in ("teacher", "student", ""):
+        for role in ROLES:
             for split in ("train", "val"):
                 paths += [p for p in (self.array(split, m, role) for m in LEGACY_METRICS) if p]
         return paths
@@ -215,7 +216,7 @@ class RunOutputs:
             self._run_lock.acquire()  # before looking: a concurrent start of this key is refused here
         existing = self.existing()
         if resume:
-            roles = roles or _ROLES
+            roles = roles or ROLES
             # other outputs without a state (a run that failed in its first epoch, or the other
             # script's run under the same key) would make --resume silently start afresh
             if not any(os.path.isfile(self.checkpoint(r, state=True)) for r in roles):
@@ -246,7 +247,7 @@ class RunOutputs:
         if os.path.exists(runs) and not os.path.isdir(runs):
             raise UserError(f"cannot write TensorBoard logs: {runs} is a file (or pass "
                             f"--no-tensorboard)")
-        for d in [self.tb_dir] + [os.path.join(self.tb_dir, r) for r in _ROLES]:
+        for d in [self.tb_dir] + [os.path.join(self.tb_dir, r) for r in ROLES]:
             if os.path.islink(d):
                 raise UserError(f"cannot write TensorBoard logs: {d} is a symbolic link (logs "
                                 f"are not written through links; or pass --no-tensorboard)")
@@ -345,10 +346,9 @@ class RunOutputs:
         train_loss_ce, train_lr, ...). Written to the run's history JSON, every metric by name,
         and accuracy/loss also to the original's flat arrays where their names are safe."""
         by_split = split_metrics(history)
-        role_name = role or "baseline"
-        assert role_name in HISTORY_ROLES, role
+        role = Role(role)
         roles = self._own_history()
-        roles[role_name] = by_split
+        roles[role.value] = by_split
         text = history_document(self.key, roles)
         items = [(self.history, lambda f: f.write(text.encode("utf-8")), "")]
         for split, metrics in by_split.items():

@@ -23,10 +23,11 @@ import os
 import re
 
 from ..errors import UserError
+from ..roles import ROLES
 
 __all__ = ["SUMMARY_ROLES", "read_summary"]
 
-SUMMARY_ROLES = ("teacher", "student", "baseline")
+SUMMARY_ROLES = ROLES
 MAX_BYTES = 64 * 1024 * 1024
 MAX_COUNT = 10 ** 12                  # parameters, images, epochs: far beyond any real run
 _KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]{0,199}")  # outputs.validate_run_key's shape

@@ -44,7 +44,7 @@ values it resolved to.
 """
 from dataclasses import dataclass, field
 
-from .registry import KD_TERMS, term_options
+from .registry import term_options
 
 __all__ = ["TermRecipe", "Recipe", "KD_RECIPES", "resolve_recipe"]
 

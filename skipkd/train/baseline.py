@@ -6,6 +6,7 @@ import torch
 
 from ..kd import DistillationLoss
 from ..models import default_width
+from ..roles import Role
 from .resume import load_state
 from .run import Run
 from .setup import build_model, init_options
@@ -20,23 +21,23 @@ def train_baseline(args):
     run = Run(args, "model_training.py")
     width = args.width or default_width(args.model)
     key = args.run_name or (f"{args.model}_{args.attn}-{args.placement}_w{width}_"
-                            f"{run.data_cfg['dataset']}_s{args.seed}")
+                            f"{run.data.dataset}_s{args.seed}")
 
     def check(context):  # a width or placement the family lacks: refused before any file
         with torch.device("meta"):
-            build_model(args.model, context.data_cfg, width, args.placement, args.eca_k,
+            build_model(args.model, context.data, width, args.placement, args.eca_k,
                         torch.device("meta"), attn=args.attn, **init_options(args))
 
-    if not run.open(key, ("baseline",), ("baseline",), check):
+    if not run.open(key, (Role.BASELINE,), (Role.BASELINE,), check):
         return None
-    model, model_cfg = build_model(args.model, run.data_cfg, width, args.placement, args.eca_k,
+    model, model_cfg = build_model(args.model, run.data, width, args.placement, args.eca_k,
                                    run.device, args.channels_last, attn=args.attn,
                                    **init_options(args))
     print(f"baseline {args.model} (placement {args.placement}, width {width}) on {run.describe_data()} "
           f"device {run.device}; run '{key}'")
-    stage = Stage("baseline", args.model, model, model_cfg, DistillationLoss("none"), args.epochs,
-                  array_role="")
-    saved = load_state(run.outputs.checkpoint("baseline", state=True)) if args.resume else None
-    run.results["baseline"] = train_stage(stage, run.context, saved)
-    run.close("baseline", "checkpoint:")
-    return run.results["baseline"]
+    stage = Stage(Role.BASELINE, args.model, model, model_cfg, DistillationLoss("none"),
+                  args.epochs)
+    saved = load_state(run.outputs.checkpoint(Role.BASELINE, state=True)) if args.resume else None
+    run.results[Role.BASELINE] = train_stage(stage, run.context, saved)
+    run.close(Role.BASELINE, "checkpoint:")
+    return run.results[Role.BASELINE]

@@ -4,11 +4,13 @@ recipe (the fair baseline).
 
     summary = distill(args)     # args: model_training_mid.parse_args(argv)
 """
+import argparse
 import copy
 
 import torch
 
 from ..errors import UserError
+from ..roles import Role
 from ..kd import DistillationLoss, TermContext
 from ..models import count_parameters, default_width, feature_shapes, hint_shape_of
 from .resume import load_state
@@ -24,11 +26,11 @@ def build_loss(args, context, student, teacher) -> DistillationLoss:
     """The student's loss: CE plus the --kd terms, built from both networks' feature shapes and
     the training set (size, labels). A term that cannot be built for these networks or options
     is a UserError."""
-    cfg = context.data_cfg
-    shape_of = lambda m: feature_shapes(m, cfg["in_channels"], cfg["image_size"])  # noqa: E731
+    data = context.data
+    shape_of = lambda m: feature_shapes(m, data.in_channels, data.image_size)  # noqa: E731
     terms = TermContext(student_shapes=shape_of(student),
                         teacher_shapes=shape_of(teacher) if teacher is not None else {},
-                        num_classes=cfg["num_classes"], epochs=args.epochs,
+                        num_classes=data.num_classes, epochs=args.epochs,
                         num_samples=len(context.loaders.train.labels),
                         train_labels=context.loaders.train.labels, temperature=args.temperature)
     try:
@@ -55,12 +57,12 @@ def check_networks(args, context, loaded, teacher_width, student_width):
         meta = dict(device=torch.device("meta"), channels_last=False, attn=args.attn,
                     **init_options(args))
         with torch.device("meta"):
-            student = build_model(args.student, context.data_cfg, student_width, args.placement,
+            student = build_model(args.student, context.data, student_width, args.placement,
                                   args.eca_k, **meta)[0]
             if args.kd == "none":
                 return
             teacher = (copy.deepcopy(loaded.model).to("meta") if loaded is not None else
-                       build_model(args.teacher, context.data_cfg, teacher_width, args.placement,
+                       build_model(args.teacher, context.data, teacher_width, args.placement,
                                    args.eca_k, **meta)[0])
         build_loss(args, context, student, teacher)
 
@@ -68,14 +70,14 @@ def check_networks(args, context, loaded, teacher_width, student_width):
 def student_stage(args, context, teacher, width) -> dict:
     """Distil the student from the frozen teacher (or train it alone with --kd none)."""
     seed_everything(args.seed + 1)
-    student, cfg = build_model(args.student, context.data_cfg, width, args.placement, args.eca_k,
+    student, cfg = build_model(args.student, context.data, width, args.placement, args.eca_k,
                                context.device, args.channels_last, attn=args.attn,
                                **init_options(args))
     loss_fn = build_loss(args, context, student, teacher)
     student.request_features(loss_fn.features)  # what the terms read besides logits and hint
     conn = loss_fn.connector
-    s_hint = hint_shape_of(student, context.data_cfg["in_channels"], context.data_cfg["image_size"])
-    t_hint = (hint_shape_of(teacher, context.data_cfg["in_channels"], context.data_cfg["image_size"])
+    s_hint = hint_shape_of(student, context.data.in_channels, context.data.image_size)
+    t_hint = (hint_shape_of(teacher, context.data.in_channels, context.data.image_size)
               if teacher is not None else None)
     learned = {n: c for n, c in loss_fn.learned_parameters().items() if c}
     print(f"student: {args.student} (placement {args.placement}, width {width}), "
@@ -83,8 +85,8 @@ def student_stage(args, context, teacher, width) -> dict:
           + (f", connector {s_hint} -> {t_hint}" if conn is not None else "")
           + (f"; learned for distillation, not exported: "
              f"{', '.join(f'{n} {c:,}' for n, c in learned.items())} params" if learned else ""))
-    saved = load_state(context.outputs.checkpoint("student", state=True)) if args.resume else None
-    result = train_stage(Stage("student", args.student, student, cfg, loss_fn, args.epochs), context,
+    saved = load_state(context.outputs.checkpoint(Role.STUDENT, state=True)) if args.resume else None
+    result = train_stage(Stage(Role.STUDENT, args.student, student, cfg, loss_fn, args.epochs), context,
                          saved)
     result.update({"kd": args.kd, "ce_weight": loss_fn.ce_weight, "kd_weights": loss_fn.weights,
                    "kd_options": loss_fn.options,
@@ -105,27 +107,31 @@ def run_key(args, teacher_width, student_width, dataset) -> str:
 
 
 def distill(args):
-    """The whole run: -> its summary, or None when --resume finds it complete."""
+    """The whole run: -> its summary, or None when --resume finds it complete. The caller's
+    `args` are left as they are: the run records its own copy, with the teacher's architecture
+    resolved (the checkpoint's, or the default resnet34)."""
+    args = argparse.Namespace(**vars(args))
     run = Run(args, "model_training_mid.py")
     loaded = None  # a teacher from --teacher-checkpoint
     if args.teacher_checkpoint and args.kd != "none":
-        loaded = load_teacher(args, run.data_cfg, run.device)
+        loaded = load_teacher(args, run.data, run.device)
         args.teacher = loaded.cfg["arch"]
     args.teacher = args.teacher or "resnet34"
     teacher_width = (loaded.cfg["base_width"] if loaded is not None else
                      args.teacher_width or args.width or default_width(args.teacher))
     student_width = args.student_width or args.width or default_width(args.student)
-    trained = ("student",) if loaded is not None or args.kd == "none" else ("teacher", "student")
-    key = run_key(args, teacher_width, student_width, run.data_cfg["dataset"])
+    trained = ((Role.STUDENT,) if loaded is not None or args.kd == "none" else
+               (Role.TEACHER, Role.STUDENT))
+    key = run_key(args, teacher_width, student_width, run.data.dataset)
     check = lambda context: check_networks(args, context, loaded, teacher_width,  # noqa: E731
                                            student_width)
-    if not run.open(key, ("teacher", "student"), trained, check,
+    if not run.open(key, (Role.TEACHER, Role.STUDENT), trained, check,
                     warnings=loaded.warnings if loaded is not None else ()):
         return None
     print(f"run '{key}': {run.describe_data()}, device {run.device}, preset {args.preset}")
     teacher = None
     if args.kd != "none":
-        teacher, run.results["teacher"] = teacher_stage(args, run.context, loaded, teacher_width,
+        teacher, run.results[Role.TEACHER] = teacher_stage(args, run.context, loaded, teacher_width,
                                                         args.teacher_epochs or args.epochs)
-    run.results["student"] = student_stage(args, run.context, teacher, student_width)
-    return run.close("student", "student checkpoint:")
+    run.results[Role.STUDENT] = student_stage(args, run.context, teacher, student_width)
+    return run.close(Role.STUDENT, "student checkpoint:")

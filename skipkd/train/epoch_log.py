@@ -14,7 +14,6 @@ class EpochLogger:
 
     def __init__(self, stage, run, start_epoch: int):
         self.stage, self.run, self.main = stage, run, is_main()
-        self.array_role = stage.role if stage.array_role is None else stage.array_role
         # purge_step: events of an earlier attempt at or after this epoch are dropped (a fresh
         # stage after a kill -9 before its first saved state starts at 0: no duplicate steps)
         if run.args.tensorboard and self.main:
@@ -27,7 +26,7 @@ class EpochLogger:
 
     def epoch(self, state, epoch: int, tr: dict, va: dict, seconds: float):
         if self.main:
-            self.run.outputs.save_history(self.array_role, state.history)
+            self.run.outputs.save_history(self.stage.role, state.history)
         log_epoch(self.writer, self.stage.role, epoch, tr, va)
         if self.main:
             print(epoch_line(self.stage.role, epoch, self.stage.epochs, tr, va, seconds),
@@ -37,7 +36,7 @@ class EpochLogger:
         """Predictions and hyper-parameters to TensorBoard, then close it."""
         stage, run = self.stage, self.run
         log_predictions(self.writer, f"{stage.role}/predictions_vs_labels", stage.model,
-                        run.loaders.val, run.data_cfg["classes"], stage.epochs)
+                        run.loaders.val, run.data.classes, stage.epochs)
         log_hparams(self.writer, {"role": stage.role, "arch": stage.arch,
                                   "placement": stage.model_cfg["placement"],
                                   "width": stage.model_cfg["base_width"],

@@ -31,7 +31,7 @@ class Run:
         self.args, self.script = args, script
         self.device = resolve_device(args.device)
         seed_everything(args.seed)
-        self.train, self.test, self.data_cfg = prepare_data(args)
+        self.train, self.test, self.data = prepare_data(args)
         self.key = self.outputs = self.context = None
         self.results = {}
         self.start = None
@@ -44,8 +44,8 @@ class Run:
         args = self.args
         self.key = key
         self.outputs = RunOutputs(args.output_dir, key)
-        loaders = make_loaders(self.train, self.test, self.data_cfg, args, self.device)
-        self.context = RunContext(args, self.device, loaders, self.data_cfg, self.outputs)
+        loaders = make_loaders(self.train, self.test, self.data, args, self.device)
+        self.context = RunContext(args, self.device, loaders, self.data, self.outputs)
         if check is not None:
             check(self.context)
         self.outputs.prepare(args.overwrite, args.resume, roles=roles, write=is_main(),
@@ -61,19 +61,14 @@ class Run:
 
     def describe_data(self) -> str:
         """'{dataset} [{n} train / {m} test, {protocol}]' for the run's first line."""
-        cfg = self.data_cfg
-        return f"{cfg['dataset']} [{self._sizes()}, {cfg['protocol']}]"
-
-    def _sizes(self) -> str:
-        cfg = self.data_cfg
-        test = "test not read" if cfg.get("test_read") is False else f"{cfg['test_size']} test"
-        return f"{cfg['train_size']} train / {test}"
+        return f"{self.data.dataset} [{self.data.sizes()}, {self.data.protocol}]"
 
     def close(self, checkpoint_role: str, label: str) -> dict:
         """Write the summary (every role's result, the command line, the data, the machine),
         print the results table and where the outputs went; -> the summary."""
-        args, cfg = self.args, self.data_cfg
-        summary = {"run_key": self.key, "script": self.script, "dataset": cfg, "args": vars(args),
+        args = self.args
+        summary = {"run_key": self.key, "script": self.script, "dataset": self.data.to_json(),
+                   "args": vars(args),
                    "environment": environment(self.device), **self.results,
                    "wall_time_s": round(time.perf_counter() - self.start, 2)}
         if is_main():
@@ -82,7 +77,7 @@ class Run:
         print(results_table(list(self.results.items())))
         rows = [(label, self.results[checkpoint_role]["checkpoint"]),
                 ("summary:", self.outputs.summary),
-                ("ran on:", f"{cfg['dataset']} ({self._sizes()}), "
+                ("ran on:", f"{self.data.dataset} ({self.data.sizes()}), "
                             f"{describe_machine(self.device, args.precision)}"),
                 ("wall time:", f"{summary['wall_time_s']:.1f}s")]
         width = max(len(name) for name, _ in rows) + 1

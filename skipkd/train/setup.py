@@ -11,7 +11,8 @@ import torch
 from ..models import create_model
 from ..models.init import apply_init_
 
-from ..data import SYNTHETIC_SEED, Augment, TensorLoader, channel_stats, held_out_split, load_dataset
+from ..data import (SYNTHETIC_SEED, TEST_AS_VAL, Augment, DataDesc, TensorLoader, channel_stats,
+                    held_out_split, load_dataset)
 from ..errors import UserError
 from .distributed import dist_info
 
@@ -56,12 +57,12 @@ def seed_everything(seed: int):
     torch.manual_seed(seed)
 
 def prepare_data(args):
-    """-> (train, test, data_cfg). Normalisation statistics come from the training images.
+    """-> (train, test, DataDesc). Normalisation statistics come from the training images.
 
     With --val-split F > 0 a stratified, seeded (--split-seed) fraction F of the training set is
     held out for validation (checkpoint selection) and the test set is only reported:
-    data_cfg['protocol'] says which ('test-as-val' or 'held-out-val (...)'), data_cfg['train_size']
-    counts the images trained on and data_cfg['val_size'] the held-out ones. `train` is still
+    its protocol says which ('test-as-val' or 'held-out-val (...)'), its train_size counts the
+    images trained on and its val_size the held-out ones. `train` is still
     the whole (--limit-train'ed) training split: make_loaders carves the same held-out part out
     of it (split_indices is deterministic), so the statistics here are of the train part only.
     """
@@ -94,7 +95,7 @@ def prepare_data(args):
     split_seed = int(args.split_seed or 0)
     fit = train
     if fraction <= 0:
-        split = {"protocol": "test-as-val", "val_split": 0.0, "val_size": len(test)}
+        split = {"protocol": TEST_AS_VAL, "val_split": 0.0, "val_size": len(test)}
     else:
         fit, val, digest = held_out_split(train, fraction, split_seed)
         if len(val) == 0 or len(fit) == 0:
@@ -111,14 +112,11 @@ def prepare_data(args):
     else:
         mean, std = [0.0] * c, [1.0] * c
     num_classes = max(len(train.classes), int(train.labels.max()) + 1)
-    data_cfg = {"dataset": name, "mean": mean, "std": std, "classes": list(train.classes),
-                "num_classes": num_classes, "in_channels": c,
-                "image_size": int(train.images.shape[-1]),
-                "train_size": len(fit), "test_size": len(test) if test is not None else 0,
-                **split, **({} if report_test else {"test_read": False}),
-                **({"preprocessing": train.info["preprocessing"]}
-                   if train.info.get("preprocessing") else {})}
-    return train, test, data_cfg
+    data = DataDesc(dataset=name, mean=tuple(mean), std=tuple(std), classes=tuple(train.classes),
+                    num_classes=num_classes, in_channels=c, image_size=int(train.images.shape[-1]),
+                    train_size=len(fit), test_size=len(test) if test is not None else 0,
+                    test_read=report_test, preprocessing=train.info.get("preprocessing"), **split)
+    return train, test, data
 
 
 class Loaders(NamedTuple):
@@ -127,7 +125,7 @@ class Loaders(NamedTuple):
     report: TensorLoader | None   # the test set under a held-out split (reported once per stage)
 
 
-def make_loaders(train, test, data_cfg, args, device) -> Loaders:
+def make_loaders(train, test, data: DataDesc, args, device) -> Loaders:
     """-> Loaders(train, val, report). Under 'test-as-val' the validation loader
     is the test set's and report_loader is None; under a held-out split the validation loader
     holds the held-out training images and report_loader the test set (evaluated once per
@@ -135,21 +133,21 @@ def make_loaders(train, test, data_cfg, args, device) -> Loaders:
     report_loader = None
     info = dist_info()
     shard = {"rank": info.rank, "world_size": info.world_size}  # each rank its share of a batch
-    if data_cfg.get("val_split", 0) > 0:
-        train, val, digest = held_out_split(train, data_cfg["val_split"], data_cfg["split_seed"])
-        if digest != data_cfg.get("val_indices_sha1") or len(val) != data_cfg["val_size"]:
+    if data.held_out:
+        train, val, digest = held_out_split(train, data.val_split, data.split_seed)
+        if digest != data.val_indices_sha1 or len(val) != data.val_size:
             raise RuntimeError("make_loaders: the held-out split differs from prepare_data's")
         if test is not None:  # None: --no-report-test, the test split was not read
-            report_loader = TensorLoader(test, args.eval_batch_size, device, data_cfg["mean"],
-                                         data_cfg["std"], channels_last=args.channels_last,
+            report_loader = TensorLoader(test, args.eval_batch_size, device, data.mean,
+                                         data.std, channels_last=args.channels_last,
                                          **shard)
     else:
         val = test
     aug = Augment(crop_padding=args.crop_padding, hflip=args.hflip, vflip=args.vflip)
-    train_loader = TensorLoader(train, args.batch_size, device, data_cfg["mean"], data_cfg["std"],
+    train_loader = TensorLoader(train, args.batch_size, device, data.mean, data.std,
                                 shuffle=args.shuffle, augment=aug, seed=args.seed,
                                 channels_last=args.channels_last, **shard)
-    val_loader = TensorLoader(val, args.eval_batch_size, device, data_cfg["mean"], data_cfg["std"],
+    val_loader = TensorLoader(val, args.eval_batch_size, device, data.mean, data.std,
                               channels_last=args.channels_last, **shard)
     return Loaders(train_loader, val_loader, report_loader)
 
@@ -160,13 +158,13 @@ def init_options(args) -> dict:
             "zero_residual": bool(args.zero_init_residual)}
 
 
-def build_model(arch, data_cfg, width, placement, eca_k, device, channels_last=False, attn="eca",
+def build_model(arch, data: DataDesc, width, placement, eca_k, device, channels_last=False, attn="eca",
                 init="model", zero_residual=False):
     """eca: the attention placement; attn: the attention module (models.ATTENTION_LAYERS);
     init, zero_residual: skipkd.models.init.apply_init_ (init_options(args) gives them)."""
     try:
-        model = create_model(arch, num_classes=data_cfg["num_classes"], base_width=width,
-                             in_channels=data_cfg["in_channels"], placement=placement, eca_k=eca_k,
+        model = create_model(arch, num_classes=data.num_classes, base_width=width,
+                             in_channels=data.in_channels, placement=placement, eca_k=eca_k,
                              attn=attn)
         apply_init_(model, init, zero_residual)
         model = model.to(device)
@@ -174,9 +172,8 @@ def build_model(arch, data_cfg, width, placement, eca_k, device, channels_last=F
         raise UserError(f"{arch}: {exc}") from None
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    cfg = {"num_classes": data_cfg["num_classes"], "base_width": width,
-           "in_channels": data_cfg["in_channels"], "placement": placement, "eca_k": eca_k, "attn": attn,
-           "image_size": data_cfg["image_size"]}
+    cfg = {"num_classes": data.num_classes, "base_width": width, "in_channels": data.in_channels,
+           "placement": placement, "eca_k": eca_k, "attn": attn, "image_size": data.image_size}
     return model, cfg
 
 def cpu_model() -> str:

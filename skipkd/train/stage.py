@@ -19,6 +19,8 @@ from torch import nn
 
 from ..models import count_parameters
 
+from ..data import DataDesc
+from ..roles import Role
 from ..errors import RunInterrupted, UserError
 from ..io.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from .distributed import (barrier, dist_info, is_main, reduce_carry, sync_buffers,
@@ -37,13 +39,12 @@ __all__ = ["Stage", "RunContext", "StageState", "StageTrainer", "EpochLogger", "
 @dataclass
 class Stage:
     """One model to train."""
-    role: str                 # 'teacher', 'student' or 'baseline': file and log names
+    role: Role                # names its files, logs and summary section
     arch: str
     model: nn.Module
     model_cfg: dict           # what rebuilds the model (saved in its checkpoints)
     loss_fn: nn.Module        # DistillationLoss: CE alone, or CE + distillation terms
     epochs: int
-    array_role: str | None = None  # the arrays' name part (default: role; '' for a baseline)
 
 
 @dataclass
@@ -52,7 +53,7 @@ class RunContext:
     args: object              # the parsed command line
     device: torch.device
     loaders: Loaders
-    data_cfg: dict
+    data: DataDesc
     outputs: object           # RunOutputs: where every file of the run goes
 
 
@@ -107,7 +108,7 @@ class StageTrainer:
         self.last_path = out.checkpoint(stage.role, last=True)
         self.state_path = out.checkpoint(stage.role, state=True)
         self.ckpt_kwargs = dict(arch=stage.arch, role=stage.role, model_cfg=stage.model_cfg,
-                                data_cfg=run.data_cfg, args=vars(args),
+                                data_cfg=run.data.to_json(), args=vars(args),
                                 writer=run.outputs.write_file)
         self.main = is_main()
 
@@ -227,7 +228,7 @@ class StageTrainer:
             "effective_lr": effective_lr(run.args, stage.arch),
         }
         result.update(report_test_accuracy(stage.model, self.best_path, run.loaders.report,
-                                           run.data_cfg, run.device, "fp32", result))
+                                           run.data, run.device, "fp32", result))
         state.epoch = stage.epochs
         self.save_state(state, complete=True, result=result)
         return result
@@ -278,12 +279,13 @@ def train_stage(stage: Stage, run: RunContext, saved: dict | None = None) -> dic
 
 
 @torch.no_grad()
-def report_test_accuracy(model, best_path, report_loader, data_cfg, device, precision, result):
+def report_test_accuracy(model, best_path, report_loader, data: DataDesc, device, precision,
+                         result):
     """The test accuracy of the best checkpoint and of the last weights, for the result dict.
     Under 'test-as-val' they are the validation numbers (the best one was selected on the test
     set, so it is optimistic); under a held-out split the test set is evaluated here, once."""
-    out = {"protocol": data_cfg.get("protocol", "test-as-val")}
-    if data_cfg.get("test_read") is False:  # --no-report-test: the test split was never read
+    out = {"protocol": data.protocol}
+    if not data.test_read:  # --no-report-test: the test split was never read
         out.update(test_acc_best=None, test_acc_last=None, test_read=False)
         return out
     if report_loader is None:

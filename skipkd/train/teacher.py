@@ -4,7 +4,9 @@ from typing import NamedTuple
 
 import torch
 
+from ..data import DataDesc
 from ..errors import UserError
+from ..roles import Role
 from ..io.checkpoint import load_checkpoint, model_from_checkpoint
 from ..kd import DistillationLoss
 from ..models import count_parameters
@@ -22,7 +24,7 @@ class LoadedTeacher(NamedTuple):
     warnings: list     # printed once the run is accepted
 
 
-def load_teacher(args, data_cfg, device):
+def load_teacher(args, data: DataDesc, device):
     """Rebuild a teacher from --teacher-checkpoint and check it fits this run."""
     path = args.teacher_checkpoint
     ckpt = load_checkpoint(path)
@@ -36,7 +38,7 @@ def load_teacher(args, data_cfg, device):
     # (logits, hints and inputs would not line up): refuse; another dataset of the same shapes
     # can (transfer), so it is only a warning
     t_data = ckpt.get("data") or {}
-    here = (data_cfg["num_classes"], data_cfg["in_channels"], data_cfg["image_size"])
+    here = (data.num_classes, data.in_channels, data.image_size)
     there = (cfg["num_classes"], cfg.get("in_channels", 3),
              cfg.get("image_size", t_data.get("image_size")))
     what = ("classes", "input channels", "px images")
@@ -44,7 +46,7 @@ def load_teacher(args, data_cfg, device):
            if t is not None and t != h]
     if bad:
         raise UserError(f"{path} was trained for {', '.join(bad)} on "
-                        f"{t_data.get('dataset') or 'another dataset'}; {data_cfg['dataset']} "
+                        f"{t_data.get('dataset') or 'another dataset'}; {data.dataset} "
                         f"needs a teacher of {here[0]} classes x {here[1]} channels x {here[2]} px")
     warnings = []  # printed by main once the run is accepted: a refused run gives one line only
     warn = warnings.append
@@ -52,19 +54,19 @@ def load_teacher(args, data_cfg, device):
         warn(f"{path} does not record its image size; assuming {here[2]} px like this run")
     t_dataset = t_data.get("dataset") or (ckpt.get("args") or {}).get("dataset")
     if t_dataset is None:
-        warn(f"{path} does not record its dataset; distilling on {data_cfg['dataset']} anyway")
-    elif t_dataset != data_cfg["dataset"]:
-        warn(f"{path} was trained on {t_dataset}, this run is on {data_cfg['dataset']}: same "
+        warn(f"{path} does not record its dataset; distilling on {data.dataset} anyway")
+    elif t_dataset != data.dataset:
+        warn(f"{path} was trained on {t_dataset}, this run is on {data.dataset}: same "
              f"{here[0]} classes x {here[1]} channels x {here[2]} px, so it is used, but its "
              f"classes need not mean this dataset's")
     t_mean, t_std = t_data.get("mean"), t_data.get("std")
     if t_mean is not None and t_std is not None and (
-            max(abs(a - b) for a, b in zip(t_mean, data_cfg["mean"])) > 0.05
-            or max(abs(a / b - 1) for a, b in zip(t_std, data_cfg["std"])) > 0.2):
+            max(abs(a - b) for a, b in zip(t_mean, data.mean)) > 0.05
+            or max(abs(a / b - 1) for a, b in zip(t_std, data.std)) > 0.2):
         warn(f"{path} normalised its inputs with mean {[round(v, 3) for v in t_mean]} / std "
              f"{[round(v, 3) for v in t_std]}; this run feeds it mean "
-             f"{[round(v, 3) for v in data_cfg['mean']]} / std "
-             f"{[round(v, 3) for v in data_cfg['std']]} (--normalize differs?)")
+             f"{[round(v, 3) for v in data.mean]} / std "
+             f"{[round(v, 3) for v in data.std]} (--normalize differs?)")
     teacher = model_from_checkpoint(ckpt, path).to(device)
     saved = (ckpt.get("metrics") or {}).get("val") or {}
     return LoadedTeacher(teacher, cfg, saved, warnings)
@@ -81,13 +83,13 @@ def teacher_stage(args, context, loaded, width, epochs) -> tuple:
                          "params": count_parameters(teacher), "loaded": True,
                          "checkpoint": args.teacher_checkpoint,
                          "best_val_acc": saved.get("acc", float("nan")), "final_val_acc": None}
-    teacher, cfg = build_model(args.teacher, context.data_cfg, width, args.placement, args.eca_k,
+    teacher, cfg = build_model(args.teacher, context.data, width, args.placement, args.eca_k,
                                context.device, args.channels_last, attn=args.attn,
                                **init_options(args))
     print(f"teacher: {args.teacher} (placement {args.placement}, width {width}), "
           f"{count_parameters(teacher):,} parameters, {epochs} epochs")
-    saved = load_state(context.outputs.checkpoint("teacher", state=True)) if args.resume else None
-    result = train_stage(Stage("teacher", args.teacher, teacher, cfg, DistillationLoss("none"),
+    saved = load_state(context.outputs.checkpoint(Role.TEACHER, state=True)) if args.resume else None
+    result = train_stage(Stage(Role.TEACHER, args.teacher, teacher, cfg, DistillationLoss("none"),
                                epochs), context, saved)
     teacher = model_from_checkpoint(load_checkpoint(result["checkpoint"])).to(context.device)
     if args.channels_last:
