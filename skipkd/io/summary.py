@@ -21,13 +21,15 @@ import json
 import math
 import os
 import re
+import dataclasses
 
 from ..errors import UserError
 from ..roles import ROLES
 
-__all__ = ["SUMMARY_ROLES", "read_summary"]
+__all__ = ["SUMMARY_ROLES", "SUMMARY_VERSION", "RunSummary", "read_summary"]
 
 SUMMARY_ROLES = ROLES
+SUMMARY_VERSION = 1  # the schema of RunSummary.to_json
 MAX_BYTES = 64 * 1024 * 1024
 MAX_COUNT = 10 ** 12                  # parameters, images, epochs: far beyond any real run
 _KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]{0,199}")  # outputs.validate_run_key's shape
@@ -109,8 +111,78 @@ def _check_role(path, role, section):
             _check(path, f"{role}.{field}.{term}", value, kind)
 
 
+@dataclasses.dataclass
+class RunSummary:
+    """A run's summary as one record: what the run wrote (Run.close) and what every tool reads
+    (read_summary), one schema. `to_json()` is the file's content; `from_json(doc)` checks a
+    document from outside (every field a tool reads: type and range) and reads old names as
+    today's. `version` is the schema's: a summary from a newer one is refused, not misread."""
+    run_key: str
+    script: str
+    dataset: dict                     # DataDesc.to_json()
+    args: dict                        # the run's arguments, as parsed
+    environment: dict                 # torch, python, device, threads, ...
+    roles: dict = dataclasses.field(default_factory=dict)  # {Role: that network's result}
+    wall_time_s: float | None = None
+    version: int = SUMMARY_VERSION
+
+    def to_json(self) -> dict:
+        return {"version": self.version, "run_key": self.run_key, "script": self.script,
+                "dataset": self.dataset, "args": self.args, "environment": self.environment,
+                **{str.__str__(role): section for role, section in self.roles.items()},
+                "wall_time_s": self.wall_time_s}
+
+    @classmethod
+    def from_json(cls, doc, path: str = "run summary", key: str | None = None,
+                  need=()) -> "RunSummary":
+        """doc: a parsed summary file (untrusted). key: the run it must belong to (its file
+        name's); need: fields that must hold a finite number ("student.test_acc_best").
+        Problems: one-line UserError naming `path` and the field."""
+        if not isinstance(doc, dict):
+            _fail(path, "the file", "is not a run summary (expected a JSON object)")
+        version = doc.get("version", 1)  # summaries before the field were version 1
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            _fail(path, "\"version\"", f"is not a schema version but {_shown(version)}")
+        if version > SUMMARY_VERSION:
+            _fail(path, "\"version\"", f"is {version}: written by a newer version of this "
+                                       f"toolkit (this one reads up to {SUMMARY_VERSION})")
+        run_key = doc.get("run_key")
+        if run_key is not None and (not isinstance(run_key, str) or not _KEY_RE.fullmatch(run_key)):
+            _fail(path, "\"run_key\"", f"is not a run key but {_shown(run_key)}")
+        if key is not None and run_key is not None and run_key != key:
+            _fail(path, "\"run_key\"", f"is {run_key!r}, not the file's run {key!r}")
+        _check(path, "\"script\"", doc.get("script"), "name")
+        _check(path, "\"wall_time_s\"", doc.get("wall_time_s"), "nonneg")
+        for section in ("dataset", "args", "environment"):
+            _check(path, f"\"{section}\"", doc.get(section), "dict")
+        dataset = doc.get("dataset") or {}
+        for name, kind in (("dataset", "name"), ("protocol", "name"), ("train_size", "count"),
+                           ("test_size", "count")):
+            _check(path, f"dataset.{name}", dataset.get(name), kind)
+        args = doc.get("args") or {}
+        _renamed(args)
+        _check(path, "args.kd", args.get("kd"), "name")
+        _check(path, "args.seed", args.get("seed"), "count")
+        for role in SUMMARY_ROLES:
+            if role in doc:
+                _check_role(path, role, doc[role])
+        for wanted in need:
+            section, _, name = wanted.partition(".")
+            if not isinstance(doc.get(section), dict):
+                _fail(path, f"\"{section}\"", "is missing")
+            value = doc[section].get(name)
+            if not _is_number(value) or (isinstance(value, float) and not math.isfinite(value)):
+                _fail(path, wanted, "is missing" if value is None else
+                      f"is {_shown(value)}, not a finite number")
+        return cls(run_key=key if key is not None else run_key, script=doc.get("script"),
+                   dataset=dataset, args=args, environment=doc.get("environment") or {},
+                   roles={role: doc[role] for role in SUMMARY_ROLES if role in doc},
+                   wall_time_s=doc.get("wall_time_s"), version=version)
+
+
 def read_summary(path: str, key: str | None = None, need=()) -> dict:
-    """-> the summary dict, validated, with "run_key" filled in from `key` when absent.
+    """-> the summary file's content, checked by RunSummary.from_json and written back in
+    today's form (RunSummary.to_json: old names read as today's, "run_key" filled in from `key`).
 
     key: the run key the file belongs to (its name summary_{key}.json); need: fields that must
     hold a finite number ("student.test_acc_best"), for a tool that cannot do without them."""
@@ -122,36 +194,4 @@ def read_summary(path: str, key: str | None = None, need=()) -> dict:
     except (OSError, ValueError, RecursionError) as exc:
         why = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
         raise UserError(f"cannot read run summary {path}: {why}") from None
-    if not isinstance(doc, dict):
-        _fail(path, "the file", "is not a run summary (expected a JSON object)")
-    run_key = doc.get("run_key")
-    if run_key is not None and (not isinstance(run_key, str) or not _KEY_RE.fullmatch(run_key)):
-        _fail(path, "\"run_key\"", f"is not a run key but {_shown(run_key)}")
-    if key is not None and run_key is not None and run_key != key:
-        _fail(path, "\"run_key\"", f"is {run_key!r}, not the file's run {key!r}")
-    _check(path, "\"script\"", doc.get("script"), "name")
-    _check(path, "\"wall_time_s\"", doc.get("wall_time_s"), "nonneg")
-    for section in ("dataset", "args", "environment"):
-        _check(path, f"\"{section}\"", doc.get(section), "dict")
-    dataset = doc.get("dataset") or {}
-    for field, kind in (("dataset", "name"), ("protocol", "name"), ("train_size", "count"),
-                        ("test_size", "count")):
-        _check(path, f"dataset.{field}", dataset.get(field), kind)
-    args = doc.get("args") or {}
-    _renamed(args)
-    _check(path, "args.kd", args.get("kd"), "name")
-    _check(path, "args.seed", args.get("seed"), "count")
-    for role in SUMMARY_ROLES:
-        if role in doc:
-            _check_role(path, role, doc[role])
-    for field in need:
-        section, _, name = field.partition(".")
-        if not isinstance(doc.get(section), dict):
-            _fail(path, f"\"{section}\"", "is missing")
-        value = doc[section].get(name)
-        if not _is_number(value) or (isinstance(value, float) and not math.isfinite(value)):
-            _fail(path, field, "is missing" if value is None else f"is {_shown(value)}, not a "
-                                                                  f"finite number")
-    if key is not None:
-        doc["run_key"] = key
-    return doc
+    return RunSummary.from_json(doc, path, key, need).to_json()

@@ -15,6 +15,7 @@ import time
 
 from ..io.outputs import RunOutputs
 from ..io.report import results_table
+from ..io.summary import RunSummary
 from .distributed import barrier, init_distributed, is_main
 from .resume import finished_stages
 from .setup import describe_machine, environment, make_loaders, prepare_data, resolve_device, seed_everything
@@ -67,10 +68,10 @@ class Run:
         """Write the summary (every role's result, the command line, the data, the machine),
         print the results table and where the outputs went; -> the summary."""
         args = self.args
-        summary = {"run_key": self.key, "script": self.script, "dataset": self.data.to_json(),
-                   "args": vars(args),
-                   "environment": environment(self.device), **self.results,
-                   "wall_time_s": round(time.perf_counter() - self.start, 2)}
+        summary = RunSummary(
+            run_key=self.key, script=self.script, dataset=self.data.to_json(), args=vars(args),
+            environment=environment(self.device), roles=dict(self.results),
+            wall_time_s=round(time.perf_counter() - self.start, 2)).to_json()
         if is_main():
             self.outputs.write_summary(summary)
         print()
