@@ -89,7 +89,7 @@ def _add_create(sub):
                    help="without --grid: the seed axis, e.g. 0,1,2")
     c.add_argument("--search", action="append", metavar="FLAG=RANGE",
                    help="without --grid: a searched flag: alpha=float:0.01:10:log, "
-                        "epochs=int:2:8, eca=choice:none,parallel, kd-weights.logit=float:0.1:2 "
+                        "epochs=int:2:8, placement=choice:none,parallel, kd-weights.logit=float:0.1:2 "
                         "(repeatable)")
     c.add_argument("--n-trials", type=_count, default=None,
                    help="without --grid: the search's number of trials (default 20)")
@@ -99,7 +99,7 @@ def _add_create(sub):
     c.add_argument("--teacher-args", default=None, metavar="'FLAGS'",
                    help="without --grid: share one teacher run per seed (model_training.py with "
                         "these flags on top of the students' data and recipe flags, e.g. "
-                        "'--eca none')")
+                        "'--placement none')")
     c.add_argument("--baseline", default=None, metavar="AXIS=VALUE",
                    help="without --grid: what the deltas compare with (default: the axis value "
                         "that sets --kd none)")
