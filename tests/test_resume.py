@@ -338,6 +338,7 @@ def test_nonfinite_loss_keeps_last_good_state(tmp_path):
     from skipkd.io.outputs import RunOutputs
     from skipkd.train.resume import load_state
     from skipkd.train.setup import build_model, make_loaders, prepare_data, seed_everything
+    from skipkd.models.config import ModelConfig
     from skipkd.train.stage import RunContext, Stage, train_stage
 
     def setup(key, poison_from=None, resume=False):
@@ -348,7 +349,8 @@ def test_nonfinite_loss_keeps_last_good_state(tmp_path):
         outputs = RunOutputs(args.output_dir, key)
         outputs.prepare(False, resume)
         loaders = make_loaders(train, test, data_cfg, args, "cpu")
-        model, cfg = build_model("resnet18", data_cfg, 4, "none", None, "cpu")
+        config = ModelConfig("resnet18", num_classes=data_cfg.num_classes, base_width=4)
+        model = build_model(config, "cpu")
 
         class Poisoned(DistillationLoss):
             calls = 0
@@ -360,7 +362,7 @@ def test_nonfinite_loss_keeps_last_good_state(tmp_path):
                     loss = loss * float("nan")
                 return loss, parts
 
-        stage = Stage("baseline", "resnet18", model, cfg, Poisoned("none"), args.epochs)
+        stage = Stage("baseline", config, model, Poisoned("none"), args.epochs)
         return (stage, RunContext(args, torch.device("cpu"), loaders, data_cfg, outputs)), outputs
 
     kw, outputs = setup("bad", poison_from=STEPS)  # every step of epoch 2 onwards
@@ -375,7 +377,7 @@ def test_nonfinite_loss_keeps_last_good_state(tmp_path):
     assert all(torch.isfinite(v).all() for v in state["state_dict"].values()
                if v.is_floating_point())
     assert len(state["history"]["train_loss"]) == 1
-    assert np.load(outputs.array("val", "accuracy", "")).shape == (1,)
+    assert np.load(outputs.array("val", "accuracy", "baseline")).shape == (1,)
     assert _load(outputs.checkpoint("baseline"))["epoch"] == 1
     assert not os.path.exists(outputs.checkpoint("baseline", last=True))
 

@@ -9,7 +9,7 @@ from ..models import default_width
 from ..roles import Role
 from .resume import load_state
 from .run import Run
-from .setup import build_model, init_options
+from .setup import build_model, model_config
 from .stage import Stage, train_stage
 
 __all__ = ["train_baseline"]
@@ -25,18 +25,15 @@ def train_baseline(args):
 
     def check(context):  # a width or placement the family lacks: refused before any file
         with torch.device("meta"):
-            build_model(args.model, context.data, width, args.placement, args.eca_k,
-                        torch.device("meta"), attn=args.attn, **init_options(args))
+            build_model(model_config(args, args.model, width, context.data), torch.device("meta"))
 
     if not run.open(key, (Role.BASELINE,), (Role.BASELINE,), check):
         return None
-    model, model_cfg = build_model(args.model, run.data, width, args.placement, args.eca_k,
-                                   run.device, args.channels_last, attn=args.attn,
-                                   **init_options(args))
+    config = model_config(args, args.model, width, run.data)
+    model = build_model(config, run.device, args.channels_last)
     print(f"baseline {args.model} (placement {args.placement}, width {width}) on {run.describe_data()} "
           f"device {run.device}; run '{key}'")
-    stage = Stage(Role.BASELINE, args.model, model, model_cfg, DistillationLoss("none"),
-                  args.epochs)
+    stage = Stage(Role.BASELINE, config, model, DistillationLoss("none"), args.epochs)
     saved = load_state(run.outputs.checkpoint(Role.BASELINE, state=True)) if args.resume else None
     run.results[Role.BASELINE] = train_stage(stage, run.context, saved)
     run.close(Role.BASELINE, "checkpoint:")

@@ -15,7 +15,7 @@ from ..kd import DistillationLoss, TermContext
 from ..models import count_parameters, default_width, feature_shapes, hint_shape_of
 from .resume import load_state
 from .run import Run
-from .setup import build_model, init_options, seed_everything
+from .setup import build_model, model_config, seed_everything
 from .stage import Stage, train_stage
 from .teacher import load_teacher, teacher_stage
 
@@ -54,25 +54,23 @@ def check_networks(args, context, loaded, teacher_width, student_width):
     # that the teacher's initialisation draws from next (same seed, same teacher, any --kd)
     devices = [context.device.index or 0] if context.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
-        meta = dict(device=torch.device("meta"), channels_last=False, attn=args.attn,
-                    **init_options(args))
-        with torch.device("meta"):
-            student = build_model(args.student, context.data, student_width, args.placement,
-                                  args.eca_k, **meta)[0]
+        meta = torch.device("meta")
+        with meta:
+            student = build_model(model_config(args, args.student, student_width, context.data),
+                                  meta)
             if args.kd == "none":
                 return
-            teacher = (copy.deepcopy(loaded.model).to("meta") if loaded is not None else
-                       build_model(args.teacher, context.data, teacher_width, args.placement,
-                                   args.eca_k, **meta)[0])
+            teacher = (copy.deepcopy(loaded.model).to(meta) if loaded is not None else
+                       build_model(model_config(args, args.teacher, teacher_width, context.data),
+                                   meta))
         build_loss(args, context, student, teacher)
 
 
 def student_stage(args, context, teacher, width) -> dict:
     """Distil the student from the frozen teacher (or train it alone with --kd none)."""
     seed_everything(args.seed + 1)
-    student, cfg = build_model(args.student, context.data, width, args.placement, args.eca_k,
-                               context.device, args.channels_last, attn=args.attn,
-                               **init_options(args))
+    config = model_config(args, args.student, width, context.data)
+    student = build_model(config, context.device, args.channels_last)
     loss_fn = build_loss(args, context, student, teacher)
     student.request_features(loss_fn.features)  # what the terms read besides logits and hint
     conn = loss_fn.connector
@@ -86,7 +84,7 @@ def student_stage(args, context, teacher, width) -> dict:
           + (f"; learned for distillation, not exported: "
              f"{', '.join(f'{n} {c:,}' for n, c in learned.items())} params" if learned else ""))
     saved = load_state(context.outputs.checkpoint(Role.STUDENT, state=True)) if args.resume else None
-    result = train_stage(Stage(Role.STUDENT, args.student, student, cfg, loss_fn, args.epochs), context,
+    result = train_stage(Stage(Role.STUDENT, config, student, loss_fn, args.epochs), context,
                          saved)
     result.update({"kd": args.kd, "ce_weight": loss_fn.ce_weight, "kd_weights": loss_fn.weights,
                    "kd_options": loss_fn.options,

@@ -38,8 +38,8 @@ class EpochLogger:
         log_predictions(self.writer, f"{stage.role}/predictions_vs_labels", stage.model,
                         run.loaders.val, run.data.classes, stage.epochs)
         log_hparams(self.writer, {"role": stage.role, "arch": stage.arch,
-                                  "placement": stage.model_cfg["placement"],
-                                  "width": stage.model_cfg["base_width"],
+                                  "placement": stage.config.placement,
+                                  "width": stage.config.base_width,
                                   "lr": effective_lr(run.args, stage.arch),
                                   "batch_size": run.args.batch_size, "epochs": stage.epochs},
                     {f"hparam/{stage.role}_best_val_acc": result["best_val_acc"]})

@@ -8,16 +8,15 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from ..models import create_model
-from ..models.init import apply_init_
+from ..models.config import ModelConfig
 
 from ..data import (SYNTHETIC_SEED, TEST_AS_VAL, Augment, DataDesc, TensorLoader, channel_stats,
                     held_out_split, load_dataset)
 from ..errors import UserError
 from .distributed import dist_info
 
-__all__ = ["resolve_device", "seed_everything", "prepare_data", "Loaders", "make_loaders",
-           "build_model", "init_options", "environment",
+__all__ = ["resolve_device", "seed_everything", "prepare_data", "Loaders", "make_loaders", "model_config",
+           "build_model", "environment",
            "cpu_model", "describe_machine"]
 
 
@@ -152,29 +151,25 @@ def make_loaders(train, test, data: DataDesc, args, device) -> Loaders:
     return Loaders(train_loader, val_loader, report_loader)
 
 
-def init_options(args) -> dict:
-    """build_model's init keywords from the recipe flags (--init, --zero-init-residual)."""
-    return {"init": args.init or "model",
-            "zero_residual": bool(args.zero_init_residual)}
+def model_config(args, arch: str, width: int, data: DataDesc) -> ModelConfig:
+    """The network `arch` at base width `width` for this data, with the run's attention flags
+    (--placement, --attn, --eca-k) and initialisation recipe (--init, --zero-init-residual)."""
+    return ModelConfig(arch, num_classes=data.num_classes, base_width=width,
+                       in_channels=data.in_channels, image_size=data.image_size,
+                       placement=args.placement, eca_k=args.eca_k, attn=args.attn,
+                       init=args.init or "model", zero_residual=bool(args.zero_init_residual))
 
 
-def build_model(arch, data: DataDesc, width, placement, eca_k, device, channels_last=False, attn="eca",
-                init="model", zero_residual=False):
-    """eca: the attention placement; attn: the attention module (models.ATTENTION_LAYERS);
-    init, zero_residual: skipkd.models.init.apply_init_ (init_options(args) gives them)."""
+def build_model(config: ModelConfig, device, channels_last=False):
+    """config.build() on `device`; a width or placement the family does not define is a
+    UserError."""
     try:
-        model = create_model(arch, num_classes=data.num_classes, base_width=width,
-                             in_channels=data.in_channels, placement=placement, eca_k=eca_k,
-                             attn=attn)
-        apply_init_(model, init, zero_residual)
-        model = model.to(device)
-    except ValueError as exc:  # a width or placement the family does not define
-        raise UserError(f"{arch}: {exc}") from None
+        model = config.build().to(device)
+    except ValueError as exc:
+        raise UserError(f"{config.arch}: {exc}") from None
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    cfg = {"num_classes": data.num_classes, "base_width": width, "in_channels": data.in_channels,
-           "placement": placement, "eca_k": eca_k, "attn": attn, "image_size": data.image_size}
-    return model, cfg
+    return model
 
 def cpu_model() -> str:
     """The CPU's model name (Linux /proc/cpuinfo; else platform.processor())."""

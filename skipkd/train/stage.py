@@ -2,7 +2,7 @@
 after each, keep the best and the last checkpoint and a resumable state, and log every epoch to
 the arrays, TensorBoard and the console.
 
-    result = train_stage(Stage(role, arch, model, model_cfg, loss_fn, epochs), run, saved)
+    result = train_stage(Stage(role, config, model, loss_fn, epochs), run, saved)
 
 The pieces: `Stage` (what is trained), `RunContext` (what a run's stages share), `StageState`
 (what is carried from epoch to epoch and saved for --resume), `StageTrainer` (optimiser,
@@ -20,6 +20,7 @@ from torch import nn
 from ..models import count_parameters
 
 from ..data import DataDesc
+from ..models.config import ModelConfig
 from ..roles import Role
 from ..errors import RunInterrupted, UserError
 from ..io.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
@@ -40,11 +41,14 @@ __all__ = ["Stage", "RunContext", "StageState", "StageTrainer", "EpochLogger", "
 class Stage:
     """One model to train."""
     role: Role                # names its files, logs and summary section
-    arch: str
+    config: ModelConfig       # what rebuilds the model (its to_json is saved in its checkpoints)
     model: nn.Module
-    model_cfg: dict           # what rebuilds the model (saved in its checkpoints)
     loss_fn: nn.Module        # DistillationLoss: CE alone, or CE + distillation terms
     epochs: int
+
+    @property
+    def arch(self) -> str:
+        return self.config.arch
 
 
 @dataclass
@@ -107,7 +111,7 @@ class StageTrainer:
         self.best_path = out.checkpoint(stage.role)
         self.last_path = out.checkpoint(stage.role, last=True)
         self.state_path = out.checkpoint(stage.role, state=True)
-        self.ckpt_kwargs = dict(arch=stage.arch, role=stage.role, model_cfg=stage.model_cfg,
+        self.ckpt_kwargs = dict(arch=stage.arch, role=stage.role, model_cfg=stage.config.to_json(),
                                 data_cfg=run.data.to_json(), args=vars(args),
                                 writer=run.outputs.write_file)
         self.main = is_main()
@@ -214,8 +218,8 @@ class StageTrainer:
                             **self.ckpt_kwargs)
         barrier()  # rank 0's checkpoints are on disk before any rank reads them
         result = {
-            "arch": stage.arch, "placement": stage.model_cfg["placement"],
-            "base_width": stage.model_cfg["base_width"], "params": count_parameters(stage.model),
+            "arch": stage.arch, "placement": stage.config.placement,
+            "base_width": stage.config.base_width, "params": count_parameters(stage.model),
             "best_epoch": state.best_epoch,
             "best_val_acc": h["val_acc"][state.best_epoch - 1],
             "best_val_loss": h["val_loss"][state.best_epoch - 1],

@@ -11,7 +11,7 @@ from ..io.checkpoint import load_checkpoint, model_from_checkpoint
 from ..kd import DistillationLoss
 from ..models import count_parameters
 from .resume import load_state
-from .setup import build_model, init_options
+from .setup import build_model, model_config
 from .stage import Stage, train_stage
 
 __all__ = ["LoadedTeacher", "load_teacher", "teacher_stage"]
@@ -83,13 +83,12 @@ def teacher_stage(args, context, loaded, width, epochs) -> tuple:
                          "params": count_parameters(teacher), "loaded": True,
                          "checkpoint": args.teacher_checkpoint,
                          "best_val_acc": saved.get("acc", float("nan")), "final_val_acc": None}
-    teacher, cfg = build_model(args.teacher, context.data, width, args.placement, args.eca_k,
-                               context.device, args.channels_last, attn=args.attn,
-                               **init_options(args))
+    config = model_config(args, args.teacher, width, context.data)
+    teacher = build_model(config, context.device, args.channels_last)
     print(f"teacher: {args.teacher} (placement {args.placement}, width {width}), "
           f"{count_parameters(teacher):,} parameters, {epochs} epochs")
     saved = load_state(context.outputs.checkpoint(Role.TEACHER, state=True)) if args.resume else None
-    result = train_stage(Stage(Role.TEACHER, args.teacher, teacher, cfg, DistillationLoss("none"),
+    result = train_stage(Stage(Role.TEACHER, config, teacher, DistillationLoss("none"),
                                epochs), context, saved)
     teacher = model_from_checkpoint(load_checkpoint(result["checkpoint"])).to(context.device)
     if args.channels_last:
