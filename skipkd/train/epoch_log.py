@@ -40,7 +40,7 @@ class EpochLogger:
         log_hparams(self.writer, {"role": stage.role, "arch": stage.arch,
                                   "placement": stage.config.placement,
                                   "width": stage.config.base_width,
-                                  "lr": effective_lr(run.args, stage.arch),
+                                  "lr": effective_lr(run.recipe, stage.arch),
                                   "batch_size": run.args.batch_size, "epochs": stage.epochs},
                     {f"hparam/{stage.role}_best_val_acc": result["best_val_acc"]})
         self.close()

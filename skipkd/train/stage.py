@@ -27,7 +27,7 @@ from ..io.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpo
 from .distributed import (barrier, dist_info, is_main, reduce_carry, sync_buffers,
                           wrap_distributed)
 from .engine import NonFiniteLoss, evaluate, recalibrate_bn, train_one_epoch
-from .optim import build_optimizer, build_scheduler, effective_lr
+from .optim import Recipe, build_optimizer, build_scheduler, effective_lr
 from .resume import check_resume_args, resume_command, rng_state, set_rng_state
 from .setup import Loaders
 from .signals import StopFlag
@@ -59,6 +59,7 @@ class RunContext:
     loaders: Loaders
     data: DataDesc
     outputs: object           # RunOutputs: where every file of the run goes
+    recipe: Recipe            # how each stage trains (Recipe.from_args of the command line)
 
 
 @dataclass
@@ -104,8 +105,9 @@ class StageTrainer:
         if dist_info().enabled and args.sync_bn:
             stage.model = model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same Parameters
         extra = [p for p in stage.loss_fn.parameters() if p.requires_grad]  # learned by terms
-        self.optimizer = build_optimizer(list(model.parameters()) + extra, args, stage.arch)
-        self.scheduler = build_scheduler(self.optimizer, args, len(run.loaders.train), stage.epochs)
+        self.optimizer = build_optimizer(list(model.parameters()) + extra, run.recipe, stage.arch)
+        self.scheduler = build_scheduler(self.optimizer, run.recipe, len(run.loaders.train),
+                                         stage.epochs)
         self.scaler = torch.amp.GradScaler(run.device.type) if args.precision == "fp16" else None
         out = run.outputs
         self.best_path = out.checkpoint(stage.role)
@@ -229,7 +231,7 @@ class StageTrainer:
             # throughput only for a stage trained in one go (a resumed one mixes two runs)
             "train_images_per_s": None if resumed else round(
                 stage.epochs * run.loaders.train.num_samples / max(state.train_time, 1e-9), 1),
-            "effective_lr": effective_lr(run.args, stage.arch),
+            "effective_lr": effective_lr(run.recipe, stage.arch),
         }
         result.update(report_test_accuracy(stage.model, self.best_path, run.loaders.report,
                                            run.data, run.device, "fp32", result))
