@@ -167,6 +167,16 @@ def distill_parser(parser_class=None):
                    help="student architecture (the same as the teacher = self-distillation)")
     g.add_argument("--teacher-checkpoint", default=None,
                    help="reuse this trained teacher (.pth from saved_pth_model/) instead of training one")
+    g.add_argument("--teacher-weights", default=None, metavar="WEIGHTS",
+                   help="use the --teacher network with these pretrained weights as the teacher, "
+                        "untrained here (a torchvision weights name such as "
+                        "ResNet34_Weights.IMAGENET1K_V1, or a state_dict file); its classes must "
+                        "be this dataset's (else fine-tune it first: model_training.py "
+                        "--init-weights); built without attention")
+    g.add_argument("--teacher-init-weights", default=None, metavar="WEIGHTS",
+                   help="the teacher trained here starts from these weights: " + "a torchvision weights name (e.g. ResNet50_Weights.IMAGENET1K_V2, fetched into torchvision's cache) or a state_dict file; checked key by key and shape by shape, a classifier head of another class count is replaced and trained")
+    g.add_argument("--student-init-weights", default=None, metavar="WEIGHTS",
+                   help="the student starts from these weights: " + "a torchvision weights name (e.g. ResNet50_Weights.IMAGENET1K_V2, fetched into torchvision's cache) or a state_dict file; checked key by key and shape by shape, a classifier head of another class count is replaced and trained")
     g.add_argument("--teacher-width", type=WIDTH, default=None,
                    help="teacher base width (default: --width)")
     g.add_argument("--student-width", type=WIDTH, default=None,
@@ -234,6 +244,8 @@ def baseline_parser(parser_class=None):
     g = p.add_argument_group("model")
     g.add_argument("--model", "--arch", dest="model", type=model_name, default="resnet18",
                    help="architecture")
+    g.add_argument("--init-weights", default=None, metavar="WEIGHTS",
+                   help="start from these weights (fine-tuning): " + "a torchvision weights name (e.g. ResNet50_Weights.IMAGENET1K_V2, fetched into torchvision's cache) or a state_dict file; checked key by key and shape by shape, a classifier head of another class count is replaced and trained")
     return p
 
 
@@ -264,6 +276,14 @@ def parse_distill_args(argv=None, raising=False):
     args.kd_opt = merge_kd_options(parser, args.kd, args.kd_opt, args.kd_weights)
     args = apply_kd_recipe(parser, args, argv)
     args.term_weights = term_weights(args)
+    if args.teacher_weights is not None:
+        given = [f for f, v in (("--teacher-checkpoint", args.teacher_checkpoint),
+                                ("--teacher-init-weights", args.teacher_init_weights)) if v]
+        if given:
+            parser.error(f"--teacher-weights is the teacher as it is: it excludes {given[0]}")
+        if args.teacher is None:
+            parser.error("--teacher-weights needs --teacher, the network they belong to "
+                         "(e.g. --teacher resnet34_imagenet)")
     return args
 
 

@@ -37,6 +37,7 @@ for _name in ARCHS:  # the 4-stage ResNets of this toolkit (base width 64 = the 
 
 # the KD literature's CIFAR benchmark models (docs/MODELS.md); they register themselves
 from . import cifar_resnet, mobilenetv2, shufflenet, vgg, wrn  # noqa: E402,F401  (after the ResNets)
+from . import imagenet  # noqa: E402,F401  (torchvision's ImageNet ResNets, after the CIFAR zoo)
 
 
 def default_width(name: str) -> int:

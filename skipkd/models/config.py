@@ -4,12 +4,14 @@
     model = config.build()          # create_model + the initialisation recipe
 
 `to_json()` is the checkpoint's "model" description, from which skipkd.io.checkpoint rebuilds
-the network (the initialisation is not in it: the weights are).
+the network (the initialisation and the starting weights are not in it: the trained weights
+are).
 """
 from dataclasses import dataclass
 
 from . import create_model
 from .init import apply_init_
+from .pretrained import load_weights
 
 __all__ = ["ModelConfig"]
 
@@ -26,15 +28,21 @@ class ModelConfig:
     attn: str = "eca"            # the attention module (skipkd.models.ATTENTION_LAYERS)
     init: str = "model"          # the initialisation recipe (skipkd.models.init)
     zero_residual: bool = False  # zero the last BN of each residual branch
+    weights: str | None = None   # pretrained weights to start from (skipkd.models.pretrained)
 
-    def build(self):
-        """The network, initialised; ValueError for a width, placement or initialisation the
-        family does not define."""
+    def build(self, replace_head: bool = True):
+        """(the network, initialised and with `weights` loaded, a line saying what the weights
+        gave or None); ValueError for a width, placement or initialisation the family does not
+        define, or weights that do not fit (replace_head=False: nor a head of other classes).
+        On the meta device the weights are checked, not loaded."""
         model = create_model(self.arch, num_classes=self.num_classes, base_width=self.base_width,
                              in_channels=self.in_channels, placement=self.placement,
                              eca_k=self.eca_k, attn=self.attn)
         apply_init_(model, self.init, self.zero_residual)
-        return model
+        note = None
+        if self.weights is not None:
+            note = load_weights(model, self.weights, self.arch, replace_head=replace_head)
+        return model, note
 
     def to_json(self) -> dict:
         """The checkpoint's "model" field."""

@@ -145,8 +145,11 @@ class Bottleneck(_Block):
 
 
 class ResNet(FeatureModel):
-    """CIFAR ResNet: 3x3 stem, no max-pool, stages of residual blocks (the first block of every
-    stage after the first has stride 2), GAP, linear head.
+    """ResNet: a stem, stages of residual blocks (the first block of every stage after the first
+    has stride 2), GAP, linear head. stem="cifar": a 3x3 stride-1 convolution and no max-pool
+    (32-pixel images); stem="imagenet": torchvision's 7x7 stride-2 convolution and 3x3 stride-2
+    max-pool (224-pixel images), with which the networks are torchvision's own layer for layer
+    (skipkd/models/imagenet.py maps torchvision's parameter names to these).
 
     forward(x) -> ModelOutput(logits, hint); on request (request_features) also the stage
     features, the embedding, the hint block's output and every projection shortcut's output.
@@ -156,7 +159,7 @@ class ResNet(FeatureModel):
 
     def __init__(self, block: str, layers, num_classes=10, base_width=64, in_channels=3,
                  placement="none", eca_k=None, attn="eca", stage_widths=None, init="orthogonal",
-                 family="resnet"):
+                 family="resnet", stem="cifar"):
         """layers: blocks per stage (any number of stages, at least 2); base_width: the stem's
         output channels; stage_widths: each stage's block width (before the bottleneck's
         expansion), default base_width * 2**stage (64-128-256-512 for the standard nets);
@@ -165,7 +168,7 @@ class ResNet(FeatureModel):
         hint block, all = on that of every block, or any registered one); attn: which attention
         module (skipkd.models.attention.ATTENTION_LAYERS: eca, se, ...), eca_k: ECA's kernel;
         init: "orthogonal" (ours) or "kaiming" (RepDistiller's, see _init_weights); family: the
-        name the placement rule sees (BlockSite.family)."""
+        name the placement rule sees (BlockSite.family); stem: "cifar" or "imagenet" (above)."""
         super().__init__()
         if block not in ("basic", "bottleneck"):
             raise ValueError(f"block must be 'basic' or 'bottleneck', got {block!r}")
@@ -181,6 +184,8 @@ class ResNet(FeatureModel):
         if len(stage_widths) != len(layers) or min(stage_widths) < 1:
             raise ValueError(f"stage_widths {stage_widths} must give a positive width per stage "
                              f"of {layers}")
+        if stem not in ("cifar", "imagenet"):
+            raise ValueError(f"stem must be 'cifar' or 'imagenet', got {stem!r}")
         if init not in ("orthogonal", "kaiming"):
             raise ValueError(f"init must be 'orthogonal' or 'kaiming', got {init!r}")
         block_cls = BasicBlock if block == "basic" else Bottleneck
@@ -190,11 +195,16 @@ class ResNet(FeatureModel):
         # 0-based stage index of the hint block: the last stage (basic), the one before (bottleneck)
         self.hint_stage = len(layers) - 1 if block == "basic" else len(layers) - 2
 
+        self.stem_type = stem
+        kernel, stride, pad = (3, 1, 1) if stem == "cifar" else (7, 2, 3)
         self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, base_width, 3, stride=1, padding=1, bias=False),
+            nn.Conv2d(in_channels, base_width, kernel, stride=stride, padding=pad, bias=False),
             nn.BatchNorm2d(base_width),
             nn.ReLU(inplace=True),
         )
+        # the ImageNet stem's max-pool; nothing for the CIFAR stem (no parameters either way)
+        self.stem_pool = (nn.MaxPool2d(3, stride=2, padding=1) if stem == "imagenet" else
+                     nn.Identity())
         in_ch = base_width
         stages = []
         for stage_idx, (n_blocks, width) in enumerate(zip(layers, stage_widths)):
@@ -231,8 +241,9 @@ class ResNet(FeatureModel):
             reference_init_(self, linear="default")
 
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(final feature map (B, C, H / 2**(stages-1), W / 2**(stages-1)), hint)."""
-        x = self.stem(x)
+        """(final feature map (B, C, H / 2**(stages-1), W / 2**(stages-1)), hint); the ImageNet
+        stem divides by 4 more."""
+        x = self.stem_pool(self.stem(x))
         hint = x  # replaced below; every net has a hint block
         for stage_idx, stage in enumerate(self.stages):
             if stage_idx == self.hint_stage:
@@ -247,10 +258,12 @@ class ResNet(FeatureModel):
         """(feats, preact_feats, hint): the stem's and every stage's output, before and after
         their last ReLU (the same values forward_features computes). With `taps` (a dict) also
         fills taps["hint_out"] (the hint block's output) and taps["shortcuts"] (every projection
-        shortcut's output after its BN, before the add, in network order)."""
+        shortcut's output after its BN, before the add, in network order). The stem's feature
+        is taken before the ImageNet stem's max-pool."""
         pre = self.stem[1](self.stem[0](x))
         x = F.relu(pre)
         feats, preacts, hint = [x], [pre], None
+        x = self.stem_pool(x)
         for stage_idx, stage in enumerate(self.stages):
             for i, blk in enumerate(stage):
                 x, s, pre = blk.forward_with_shortcut(x, preact=True)
@@ -267,7 +280,7 @@ class ResNet(FeatureModel):
     def forward_hint(self, x: torch.Tensor) -> torch.Tensor:
         """Only the hint: stops at the hint block's shortcut (skips the rest of the network and
         the hint block's own residual branch). What a frozen teacher computes for skip KD."""
-        x = self.stem(x)
+        x = self.stem_pool(self.stem(x))
         for stage in self.stages[:self.hint_stage]:
             x = stage(x)
         return self.hint_block.shortcut(x)
@@ -285,7 +298,7 @@ class ResNet(FeatureModel):
             stops.append(max(pos for pos, blk in blocks if blk.shortcut is not None))
         end = max(stops)
         whole_end = end == hint_at and "hint_out" in want  # the last block is needed whole
-        x = self.stem(x)
+        x = self.stem_pool(self.stem(x))
         got = {"shortcuts": []}
         for pos, blk in blocks:
             if pos == end and not whole_end:

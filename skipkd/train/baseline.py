@@ -25,11 +25,12 @@ def train_baseline(args):
 
     def check(context):  # a width or placement the family lacks: refused before any file
         with torch.device("meta"):
-            build_model(model_config(args, args.model, width, context.data), torch.device("meta"))
+            build_model(model_config(args, args.model, width, context.data, args.init_weights),
+                        torch.device("meta"))
 
     if not run.open(key, (Role.BASELINE,), (Role.BASELINE,), check):
         return None
-    config = model_config(args, args.model, width, run.data)
+    config = model_config(args, args.model, width, run.data, args.init_weights)
     model = build_model(config, run.device, args.channels_last)
     print(f"baseline {args.model} (placement {args.placement}, width {width}) on {run.describe_data()} "
           f"device {run.device}; run '{key}'")

@@ -17,7 +17,7 @@ from .resume import load_state
 from .run import Run
 from .setup import build_model, model_config, seed_everything
 from .stage import Stage, train_stage
-from .teacher import load_teacher, teacher_stage
+from .teacher import load_teacher, teacher_stage, weights_teacher
 
 __all__ = ["distill", "build_loss", "check_networks", "student_stage"]
 
@@ -56,20 +56,20 @@ def check_networks(args, context, loaded, teacher_width, student_width):
     with torch.random.fork_rng(devices=devices):
         meta = torch.device("meta")
         with meta:
-            student = build_model(model_config(args, args.student, student_width, context.data),
-                                  meta)
+            student = build_model(model_config(args, args.student, student_width, context.data,
+                                               args.student_init_weights), meta)
             if args.kd == "none":
                 return
             teacher = (copy.deepcopy(loaded.model).to(meta) if loaded is not None else
-                       build_model(model_config(args, args.teacher, teacher_width, context.data),
-                                   meta))
+                       build_model(model_config(args, args.teacher, teacher_width, context.data,
+                                                args.teacher_init_weights), meta))
         build_loss(args, context, student, teacher)
 
 
 def student_stage(args, context, teacher, width) -> dict:
     """Distil the student from the frozen teacher (or train it alone with --kd none)."""
     seed_everything(args.seed + 1)
-    config = model_config(args, args.student, width, context.data)
+    config = model_config(args, args.student, width, context.data, args.student_init_weights)
     student = build_model(config, context.device, args.channels_last)
     loss_fn = build_loss(args, context, student, teacher)
     student.request_features(loss_fn.features)  # what the terms read besides logits and hint
@@ -113,6 +113,8 @@ def distill(args):
     loaded = None  # a teacher from --teacher-checkpoint
     if args.teacher_checkpoint and args.kd != "none":
         loaded = load_teacher(args, run.data, run.device)
+    elif args.teacher_weights and args.kd != "none":
+        loaded = weights_teacher(args, run.data, run.device)
         args.teacher = loaded.cfg["arch"]
     args.teacher = args.teacher or "resnet34"
     teacher_width = (loaded.cfg["base_width"] if loaded is not None else

@@ -151,22 +151,27 @@ def make_loaders(train, test, data: DataDesc, args, device) -> Loaders:
     return Loaders(train_loader, val_loader, report_loader)
 
 
-def model_config(args, arch: str, width: int, data: DataDesc) -> ModelConfig:
+def model_config(args, arch: str, width: int, data: DataDesc, weights=None) -> ModelConfig:
     """The network `arch` at base width `width` for this data, with the run's attention flags
-    (--placement, --attn, --eca-k) and initialisation recipe (--init, --zero-init-residual)."""
+    (--placement, --attn, --eca-k) and initialisation recipe (--init, --zero-init-residual);
+    weights: pretrained weights to start from (--init-weights and its kin)."""
     return ModelConfig(arch, num_classes=data.num_classes, base_width=width,
                        in_channels=data.in_channels, image_size=data.image_size,
                        placement=args.placement, eca_k=args.eca_k, attn=args.attn,
-                       init=args.init or "model", zero_residual=bool(args.zero_init_residual))
+                       init=args.init or "model", zero_residual=bool(args.zero_init_residual),
+                       weights=weights)
 
 
-def build_model(config: ModelConfig, device, channels_last=False):
-    """config.build() on `device`; a width or placement the family does not define is a
-    UserError."""
+def build_model(config: ModelConfig, device, channels_last=False, replace_head=True):
+    """config.build() on `device` (its weights' line printed); a width or placement the family
+    does not define, or weights that do not fit, is a UserError."""
     try:
-        model = config.build().to(device)
+        model, note = config.build(replace_head)
+        model = model.to(device)
     except ValueError as exc:
         raise UserError(f"{config.arch}: {exc}") from None
+    if note is not None and torch.device(device).type != "meta":
+        print(note)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model

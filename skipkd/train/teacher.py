@@ -9,7 +9,8 @@ from ..errors import UserError
 from ..roles import Role
 from ..io.checkpoint import load_checkpoint, model_from_checkpoint
 from ..kd import DistillationLoss
-from ..models import count_parameters
+from ..models import count_parameters, default_width
+from ..models.config import ModelConfig
 from .resume import load_state
 from .setup import build_model, model_config
 from .stage import Stage, train_stage
@@ -22,6 +23,19 @@ class LoadedTeacher(NamedTuple):
     cfg: dict          # the checkpoint's model description (arch, width, placement, ...)
     saved_val: dict    # its validation metrics as saved
     warnings: list     # printed once the run is accepted
+    source: str        # where it came from: the checkpoint's path, or the weights
+
+
+def weights_teacher(args, data: DataDesc, device) -> LoadedTeacher:
+    """The --teacher network with --teacher-weights, used as it is (not trained here): its
+    classifier must predict this data's classes. Built without attention (pretrained networks
+    have none; an attention module would be untrained)."""
+    width = args.teacher_width or default_width(args.teacher)
+    config = ModelConfig(args.teacher, num_classes=data.num_classes, base_width=width,
+                         in_channels=data.in_channels, image_size=data.image_size,
+                         weights=args.teacher_weights)
+    model = build_model(config, device, args.channels_last, replace_head=False)
+    return LoadedTeacher(model, config.to_json(), {}, [], args.teacher_weights)
 
 
 def load_teacher(args, data: DataDesc, device):
@@ -69,7 +83,7 @@ def load_teacher(args, data: DataDesc, device):
              f"{[round(v, 3) for v in data.std]} (--normalize differs?)")
     teacher = model_from_checkpoint(ckpt, path).to(device)
     saved = (ckpt.get("metrics") or {}).get("val") or {}
-    return LoadedTeacher(teacher, cfg, saved, warnings)
+    return LoadedTeacher(teacher, cfg, saved, warnings, path)
 
 
 def teacher_stage(args, context, loaded, width, epochs) -> tuple:
@@ -78,12 +92,12 @@ def teacher_stage(args, context, loaded, width, epochs) -> tuple:
     if loaded is not None:
         teacher, cfg, saved = loaded.model, loaded.cfg, loaded.saved_val
         print(f"teacher: {cfg['arch']} (placement {cfg['placement']}, width {cfg['base_width']}) "
-              f"loaded from {args.teacher_checkpoint}")
+              f"loaded from {loaded.source}")
         return teacher, {"arch": cfg["arch"], "placement": cfg["placement"], "base_width": cfg["base_width"],
                          "params": count_parameters(teacher), "loaded": True,
-                         "checkpoint": args.teacher_checkpoint,
+                         "checkpoint": loaded.source,
                          "best_val_acc": saved.get("acc", float("nan")), "final_val_acc": None}
-    config = model_config(args, args.teacher, width, context.data)
+    config = model_config(args, args.teacher, width, context.data, args.teacher_init_weights)
     teacher = build_model(config, context.device, args.channels_last)
     print(f"teacher: {args.teacher} (placement {args.placement}, width {width}), "
           f"{count_parameters(teacher):,} parameters, {epochs} epochs")
