@@ -32,7 +32,9 @@ def describe(name: str) -> dict:
             "width": spec.default_width, "placements": ", ".join(spec.placements),
             "hint": " x ".join(map(str, hint)) if hint else "none",
             "stages": len(shapes["feats"]) - 1, "embedding": shapes["embedding"][0],
-            "module": type(model).__module__}
+            "module": type(model).__module__,
+            # where the name is registered, when that is not the class's own module
+            "registered_in": getattr(spec.factory, "func", spec.factory).__module__}
 
 
 def render() -> str:
@@ -80,6 +82,13 @@ def render() -> str:
         seen.add(r["module"])
         doc = inspect.getdoc(sys.modules[r["module"]]) or ""
         lines += [f"## `{r['module'].replace('.', '/')}.py`", "", doc.strip(), ""]
+    for n, r in rows.items():  # a configuration of a class documented above (the ImageNet nets)
+        module = r["registered_in"]
+        if module in seen or module == "skipkd.models":
+            continue
+        seen.add(module)
+        doc = inspect.getdoc(sys.modules[module]) or ""
+        lines += [f"## `{module.replace('.', '/')}.py`", "", doc.strip(), ""]
     return "\n".join(lines)
 
 

@@ -14,7 +14,7 @@ from conftest import run_script
 from skipkd.models import create_model
 from skipkd.train.engine import recalibrate_bn, train_one_epoch
 from skipkd.kd import DistillationLoss
-from skipkd.train.optim import Recipe, build_scheduler
+from skipkd.train.optim import OptimRecipe, build_scheduler
 
 SPE = 5  # steps per epoch in the schedule tests
 EPS32 = torch.finfo(torch.float32).eps  # 1.19e-7
@@ -25,7 +25,7 @@ F64 = dict(rel=1e-10, abs=1e-12)
 
 def _rates(epochs, t_max=None, warmup=0.0, schedule="step", steps=None):
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
-    args = Recipe(t_max=t_max, warmup_epochs=warmup, schedule=schedule)
+    args = OptimRecipe(t_max=t_max, warmup_epochs=warmup, schedule=schedule)
     sched = build_scheduler(opt, args, SPE, epochs)
     out = []
     for _ in range(steps or epochs * SPE):
@@ -91,7 +91,7 @@ def test_logged_rate_of_a_warm_up_epoch_is_its_last_steps():
     torch.manual_seed(0)
     model = create_model("resnet18", base_width=2)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    args = Recipe(t_max=None, warmup_epochs=1.0, schedule="step")
+    args = OptimRecipe(t_max=None, warmup_epochs=1.0, schedule="step")
     batches = [(torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))) for _ in range(SPE)]
     sched = build_scheduler(opt, args, SPE, 3)
     used = []

@@ -7,7 +7,7 @@ from torch import nn
 
 from skipkd.models import create_model
 from skipkd.models.init import apply_init_, residual_tail_norms
-from skipkd.train.optim import Recipe, build_optimizer
+from skipkd.train.optim import OptimRecipe, build_optimizer
 
 
 def _branch_tails(model):
@@ -64,7 +64,7 @@ def test_init_schemes_redraw_and_model_keeps():
 @pytest.mark.parametrize("bn_decay", [True, False])
 def test_bn_weight_decay_flag_sets_the_groups(bn_decay):
     model = create_model("resnet18", base_width=4)
-    args = Recipe(lr=0.1, lr_scaling="none", batch_size=128, momentum=0.9, nesterov=True,
+    args = OptimRecipe(lr=0.1, lr_scaling="none", batch_size=128, momentum=0.9, nesterov=True,
                   weight_decay=5e-4, bn_weight_decay=bn_decay, preset="default")
     opt = build_optimizer(list(model.parameters()), args, "resnet18")
     decay = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}

@@ -25,6 +25,12 @@ def _resolved(args):
     ("dist", "dist-cifar", {"dist": 2.0}, {"dist": {"beta": 1.0, "gamma": 1.0, "tau": 4.0}},
      1.0, 4.0),
     ("logit", "hinton", {"logit": 0.9}, {}, 0.1, 4.0),
+    # ImageNet's (mdistiller configs/imagenet/r34_r18/, the DIST authors' resnet_dist.yaml)
+    ("logit", "hinton-imagenet", {"logit": 0.5}, {}, 0.5, 1.0),
+    ("dkd", "dkd-imagenet", None, {"dkd": {"alpha": 1.0, "beta": 0.5, "temperature": 1.0,
+                                           "warmup": 1.0}}, 1.0, 4.0),
+    ("dist", "dist-imagenet", {"dist": 2.0}, {"dist": {"beta": 1.0, "gamma": 1.0, "tau": 1.0}},
+     1.0, 4.0),
     # a term the recipe does not cover keeps its settings
     ("skip+logit", "hinton", {"logit": 0.9}, {}, 0.1, 4.0),
 ])
@@ -36,7 +42,8 @@ def test_each_recipe_resolves_to_its_published_values(kd, recipe, weights, opts,
 
 
 def test_the_recipes_and_their_terms():
-    assert set(KD_RECIPES) == {"lskd", "dist-cifar", "hinton"}
+    assert set(KD_RECIPES) == {"lskd", "dist-cifar", "hinton", "hinton-imagenet", "dkd-imagenet",
+                               "dist-imagenet"}
     assert set(KD_RECIPES["lskd"].terms) == {"logit", "dkd"}
     assert set(KD_RECIPES["dist-cifar"].terms) == {"dist"}
     assert set(KD_RECIPES["hinton"].terms) == {"logit"}

@@ -7,12 +7,12 @@ import torch
 
 import model_training_mid
 from skipkd.kd import DistillationLoss
-from skipkd.train.optim import Recipe, base_lr, build_scheduler, lr_milestones
+from skipkd.train.optim import OptimRecipe, base_lr, build_scheduler, lr_milestones
 
 
 def test_the_preset_holds_the_published_recipe():
     args = model_training_mid.parse_args(["--preset", "crd", "--dataset", "synthetic"])
-    recipe = Recipe.from_args(args)
+    recipe = OptimRecipe.from_args(args)
     assert (args.epochs, args.batch_size, args.momentum, args.nesterov, args.weight_decay) == \
         (240, 64, 0.9, False, 5e-4)
     assert (args.schedule, args.lr_decay, args.warmup_epochs) == ("multistep", 0.1, 0.0)
@@ -25,7 +25,7 @@ def test_the_preset_holds_the_published_recipe():
     assert base_lr(recipe, "shufflev1") == 0.01  # an alias is the same model
     given = model_training_mid.parse_args(["--preset", "crd", "--lr", "0.2", "--lr-milestones",
                                            "5,2"])
-    given = Recipe.from_args(given)
+    given = OptimRecipe.from_args(given)
     assert base_lr(given, "ShuffleV1") == 0.2 and lr_milestones(given, 240) == [2, 5]
 
 
@@ -34,7 +34,7 @@ def test_multistep_matches_torch_multisteplr(milestones):
     """Stepped once per batch, the rate changes only at epoch boundaries and equals
     MultiStepLR stepped once per epoch."""
     steps, epochs = 3, 8
-    args = Recipe(schedule="multistep", warmup_epochs=0.0, t_max=None,
+    args = OptimRecipe(schedule="multistep", warmup_epochs=0.0, t_max=None,
                   lr_milestones=milestones, lr_decay=0.1)
     ours = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.05)
     sched = build_scheduler(ours, args, steps, epochs)

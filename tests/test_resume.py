@@ -339,7 +339,7 @@ def test_nonfinite_loss_keeps_last_good_state(tmp_path):
     from skipkd.train.resume import load_state
     from skipkd.train.setup import build_model, make_loaders, prepare_data, seed_everything
     from skipkd.models.config import ModelConfig
-    from skipkd.train.optim import Recipe
+    from skipkd.train.optim import OptimRecipe
     from skipkd.train.stage import RunContext, Stage, train_stage
 
     def setup(key, poison_from=None, resume=False):
@@ -365,7 +365,7 @@ def test_nonfinite_loss_keeps_last_good_state(tmp_path):
 
         stage = Stage("baseline", config, model, Poisoned("none"), args.epochs)
         return (stage, RunContext(args, torch.device("cpu"), loaders, data_cfg, outputs,
-                                   Recipe.from_args(args))), outputs
+                                   OptimRecipe.from_args(args))), outputs
 
     kw, outputs = setup("bad", poison_from=STEPS)  # every step of epoch 2 onwards
     with pytest.raises(UserError) as info:

@@ -19,6 +19,9 @@ class ImageData:
     def __len__(self):
         return int(self.labels.shape[0])
 
+    def subset(self, idx) -> "ImageData":
+        return ImageData(self.images[idx], self.labels[idx], list(self.classes), dict(self.info))
+
 
 def _one_line(exc, limit=120):
     """An exception as one short line (messages from a file's contents may hold newlines)."""

@@ -54,53 +54,34 @@ class Augment:
         return x
 
 
-class TensorLoader:
-    """Iterates (x float normalised (B, C, H, W), y (B,)) from device-resident uint8 images.
+class BatchOrder:
+    """The sample order and batching every loader shares. Randomness is stateless: the order of
+    epoch e comes from a generator seeded with (seed, e), so a run is reproducible from its
+    seed, can resume at any step, and the ranks of a distributed run agree on the shuffle
+    (`rank`/`world_size` take every world_size-th sample of each global batch)."""
 
-    Shuffling and augmentation are per batch with tensor ops. Randomness is stateless: the
-    order of epoch e comes from a generator seeded with (seed, e) and the augmentation of batch i
-    from (seed, e, i), so a run is reproducible from its seed on any device, can resume at any
-    step (`iterate(epoch, start_step)`), and ranks of a distributed run agree on the shuffle
-    (`rank`/`world_size` take every world_size-th batch-sized shard of the same order).
-    """
-
-    def __init__(self, data: ImageData, batch_size: int, device="cpu", mean=None, std=None,
-                 shuffle=False, augment: Augment | None = None, drop_last=False, seed=0,
-                 channels_last=False, rank=0, world_size=1):
+    def __init__(self, n: int, batch_size: int, shuffle=False, seed=0, rank=0, world_size=1,
+                 drop_last=False):
         if batch_size < 1:
             raise ValueError("batch_size must be positive")
-        self.images = data.images.to(device)
-        self.labels = data.labels.to(device)
-        self.batch_size = batch_size
-        self.device = torch.device(device)
-        c = self.images.shape[1]
-        mean = torch.tensor(mean if mean is not None else [0.0] * c, dtype=torch.float32)
-        std = torch.tensor(std if std is not None else [1.0] * c, dtype=torch.float32)
-        # fold /255 and normalisation into one multiply-add: x * scale + shift
-        self.scale = (1.0 / (255.0 * std)).reshape(1, c, 1, 1).to(self.device)
-        self.shift = (-mean / std).reshape(1, c, 1, 1).to(self.device)
-        self.shuffle = shuffle
-        self.augment = augment
-        self.drop_last = drop_last
-        self.seed = int(seed)
-        self.channels_last = channels_last
+        self.n, self.batch_size = int(n), batch_size
+        self.shuffle, self.seed, self.drop_last = shuffle, int(seed), drop_last
         self.rank, self.world_size = rank, world_size
         self.epoch = 0  # advanced by each plain `for batch in loader`
 
     def _order(self, epoch):
         """The sample order of `epoch` (a CPU LongTensor), the same on every rank."""
-        n = len(self.labels)
         if not self.shuffle:
-            return torch.arange(n)
+            return torch.arange(self.n)
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.randperm(n, generator=gen)
+        return torch.randperm(self.n, generator=gen)
 
     def _global_batch(self):
         return self.batch_size * self.world_size
 
     def __len__(self):
         """Batches per epoch on this rank (equal on every rank, as DDP needs)."""
-        n, g = len(self.labels), self._global_batch()
+        n, g = self.n, self._global_batch()
         if self.drop_last:
             return n // g
         if self.world_size == 1:
@@ -111,8 +92,7 @@ class TensorLoader:
     @property
     def num_samples(self):
         """Samples seen per epoch over all ranks."""
-        n, g = len(self.labels), self._global_batch()
-        return min(n, len(self) * g)
+        return min(self.n, len(self) * self._global_batch())
 
     def batch_indices(self, epoch: int, step: int) -> torch.Tensor:
         """This rank's sample indices in batch `step` of `epoch`: a global batch of
@@ -120,6 +100,42 @@ class TensorLoader:
         g = self._global_batch()
         chunk = self._order(epoch)[step * g:(step + 1) * g]
         return chunk[self.rank::self.world_size]
+
+    def iterate(self, epoch: int, start_step: int = 0, with_index: bool = False):
+        raise NotImplementedError
+
+    def __iter__(self):
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        return self.iterate(epoch)
+
+
+class TensorLoader(BatchOrder):
+    """Iterates (x float normalised (B, C, H, W), y (B,)) from device-resident uint8 images.
+
+    Shuffling and augmentation are per batch with tensor ops; the order is BatchOrder's and the
+    augmentation of batch i comes from (seed, e, i), so a run is reproducible from its seed on
+    any device and can resume at any step (`iterate(epoch, start_step)`).
+    """
+
+    def __init__(self, data: ImageData, batch_size: int, device="cpu", mean=None, std=None,
+                 shuffle=False, augment: Augment | None = None, drop_last=False, seed=0,
+                 channels_last=False, rank=0, world_size=1):
+        super().__init__(len(data.labels), batch_size, shuffle, seed, rank, world_size, drop_last)
+        self.images = data.images.to(device)
+        self.labels = data.labels.to(device)
+        self.device = torch.device(device)
+        c = self.images.shape[1]
+        mean = torch.tensor(mean if mean is not None else [0.0] * c, dtype=torch.float32)
+        std = torch.tensor(std if std is not None else [1.0] * c, dtype=torch.float32)
+        # fold /255 and normalisation into one multiply-add: x * scale + shift
+        self.scale = (1.0 / (255.0 * std)).reshape(1, c, 1, 1).to(self.device)
+        self.shift = (-mean / std).reshape(1, c, 1, 1).to(self.device)
+        self.augment = augment
+        self.channels_last = channels_last
+
+    def preview(self, n: int):
+        """(uint8 images, labels) of the first n images."""
+        return self.images[:n], self.labels[:n]
 
     def normalise(self, x_uint8: torch.Tensor) -> torch.Tensor:
         x = x_uint8.float() * self.scale + self.shift
@@ -145,7 +161,3 @@ class TensorLoader:
                 gen = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 100_003 + i)
                 xb = self.augment(xb, gen, rank=self.rank, world_size=self.world_size)
             yield (self.normalise(xb), yb, idx) if with_index else (self.normalise(xb), yb)
-
-    def __iter__(self):
-        epoch, self.epoch = self.epoch, self.epoch + 1
-        return self.iterate(epoch)

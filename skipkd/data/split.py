@@ -4,7 +4,6 @@ import hashlib
 import numpy as np
 import torch
 
-from .common import ImageData
 
 
 def split_indices(labels: torch.Tensor, fraction: float, seed: int = 0):
@@ -31,10 +30,9 @@ def split_indices(labels: torch.Tensor, fraction: float, seed: int = 0):
     return torch.from_numpy(np.flatnonzero(mask)), torch.from_numpy(val.astype(np.int64))
 
 
-def held_out_split(data: ImageData, fraction: float, seed: int = 0):
-    """-> (train part, validation part, digest of the validation indices)."""
+def held_out_split(data, fraction: float, seed: int = 0):
+    """data: ImageData or FileImages (anything with labels and subset) -> (train part,
+    validation part, digest of the validation indices)."""
     tr, va = split_indices(data.labels, fraction, seed)
     digest = hashlib.sha1(va.numpy().astype("<i8").tobytes()).hexdigest()[:12]
-    part = lambda idx: ImageData(data.images[idx], data.labels[idx], list(data.classes),
-                                 dict(data.info))
-    return part(tr), part(va), digest
+    return data.subset(tr), data.subset(va), digest

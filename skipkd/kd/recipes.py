@@ -41,6 +41,15 @@ values it resolved to.
     - logit: weight 0.9, --temperature 4, CE weight 0.1.
   The literature's KD baseline: compare other methods against it rather than against CE
   weight 1 and KD weight 1 (this toolkit's --beta default).
+* hinton-imagenet, dkd-imagenet, dist-imagenet: the ImageNet ResNet-34 -> ResNet-18
+  configurations of the same methods (with --preset imagenet; docs/BENCHMARK.md).
+    - hinton-imagenet: logit weight 0.5, --temperature 1, CE weight 0.5 (mdistiller
+      configs/imagenet/r34_r18/kd.yaml; torchdistill's rrpr2020 KD config, alpha 0.5, T 1).
+    - dkd-imagenet: dkd alpha 1, beta 0.5, temperature 1, warm-up 1 epoch, CE weight 1
+      (mdistiller configs/imagenet/r34_r18/dkd.yaml, alpha from its engine/cfg.py).
+    - dist-imagenet: dist weight 2 with beta = gamma = tau = 1, CE weight 1 (the authors'
+      configs/strategies/distill/resnet_dist.yaml, kept in hunto/LocalMamba; torchdistill's
+      sample DIST config).
 """
 from dataclasses import dataclass, field
 
@@ -86,6 +95,26 @@ KD_RECIPES = {
         "RepDistiller scripts/run_cifar_distill.sh (-r 0.1 -a 0.9, kd_T 4); mdistiller "
         "engine/cfg.py (KD)",
         {"logit": TermRecipe(weight=0.9, temperature=4.0, ce_weight=0.1)}),
+    "hinton-imagenet": Recipe(
+        "Hinton, Vinyals & Dean, Distilling the Knowledge in a Neural Network, 2015",
+        "mdistiller configs/imagenet/r34_r18/kd.yaml (KD TEMPERATURE 1, CE_WEIGHT 0.5, "
+        "KD_WEIGHT 0.5); torchdistill configs/official/ilsvrc2012/yoshitomo-matsubara/rrpr2020/"
+        "kd-resnet18_from_resnet34.yaml (temperature 1.0, alpha 0.5)",
+        {"logit": TermRecipe(weight=0.5, temperature=1.0, ce_weight=0.5)}),
+    "dkd-imagenet": Recipe(
+        "Zhao, Cui, Song, Qiu & Liang, Decoupled Knowledge Distillation, CVPR 2022",
+        "mdistiller configs/imagenet/r34_r18/dkd.yaml (CE_WEIGHT 1.0, BETA 0.5, T 1.0, WARMUP 1; "
+        "ALPHA 1.0 from mdistiller/engine/cfg.py)",
+        {"dkd": TermRecipe(options={"alpha": 1.0, "beta": 0.5, "temperature": 1.0,
+                                    "warmup": 1.0}, ce_weight=1.0)}),
+    "dist-imagenet": Recipe(
+        "Huang, You, Wang, Qian & Xu, Knowledge Distillation from A Stronger Teacher, "
+        "NeurIPS 2022",
+        "the authors' configs/strategies/distill/resnet_dist.yaml (copy in hunto/LocalMamba, "
+        "classification/: kd dist, kd_loss_weight 2, ori_loss_weight 1, DIST(beta=1, gamma=1, "
+        "tau=1)); torchdistill configs/sample/ilsvrc2012/dist/resnet18_from_resnet34.yaml",
+        {"dist": TermRecipe(weight=2.0, options={"beta": 1.0, "gamma": 1.0, "tau": 1.0},
+                            ce_weight=1.0)}),
 }
 
 

@@ -8,12 +8,12 @@ import torch
 from ..models import MODELS
 from .distributed import dist_info
 
-__all__ = ["Recipe", "effective_lr", "base_lr", "build_optimizer", "build_scheduler",
+__all__ = ["OptimRecipe", "effective_lr", "base_lr", "build_optimizer", "build_scheduler",
            "lr_milestones", "LIGHT_FAMILIES"]
 
 
 @dataclass(frozen=True)
-class Recipe:
+class OptimRecipe:
     """How a stage trains: the optimiser and the learning-rate schedule, as the command line and
     its preset give them (the defaults are the default preset's)."""
     lr: float | None = 0.1        # per 128 images under linear scaling; None: the preset's
@@ -31,7 +31,7 @@ class Recipe:
     lr_decay: float = 0.1         # multistep: the factor at each milestone
 
     @classmethod
-    def from_args(cls, args) -> "Recipe":
+    def from_args(cls, args) -> "OptimRecipe":
         """The recipe of parsed command-line arguments (skipkd.cli)."""
         given = vars(args)
         return cls(**{f.name: given[f.name] for f in fields(cls)})
@@ -42,7 +42,7 @@ DEFAULT_MILESTONES = (150, 180, 210)
 DEFAULT_MILESTONE_EPOCHS = 240
 
 
-def lr_milestones(recipe: Recipe, epochs: int) -> list:
+def lr_milestones(recipe: OptimRecipe, epochs: int) -> list:
     """--lr-milestones, or RepDistiller's 150/180/210 of 240 epochs scaled to this run's length."""
     given = recipe.lr_milestones
     if given:
@@ -55,7 +55,7 @@ def lr_milestones(recipe: Recipe, epochs: int) -> list:
 LIGHT_FAMILIES = ("mobilenetv2", "shufflenetv1", "shufflenetv2")
 
 
-def base_lr(recipe: Recipe, arch: str | None = None) -> float:
+def base_lr(recipe: OptimRecipe, arch: str | None = None) -> float:
     """--lr when given; else the preset's, which under --preset crd depends on the model."""
     if recipe.lr is not None:
         return recipe.lr
@@ -65,7 +65,7 @@ def base_lr(recipe: Recipe, arch: str | None = None) -> float:
     raise ValueError("--lr is unset")
 
 
-def effective_lr(recipe: Recipe, arch: str | None = None) -> float:
+def effective_lr(recipe: OptimRecipe, arch: str | None = None) -> float:
     """--lr is per 128 images under linear scaling (Goyal et al., 2017); the batch that counts is
     the global one, batch_size per process x the number of processes of a torchrun launch."""
     lr = base_lr(recipe, arch)
@@ -73,7 +73,7 @@ def effective_lr(recipe: Recipe, arch: str | None = None) -> float:
     return lr * global_batch / 128 if recipe.lr_scaling == "linear" else lr
 
 
-def build_optimizer(params, recipe: Recipe, arch: str | None = None):
+def build_optimizer(params, recipe: OptimRecipe, arch: str | None = None):
     """SGD; the fused implementation (one kernel for all parameters) measured 20x faster per
     step than the default loop on a 2-core CPU (22 ms -> 1 ms for resnet18 at width 16)."""
     if not recipe.bn_weight_decay:  # no decay on BatchNorm weights and biases
@@ -85,7 +85,7 @@ def build_optimizer(params, recipe: Recipe, arch: str | None = None):
                            weight_decay=recipe.weight_decay, fused=True)
 
 
-def build_scheduler(optimizer, recipe: Recipe, steps_per_epoch: int, epochs: int):
+def build_scheduler(optimizer, recipe: OptimRecipe, steps_per_epoch: int, epochs: int):
     """The learning-rate factor at each step (the scheduler is stepped once per batch):
 
     - warm-up: linear from 1/W to 1 over the first W = warmup_epochs * steps_per_epoch steps;

@@ -18,7 +18,7 @@ from ..io.report import results_table
 from ..io.summary import RunSummary
 from .distributed import barrier, init_distributed, is_main
 from .resume import finished_stages
-from .optim import Recipe
+from .optim import OptimRecipe
 from .setup import describe_machine, environment, make_loaders, prepare_data, resolve_device, seed_everything
 from .stage import RunContext
 
@@ -48,7 +48,7 @@ class Run:
         self.outputs = RunOutputs(args.output_dir, key)
         loaders = make_loaders(self.train, self.test, self.data, args, self.device)
         self.context = RunContext(args, self.device, loaders, self.data, self.outputs,
-                                  Recipe.from_args(args))
+                                  OptimRecipe.from_args(args))
         if check is not None:
             check(self.context)
         self.outputs.prepare(args.overwrite, args.resume, roles=roles, write=is_main(),

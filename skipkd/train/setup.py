@@ -12,6 +12,10 @@ from ..models.config import ModelConfig
 
 from ..data import (SYNTHETIC_SEED, TEST_AS_VAL, Augment, DataDesc, TensorLoader, channel_stats,
                     held_out_split, load_dataset)
+from ..data.stream import (IMAGENET_MEAN, IMAGENET_STD, FileImages, StreamLoader, eval_resize,
+                           scan_files)
+
+STREAM_FROM = 128  # --pipeline auto streams a folder dataset from this image size up
 from ..errors import UserError
 from .distributed import dist_info
 
@@ -82,6 +86,8 @@ def prepare_data(args):
     if not report_test and fraction <= 0:
         raise UserError("--no-report-test needs a held-out validation split (--val-split > 0): "
                         "without one the test set is the validation set")
+    if streams(args, name):
+        return prepare_files(args, name, fraction, report_test)
     train, test = load_dataset(name, args.data_dir, args.download, test=report_test, **kwargs)
     if args.limit_train:
         train.images, train.labels = train.images[:args.limit_train], train.labels[:args.limit_train]
@@ -118,6 +124,53 @@ def prepare_data(args):
     return train, test, data
 
 
+def streams(args, name: str) -> bool:
+    """Whether the data are decoded batch by batch from their files (--pipeline)."""
+    if args.pipeline != "auto":
+        return args.pipeline == "stream"
+    return name == "imagenet" or (name == "folder" and args.image_size >= STREAM_FROM)
+
+
+def prepare_files(args, name, fraction, report_test):
+    """prepare_data for a streamed dataset: the files, the held-out split of their labels, and
+    ImageNet's normalisation (the pretrained networks' own)."""
+    if args.download:
+        raise UserError(f"--download is not available for --dataset {name}")
+    if not os.path.isdir(args.data_dir):
+        raise UserError(f"data directory {args.data_dir} does not exist")
+    tests = ("val", "test") if name == "imagenet" else ("test", "val")
+    train, test = scan_files(args.data_dir, name, tests, test=report_test)
+    if args.limit_train:
+        train = train.subset(range(min(args.limit_train, len(train))))
+    if args.limit_test and test is not None:
+        test = test.subset(range(min(args.limit_test, len(test))))
+    split_seed = int(args.split_seed or 0)
+    fit = train
+    if fraction <= 0:
+        split = {"protocol": TEST_AS_VAL, "val_split": 0.0, "val_size": len(test)}
+    else:
+        fit, val, digest = held_out_split(train, fraction, split_seed)
+        if len(val) == 0 or len(fit) == 0:
+            raise UserError(f"--val-split {fraction:g} of {len(train)} training images leaves "
+                            f"{len(fit)} to train on and {len(val)} to validate on")
+        split = {"protocol": f"held-out-val ({100 * fraction:g}% of train, stratified, "
+                             f"split seed {split_seed})",
+                 "val_split": fraction, "split_seed": split_seed, "val_size": len(val),
+                 "val_indices_sha1": digest}
+    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if args.normalize else ((0.0,) * 3, (1.0,) * 3)
+    size = args.image_size
+    print(f"{name}: {len(train)} train / {len(test) if test is not None else 'no'} test images "
+          f"in {len(train.classes)} classes, streamed from {args.data_dir}", flush=True)
+    data = DataDesc(dataset=name, mean=tuple(mean), std=tuple(std), classes=tuple(train.classes),
+                    num_classes=len(train.classes), in_channels=3, image_size=size,
+                    train_size=len(fit), test_size=len(test) if test is not None else 0,
+                    test_read=report_test, **split,
+                    preprocessing=f"streamed: train RandomResizedCrop({size}) + horizontal flip; "
+                                  f"eval resize {eval_resize(size)} + centre crop {size}; RGB; "
+                                  f"ImageNet mean/std" if args.normalize else "")
+    return train, test, data
+
+
 class Loaders(NamedTuple):
     train: TensorLoader
     val: TensorLoader             # checkpoint selection: held-out images, or the test set
@@ -136,12 +189,15 @@ def make_loaders(train, test, data: DataDesc, args, device) -> Loaders:
         train, val, digest = held_out_split(train, data.val_split, data.split_seed)
         if digest != data.val_indices_sha1 or len(val) != data.val_size:
             raise RuntimeError("make_loaders: the held-out split differs from prepare_data's")
-        if test is not None:  # None: --no-report-test, the test split was not read
+        if test is not None and not isinstance(test, FileImages):  # None: --no-report-test
             report_loader = TensorLoader(test, args.eval_batch_size, device, data.mean,
                                          data.std, channels_last=args.channels_last,
                                          **shard)
     else:
         val = test
+    if isinstance(train, FileImages):
+        report = test if data.held_out else None  # None too when the test split was not read
+        return Loaders(*stream_loaders(train, val, report, data, args, device, shard))
     aug = Augment(crop_padding=args.crop_padding, hflip=args.hflip, vflip=args.vflip)
     train_loader = TensorLoader(train, args.batch_size, device, data.mean, data.std,
                                 shuffle=args.shuffle, augment=aug, seed=args.seed,
@@ -149,6 +205,19 @@ def make_loaders(train, test, data: DataDesc, args, device) -> Loaders:
     val_loader = TensorLoader(val, args.eval_batch_size, device, data.mean, data.std,
                               channels_last=args.channels_last, **shard)
     return Loaders(train_loader, val_loader, report_loader)
+
+
+def stream_loaders(train, val, report, data: DataDesc, args, device, shard):
+    """(train, val, report) StreamLoaders: the ImageNet pipeline, decoded by --workers."""
+    workers = args.workers if args.workers is not None else min(8, os.cpu_count() or 1)
+    common = dict(device=device, mean=data.mean, std=data.std, image_size=data.image_size,
+                  workers=workers, channels_last=args.channels_last, **shard)
+    train_loader = StreamLoader(train, args.batch_size, train=True, shuffle=args.shuffle,
+                                seed=args.seed, **common)
+    val_loader = StreamLoader(val, args.eval_batch_size, **common)
+    report_loader = (StreamLoader(report, args.eval_batch_size, **common)
+                     if report is not None else None)
+    return train_loader, val_loader, report_loader
 
 
 def model_config(args, arch: str, width: int, data: DataDesc, weights=None) -> ModelConfig:

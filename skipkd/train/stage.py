@@ -27,7 +27,7 @@ from ..io.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpo
 from .distributed import (barrier, dist_info, is_main, reduce_carry, sync_buffers,
                           wrap_distributed)
 from .engine import NonFiniteLoss, evaluate, recalibrate_bn, train_one_epoch
-from .optim import Recipe, build_optimizer, build_scheduler, effective_lr
+from .optim import OptimRecipe, build_optimizer, build_scheduler, effective_lr
 from .resume import check_resume_args, resume_command, rng_state, set_rng_state
 from .setup import Loaders
 from .signals import StopFlag
@@ -59,7 +59,7 @@ class RunContext:
     loaders: Loaders
     data: DataDesc
     outputs: object           # RunOutputs: where every file of the run goes
-    recipe: Recipe            # how each stage trains (Recipe.from_args of the command line)
+    recipe: OptimRecipe            # how each stage trains (OptimRecipe.from_args of the command line)
 
 
 @dataclass

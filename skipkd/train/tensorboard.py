@@ -75,9 +75,9 @@ def log_predictions(writer, tag, model, loader, classes, step, n=16):
     if writer is None:
         return
     model.eval()
-    imgs_u8 = loader.images[:n]
+    imgs_u8, labels = loader.preview(n)
     logits = model(loader.normalise(imgs_u8)).logits
-    fig = predictions_figure(imgs_u8.cpu(), loader.labels[:n].cpu(), logits.argmax(1).cpu(), classes)
+    fig = predictions_figure(imgs_u8.cpu(), labels.cpu(), logits.argmax(1).cpu(), classes)
     writer.add_figure(tag, fig, global_step=step, close=True)
 
 
