@@ -7,9 +7,17 @@ DataLoader with worker processes, the teacher run with autograd on, `.item()` ev
 CUDA both paths run with cuDNN's autotuner on (as RepDistiller and most CIFAR scripts set it).
 
     python benchmark.py --teacher resnet34 --student resnet18 --width 16 --batch-size 128
+    python benchmark.py --teacher resnet34_imagenet --student resnet18_imagenet --width 64 \
+        --image-size 224 --batch-size 64 --benches distill,data
+
+The `data` bench times the streamed ImageNet pipeline alone (skipkd/data/stream.py: decode,
+random-resized crop, flip, on --data-workers loader processes) on JPEG files it writes first
+(--data-files of 500 x 375 pixels, ImageNet's typical size), so a user sees whether decoding or
+the network sets the pace of a 224-pixel run.
 """
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -51,6 +59,9 @@ def get_args_parser():
                    default="parallel", help="attention placement")
     p.add_argument("--kd", type=kd_spec, default="skip",
                    help="distillation terms joined by '+' (see model_training_mid.py --help)")
+    p.add_argument("--image-size", type=int_in(8, 1024), default=32,
+                   help="image size of the model benches' synthetic data, and the crop of the "
+                        "data bench")
     p.add_argument("--batch-size", type=positive_int, default=128, help="training batch size")
     p.add_argument("--eval-batch-size", type=positive_int, default=512, help="evaluation batch size")
     p.add_argument("--steps", type=positive_int, default=10, help="timed steps per repeat")
@@ -70,7 +81,12 @@ def get_args_parser():
     p.add_argument("--benches", default="teacher,distill,eval",
                    help="comma-separated: teacher (teacher training), distill (student step), eval, "
                         "terms (the student step with each distillation term of --terms alone, "
-                        "against the plain student step)")
+                        "against the plain student step), data (the streamed ImageNet pipeline "
+                        "alone, per --data-workers)")
+    p.add_argument("--data-workers", default="0,1,2",
+                   help="the data bench's loader process counts, comma-separated")
+    p.add_argument("--data-files", type=positive_int, default=256,
+                   help="JPEG files the data bench writes and reads")
     p.add_argument("--terms", default="all",
                    help="the terms bench's terms: 'all' registered ones, or names joined by '+'")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
@@ -225,7 +241,8 @@ def reference(bench, args, data, device):
 
     torch.manual_seed(0)
     mean, std = channel_stats(data.images)
-    train_tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
+    size = data.images.shape[-1]
+    train_tf = T.Compose([T.RandomCrop(size, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
                           T.Normalize(mean, std)])
     eval_tf = T.Compose([T.ToTensor(), T.Normalize(mean, std)])
     train = bench != "eval"
@@ -284,22 +301,64 @@ def _run(step, loader, bs, args, device):
 
 
 # ------------------------------------------------------------------ main
+def data_pipeline(args, device, workers: int) -> dict:
+    """images/s of StreamLoader (decode + random-resized crop + flip + normalise) over
+    --data-files JPEGs of 500 x 375 pixels written to a temporary folder; medians of --repeats
+    epochs after one untimed epoch."""
+    import tempfile
+
+    from PIL import Image
+
+    from skipkd.data.stream import StreamLoader, scan_files
+    with tempfile.TemporaryDirectory() as root:
+        rng = np.random.default_rng(0)
+        for i in range(args.data_files):
+            folder = os.path.join(root, "train" if i % 5 else "val", f"c{i % 2}")
+            os.makedirs(folder, exist_ok=True)
+            pixels = rng.integers(0, 256, (375, 500, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(os.path.join(folder, f"{i}.JPEG"), quality=90)
+        files, _ = scan_files(root, "data bench")
+        loader = StreamLoader(files, args.batch_size, device, train=True,
+                              image_size=args.image_size, shuffle=True, workers=workers)
+        runs = []
+        for epoch in range(args.repeats + 1):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t0, n = time.perf_counter(), 0
+            for x, _ in loader.iterate(epoch):
+                n += len(x)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if epoch:  # the first epoch starts the processes and warms the page cache
+                runs.append(n / (time.perf_counter() - t0))
+    return {"images_per_s": statistics.median(runs), "runs": runs, "peak_mem_mib": 0.0}
+
+
 def main(args):
     if args.json:  # before any timing: not a folder, a writable place
         check_output_path(args.json, what="--json", create=True)
     device = resolve_device(args.device)
     benches = [b.strip() for b in args.benches.split(",") if b.strip()]
     for b in benches:
-        if b not in ("teacher", "distill", "eval", "terms"):
+        if b not in ("teacher", "distill", "eval", "terms", "data"):
             raise SystemExit(f"benchmark.py: error: unknown bench {b!r} "
-                             f"(teacher, distill, eval, terms)")
+                             f"(teacher, distill, eval, terms, data)")
+    try:
+        data_workers = [int(w) for w in args.data_workers.split(",") if w.strip()]
+        if not data_workers or min(data_workers) < 0 or max(data_workers) > 256:
+            raise ValueError
+    except ValueError:
+        raise SystemExit(f"benchmark.py: error: --data-workers: expected counts in 0..256, got "
+                         f"{args.data_workers!r}") from None
     try:
         terms = list(KD_TERMS) if args.terms == "all" else parse_kd(args.terms)
     except ValueError as exc:
         raise SystemExit(f"benchmark.py: error: --terms: {exc}") from None
     precisions = args.precisions
     n = max(args.batch_size, args.eval_batch_size) * (args.steps + args.warmup + 1)
-    data = make_synthetic(min(n, 20000), seed=0)
+    budget = 20000 * 32 * 32 // args.image_size ** 2  # images: at most ~60 MB of pixels
+    data = make_synthetic(max(min(n, budget), args.batch_size, args.eval_batch_size), seed=0,
+                          image_size=args.image_size)
     rows = []
     result = {"config": {k: v for k, v in vars(args).items()}, "device": str(device),
               "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else
@@ -311,6 +370,12 @@ def main(args):
             atomic_write_text(args.json, json.dumps(result, indent=2))
 
     for bench in benches:
+        if bench == "data":  # the streamed pipeline alone, per loader process count
+            for workers in data_workers:
+                r = data_pipeline(args, device, workers)
+                add({"bench": "data", "path": f"workers={workers}", "precision": "-", **r,
+                     "ratio": None})
+            continue
         if bench == "terms":  # each term alone against the plain student step, per precision
             for prec in precisions:
                 plain = ours("distill", args, data, device, prec, kd="none")

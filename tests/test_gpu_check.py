@@ -28,7 +28,8 @@ def test_dry_run_passes_every_part(dry_run):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["environment"]["dry_run"] is True
     parts = summary["parts"]
-    for name in ("tests", "bench", "bench_compile", "fmnist", "sweep_small", "depth_resnet18",
+    for name in ("tests", "bench", "bench_compile", "bench_imagenet", "fmnist", "sweep_small",
+                 "depth_resnet18",
                  "depth_resnet34", "depth_resnet34_fp32"):
         assert parts[name]["status"] == "ok", (name, parts[name])
     # the CUDA tests ran on the CPU (none skipped for want of a GPU), compile tests deselected
@@ -40,6 +41,8 @@ def test_dry_run_passes_every_part(dry_run):
     eager = {(r["bench"], r["path"], r["precision"]) for r in summary["benchmarks"]["bench"]["rows"]}
     assert {("distill", "reference", "fp32"), ("distill", "ours", "fp32"),
             ("distill", "ours", "bf16"), ("teacher", "ours", "bf16"), ("eval", "ours", "fp32")} <= eager
+    imagenet = {(r["bench"], r["path"]) for r in summary["benchmarks"]["bench_imagenet"]["rows"]}
+    assert {("distill", "ours"), ("data", "workers=0"), ("data", "workers=1")} <= imagenet
     compiled = summary["benchmarks"]["bench_compile"]
     assert compiled["config"]["compile"] is True
     assert {r["precision"] for r in compiled["rows"] if r["path"] == "ours"} == {"fp32"}  # dry

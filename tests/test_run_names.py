@@ -71,7 +71,7 @@ def test_every_metric_lives_in_the_history_not_in_a_shared_name(tmp_path):
     out = RunOutputs(str(tmp_path), "good")
     out.save_history("student", {"train_loss": [1.0], "train_loss_ce": [0.5], "val_acc": [10.0]})
     other = RunOutputs(str(tmp_path), "ce_good")
-    other.save_history("", {"train_loss": [2.0], "val_acc": [20.0]})
+    other.save_history("baseline", {"train_loss": [2.0], "val_acc": [20.0]})
     good = read_history(out.history, "good")
     assert good["student"][("train", "loss_ce")].tolist() == [0.5]
     assert read_history(other.history, "ce_good")["baseline"][("train", "loss")].tolist() == [2.0]
@@ -85,7 +85,7 @@ def test_every_metric_lives_in_the_history_not_in_a_shared_name(tmp_path):
 
 def test_a_baseline_key_that_looks_like_a_role_writes_no_flat_array(tmp_path):
     out = RunOutputs(str(tmp_path), "student_x")
-    out.save_history("", {"val_acc": [1.0]})
+    out.save_history("baseline", {"val_acc": [1.0]})
     assert sorted(os.listdir(tmp_path / "numpy_outputs")) == ["history_student_x.json",
                                                               "manifest_student_x.json"]
     assert read_history(out.history)["baseline"][("val", "accuracy")].tolist() == [1.0]

@@ -53,8 +53,9 @@ def get_args_parser():
                    help="folder with the Fashion-MNIST IDX files (default: data/fashion-mnist in "
                         "the repository, else /usr/share/datasets/fashion-mnist)")
     p.add_argument("--parts", default=None,
-                   help="comma-separated subset of: tests, bench, bench_compile, fmnist, "
-                        "sweep_small, depth_resnet18, depth_resnet34, depth_resnet34_fp32")
+                   help="comma-separated subset of: tests, bench, bench_compile, bench_imagenet, "
+                        "fmnist, sweep_small, depth_resnet18, depth_resnet34, "
+                        "depth_resnet34_fp32")
     return p
 
 
@@ -107,6 +108,20 @@ def plan(args, out, work):
                              "--precisions", "bf16", "--compile", "--compile-mode",
                              "reduce-overhead", "--benches", "distill", "--json",
                              os.path.join(work, "bench_cudagraphs.json")], {}, None))
+    # the ImageNet pair at 224 pixels (the dry run: 32): the distillation step in bf16 against
+    # the reference path, and the streamed data pipeline alone per loader process count
+    imagenet = [py, os.path.join(REPO, "benchmark.py"), "--device", dev,
+                "--teacher", "resnet34_imagenet", "--student", "resnet18_imagenet",
+                "--placement", "none", "--kd", "skip", "--channels-last",
+                "--benches", "distill,data", "--json", os.path.join(work, "bench_imagenet.json")]
+    imagenet += (["--width", "4", "--image-size", "32", "--batch-size", "8", "--eval-batch-size",
+                  "8", "--steps", "1", "--repeats", "1", "--warmup", "1", "--workers", "0",
+                  "--precisions", "fp32", "--data-workers", "0,1", "--data-files", "20"] if dry else
+                 ["--width", "64", "--image-size", "224", "--batch-size", "256",
+                  "--eval-batch-size", "256", "--steps", "10", "--repeats", "3", "--warmup", "3",
+                  "--workers", "8", "--precisions", "bf16", "--data-workers", "0,4,8,16",
+                  "--data-files", "1024"])
+    parts.append(("bench_imagenet", 90, imagenet, {}, None))
     fm_dir = args.fmnist_dir
     if dry:
         fm_dir = os.path.join(work, "fashion-mnist")
