@@ -196,3 +196,16 @@ def test_a_teacher_from_weights_must_predict_this_datas_classes(tmp_path, weight
     assert proc.returncode == 2
     assert "predict 1000 classes, this data has 3: fine-tune them first" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+    # weights of three classes: the teacher as it is, never trained here
+    three = tmp_path / "three.pth"
+    torch.manual_seed(1)
+    torch.save(torchvision.models.resnet18(num_classes=3).state_dict(), three)
+    proc = run_script("model_training_mid.py", *FLAGS, "--data-dir", photos, "--image-size", "32",
+                      "--output-dir", tmp_path / "out", "--teacher", "resnet18_imagenet",
+                      "--teacher-weights", three, "--student", "resnet18_imagenet", "--width", "8",
+                      "--kd", "logit", "--run-name", "w")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((tmp_path / "out" / "numpy_outputs" / "summary_w.json").read_text())
+    assert summary["teacher"]["loaded"] and summary["teacher"]["checkpoint"] == str(three)
+    assert summary["teacher"]["placement"] == "none" and summary["teacher"]["base_width"] == 64
+    assert not (tmp_path / "out" / "saved_pth_model" / "w_teacher.pth").exists()
