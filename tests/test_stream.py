@@ -102,3 +102,32 @@ def test_a_folder_dataset_streams_from_128_pixels(tree, tmp_path):
     args = parse_baseline_args(["--dataset", "folder", "--data-dir", str(tree), "--image-size",
                                 "128", "--pipeline", "memory"])
     assert type(prepare_data(args)[0]).__name__ == "ImageData"
+
+
+def test_under_torchrun_each_rank_decodes_only_its_share(tree):
+    """Two ranks together see exactly the images of one process's batches, each once."""
+    train, _ = scan_files(str(tree), "imagenet")
+    make = lambda rank, world: StreamLoader(train, 6 // world, train=True, image_size=16,
+                                            shuffle=True, seed=5, rank=rank, world_size=world)
+    alone = [set(i.tolist()) for _, _, i in make(0, 1).iterate(0, with_index=True)]
+    ranks = [[set(i.tolist()) for _, _, i in make(r, 2).iterate(0, with_index=True)]
+             for r in (0, 1)]
+    assert len(alone) == len(ranks[0]) == len(ranks[1]) == 3
+    for whole, a, b in zip(alone, *ranks):
+        assert a | b == whole and not a & b
+    # and each rank decoded only its share: the decoder was asked for those indices alone
+    class Recording(torch.utils.data.Dataset):
+        def __init__(self, inner):
+            self.inner, self.seen = inner, []
+
+        def __len__(self):
+            return len(self.inner)
+
+        def __getitem__(self, key):
+            self.seen.append(key[1])
+            return self.inner[key]
+
+    loader = make(1, 2)
+    loader.decoder = Recording(loader.decoder)
+    list(loader.iterate(0))
+    assert sorted(loader.decoder.seen) == sorted(i for batch in ranks[1] for i in batch)
