@@ -10,7 +10,8 @@ It records, on the CPU with fixed seeds:
   a student-alone run per model family: a hash of the student's final weights and of the
   run's loss and accuracy arrays.
 
-`--compare` prints every entry that differs or is missing and exits 1 if any does. Hashes are of
+`--compare` prints every earlier entry that differs or is missing and exits 1 if any does;
+entries that did not exist before (a model registered since) are counted as new. Hashes are of
 values (tensors in key order, arrays), not of files, so a renamed metadata field does not count.
 """
 import argparse
@@ -131,13 +132,15 @@ def main(argv=None):
     if args.compare:
         with open(args.compare) as f:
             before = json.load(f)
-        differ = [f"{part}/{k}" for part in result for k in sorted(set(before.get(part, {}))
-                                                                    | set(result[part]))
-                  if before.get(part, {}).get(k) != result[part].get(k)]
+        old = {f"{part}/{k}": v for part, entries in before.items() for k, v in entries.items()}
+        new = {f"{part}/{k}": v for part, entries in result.items() for k, v in entries.items()}
+        differ = [k for k in sorted(old) if new.get(k) != old[k]]  # changed or gone
+        added = sorted(set(new) - set(old))  # models or runs that did not exist before
         for name in differ:
             print(f"DIFFERS: {name}")
-        total = sum(len(v) for v in result.values())
-        print(f"{total - len(differ)} of {total} fingerprints identical")
+        print(f"{len(old) - len(differ)} of {len(old)} earlier fingerprints identical"
+              + (f"; {len(added)} new ({', '.join(added[:3])}{', ...' if len(added) > 3 else ''})"
+                 if added else ""))
         return 1 if differ else 0
     return 0
 
