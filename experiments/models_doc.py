@@ -39,7 +39,10 @@ def describe(name: str) -> dict:
 
 def render() -> str:
     names, aliases = {}, {}
+    wholesale = sorted(n for n, spec in MODELS.items() if spec.family == "torchvision")
     for name, spec in MODELS.items():  # the first name registered for a spec; the rest alias it
+        if spec.family == "torchvision":  # registered wholesale: one paragraph below, not rows
+            continue
         first = next((n for n, s in names.items() if s is spec), None)
         if first is None:
             names[name] = spec
@@ -89,6 +92,12 @@ def render() -> str:
         seen.add(module)
         doc = inspect.getdoc(sys.modules[module]) or ""
         lines += [f"## `{module.replace('.', '/')}.py`", "", doc.strip(), ""]
+    if wholesale:
+        import skipkd.models.torchvision_zoo as zoo
+        lines += ["## `skipkd/models/torchvision_zoo.py`", "",
+                  (inspect.getdoc(zoo) or "").strip(), "",
+                  f"The {len(wholesale)} names registered here: "
+                  + ", ".join(f"`{n}`" for n in wholesale) + ".", ""]
     return "\n".join(lines)
 
 

@@ -8,6 +8,8 @@ import sys
 
 from .kd import KD_RECIPES, KD_TERMS, parse_kd, resolve_recipe, term_options
 from .models import ATTENTION_LAYERS, ECA_PLACEMENTS, MODELS
+from .models.pretrained import is_weights_name, torchvision_weights
+from .models.registry import known_models
 
 from .argparsing import (BATCH, EPOCHS, SEED, WIDTH, HelpFormatter, OneLineParser, add_bool,  # noqa: F401
                          float_in, fraction, int_in, nonneg_float, nonneg_int, positive_float,
@@ -116,7 +118,7 @@ def milestones(v):
 
 def model_name(v):
     if v not in MODELS:
-        raise argparse.ArgumentTypeError(f"unknown model {v!r}; choose from {', '.join(MODELS)}")
+        raise argparse.ArgumentTypeError(f"unknown model {v!r}; choose from {known_models()}")
     return v
 
 
@@ -511,6 +513,17 @@ def finalize_args(parser, args, default_placement, preset_overrides=None, argv=N
     if args.dataset == "imagenet" and args.pipeline == "memory":
         parser.error("--dataset imagenet is streamed from its files: --pipeline memory would "
                      "decode all of it into memory")
+    if args.pipeline == "stream" and args.dataset not in ("folder", "imagenet"):
+        parser.error(f"--pipeline stream reads image files: --dataset folder or imagenet, not "
+                     f"{args.dataset}")
+    for flag in ("init_weights", "student_init_weights", "teacher_init_weights",
+                 "teacher_weights"):  # a mistyped weights name: now, not after the data scan
+        spec = vars(args).get(flag)
+        if spec is not None and is_weights_name(spec):
+            try:
+                torchvision_weights(spec)
+            except ValueError as exc:
+                parser.error(f"--{flag.replace('_', '-')}: {exc}")
     if args.eca_k is not None and args.eca_k % 2 == 0:
         parser.error(f"--eca-k must be odd, got {args.eca_k}")
     if args.precision == "fp16" and not str(args.device).startswith("cuda") and args.device != "auto":

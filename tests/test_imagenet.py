@@ -120,8 +120,7 @@ def test_a_weights_name_offline_says_which_file_to_put_where(monkeypatch, tmp_pa
 
     def offline(*args, **kwargs):
         raise urllib.error.URLError("no network")
-    import torchvision.models._api as tv_api  # where torchvision's weights fetch their file
-    monkeypatch.setattr(tv_api, "load_state_dict_from_url", offline)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     model = create_model("resnet34_imagenet", num_classes=10)
     with pytest.raises(ValueError) as err:
         load_weights(model, "ResNet34_Weights.IMAGENET1K_V1", "resnet34_imagenet")
@@ -209,3 +208,104 @@ def test_a_teacher_from_weights_must_predict_this_datas_classes(tmp_path, weight
     assert summary["teacher"]["loaded"] and summary["teacher"]["checkpoint"] == str(three)
     assert summary["teacher"]["placement"] == "none" and summary["teacher"]["base_width"] == 64
     assert not (tmp_path / "out" / "saved_pth_model" / "w_teacher.pth").exists()
+
+
+def test_any_torchvision_classifier_is_a_logit_only_network(tmp_path):
+    from skipkd.kd import DistillationLoss, TermContext
+    assert "tv_convnext_tiny" in MODELS and MODELS["tv_convnext_tiny"].placements == ("none",)
+    with torch.device("meta"):
+        teacher = create_model("tv_convnext_tiny", num_classes=10)
+    shapes = feature_shapes(teacher, 3, 32)
+    assert shapes["logits"] == (10,) and shapes["logits_only"] and shapes["hint"] is None
+    student = create_model("resnet18", num_classes=10, base_width=4)
+    context = TermContext(student_shapes=feature_shapes(student), teacher_shapes=shapes)
+    with pytest.raises(ValueError, match="fitnet needs the teacher's feats, and the teacher is a "
+                                         "logit-only network: choose terms that read logits"):
+        DistillationLoss("logit+fitnet", teacher, context=context)
+    assert DistillationLoss("logit+dkd+dist", teacher, context=context).names == \
+        ["logit", "dkd", "dist"]
+    with pytest.raises(ValueError, match="placement"):
+        create_model("tv_convnext_tiny", num_classes=10, placement="parallel")
+    # its weights: torchvision's names for it, its head replaced for other classes
+    torch.manual_seed(0)
+    path = tmp_path / "mnv3.pth"
+    torch.save(torchvision.models.get_model("mobilenet_v3_small").state_dict(), path)
+    model = create_model("tv_mobilenet_v3_small", num_classes=3)
+    assert "1000 -> 3 classes" in load_weights(model, str(path), "tv_mobilenet_v3_small")
+    with pytest.raises(ValueError, match="not weights of torchvision's mobilenet_v3_small"):
+        load_weights(model, "ResNet18_Weights.IMAGENET1K_V1", "tv_mobilenet_v3_small")
+
+
+def test_a_pretrained_classifier_teaches_through_its_logits_alone(tmp_path):
+    photos, out = _photos(tmp_path / "photos"), tmp_path / "out"
+    weights = tmp_path / "mnv3_3.pth"
+    torch.manual_seed(0)
+    torch.save(torchvision.models.get_model("mobilenet_v3_small", num_classes=3).state_dict(),
+               weights)
+    common = (*FLAGS, "--data-dir", photos, "--image-size", "32", "--output-dir", out,
+              "--teacher", "tv_mobilenet_v3_small", "--teacher-weights", weights,
+              "--student", "resnet18_imagenet", "--width", "8", "--placement", "none")
+    proc = run_script("model_training_mid.py", *common, "--kd", "skip")
+    assert proc.returncode == 2 and "skip needs the teacher's hint" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not out.exists()
+    proc = run_script("model_training_mid.py", *common, "--kd", "logit+dist", "--run-name", "tv")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((out / "numpy_outputs" / "summary_tv.json").read_text())
+    assert summary["teacher"]["arch"] == "tv_mobilenet_v3_small" and summary["teacher"]["loaded"]
+
+
+def test_what_a_review_tried(monkeypatch, tmp_path, weights):
+    """Hostile inputs a review found: each a one-line error, or handled."""
+    model = create_model("resnet18_imagenet", num_classes=3)
+    # a file in torchvision's cache is read like any other: a planted pickle never runs
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
+    planted = tmp_path / "th" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    planted.parent.mkdir(parents=True)
+    torch.save(torchvision.models.resnet18().state_dict(), planted)  # not the real file
+    with pytest.raises(ValueError, match="SHA-256 does not start with f37072fd"):
+        load_weights(model, "ResNet18_Weights.IMAGENET1K_V1", "resnet18_imagenet")
+    # older files without the BatchNorm counters load
+    state = {k: v for k, v in torch.load(weights["resnet18"], weights_only=True).items()
+             if not k.endswith("num_batches_tracked")}
+    torch.save(state, tmp_path / "no_counters.pth")
+    assert "loaded" in load_weights(model, str(tmp_path / "no_counters.pth"), "resnet18_imagenet")
+    # non-finite values, a directory, a text file: one line each
+    bad = dict(state, **{"conv1.weight": torch.full_like(state["conv1.weight"], float("nan"))})
+    torch.save(bad, tmp_path / "nan.pth")
+    (tmp_path / "text.pth").write_text("hello")
+    for path, message in ((tmp_path / "nan.pth", "holds non-finite values"),
+                          (tmp_path, "is a directory"),
+                          (tmp_path / "text.pth", "not a PyTorch file")):
+        with pytest.raises(ValueError, match=message):
+            load_weights(model, str(path), "resnet18_imagenet")
+
+
+def test_flags_that_cannot_work_are_refused_before_any_data_is_read(tmp_path):
+    for flags, message in (
+            (["--dataset", "cifar10", "--pipeline", "stream"], "--pipeline stream reads image files"),
+            (["--init-weights", "ResNet18_Weights.IMAGENET1K_V9"], "unknown torchvision weights")):
+        proc = run_script("model_training.py", *flags, "--data-dir", tmp_path / "nowhere",
+                          "--output-dir", tmp_path / "out")
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_a_link_loop_in_a_class_folder_is_read_once(tmp_path, capsys):
+    from skipkd.data.stream import scan_files
+    root = _photos(tmp_path / "photos", train=2, test=1)
+    os.symlink("../../train", root / "train" / "dog" / "up")
+    os.symlink(".", root / "train" / "cat" / "self")
+    train, _ = scan_files(str(root), "folder", ("test",))
+    assert len(train) == 6 and train.labels.tolist() == [0, 0, 1, 1, 2, 2]
+    assert "a link to a folder already read" in capsys.readouterr().err
+
+
+def test_a_split_without_one_readable_image_is_one_line(tmp_path):
+    from skipkd.data.stream import StreamLoader, scan_files
+    from skipkd.errors import UserError
+    root = _photos(tmp_path / "photos", train=1, test=1)
+    for path in (root / "test").rglob("*.jpg"):
+        path.write_bytes(b"not a jpeg")
+    _, test = scan_files(str(root), "folder", ("test",))
+    with pytest.raises(UserError, match="none of the 3 images could be decoded"):
+        list(StreamLoader(test, 2, image_size=16).iterate(0))

@@ -52,6 +52,7 @@ def _scan_split(split_dir):
     stray top-level file count). Hidden files and folders are ignored; files are found
     recursively inside each class folder (like torchvision's ImageFolder), in sorted order."""
     classes, skipped, stray = {}, 0, 0
+    seen = {os.path.realpath(split_dir)}  # a link back up the tree is not walked again
     for entry in sorted(os.scandir(split_dir), key=lambda e: e.name):
         if entry.name.startswith("."):
             continue
@@ -60,6 +61,12 @@ def _scan_split(split_dir):
             continue
         paths = []
         for root, dirs, files in os.walk(entry.path, followlinks=True):
+            real = os.path.realpath(root)
+            if real in seen:  # reached again through a link: a loop or a second way in
+                dirs[:] = []
+                _warn(f"{root}: a link to a folder already read ({real}); not read again")
+                continue
+            seen.add(real)
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             for name in sorted(files):
                 if name.startswith("."):

@@ -168,19 +168,23 @@ class StreamLoader(BatchOrder):
         loader = torch.utils.data.DataLoader(
             self.decoder, batch_sampler=batches, num_workers=self.workers, collate_fn=_collate,
             pin_memory=self.device.type == "cuda", persistent_workers=False)
-        new = []
+        new, yielded = [], 0
         for images, idx, bad in loader:
             new += bad
             if images is None:  # every image of the batch unreadable
                 continue
             idx = idx.to(self.device)
             x, y = self.normalise(images), self.labels[idx]
+            yielded += 1
             yield (x, y, idx) if with_index else (x, y)
+        if batches and not yielded:
+            raise UserError(f"none of the {sum(map(len, batches))} images could be decoded, "
+                            f"e.g. {', '.join(new[:3])}")
         fresh = [why for why in new if why not in self.skipped]
         self.skipped.update(dict.fromkeys(new))
         if fresh:
             _warn(f"skipped {len(fresh)} image(s) that could not be decoded, e.g. "
-                  f"{', '.join(fresh[:3])}")
+                  f"{', '.join(fresh[:3])}; accuracies are over the images that decode")
 
     def preview(self, n: int):
         """(uint8 images, labels) of the first n readable images, as evaluation sees them."""

@@ -7,6 +7,7 @@ import warnings
 import torch
 
 from ..models import ATTENTION_LAYERS, ECA_PLACEMENTS, MODELS, create_model
+from ..models.registry import known_models
 
 from ..errors import UserError
 from .outputs import atomic_write
@@ -130,7 +131,7 @@ def validate_checkpoint(ckpt, path="checkpoint"):
     arch = cfg.get("arch")
     if not isinstance(arch, str) or arch not in MODELS:
         raise UserError(f"{path}: checkpoint field model.arch: unknown architecture "
-                        f"{_shown(arch)}; known: {', '.join(MODELS)}")
+                        f"{_shown(arch)}; known: {known_models()}")
     for key in ("num_classes", "base_width"):
         if key not in cfg:
             raise UserError(f"{path}: checkpoint field model.{key} is missing")

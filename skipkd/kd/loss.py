@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models import FEATURES, ModelOutput, fold_batchnorm
+from ..models.torchvision_zoo import LOGIT_NEEDS
 from ..models.contract import BLOCK_FEATURES
 
 from .registry import KD_TERMS, KDBatch, TermContext, parse_kd, term_options
@@ -75,6 +76,14 @@ class DistillationLoss(nn.Module):
             if fast_teacher:
                 self.__dict__["teacher_infer"] = fold_batchnorm(self.teacher)
         ctx = context or TermContext()  # not modified: each term gets its own copy
+        readable = [n for n, c in KD_TERMS.items() if c.needs <= LOGIT_NEEDS]
+        for who, shapes in (("student", ctx.student_shapes), ("teacher", ctx.teacher_shapes)):
+            for name in self.names if shapes.get("logits_only") else ():
+                wants = sorted(KD_TERMS[name].needs - LOGIT_NEEDS)
+                if wants:
+                    raise ValueError(f"{name} needs the {who}'s {', '.join(wants)}, and the "
+                                     f"{who} is a logit-only network: choose terms that read "
+                                     f"logits ({', '.join(readable)})")
         options = options or {}
         unknown = sorted(set(options) - set(self.names))
         if unknown:

@@ -38,6 +38,7 @@ for _name in ARCHS:  # the 4-stage ResNets of this toolkit (base width 64 = the 
 # the KD literature's CIFAR benchmark models (docs/MODELS.md); they register themselves
 from . import cifar_resnet, mobilenetv2, shufflenet, vgg, wrn  # noqa: E402,F401  (after the ResNets)
 from . import imagenet  # noqa: E402,F401  (torchvision's ImageNet ResNets, after the CIFAR zoo)
+from . import torchvision_zoo  # noqa: E402,F401  (every torchvision classifier, logits only)
 
 
 def default_width(name: str) -> int:
@@ -62,7 +63,20 @@ def feature_shapes(model, in_channels: int = 3, image_size: int = 32) -> dict:
     """Per-sample shapes of everything a model can return (the feature contract, FEATURES):
     {'logits': (K,), 'hint': (C, H, W), 'feats': [(C, H, W), ...], 'preact_feats': [...],
     'embedding': (D,), 'hint_out': (C, H, W) or None, 'shortcuts': [(C, H, W), ...] or None}, found by running it once on an image_size x image_size input (on the
-    model's device; a meta-device model costs nothing). The model's own request is restored."""
+    model's device; a meta-device model costs nothing). The model's own request is restored.
+    A logit-only network (skipkd/models/torchvision_zoo.py) gives its logits' shape, None for
+    every feature, and 'logits_only': True."""
+    if getattr(model, "logits_only", False):
+        was_training = model.training
+        p = next(model.parameters())
+        x = torch.zeros(1, in_channels, image_size, image_size, device=p.device, dtype=p.dtype)
+        try:
+            logits = model.eval()(x).logits
+        finally:
+            model.train(was_training)
+        return {"logits": tuple(logits.shape[1:]), "hint": None, "feats": None,
+                "preact_feats": None, "embedding": None, "hint_out": None, "shortcuts": None,
+                "logits_only": True}
     was_training, request = model.training, model.feature_request
     model.eval()
     p = next(model.parameters())

@@ -13,19 +13,22 @@ fine-tuned); an attention module the weights do not have (a placement the pretra
 lacked) too. Any other missing, extra or differently shaped tensor is a ValueError naming the
 first one.
 """
+import hashlib
 import os
 import re
 import urllib.error
+import warnings
 
 import torch
 import torchvision
 
 from .imagenet import IMAGENET_RESNETS, from_torchvision, looks_like_torchvision
+from .torchvision_zoo import tv_name
 
-__all__ = ["WEIGHTS_NAME", "is_weights_name", "read_weights", "load_weights", "hub_file"]
+__all__ = ["WEIGHTS_NAME", "is_weights_name", "torchvision_weights", "read_weights",
+           "load_weights", "hub_file"]
 
 WEIGHTS_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*_Weights\.[A-Za-z0-9_]+$")
-HEAD = ("fc.weight", "fc.bias")  # the classifier of the ResNets (ours and torchvision's)
 
 
 def is_weights_name(spec: str) -> bool:
@@ -37,51 +40,89 @@ def hub_file(weights) -> str:
     return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
 
 
-def _torchvision_weights(spec: str, arch: str | None) -> dict:
+def torchvision_weights(spec: str):
+    """torchvision's weights enum of a name like ResNet34_Weights.IMAGENET1K_V1 (ValueError)."""
     try:
-        weights = torchvision.models.get_weight(spec)
+        return torchvision.models.get_weight(spec)
     except (ValueError, KeyError, AttributeError):
         raise ValueError(f"unknown torchvision weights {spec!r} (e.g. "
                          f"ResNet34_Weights.IMAGENET1K_V1)") from None
+
+
+def _torchvision_weights(spec: str, arch: str | None) -> dict:
+    weights = torchvision_weights(spec)
     owner = type(weights).__name__[:-len("_Weights")].lower()  # ResNet34_Weights -> resnet34
-    if arch is not None and IMAGENET_RESNETS.get(arch) != owner:
+    name = tv_name(arch) if arch is not None else None
+    if name is not None:  # a tv_<name> network: the weights must be its model's
+        if torchvision.models.get_model_weights(name) is not type(weights):
+            raise ValueError(f"{spec} are not weights of torchvision's {name}")
+    elif arch is not None and IMAGENET_RESNETS.get(arch) != owner:
         wanted = [f"{ours}" for ours, tv in IMAGENET_RESNETS.items() if tv == owner]
         raise ValueError(f"{spec} are {owner}'s weights, not {arch}'s"
                          + (f" (use --model {wanted[0]})" if wanted else ""))
     path = hub_file(weights)
-    try:
-        return weights.get_state_dict(progress=False, check_hash=True)
-    except (urllib.error.URLError, OSError, ConnectionError) as exc:
-        why = getattr(exc, "reason", None) or exc
-        raise ValueError(f"cannot download {spec} ({why}); offline, put {weights.url} as {path}"
-                         ) from None
-    except RuntimeError as exc:  # a damaged or wrong file in the cache (hash or zip)
-        first = (str(exc).strip().splitlines() or ["damaged"])[0][:120]
-        raise ValueError(f"{path}: not {spec}'s weights file ({first}); remove it and fetch it "
-                         f"again") from None
+    found = torch.hub.HASH_REGEX.search(os.path.basename(path))  # torchvision names its files
+    prefix = found.group(1) if found else None                    # name-<sha256 prefix>.pth
+    if not os.path.isfile(path):  # fetched once into torchvision's cache, checked on the way
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            torch.hub.download_url_to_file(weights.url, path, hash_prefix=prefix,
+                                           progress=False)
+        except (urllib.error.URLError, OSError, ConnectionError) as exc:
+            why = getattr(exc, "reason", None) or exc
+            raise ValueError(f"cannot download {spec} ({why}); offline, put {weights.url} as "
+                             f"{path}") from None
+        except RuntimeError as exc:  # the hash of what arrived differs
+            raise ValueError(f"downloading {spec}: {str(exc).splitlines()[0][:120]}") from None
+    if prefix and not _sha256(path).startswith(prefix):  # the cache is read like any file
+        raise ValueError(f"{path} is not {spec}'s file (its SHA-256 does not start with "
+                         f"{prefix}); remove it and fetch it again")
+    return _file_weights(path)
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _file_weights(path: str) -> dict:
+    if os.path.isdir(path):
+        raise ValueError(f"weights file {path} is a directory")
     if not os.path.isfile(path):
         raise ValueError(f"weights file not found: {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about odd pickles: the error says it all
+            warnings.simplefilter("ignore", UserWarning)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # any unreadable file: one line
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
         if first.startswith("Weights only load failed"):
             first = "it holds objects that a weights-only load refuses"
+        elif len(first) < 12 or "magic number" in first or "zip" in first:
+            first = f"not a PyTorch file ({type(exc).__name__}: {first})"
         raise ValueError(f"cannot read weights file {path}: {first}") from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]  # a checkpoint of this toolkit, or {"state_dict": ...}
     if not isinstance(obj, dict) or not obj or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
         raise ValueError(f"{path} is not a state_dict (parameter names to tensors)")
+    for key, value in obj.items():  # plain dense real numbers only
+        if value.is_meta or value.layout != torch.strided or value.is_complex():
+            raise ValueError(f"{path}: {key!r} is not a dense real tensor")
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise ValueError(f"{path}: {key!r} holds non-finite values")
     return obj
 
 
 def read_weights(spec: str, arch: str | None = None) -> dict:
     """The state_dict a weights name or a file holds, under this toolkit's names."""
     state = _torchvision_weights(spec, arch) if is_weights_name(spec) else _file_weights(spec)
+    if arch is not None and tv_name(arch) is not None:  # a torchvision classifier, wrapped
+        return state if all(k.startswith("net.") for k in state) else \
+            {f"net.{k}": v for k, v in state.items()}
     if looks_like_torchvision(state):
         if arch is not None and arch not in IMAGENET_RESNETS:
             raise ValueError(f"{spec} holds a torchvision ResNet, which loads into the "
@@ -91,6 +132,12 @@ def read_weights(spec: str, arch: str | None = None) -> dict:
         except ValueError as exc:
             raise ValueError(f"{spec}: {exc}") from None
     return state
+
+
+def _head(model: torch.nn.Module) -> tuple:
+    """The classifier's parameter names: its last Linear layer's (fc of the ResNets)."""
+    names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    return (f"{names[-1]}.weight", f"{names[-1]}.bias") if names else ()
 
 
 def _is_attention(key: str) -> bool:
@@ -104,24 +151,29 @@ def load_weights(model: torch.nn.Module, spec: str, arch: str, replace_head: boo
     it is must predict this data's classes)."""
     given = read_weights(spec, arch)
     expected = model.state_dict()
+    head = _head(model)
     extra = [k for k in given if k not in expected]
     if extra:
+        ours = any(_is_attention(k) for k in extra) and not replace_head
         raise ValueError(f"{spec} has {extra[0]!r}, which {arch} does not"
-                         + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
+                         + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else "")
+                         + ("; a checkpoint of this toolkit is a teacher through "
+                            "--teacher-checkpoint" if ours else ""))
     head_replaced = any(k in given and tuple(given[k].shape) != tuple(expected[k].shape)
-                        for k in HEAD)
+                        for k in head)
     if head_replaced and not replace_head:
-        raise ValueError(f"{spec} predict {given['fc.weight'].shape[0]} classes, this data has "
-                         f"{expected['fc.weight'].shape[0]}: fine-tune them first "
+        raise ValueError(f"{spec} predict {given[head[0]].shape[0]} classes, this data has "
+                         f"{expected[head[0]].shape[0]}: fine-tune them first "
                          f"(model_training.py --init-weights) and use that checkpoint")
     kept = {}
     for key, want in expected.items():
         if key not in given:
-            if _is_attention(key) or (key in HEAD and head_replaced):
+            if (_is_attention(key) or (key in head and head_replaced)
+                    or key.endswith(".num_batches_tracked")):  # older files lack the counters
                 continue
             raise ValueError(f"{spec} lacks {key!r} of {arch}")
         got = given[key]
-        if key in HEAD and head_replaced:
+        if key in head and head_replaced:
             continue
         if tuple(got.shape) != tuple(want.shape):
             raise ValueError(f"{spec}: {key!r} has shape {tuple(got.shape)}, {arch} needs "
@@ -132,8 +184,8 @@ def load_weights(model: torch.nn.Module, spec: str, arch: str, replace_head: boo
     left = [k for k in expected if k not in kept and _is_attention(k)]
     notes = []
     if head_replaced:
-        notes.append(f"classifier head replaced: {given['fc.weight'].shape[0]} -> "
-                     f"{expected['fc.weight'].shape[0]} classes, to be trained")
+        notes.append(f"classifier head replaced: {given[head[0]].shape[0]} -> "
+                     f"{expected[head[0]].shape[0]} classes, to be trained")
     if left:
         notes.append(f"{len(left)} attention tensors left at their start")
     return f"weights {spec} loaded into {arch}" + (f" ({'; '.join(notes)})" if notes else "")

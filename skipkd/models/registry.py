@@ -41,7 +41,16 @@ def register_model(name: str, factory: Callable, *, default_width: int, family: 
     return spec
 
 
+def known_models() -> str:
+    """The registered names for a message: every one, except that a family registered wholesale
+    (torchvision's classifiers, tv_<name>) is named once."""
+    own = [n for n, s in MODELS.items() if s.family != "torchvision"]
+    wholesale = any(s.family == "torchvision" for s in MODELS.values())
+    return ", ".join(own) + (", or tv_<name> for any torchvision classification model"
+                             if wholesale else "")
+
+
 def model_spec(name: str) -> ModelSpec:
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+        raise ValueError(f"unknown model {name!r}; choose from {known_models()}")
     return MODELS[name]

@@ -69,7 +69,7 @@ def load_state(path):
 # flags that do not change what is trained: they may differ between a run and its --resume
 RESUME_FREE_ARGS = frozenset({"resume", "overwrite", "progress", "tensorboard", "output_dir",
                               "data_dir", "download", "device", "eval_batch_size", "channels_last",
-                              "run_name", "compile_mode"})
+                              "run_name", "compile_mode", "workers"})
 
 def check_resume_args(state, args, path):
     """A state continues only the run that wrote it: a changed architecture, width, batch size,
