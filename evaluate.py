@@ -29,7 +29,7 @@ def get_args_parser():
     p = tool_parser("Evaluate a checkpoint: accuracy, per-class accuracy, confusion "
                                   "matrix (PNG), optional flip TTA, JSON and a TensorBoard figure.")
     p.add_argument("checkpoint", help="a .pth checkpoint written by the training scripts")
-    p.add_argument("--dataset", choices=list(DATASETS), default=None,
+    p.add_argument("--dataset", choices=list(DATASETS) + ["imagenet"], default=None,
                    help="evaluate on this dataset's test split (default: the checkpoint's own; the "
                         "synthetic split is rebuilt with the run's sizes and seed)")
     p.add_argument("--data-dir", default=None,

@@ -131,3 +131,23 @@ def test_under_torchrun_each_rank_decodes_only_its_share(tree):
     loader.decoder = Recording(loader.decoder)
     list(loader.iterate(0))
     assert sorted(loader.decoder.seen) == sorted(i for batch in ranks[1] for i in batch)
+
+
+@pytest.mark.slow
+def test_evaluate_reads_a_streamed_run_as_the_run_evaluated_it(tree, tmp_path):
+    """evaluate.py on a streamed run's checkpoint: the run's own evaluation pipeline, so the
+    same test accuracy as the run reported."""
+    out = tmp_path / "out"
+    proc = run_script("model_training.py", "--dataset", "imagenet", "--data-dir", tree,
+                      "--image-size", "32", "--model", "resnet18_imagenet", "--width", "8",
+                      "--epochs", "1", "--batch-size", "6", "--workers", "0", "--no-progress",
+                      "--no-tensorboard", "--device", "cpu", "--val-split", "0",
+                      "--output-dir", out, "--run-name", "e")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((out / "numpy_outputs" / "summary_e.json").read_text())
+    ckpt = out / "saved_pth_model" / "e_baseline.pth"
+    proc = run_script("evaluate.py", ckpt, "--device", "cpu", "--tensorboard", "false")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((out / "saved_pth_model" / "e_baseline_eval.json").read_text())
+    assert report["accuracy"] == pytest.approx(summary["baseline"]["test_acc_best"], abs=1e-6)
+    assert report["num_images"] == 9

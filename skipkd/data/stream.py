@@ -26,8 +26,8 @@ from .common import _warn
 from .folder import IMAGE_EXTENSIONS, _scan_split, _to_rgb
 from .loader import BatchOrder
 
-__all__ = ["FileImages", "StreamLoader", "scan_files", "IMAGENET_MEAN", "IMAGENET_STD",
-           "eval_resize"]
+__all__ = ["FileImages", "StreamLoader", "scan_files", "decode_eval", "IMAGENET_MEAN",
+           "IMAGENET_STD", "eval_resize"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -127,6 +127,19 @@ class _Decode(torch.utils.data.Dataset):
             img = self.transform(img)
         array = np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
         return torch.from_numpy(np.ascontiguousarray(array)), i, None
+
+
+def decode_eval(files: FileImages, size: int) -> tuple:
+    """Every image of `files` through the evaluation pipeline, in this process: (uint8
+    (N, 3, size, size), labels (N,), [why, for each file that could not be decoded])."""
+    decode = _Decode(files, train=False, size=size, seed=0)
+    items = [decode[(0, i)] for i in range(len(files))]
+    good = [(x, i) for x, i, _ in items if x is not None]
+    bad = [why for x, _, why in items if x is None]
+    if not good:
+        return torch.zeros(0, 3, size, size, dtype=torch.uint8), files.labels[:0], bad
+    return (torch.stack([x for x, _ in good]), files.labels[torch.tensor([i for _, i in good])],
+            bad)
 
 
 def _collate(items):

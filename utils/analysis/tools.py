@@ -13,6 +13,7 @@ from skipkd.models import OutputsAsTuple, count_parameters  # noqa: F401  (re-ex
 
 from skipkd.data import (MAX_SYNTHETIC_SIZE, SYNTHETIC_SEED, ImageData, TensorLoader, held_out_split,
                     load_dataset)
+from skipkd.data.stream import decode_eval, scan_files
 from skipkd.errors import UserError
 
 __all__ = ["checkpoint_test_data", "checkpoint_data_dir", "checkpoint_loader", "predict_logits", "confusion_matrix",
@@ -140,6 +141,12 @@ def checkpoint_test_data(ckpt: dict, dataset: str | None = None, data_dir: str |
     split_seed = _ckpt_number(data_cfg, "split_seed", 0, where="data", path=path)
     if limit is None and same and not held_out:
         limit = number("limit_test", None)
+    preprocessing = data_cfg.get("preprocessing")
+    if name == "imagenet" or (same and isinstance(preprocessing, str)
+                              and preprocessing.startswith("streamed")):
+        data = _streamed_split(name, data_dir, kwargs["image_size"], held_out, val_split,
+                               split_seed, limit_train, limit, data_cfg, log)
+        return _checked(data, name, split, data_dir, ckpt), name
     train, data = load_dataset(name, data_dir, download, **kwargs)
     if held_out:
         if limit_train:
@@ -150,6 +157,35 @@ def checkpoint_test_data(ckpt: dict, dataset: str | None = None, data_dir: str |
                             f"(the data differ from the run's)")
     if limit:
         data.images, data.labels = data.images[:limit], data.labels[:limit]
+    return _checked(data, name, split, data_dir, ckpt), name
+
+
+def _streamed_split(name, data_dir, size, held_out, val_split, split_seed, limit_train, limit,
+                    data_cfg, log) -> ImageData:
+    """The evaluation split of a streamed run (skipkd/data/stream.py), decoded into memory
+    with the run's evaluation pipeline (resize, centre crop): its test (val/) split, or the
+    held-out part of train/."""
+    tests = ("val", "test") if name == "imagenet" else ("test", "val")
+    train, files = scan_files(data_dir, name, tests, test=not held_out)
+    if held_out:
+        if limit_train:
+            train = train.subset(range(min(limit_train, len(train))))
+        _, files, digest = held_out_split(train, val_split, split_seed)
+        if data_cfg.get("val_indices_sha1") not in (None, digest):
+            raise UserError(f"cannot rebuild the run's held-out validation split from {data_dir} "
+                            f"(the data differ from the run's)")
+    if limit:
+        files = files.subset(range(min(limit, len(files))))
+    images, labels, bad = decode_eval(files, size)
+    if bad:
+        log(f"skipped {len(bad)} image(s) that could not be decoded, e.g. {', '.join(bad[:3])}")
+    if not len(labels):
+        raise UserError(f"none of the {len(files)} {name} images could be decoded")
+    return ImageData(images, labels, list(files.classes))
+
+
+def _checked(data, name, split, data_dir, ckpt) -> ImageData:
+    """The split's last checks against the model that will read it."""
     if len(data) == 0:
         raise UserError(f"the {name} {split} split in {data_dir} has no images")
     cfg = ckpt["model"]
@@ -159,7 +195,7 @@ def checkpoint_test_data(ckpt: dict, dataset: str | None = None, data_dir: str |
     if int(data.labels.max()) >= cfg["num_classes"]:
         raise UserError(f"{name} has labels up to {int(data.labels.max())}; the model has only "
                         f"{cfg['num_classes']} classes")
-    return data, name
+    return data
 
 
 def _ckpt_stats(d: dict, key: str, channels: int, path=None):
