@@ -97,20 +97,7 @@ def prepare_data(args):
         raise UserError(f"dataset {name} in {args.data_dir} has no images")
     if name == "svhn" and args.hflip:
         print("notice: --hflip mirrors SVHN's digits at random; --no-hflip usually suits digits")
-    split_seed = int(args.split_seed or 0)
-    fit = train
-    if fraction <= 0:
-        split = {"protocol": TEST_AS_VAL, "val_split": 0.0, "val_size": len(test)}
-    else:
-        fit, val, digest = held_out_split(train, fraction, split_seed)
-        if len(val) == 0 or len(fit) == 0:
-            raise UserError(f"--val-split {fraction:g} of {len(train)} training images leaves "
-                            f"{len(fit)} to train on and {len(val)} to validate on; use a "
-                            f"fraction that leaves both non-empty")
-        split = {"protocol": f"held-out-val ({100 * fraction:g}% of train, stratified, "
-                             f"split seed {split_seed})",
-                 "val_split": fraction, "split_seed": split_seed, "val_size": len(val),
-                 "val_indices_sha1": digest}
+    fit, split = validation_split(train, test, fraction, int(args.split_seed or 0))
     c = fit.images.shape[1]
     if args.normalize:
         mean, std = channel_stats(fit.images)
@@ -122,6 +109,22 @@ def prepare_data(args):
                     train_size=len(fit), test_size=len(test) if test is not None else 0,
                     test_read=report_test, preprocessing=train.info.get("preprocessing"), **split)
     return train, test, data
+
+
+def validation_split(train, test, fraction: float, split_seed: int):
+    """(the part of `train` trained on, DataDesc's split fields): test-as-val for fraction 0,
+    else a stratified, seeded held-out part of train (ImageData or FileImages)."""
+    if fraction <= 0:
+        return train, {"protocol": TEST_AS_VAL, "val_split": 0.0, "val_size": len(test)}
+    fit, val, digest = held_out_split(train, fraction, split_seed)
+    if len(val) == 0 or len(fit) == 0:
+        raise UserError(f"--val-split {fraction:g} of {len(train)} training images leaves "
+                        f"{len(fit)} to train on and {len(val)} to validate on; use a "
+                        f"fraction that leaves both non-empty")
+    return fit, {"protocol": f"held-out-val ({100 * fraction:g}% of train, stratified, "
+                             f"split seed {split_seed})",
+                 "val_split": fraction, "split_seed": split_seed, "val_size": len(val),
+                 "val_indices_sha1": digest}
 
 
 def streams(args, name: str) -> bool:
@@ -144,19 +147,7 @@ def prepare_files(args, name, fraction, report_test):
         train = train.subset(range(min(args.limit_train, len(train))))
     if args.limit_test and test is not None:
         test = test.subset(range(min(args.limit_test, len(test))))
-    split_seed = int(args.split_seed or 0)
-    fit = train
-    if fraction <= 0:
-        split = {"protocol": TEST_AS_VAL, "val_split": 0.0, "val_size": len(test)}
-    else:
-        fit, val, digest = held_out_split(train, fraction, split_seed)
-        if len(val) == 0 or len(fit) == 0:
-            raise UserError(f"--val-split {fraction:g} of {len(train)} training images leaves "
-                            f"{len(fit)} to train on and {len(val)} to validate on")
-        split = {"protocol": f"held-out-val ({100 * fraction:g}% of train, stratified, "
-                             f"split seed {split_seed})",
-                 "val_split": fraction, "split_seed": split_seed, "val_size": len(val),
-                 "val_indices_sha1": digest}
+    fit, split = validation_split(train, test, fraction, int(args.split_seed or 0))
     mean, std = (IMAGENET_MEAN, IMAGENET_STD) if args.normalize else ((0.0,) * 3, (1.0,) * 3)
     size = args.image_size
     print(f"{name}: {len(train)} train / {len(test) if test is not None else 'no'} test images "
