@@ -235,8 +235,6 @@ def test_loader_epochs_are_reproducible_and_resumable():
     epoch again, or from a middle step, gives the same batches."""
     data = make_synthetic(50, seed=0)
     loader = TensorLoader(data, 8, shuffle=True, augment=Augment(), seed=5)
-    if not hasattr(loader, "iterate"):
-        pytest.skip("TensorLoader.iterate not available")
     full = list(loader.iterate(2))
     again = list(loader.iterate(2))
     tail = list(loader.iterate(2, start_step=3))

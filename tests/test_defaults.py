@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from conftest import run_script
@@ -187,3 +188,39 @@ def test_protocol_of_each_preset_is_in_the_summary(tmp_path, preset, protocol):
     else:
         assert r["test_acc_best"] == r["best_val_acc"]
     assert "train ce" in proc.stdout and "val ce" in proc.stdout
+
+
+def test_bn_recalibration_averages_the_batches_it_is_given():
+    """recalibrate_bn (--bn-recalibrate N): each BatchNorm's running statistics become the plain
+    average of the per-batch statistics of N train-mode batches, computed here independently
+    for the stem's BatchNorm from its convolution's output."""
+    torch.manual_seed(0)
+    model = create_model("resnet18", base_width=4).eval()
+    bn = model.stem[1]
+    bn.running_mean.fill_(100.0)  # stale statistics, far from the data's
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(6, 3, 16, 16, generator=g), None) for _ in range(3)]
+    assert recalibrate_bn(model, iter(batches), 2) == 2  # only the first two are used
+    with torch.no_grad():
+        outs = [F.conv2d(x, model.stem[0].weight, padding=1) for x, _ in batches[:2]]
+    mean = torch.stack([o.mean(dim=(0, 2, 3)) for o in outs]).mean(0)
+    var = torch.stack([o.transpose(0, 1).flatten(1).var(dim=1) for o in outs]).mean(0)
+    assert torch.allclose(bn.running_mean, mean, atol=1e-5)
+    assert torch.allclose(bn.running_var, var, rtol=1e-4, atol=1e-6)
+    assert not model.training and bn.momentum == 0.1  # put back as it was
+
+
+def test_the_bn_recalibrate_flag_acts_on_the_saved_model(tmp_path):
+    """The same run with and without --bn-recalibrate: the same weights, other BN statistics."""
+    states = {}
+    for n in ("0", "3"):
+        out = tmp_path / n
+        proc = run_script("model_training.py", *SMALL, "--epochs", "1", "--output-dir", out,
+                          "--run-name", "r", "--bn-recalibrate", n)
+        assert proc.returncode == 0, proc.stderr
+        states[n] = torch.load(out / "saved_pth_model" / "r_baseline_last.pth",
+                               weights_only=True)["state_dict"]
+    same = [k for k in states["0"]
+            if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert all(torch.equal(states["0"][k], states["3"][k]) for k in same)
+    assert not torch.equal(states["0"]["stem.1.running_mean"], states["3"]["stem.1.running_mean"])

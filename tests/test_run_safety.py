@@ -134,15 +134,18 @@ def test_a_file_with_the_keys_name_but_not_its_record_is_not_removed(copy):
 
 
 @pytest.mark.parametrize("form", ["hashes", "names"])
-def test_a_tampered_run_record_cannot_widen_overwrite(copy, form):
+def test_a_tampered_run_record_cannot_widen_overwrite(copy, form, tmp_path):
     """A record edited to list other runs' files (with their true hashes, or as the names-only
     record of earlier versions) and paths outside the folder removes none of them."""
     record = copy / "numpy_outputs" / "manifest_v2.json"
     data = json.loads(record.read_text())
     assert "numpy_outputs/summary_v2.json" in data["files"]
     (copy / "outside.txt").write_text("keep me")
+    owned = tmp_path / "elsewhere" / "absolute.txt"  # an absolute path: a file this test owns
+    owned.parent.mkdir()
+    owned.write_text("keep me too")
     extra = ["numpy_outputs/summary_good.json", "saved_pth_model/good_baseline.pth",
-             "../outside.txt", "outside.txt", "/etc/hostname", "runs/good"]
+             "../outside.txt", "outside.txt", str(owned), "runs/good"]
     if form == "hashes":
         for name in extra:
             path = os.path.join(copy, name)
@@ -156,6 +159,26 @@ def test_a_tampered_run_record_cannot_widen_overwrite(copy, form):
                    "--overwrite"))
     _only_changed(before, files_digest(copy), "v2")
     assert (copy / "outside.txt").read_text() == "keep me"
+    assert owned.read_text() == "keep me too"
+
+
+def test_overwrite_removes_the_earlier_runs_files_that_it_does_not_write_again(tmp_path):
+    """A distillation run (teacher and student files), then the same key again with --kd none
+    and --overwrite: the earlier teacher's files are gone (a removal that does nothing leaves
+    them), the rest of the folder is untouched."""
+    flags = ["--dataset", "synthetic", "--synthetic-train-size", "40", "--synthetic-test-size",
+             "20", "--width", "4", "--epochs", "1", "--batch-size", "20", "--device", "cpu",
+             "--no-progress", "--no-tensorboard", "--teacher", "resnet18", "--output-dir",
+             tmp_path, "--run-name", "k"]
+    _ok(run_script("model_training_mid.py", *flags, "--kd", "skip"))
+    ckpts = tmp_path / "saved_pth_model"
+    assert (ckpts / "k_teacher.pth").exists() and (ckpts / "k_teacher_last.pth").exists()
+    (tmp_path / "notes.txt").write_text("mine")
+    _ok(run_script("model_training_mid.py", *flags, "--kd", "none", "--overwrite"))
+    assert not (ckpts / "k_teacher.pth").exists() and not (ckpts / "k_teacher_last.pth").exists()
+    assert (ckpts / "k_student.pth").exists() and (tmp_path / "notes.txt").read_text() == "mine"
+    record = json.loads((tmp_path / "numpy_outputs" / "manifest_k.json").read_text())
+    assert not any("teacher" in name for name in record["files"])
 
 
 def test_unwritable_tensorboard_folder_is_found_before_anything_is_removed(tmp_path):

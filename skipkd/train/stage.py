@@ -159,9 +159,9 @@ class StageTrainer:
     def runner(self) -> nn.Module:
         """What the training steps call: DDP under torchrun, compiled with --compile on CUDA."""
         runner = wrap_distributed(self.stage.model, self.stage.loss_fn, self.run.device)
-        if getattr(self.run.args, "compile", False) and self.run.device.type == "cuda":
+        if self.run.args.compile and self.run.device.type == "cuda":
             # the CPU training step measured slower compiled; reduce-overhead: CUDA graphs
-            runner = torch.compile(runner, mode=getattr(self.run.args, "compile_mode", "default"))
+            runner = torch.compile(runner, mode=self.run.args.compile_mode)
         return runner
 
     def train_epoch(self, runner, epoch: int, state: StageState, stop: StopFlag) -> dict:
@@ -196,7 +196,7 @@ class StageTrainer:
         """BN statistics re-estimated first with --bn-recalibrate N, and made equal on every
         rank; then the validation set in fp32."""
         model, run = self.stage.model, self.run
-        if getattr(run.args, "bn_recalibrate", 0):
+        if run.args.bn_recalibrate:
             recalibrate_bn(model, run.loaders.train.iterate(epoch), run.args.bn_recalibrate)
         sync_buffers(model)
         return evaluate(model, run.loaders.val, run.device, "fp32")
