@@ -162,6 +162,7 @@ class StreamLoader(BatchOrder):
         self.device = torch.device(device)
         self.labels = files.labels.to(self.device)
         self.decoder = _Decode(files, train, image_size, seed)
+        self.image_size = image_size
         self.workers = int(workers)
         self.channels_last = channels_last
         c = 3
@@ -176,7 +177,8 @@ class StreamLoader(BatchOrder):
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def iterate(self, epoch: int, start_step: int = 0, with_index: bool = False):
-        batches = [[(epoch, int(i)) for i in self.batch_indices(epoch, step)]
+        order, g = self._order(epoch).tolist(), self._global_batch()  # the epoch's order, once
+        batches = [[(epoch, i) for i in order[step * g:(step + 1) * g][self.rank::self.world_size]]
                    for step in range(start_step, len(self))]
         loader = torch.utils.data.DataLoader(
             self.decoder, batch_sampler=batches, num_workers=self.workers, collate_fn=_collate,
@@ -201,9 +203,6 @@ class StreamLoader(BatchOrder):
 
     def preview(self, n: int):
         """(uint8 images, labels) of the first n readable images, as evaluation sees them."""
-        items = [self.decoder[(0, i)] for i in range(min(n, len(self.files)))]
-        good = [(x, i) for x, i, _ in items if x is not None]
-        if not good:
-            return torch.zeros(0, 3, 1, 1, dtype=torch.uint8), self.labels[:0]
-        return (torch.stack([x for x, _ in good]).to(self.device),
-                self.labels[torch.tensor([i for _, i in good], device=self.device)])
+        images, labels, _ = decode_eval(self.files.subset(range(min(n, len(self.files)))),
+                                        self.image_size)
+        return images.to(self.device), labels.to(self.device)

@@ -158,7 +158,7 @@ def prepare_files(args, name, fraction, report_test):
                     test_read=report_test, **split,
                     preprocessing=f"streamed: train RandomResizedCrop({size}) + horizontal flip; "
                                   f"eval resize {eval_resize(size)} + centre crop {size}; RGB; "
-                                  f"ImageNet mean/std" if args.normalize else "")
+                                  + ("ImageNet mean/std" if args.normalize else "not normalised"))
     return train, test, data
 
 
