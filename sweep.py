@@ -28,6 +28,16 @@ def _positive_seconds(text):
     return v
 
 
+def _rate(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < 1e12:
+        raise argparse.ArgumentTypeError(f"expected images per second > 0, got {text!r}")
+    return value
+
+
 def _threads(text):
     v = _count(text)
     if v < 1:
@@ -110,7 +120,11 @@ def _add_create(sub):
                         "(default 120; at least twice --heartbeat)")
     c.add_argument("--max-retries", type=_count, default=None,
                    help="how often a trial whose worker died is retried (default 3)")
-    add_bool(c, "--dry-run", False, "check the grid and print the trials; write nothing")
+    add_bool(c, "--dry-run", False, "check the grid and print the trials; write nothing (a "
+             "tune: its runs, training images and GPU-hours)")
+    c.add_argument("--images-per-s", type=_rate, default=None, metavar="N",
+                   help="with --dry-run on a tune: the GPU-hours at this training throughput "
+                        "(default: the matching distillation benchmark in docs/gpu/)")
 
 
 def _add_work(sub):
@@ -253,8 +267,19 @@ def _create_tune(args, spec, parsers, sweep_dir):
             f"{tune['n_trials']} trial(s), then a retrain on seeds "
             f"{','.join(map(str, tune['seeds']))}")
     if args.dry_run:
+        from utils.sweep.spec.cost import cost_lines
+        from utils.sweep.spec.check import check_argv
         for name, _, _ in subs:
             print(f"{name}: a search of {tune['n_trials']} trial(s)")
+        from utils.sweep.spec.expand import search_trial
+        from utils.sweep.spec.tune_plan import param_ends
+        # one distillation run stands for all (its flags set the images and the pair)
+        sspec = next((ss for _, ss, _ in subs if ss["fixed"].get("kd") != "none"), subs[0][1])
+        t = search_trial(sspec, "cost", 0, {f: param_ends(r)[0] for f, r in
+                                             sspec["search"]["params"].items()}, None)
+        for line in cost_lines(tune, check_argv(parsers, t["script"], t["argv"], "cost"),
+                               args.images_per_s):
+            print(line)
         print(f"{what}: the grid is valid (--dry-run: nothing written)")
         return 0
     store = _open_for_create(args, sweep_dir)
@@ -310,6 +335,13 @@ def report(args):
     sweep_dir = _dir(args)
     store = open_store(args.storage, sweep_dir, create=False)
     sweep = load_sweep(store, args.study)
+    part = args.study.rpartition("-")
+    if sweep.spec.get("tune") is None and part[2] in ("retrain", "confirm") and \
+            part[0] in store.study_names() and load_sweep(store, part[0]).spec.get("tune"):
+        raise UserError(f"study '{args.study}' is part of the tune '{part[0]}': its own report "
+                        f"would compare chosen settings with defaults; report the tune "
+                        f"(python sweep.py report {part[0]}), which compares chosen with chosen "
+                        f"and defaults with defaults")
     if args.baseline and sweep.spec.get("tune") is None:  # this report only: the study keeps its own
         sweep.spec["baseline"] = normalize_baseline(
             {"baseline": baseline_flag(args.baseline)}, sweep.spec, "--baseline")

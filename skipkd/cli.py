@@ -191,6 +191,11 @@ def distill_parser(parser_class=None):
                    help="the teacher trained here starts from these weights: " + "a torchvision weights name (e.g. ResNet50_Weights.IMAGENET1K_V2, fetched into torchvision's cache) or a state_dict file; checked key by key and shape by shape, a classifier head of another class count is replaced and trained")
     g.add_argument("--student-init-weights", default=None, metavar="WEIGHTS",
                    help="the student starts from these weights: " + "a torchvision weights name (e.g. ResNet50_Weights.IMAGENET1K_V2, fetched into torchvision's cache) or a state_dict file; checked key by key and shape by shape, a classifier head of another class count is replaced and trained")
+    add_bool(g, "--teacher-random", False,
+             "the control of docs/RESULTS.md: distil from the teacher network at a random "
+             "initialisation (seeded by --seed, the student's own draws unchanged), never "
+             "trained; its architecture is --teacher-checkpoint's (whose weights are not "
+             "used) or --teacher/--teacher-width's")
     g.add_argument("--teacher-width", type=WIDTH, default=None,
                    help="teacher base width (default: --width)")
     g.add_argument("--student-width", type=WIDTH, default=None,
@@ -290,6 +295,9 @@ def parse_distill_args(argv=None, raising=False):
     args.kd_opt = merge_kd_options(parser, args.kd, args.kd_opt, args.kd_weights)
     args = apply_kd_recipe(parser, args, argv)
     args.term_weights = term_weights(args)
+    if args.teacher_random and (args.teacher_weights or args.teacher_init_weights):
+        parser.error("--teacher-random is a teacher of random weights: it excludes "
+                     + ("--teacher-weights" if args.teacher_weights else "--teacher-init-weights"))
     if args.teacher_weights is not None:
         given = [f for f, v in (("--teacher-checkpoint", args.teacher_checkpoint),
                                 ("--teacher-init-weights", args.teacher_init_weights)) if v]

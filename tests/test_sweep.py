@@ -529,7 +529,9 @@ def test_bad_grid_from_the_command_line(tmp_path):
 
 
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(REPO_ROOT, "experiments", "grids",
-                                                                "*.json"))),
+                                                                "*.json")) +
+                                        glob.glob(os.path.join(REPO_ROOT, "experiments", "grids",
+                                                               "gpu", "*.json"))),
                          ids=os.path.basename)
 def test_example_grids_are_valid(path, capsys):
     """The grids in experiments/grids (the two experiment runners' studies among them) pass

@@ -74,6 +74,12 @@ class KDTerm(nn.Module):
         the value (normalised) or raises ValueError."""
         return value
 
+    @classmethod
+    def check_combination(cls, opts: dict):
+        """A hook for options that are valid alone but refused together: `opts` is the full
+        option set (defaults, then what was given); raises ValueError. Called by the term
+        itself and by `sweep.py create`, so that a search never samples a refused combination."""
+
     def forward(self, student_out, teacher_out, batch: KDBatch):
         raise NotImplementedError
 

@@ -125,12 +125,18 @@ class SkipTerm(KDTerm):
             return value.strip()
         return value
 
+    @classmethod
+    def check_combination(cls, opts):
+        if opts["stages"] == "all" and opts["where"] != "shortcut":
+            raise ValueError("skip.stages=all matches every projection shortcut itself; it does "
+                             "not combine with skip.where=mid")
+        if _stage_weights(opts["stage_weights"]) is not None and opts["stages"] != "all":
+            raise ValueError("skip.stage_weights needs skip.stages=all")
+
     def __init__(self, ctx):
         super().__init__(ctx)
         o = self.opts
-        if o["stages"] == "all" and o["where"] != "shortcut":
-            raise ValueError("skip.stages=all matches every projection shortcut itself; it does "
-                             "not combine with skip.where=mid")
+        self.check_combination(o)
         feature = ("shortcuts" if o["stages"] == "all" else
                    "hint_out" if o["where"] == "mid" else "hint")
         setting = "stages=all" if feature == "shortcuts" else "where=mid"
@@ -145,8 +151,6 @@ class SkipTerm(KDTerm):
         s_shape, t_shape = ctx.student_shapes.get(feature), ctx.teacher_shapes.get(feature)
         connector, connectors = None, None
         weights = _stage_weights(o["stage_weights"])
-        if weights is not None and feature != "shortcuts":
-            raise ValueError("skip.stage_weights needs skip.stages=all")
         if feature != "shortcuts" and s_shape is not None and t_shape is not None:
             connector = build_connector(s_shape, t_shape)
         elif s_shape is not None and t_shape is not None:

@@ -17,7 +17,7 @@ from .resume import load_state
 from .run import Run
 from .setup import build_model, model_config, seed_everything
 from .stage import Stage, train_stage
-from .teacher import load_teacher, teacher_stage, weights_teacher
+from .teacher import load_teacher, random_teacher, teacher_stage, weights_teacher
 
 __all__ = ["distill", "build_loss", "check_networks", "student_stage"]
 
@@ -115,6 +115,9 @@ def distill(args):
         loaded = load_teacher(args, run.data, run.device)
     elif args.teacher_weights and args.kd != "none":
         loaded = weights_teacher(args, run.data, run.device)
+        args.teacher = loaded.cfg["arch"]
+    if args.teacher_random and args.kd != "none":
+        loaded = random_teacher(args, run.data, run.device, loaded)
         args.teacher = loaded.cfg["arch"]
     args.teacher = args.teacher or "resnet34"
     teacher_width = (loaded.cfg["base_width"] if loaded is not None else

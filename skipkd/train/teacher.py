@@ -15,7 +15,7 @@ from .resume import load_state
 from .setup import build_model, model_config
 from .stage import Stage, train_stage
 
-__all__ = ["LoadedTeacher", "load_teacher", "teacher_stage"]
+__all__ = ["LoadedTeacher", "load_teacher", "random_teacher", "teacher_stage"]
 
 
 class LoadedTeacher(NamedTuple):
@@ -36,6 +36,35 @@ def weights_teacher(args, data: DataDesc, device) -> LoadedTeacher:
                          weights=args.teacher_weights)
     model = build_model(config, device, args.channels_last, replace_head=False)
     return LoadedTeacher(model, config.to_json(), {}, [], args.teacher_weights)
+
+
+def random_teacher(args, data: DataDesc, device, loaded=None) -> LoadedTeacher:
+    """The control: the teacher network at a random initialisation, never trained. Its
+    architecture, width, placement and attention are those of `loaded` (the --teacher-checkpoint
+    teacher, whose weights are dropped) or of --teacher/--teacher-width. The draws come from their
+    own generator state seeded by --seed, so the student's initialisation and data order are
+    those of the same run with the trained teacher."""
+    if loaded is not None:
+        c = loaded.cfg
+        config = ModelConfig(c["arch"], num_classes=c["num_classes"], base_width=c["base_width"],
+                             in_channels=c.get("in_channels", 3),
+                             image_size=c.get("image_size") or data.image_size,
+                             placement=c["placement"], eca_k=c.get("eca_k"),
+                             attn=c.get("attn", "eca"))
+        what = f"the architecture of {loaded.source}"
+    else:
+        arch = args.teacher or "resnet34"
+        config = ModelConfig(arch, num_classes=data.num_classes,
+                             base_width=args.teacher_width or args.width or default_width(arch),
+                             in_channels=data.in_channels, image_size=data.image_size,
+                             placement=args.placement)
+        what = f"{arch} at width {config.base_width}"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(args.seed)
+        model = build_model(config, device, args.channels_last)
+    model.eval()
+    return LoadedTeacher(model, config.to_json(), {}, list(loaded.warnings) if loaded else [],
+                         f"random initialisation (seed {args.seed}) of {what}")
 
 
 def load_teacher(args, data: DataDesc, device):

@@ -5,15 +5,14 @@ other, paired by seed with 95% intervals.
 """
 from skipkd.errors import UserError
 from utils.sweep.report.build import build_report
-from utils.sweep.report.stats import paired_delta
+from utils.sweep.report.stats import holm, paired_delta
 from utils.sweep.report.tables import _delta_text, _num, _pm
 from utils.sweep.run.progress import Progress, key_states
 from utils.sweep.run.storage import load_sweep
-from utils.sweep.run.tune import best_trial, budget_trials, search_sweeps
+from utils.sweep.run.tune import (best_trial, budget_trials, confirmed_settings,
+                                  search_sweeps)
 from utils.sweep.spec.keys import _label
-from utils.sweep.spec.normalize import normalize_baseline
-from utils.sweep.spec.sources import baseline_flag
-from utils.sweep.spec.tune import TUNED, retrain_name, search_name
+from utils.sweep.spec.tune import TUNED, confirm_name, retrain_name, search_name
 
 __all__ = ["search_summaries", "tune_report", "tune_section"]
 
@@ -45,23 +44,137 @@ def tune_report(store, sweep, sweep_dir, baseline=None) -> dict:
                         f"python sweep.py report {search_name(sweep.name, 'LABEL')} --dir DIR "
                         f"--out DIR/report-LABEL)")
     retrain = load_sweep(store, retrain_name(sweep.name))
-    if baseline:  # this report only
-        retrain.spec["baseline"] = normalize_baseline({"baseline": baseline_flag(baseline)},
-                                                      retrain.spec, "--baseline")
+    tune = sweep.spec["tune"]
+    tune.setdefault("derived", {})
+    tune.setdefault("contrasts", [])
+    variants = retrain.spec["grid"]["method"]["variants"]
+    rows_of = {label: label + TUNED if label + TUNED in variants else label
+               for label in tune["methods"]}
+    rows_of.update({label: label for label in tune["derived"]})
+    base = tune["baseline"]
+    if baseline:  # this report only: a method label; each row is paired with its own kind
+        axis, _, value = baseline.partition("=")
+        if axis != "method" or value not in rows_of:
+            raise UserError(f"--baseline {baseline}: a tune's report pairs rows with a method "
+                            f"of the tune: --baseline method=LABEL, LABEL one of "
+                            f"{', '.join(rows_of)}" + (
+                                f" (name the method, {value[:-len(TUNED)]!r}: its chosen row is "
+                                f"compared with chosen rows and its default row with default "
+                                f"rows, never across)" if value.endswith(TUNED) else ""))
+        base = value
+    confirm_info = None
+    if tune.get("confirm") is not None and confirm_name(sweep.name) in store.study_names():
+        confirm_info = confirmed_settings(load_sweep(store, confirm_name(sweep.name)), tune,
+                                          search_sweeps(store, sweep))[1]
     rep = build_report(retrain, sweep_dir)
+    _pair_by_kind(rep["configs"], tune, rows_of, base)
     rep["name"] = sweep.name
-    rep["tune_spec"] = dict(sweep.spec["tune"])
-    if baseline:
-        rep["tune_spec"]["baseline"] = next(iter(retrain.spec["baseline"].values()))
+    rep["tune_spec"] = dict(tune, baseline=base)
     rep["spec"] = dict(retrain.spec, description=sweep.spec["description"])
-    rep["extra_md"] = tune_section(rep, summaries)
+    rep["extra_md"] = tune_section(rep, summaries, confirm_info)
+    if tune["contrasts"]:
+        rep["extra_md"] += contrast_section(rep, tune, rows_of, summaries, confirm_info)
     if not Progress(retrain).overview()["finished"]:
         rep["extra_md"].append("")
         rep["extra_md"].append("*The retrain is still running: the rows below are partial.*")
     return rep
 
 
-def tune_section(rep, summaries) -> list:
+def row_kind(config, tune, rows_of) -> str:
+    """'chosen' (a method's chosen row or a derived row), 'default' (a method's defaults where
+    its chosen setting is another row) or 'both' (a method whose choice is its defaults)."""
+    if config in tune["derived"] or config.endswith(TUNED):
+        return "chosen"
+    return "both" if rows_of.get(config) == config else "default"
+
+
+def _pair_by_kind(configs, tune, rows_of, base):
+    """The Δ of every row against the baseline method's row of the same kind: a chosen row
+    against its chosen row, a default row against its default row (the selection rule:
+    docs/RESULTS.md). A row without a counterpart of its kind gets no Δ; a cross comparison
+    is never computed."""
+    by_name = {c["config"]: c for c in configs}
+    base_rows = {"chosen": rows_of.get(base), "default": base if base in by_name else None}
+    for c in configs:
+        c["baseline"] = None
+        for f in ("test_acc_best", "test_acc_last"):
+            c.pop(f"delta_{f}", None)
+        if not base:
+            continue
+        kind = row_kind(c["config"], tune, rows_of)
+        target = base_rows["default" if kind == "default" else "chosen"]
+        if target is None or target == c["config"] or target not in by_name:
+            continue
+        c["baseline"] = target
+        brs = {r["seed"]: r for r in by_name[target]["rows"]}
+        for f in ("test_acc_best", "test_acc_last"):
+            c[f"delta_{f}"] = paired_delta([(r[f], brs[r["seed"]][f]) for r in c["rows"]
+                                            if r["seed"] in brs])
+
+
+def _resolve(side, rows_of, summaries, confirm_info):
+    """A contrast's side -> (row, how it was picked); best_of is picked on validation only:
+    the confirmed mean when there are confirmation runs, else the search's best trial."""
+    if isinstance(side, str):
+        return rows_of[side], None
+    rated = []
+    for label in side["best_of"]:
+        if confirm_info is not None and (confirm_info.get(label) or {}).get("value") is not None:
+            rated.append((confirm_info[label]["value"], label))
+        elif confirm_info is None and summaries.get(label, {}).get("best_value") is not None:
+            rated.append((summaries[label]["best_value"], label))
+    if not rated:
+        return None, "no validation result"
+    value, label = max(rated)
+    how = (f"best of {', '.join(side['best_of'])} on validation: {label} ({value:.2f}%"
+           f"{', confirmed mean' if confirm_info is not None else ', search'})")
+    return rows_of[label], how
+
+
+def contrast_section(rep, tune, rows_of, summaries, confirm_info) -> list:
+    """The pre-registered contrasts (stated in the tune file before the runs): each side's
+    chosen row, paired by seed, with Holm-corrected intervals (report/stats.py holm)."""
+    configs = {c["config"]: c for c in rep["configs"]}
+    picked, diffs = [], []
+    for c in tune["contrasts"]:
+        a, how_a = _resolve(c["a"], rows_of, summaries, confirm_info)
+        b, how_b = _resolve(c["b"], rows_of, summaries, confirm_info)
+        ds = []
+        if a in configs and b in configs:
+            by_seed = {r["seed"]: r["test_acc_best"] for r in configs[b]["rows"]}
+            ds = [r["test_acc_best"] - by_seed[r["seed"]] for r in configs[a]["rows"]
+                  if r["seed"] in by_seed and r["test_acc_best"] is not None
+                  and by_seed[r["seed"]] is not None]
+        picked.append((c, a, b, " ".join(h for h in (how_a, how_b) if h)))
+        diffs.append(ds)
+    res = holm(diffs)
+    lines = ["", "## Pre-registered contrasts", "",
+             "- Stated in the tune file before any run; each side is its method's chosen "
+             "row (the selection rule: validation only); test accuracy of the best-validation "
+             "checkpoint, a − b paired by seed over the retrain's seeds.",
+             f"- Holm's correction over the {len(diffs)} contrasts (family-wise 5%): ranked by "
+             f"p, the i-th tested at 5% / (m − i + 1) until one does not hold, every later one "
+             f"at that level; each interval is the t-interval at its contrast's level, so it "
+             f"excludes 0 exactly when the contrast holds.",
+             "", "| contrast | a | b | seeds | a − b (points) | Holm interval | level | p | "
+             "p (Holm) | holds |", "|---|---|---|---|---|---|---|---|---|---|"]
+    notes = []
+    for (c, a, b, how), r in zip(picked, res):
+        interval = (f"[{r['low']:+.2f}, {r['high']:+.2f}]" if r["low"] is not None else "—")
+        mean = f"{r['mean']:+.2f}" if r["mean"] is not None else "—"
+        lines.append(f"| {c['name']} | `{a}` | `{b}` | {r['n']} | {mean} | {interval} | "
+                     f"{100 * (1 - r['level']):.2f}% | {_p(r['p'])} | {_p(r['p_holm'])} | "
+                     f"{'yes' if r['holds'] else 'no'} |")
+        if how:
+            notes.append(f"- {c['name']}: {how}.")
+    return lines + ([""] + notes if notes else [])
+
+
+def _p(p):
+    return "—" if p is None else f"{p:.2g}" if p >= 1e-4 else "<1e-4"
+
+
+def tune_section(rep, summaries, confirm_info=None) -> list:
     """The markdown lines in front of the retrain's results: budget, chosen settings, and the
     default-vs-tuned table (Δ against the baseline, paired by seed)."""
     tune = rep["tune_spec"]
@@ -73,13 +186,17 @@ def tune_section(rep, summaries) -> list:
              f"held-out validation split (best epoch); the search runs never read the test split "
              f"(`--no-report-test`). The first trial of each search is its start setting (the "
              f"method's defaults) when the tune file gives one.",
-             f"- Retrain: each method at its defaults and, where the search chose something else, "
-             f"at the chosen setting (`-tuned`), on the fresh seeds "
+             _rule_line(tune),
+             f"- Retrain: each method at {'its defaults and, ' if tune.get('defaults', True) else ''}"
+             f"where the rule chose something other than its defaults, at the chosen setting "
+             f"(`-tuned`){_derived_text(tune)}, on the fresh seeds "
              f"{', '.join(map(str, tune['seeds']))}; test accuracy of the best-validation "
              f"checkpoint" + (f", Δ against `{tune['baseline']}` paired by seed with its 95% "
                               f"interval." if tune["baseline"] else " (no baseline: no Δ)."),
-             "- A trial that failed (e.g. a combination of options the method refuses) counts "
-             "against its search's budget; the table says how many did.",
+             "- Δ pairs like with like: a chosen row with the baseline's chosen row, a default "
+             "row with its default row; a chosen row is never compared with a default one.",
+             "- A trial that failed (e.g. a crash) counts against its search's budget; the table "
+             "says how many did.",
              "", "| method | searched | val % start → best | chosen setting | default: test best % "
              "| Δ default [95% CI] | tuned: test best % | Δ tuned [95% CI] | tuned − default "
              "[95% CI] |", "|---|---|---|---|---|---|---|---|---|"]
@@ -118,7 +235,35 @@ def tune_section(rep, summaries) -> list:
             gain = _delta_text(paired_delta([(r["test_acc_best"], by_seed.get(r["seed"]))
                                              for r in t["rows"]]))
         lines.append("| " + " | ".join(cells + [gain]) + " |")
+    if confirm_info:
+        lines += ["", "Confirmation runs (mean held-out validation % over the confirm seeds, by "
+                  "search rank; the chosen one in bold):", ""]
+        for label, info in confirm_info.items():
+            cells = []
+            for rank, value, n in info["candidates"]:
+                text = f"#{rank} {_num(value)} ({n} run{'s' if n != 1 else ''})"
+                cells.append(f"**{text}**" if info.get("rank") == rank else text)
+            lines.append(f"- {label}: " + ", ".join(cells))
     return lines
+
+
+def _derived_text(tune) -> str:
+    rows = [f"`{k}` ({v['from']}'s chosen setting with "
+            + ", ".join(f"{f}={_short(x)}" for f, x in v["flags"].items()) + ")"
+            for k, v in (tune.get("derived") or {}).items()]
+    return "; derived rows: " + ", ".join(rows) if rows else ""
+
+
+def _rule_line(tune) -> str:
+    """The selection rule in one line (docs/RESULTS.md, "The rule")."""
+    c = tune.get("confirm")
+    if c is None:
+        return ("- Choice: each method's setting is its search's best held-out validation trial "
+                "(a tie goes to the defaults); never the test split.")
+    return (f"- Choice (validation only): each search's top {c['top']} settings (a tie goes to "
+            f"the defaults) are trained again on seeds {', '.join(map(str, c['seeds']))}, not "
+            f"read by the search and not the retrain's, and the one with the best mean held-out "
+            f"validation accuracy over them is the method's chosen setting.")
 
 
 def _short(v):

@@ -19,16 +19,18 @@ from utils.sweep.run.worker import Worker
 from utils.sweep.spec.check import check_plan
 from utils.sweep.spec.expand import expand, grid_distributions
 from utils.sweep.spec.normalize import normalize_spec
-from utils.sweep.spec.tune import retrain_name, retrain_raw, search_name
+from utils.sweep.spec.tune import (confirm_label, confirm_name, confirm_raw, retrain_name,
+                                   retrain_raw, search_name)
 
-__all__ = ["create_tune", "search_sweeps", "budget_trials", "best_trial", "chosen_settings",
-           "work"]
+__all__ = ["create_tune", "search_sweeps", "budget_trials", "best_trial", "top_trials",
+           "chosen_settings", "confirm_candidates", "confirmed_settings", "work"]
 
 
 def create_tune(store, name, spec, subs):
     """The searches (each with its start setting queued first), then the record study."""
     names = set(store.study_names())
-    for n in [name, name + TEACHERS_SUFFIX, retrain_name(name)] + [s for s, _, _ in subs]:
+    for n in [name, name + TEACHERS_SUFFIX, retrain_name(name), confirm_name(name)] + \
+            [s for s, _, _ in subs]:
         if n in names:
             raise UserError(f"study {n!r} already exists in {store.label}; choose another name "
                             f"(or give another --dir / --storage)")
@@ -66,14 +68,24 @@ def budget_trials(sub) -> list:
             and t.user_attrs.get("key") in allowed]
 
 
+def top_trials(sub, start, n) -> list:
+    """The n best held-out validation trials within the budget, of distinct settings, best
+    first; a tie goes to the start setting, then to the earlier trial (so a search that finds
+    nothing better keeps the defaults)."""
+    ranked = sorted(budget_trials(sub), key=lambda t: (-t.value, not (
+        start is not None and t.params == start), t.number))
+    out = []
+    for t in ranked:
+        if all(t.params != o.params for o in out):
+            out.append(t)
+        if len(out) == n:
+            break
+    return out
+
+
 def best_trial(sub, start):
-    """The best held-out validation trial within the budget; a tie goes to the start setting,
-    then to the earlier trial (so a search that finds nothing better keeps the defaults)."""
-    done = budget_trials(sub)
-    if not done:
-        return None
-    return max(done, key=lambda t: (t.value, start is not None and t.params == start,
-                                    -t.number))
+    top = top_trials(sub, start, 1)
+    return top[0] if top else None
 
 
 def chosen_settings(searches, methods) -> dict:
@@ -90,17 +102,56 @@ def chosen_settings(searches, methods) -> dict:
     return out
 
 
-def _retrain(store, sweep, sweep_dir, searches, make_parsers):
-    """The retrain grid: loaded when it exists, else made (once, under a lock in the sweep
-    folder, with Ctrl-C and SIGTERM held back until it is whole; on a database shared by
-    several machines, the loser of a race loads the winner's)."""
-    rname = retrain_name(sweep.name)
+def confirm_candidates(searches, tune) -> dict:
+    """label -> the params of its search's top trials (confirm.top), best first."""
+    return {label: [dict(t.params) for t in top_trials(sub, tune["methods"][label]["start"],
+                                                       tune["confirm"]["top"])]
+            for label, sub in searches.items()}
+
+
+def confirmed_settings(confirm, tune, searches) -> tuple:
+    """The selection rule with confirmation runs: (label -> the params of the candidate with
+    the best mean held-out validation accuracy over the confirm seeds (a candidate with a
+    failed run is left out; a tie goes to the better search rank), label -> {"value": that
+    mean, "n": runs, "rank": its search rank, "candidates": [(rank, mean, n)]})."""
+    cands = confirm_candidates(searches, tune)
+    runs = {}
+    for t in confirm.study.get_trials(deepcopy=False):
+        key = t.user_attrs.get("key")
+        if t.state == TrialState.COMPLETE and t.value is not None and key:
+            runs.setdefault(t.params.get("method"), {})[key] = t.value
+    want = len(tune["confirm"]["seeds"])
+    chosen, info = {}, {}
+    for label, ps in cands.items():
+        rated = []
+        for rank, p in enumerate(ps, 1):
+            vals = list(runs.get(confirm_label(label, rank), {}).values())
+            if len(vals) == want:
+                rated.append((sum(vals) / len(vals), -rank, p))
+            info.setdefault(label, {"candidates": []})["candidates"].append(
+                (rank, sum(vals) / len(vals) if vals else None, len(vals)))
+        if not rated:
+            print(f"warning: no confirmed candidate of method {label} (every one has a failed "
+                  f"run): it gets no tuned row", file=sys.stderr, flush=True)
+            chosen[label] = None
+            continue
+        value, neg_rank, p = max(rated, key=lambda r: (r[0], r[1]))
+        chosen[label] = dict(p)
+        info[label].update({"value": value, "n": want, "rank": -neg_rank})
+    return chosen, info
+
+
+def _stage(store, sweep, sweep_dir, name, make_raw, make_parsers):
+    """A grid made from the searches (the confirmation runs, the retrain): loaded when it
+    exists, else made (once, under a lock in the sweep folder, with Ctrl-C and SIGTERM held
+    back until it is whole; on a database shared by several machines, the loser of a race
+    loads the winner's)."""
+    rname = name
     with os.fdopen(open_lock(os.path.join(sweep_dir, f".{sweep.name}.tune.lock"),
                              "tune lock")) as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if rname not in store.study_names():
-            chosen = chosen_settings(searches, sweep.spec["tune"]["methods"])
-            rspec = normalize_spec(retrain_raw(sweep.spec, chosen), "tune retrain")
+            rspec = normalize_spec(make_raw(), f"tune {rname}")
             parsers = make_parsers()  # PyTorch comes with them: only here, once
             plan = expand(rspec, rname, parsers)
             check_plan(rspec, plan, parsers)
@@ -120,6 +171,23 @@ def _retrain(store, sweep, sweep_dir, searches, make_parsers):
     raise UserError(f"study {rname!r} in {store.label} is half made (the worker making it was "
                     f"killed): remove it (optuna delete-study --study-name {rname} --storage "
                     f"...) and start the workers again; the searches are kept")
+
+
+def chosen_for_retrain(store, sweep, searches) -> dict:
+    """The selection rule (docs/RESULTS.md): with confirm, the confirmed choice; else each
+    search's best trial."""
+    tune = sweep.spec["tune"]
+    if tune.get("confirm") is None:
+        return chosen_settings(searches, tune["methods"])
+    return confirmed_settings(load_sweep(store, confirm_name(sweep.name)), tune, searches)[0]
+
+
+def _run_stage(stage, sweep_dir, args, slot, limit):
+    opts = argparse.Namespace(**vars(args))
+    opts.n_trials = limit
+    w = Worker(stage, sweep_dir, opts, slot=slot)
+    rc = w.run()
+    return rc, w
 
 
 def work(store, sweep, sweep_dir, args, make_parsers, slot=None) -> int:
@@ -167,11 +235,33 @@ def work(store, sweep, sweep_dir, args, make_parsers, slot=None) -> int:
         except KeyboardInterrupt:
             print("stopped (SIGINT) between searches", file=sys.stderr, flush=True)
             return 130
-    retrain = _retrain(store, sweep, sweep_dir, searches, make_parsers)
-    opts = argparse.Namespace(**vars(args))
-    opts.n_trials = limit_left()
-    opts.retry_failed = args.retry_failed
-    w = Worker(retrain, sweep_dir, opts, slot=slot)
-    rc = w.run()
+    tune = sweep.spec["tune"]
+    if tune.get("confirm") is not None:
+        cands = confirm_candidates(searches, tune)
+        confirm = _stage(store, sweep, sweep_dir, confirm_name(sweep.name),
+                         lambda: confirm_raw(sweep.spec, cands), make_parsers)
+        before = limit_left()
+        rc, w = _run_stage(confirm, sweep_dir, args, slot, before)
+        ran, failed = ran + w.ran, failed + w.failed
+        if w.stop is not None or (args.n_trials is not None and ran >= args.n_trials):
+            return rc if w.stop is not None else (1 if failed else 0)
+        while not _finished(confirm):  # its last runs go on elsewhere
+            if not args.wait:
+                print("the confirmation runs are not finished (--no-wait): stopping", flush=True)
+                return 1 if failed else 0
+            try:
+                time.sleep(max(args.poll, 5.0))
+            except KeyboardInterrupt:
+                print("stopped (SIGINT) waiting for the confirmation runs", file=sys.stderr,
+                      flush=True)
+                return 130
+            rc, w = _run_stage(confirm, sweep_dir, args, slot, limit_left())
+            ran, failed = ran + w.ran, failed + w.failed
+            if w.stop is not None:
+                return rc
+    retrain = _stage(store, sweep, sweep_dir, retrain_name(sweep.name),
+                     lambda: retrain_raw(sweep.spec, chosen_for_retrain(store, sweep, searches)),
+                     make_parsers)
+    rc, w = _run_stage(retrain, sweep_dir, args, slot, limit_left())
     failed += w.failed
     return rc if w.stop is not None else (1 if failed else rc)

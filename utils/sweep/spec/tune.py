@@ -25,16 +25,18 @@ searches' budget, each method's chosen setting and a default-vs-tuned table in f
 studies share the sweep folder and the storage.
 """
 import copy
+import json
 import re
 
 from skipkd.errors import UserError
 from utils.sweep.spec.rules import check_flags, normalize_param, search_settings
 
 __all__ = ["TUNE_KEYS", "TUNED", "normalize_tune", "search_name", "retrain_name", "search_raw",
-           "retrain_raw"]
+           "retrain_raw", "confirm_name", "confirm_label", "confirm_raw", "chosen_rows", "is_tuned"]
 
 TUNE_KEYS = ("methods", "n_trials", "sampler", "seed", "pruner", "search_seed", "seeds",
-             "baseline")
+             "baseline", "confirm", "derived", "contrasts", "defaults")
+METHOD_KEYS = ("flags", "params", "start", "weight")
 _LABEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,39}")
 TUNED = "-tuned"
 
@@ -93,8 +95,8 @@ def normalize_tune(raw: dict, source: str) -> dict:
                 label.endswith(TUNED):
             raise UserError(f"{mwhat}: a label is 1-40 letters, digits, . _ - (not ending in "
                             f"{TUNED})")
-        if not isinstance(m, dict) or set(m) - {"flags", "params", "start"}:
-            raise UserError(f"{mwhat}: expected an object with flags, params and start")
+        if not isinstance(m, dict) or set(m) - set(METHOD_KEYS):
+            raise UserError(f"{mwhat}: expected an object with {', '.join(METHOD_KEYS)}")
         flags = check_flags(m.get("flags", {}), f"{mwhat}.flags")
         _check_tune_owned(flags, f"{mwhat}.flags")
         params = {}
@@ -116,7 +118,13 @@ def normalize_tune(raw: dict, source: str) -> dict:
                 raise UserError(f"{mwhat}.params: {flag} searches inside --{base}, which "
                                 f"'{'flags' if base in flags else 'fixed'}' sets whole: write "
                                 f"that as {base}.NAME entries")
-        out[label] = {"flags": flags, "params": params, "start": start}
+        weight = m.get("weight")
+        if weight is not None and (not isinstance(weight, str) or
+                                   weight.lstrip("-") not in params):
+            raise UserError(f"{mwhat}.weight: names the searched flag that is the method's main "
+                            f"weight (one of params), got {weight!r}")
+        out[label] = {"flags": flags, "params": params, "start": start,
+                      "weight": weight.lstrip("-") if weight else None}
     if not any(m["params"] for m in out.values()):
         raise UserError(f"{what}: no method has params: nothing to tune")
     baseline = tune.get("baseline")
@@ -126,8 +134,105 @@ def normalize_tune(raw: dict, source: str) -> dict:
         baseline = next((lab for lab, m in out.items() if m["flags"].get("kd") == "none"), None)
     elif baseline not in out:
         raise UserError(f"{what}: baseline {baseline!r} is not a method label")
+    confirm = _confirm(tune.get("confirm"), seeds, search_seed, what)
+    derived = _derived(tune.get("derived"), out, what)
+    contrasts = _contrasts(tune.get("contrasts"), out, derived, what)
+    defaults = tune.get("defaults", True)
+    if not isinstance(defaults, bool):
+        raise UserError(f"{what}: defaults must be true (retrain every method at its defaults "
+                        f"too) or false (its chosen setting only)")
     return {"methods": out, **settings, "search_seed": search_seed, "seeds": list(seeds),
-            "baseline": baseline}
+            "baseline": baseline, "confirm": confirm, "derived": derived,
+            "contrasts": contrasts, "defaults": defaults}
+
+
+def _confirm(raw, seeds, search_seed, what):
+    """The selection rule's re-runs: the `top` best trials of each search trained again on the
+    `seeds` (validation only); None: the search's best trial is the choice."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or set(raw) != {"top", "seeds"}:
+        raise UserError(f"{what}.confirm: expected {{\"top\": N, \"seeds\": [...]}}")
+    top, cseeds = raw["top"], raw["seeds"]
+    if isinstance(top, bool) or not isinstance(top, int) or not 1 <= top <= 20:
+        raise UserError(f"{what}.confirm.top: a whole number in 1..20, got {top!r}")
+    if not isinstance(cseeds, list) or not 1 <= len(cseeds) <= 100 or not all(
+            isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**32 for s in cseeds) \
+            or len(set(cseeds)) != len(cseeds):
+        raise UserError(f"{what}.confirm.seeds: a list of 1..100 distinct whole numbers >= 0")
+    clash = [s for s in cseeds if s in seeds or s == search_seed]
+    if clash:
+        raise UserError(f"{what}.confirm.seeds: {clash[0]} is also a "
+                        f"{'search' if clash[0] == search_seed else 'retrain'} seed: the choice "
+                        f"is confirmed on seeds of its own")
+    return {"top": top, "seeds": list(cseeds)}
+
+
+def _derived(raw, methods, what):
+    """Rows made from a searched method's chosen setting plus flags (an ablation, a control):
+    LABEL -> {"from": METHOD, "flags": {...}}."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or len(raw) > 64:
+        raise UserError(f"{what}.derived: expected an object of label: {{from, flags}}")
+    out = {}
+    for label, d in raw.items():
+        dwhat = f"{what}.derived.{label}"
+        if not isinstance(label, str) or not _LABEL_RE.fullmatch(label) or \
+                label.endswith(TUNED) or label in methods:
+            raise UserError(f"{dwhat}: a new label of 1-40 letters, digits, . _ - (not a method's)")
+        if not isinstance(d, dict) or set(d) != {"from", "flags"} or d["from"] not in methods:
+            raise UserError(f"{dwhat}: expected {{\"from\": a method label, \"flags\": {{...}}}}")
+        flags = check_flags(d["flags"], f"{dwhat}.flags")
+        _check_tune_owned(flags, f"{dwhat}.flags")
+        if not flags:
+            raise UserError(f"{dwhat}.flags: a derived row differs from its method by at least "
+                            f"one flag")
+        searched = [f for f in flags if f in methods[d["from"]]["params"]]
+        if searched:
+            raise UserError(f"{dwhat}.flags: --{searched[0]} is searched by {d['from']}: a "
+                            f"derived row keeps the chosen value")
+        out[label] = {"from": d["from"], "flags": flags}
+    return out
+
+
+def _contrasts(raw, methods, derived, what):
+    """The pre-registered contrasts: [{"name", "a", "b"}], each side a method or derived label
+    (its chosen row) or {"best_of": [method labels]} (the one the selection rule rates best on
+    validation)."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list) or len(raw) > 32:
+        raise UserError(f"{what}.contrasts: expected a list of at most 32 {{name, a, b}}")
+    labels = set(methods) | set(derived)
+    out, names = [], set()
+    for i, c in enumerate(raw):
+        cwhat = f"{what}.contrasts[{i}]"
+        if not isinstance(c, dict) or set(c) != {"name", "a", "b"} or \
+                not isinstance(c["name"], str) or not 1 <= len(c["name"]) <= 80:
+            raise UserError(f"{cwhat}: expected {{\"name\": text, \"a\": label, \"b\": label}}")
+        if c["name"] in names:
+            raise UserError(f"{cwhat}: the name {c['name']!r} repeats")
+        names.add(c["name"])
+        sides = []
+        for side in ("a", "b"):
+            v = c[side]
+            if isinstance(v, str) and v.endswith(TUNED) and v[:-len(TUNED)] in methods:
+                raise UserError(f"{cwhat}.{side}: name the method ({v[:-len(TUNED)]!r}): a contrast "
+                                f"always takes each side's chosen row")
+            if isinstance(v, str) and v in labels:
+                sides.append(v)
+            elif isinstance(v, dict) and set(v) == {"best_of"} and isinstance(v["best_of"], list) \
+                    and len(v["best_of"]) >= 2 and all(x in methods for x in v["best_of"]) and \
+                    len(set(v["best_of"])) == len(v["best_of"]):
+                sides.append({"best_of": list(v["best_of"])})
+            else:
+                raise UserError(f"{cwhat}.{side}: a method or derived label, or {{\"best_of\": "
+                                f"[two or more method labels]}}, got {json.dumps(v)[:60]}")
+        if sides[0] == sides[1]:
+            raise UserError(f"{cwhat}: compares {sides[0]!r} with itself")
+        out.append({"name": c["name"], "a": sides[0], "b": sides[1]})
+    return out
 
 
 def _check_tune_owned(flags: dict, what: str):
@@ -172,18 +277,63 @@ def search_raw(spec, label) -> dict:
                        "seed": tune["seed"]}}
 
 
+def is_tuned(m, best, force=False) -> bool:
+    """Whether a method gets a `-tuned` row: searched, with a choice, other than its start."""
+    return bool(m["params"]) and best is not None and (force or best != m["start"])
+
+
+def chosen_rows(tune, chosen: dict) -> dict:
+    """label (method or derived) -> the retrain row that holds its chosen setting."""
+    out = {label: label + TUNED if is_tuned(m, chosen.get(label)) else label
+           for label, m in tune["methods"].items()}
+    out.update({label: label for label in tune["derived"]})
+    return out
+
+
+def confirm_name(tune_name):
+    return f"{tune_name}-confirm"
+
+
+def confirm_label(label, rank):
+    return f"{label}.c{rank}"
+
+
+def confirm_raw(spec, candidates: dict) -> dict:
+    """The raw spec of the confirmation grid: candidates: label -> [params of the search's
+    top trials, best first]; each trained again on the confirm seeds, scored on validation
+    only (the test split is not read)."""
+    tune = spec["tune"]
+    variants = {confirm_label(label, i + 1): {**tune["methods"][label]["flags"], **p}
+                for label, ps in candidates.items() for i, p in enumerate(ps)}
+    return {**_common(spec), "fixed": {**spec["fixed"], "report-test": False},
+            "description": f"Confirmation runs of the tune's top {tune['confirm']['top']} "
+                          f"settings per method, validation only.",
+            "grid": {"seed": list(tune["confirm"]["seeds"]), "method": variants},
+            "baseline": None}
+
+
 def retrain_raw(spec, chosen: dict, force=False) -> dict:
-    """The raw spec of the retrain grid; chosen: label -> the best trial's params (a method
-    whose search chose its start setting gets no tuned row: it would repeat the default one;
-    nor does one whose search has no completed trial). force: a tuned row for every chosen."""
+    """The raw spec of the retrain grid; chosen: label -> the chosen params (a method whose
+    choice is its start setting gets no tuned row: it would repeat the default one; nor does
+    one whose search has no completed trial). force: a tuned row for every chosen. With
+    `defaults` false a tuned method has its tuned row only. Derived rows are their method's
+    chosen setting plus their flags."""
     tune = spec["tune"]
     variants = {}
     for label, m in tune["methods"].items():
-        variants[label] = dict(m["flags"])
         best = chosen.get(label)
-        if m["params"] and best is not None and (force or best != m["start"]):
+        tuned = is_tuned(m, best, force)
+        if tune.get("defaults", True) or not tuned:
+            variants[label] = dict(m["flags"])
+        if tuned:
             variants[label + TUNED] = {**m["flags"], **best}
+    for label, d in tune.get("derived", {}).items():
+        m = tune["methods"][d["from"]]
+        variants[label] = {**m["flags"], **(chosen.get(d["from"]) or {}), **d["flags"]}
     raw = {**_common(spec), "fixed": dict(spec["fixed"]), "description": spec["description"],
            "grid": {"seed": list(tune["seeds"]), "method": variants}}
-    raw["baseline"] = {"method": tune["baseline"]} if tune["baseline"] else None
+    base = tune["baseline"]
+    if base and base + TUNED in variants:  # the grid's own deltas: chosen rows vs the chosen
+        base += TUNED                      # baseline (report/tune.py pairs the defaults apart)
+    raw["baseline"] = {"method": base} if base else None
     return raw

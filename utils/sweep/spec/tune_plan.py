@@ -4,7 +4,9 @@ from skipkd.errors import UserError
 from utils.sweep.spec.check import check_argv, check_plan
 from utils.sweep.spec.expand import expand, search_trial
 from utils.sweep.spec.normalize import normalize_spec
-from utils.sweep.spec.tune import retrain_name, retrain_raw, search_name, search_raw
+from utils.sweep.spec.breadth import check_breadth, check_warmups
+from utils.sweep.spec.tune import (confirm_name, confirm_raw, retrain_name, retrain_raw,
+                                   search_name, search_raw)
 
 __all__ = ["sub_specs", "param_ends"]
 
@@ -12,6 +14,7 @@ __all__ = ["sub_specs", "param_ends"]
 def sub_specs(spec, name, parsers):
     """Every search's (study name, normalized spec, plan), checked by the scripts' parsers,
     and the retrain grid checked at the start settings (at create time)."""
+    check_breadth(spec["tune"], spec["fixed"], "tune")
     out = []
     for label, m in spec["tune"]["methods"].items():
         if not m["params"]:
@@ -22,14 +25,24 @@ def sub_specs(spec, name, parsers):
         check_plan(sspec, plan, parsers)
         if m["start"] is not None:
             t = search_trial(sspec, "check", 0, m["start"], None)
-            check_argv(parsers, t["script"], t["argv"], f"method {label}, start setting")
+            args = check_argv(parsers, t["script"], t["argv"], f"method {label}, start setting")
+            check_warmups(args, f"tune method {label}, start setting")
         _check_held_out(parsers, sspec, label)
         out.append((sname, sspec, plan))
     # the retrain as it may come out: every searched method with a tuned row at its low ends
     stand_in = {label: {f: param_ends(r)[0] for f, r in m["params"].items()}
                 for label, m in spec["tune"]["methods"].items() if m["params"]}
     rspec = normalize_spec(retrain_raw(spec, stand_in, force=True), "tune retrain")
-    check_plan(rspec, expand(rspec, retrain_name(name), parsers), parsers)
+    plans = [(rspec, expand(rspec, retrain_name(name), parsers))]
+    if spec["tune"]["confirm"] is not None:  # and the confirmation runs, likewise
+        cands = {label: [p] for label, p in stand_in.items()}
+        cspec = normalize_spec(confirm_raw(spec, cands), "tune confirm")
+        plans.append((cspec, expand(cspec, confirm_name(name), parsers)))
+    for pspec, plan in plans:
+        check_plan(pspec, plan, parsers)
+        for t in plan["trials"]:
+            check_warmups(check_argv(parsers, t["script"], t["argv"], f"trial {t['key']}"),
+                          f"trial {t['key']}")
     return out
 
 
@@ -46,6 +59,7 @@ def _check_held_out(parsers, sspec, label):
         for value in param_ends(rule):
             t = search_trial(sspec, "check", 0, {**base, flag: value}, None)
             args = check_argv(parsers, t["script"], t["argv"], f"tune method {label}")
+            check_warmups(args, f"tune method {label}, --{flag} {value}")
             if not getattr(args, "val_split", 0):
                 raise UserError(f"tune method {label}: the search needs a held-out validation "
                                 f"split (--val-split > 0) at every point it may try: it never "
