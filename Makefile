@@ -1,5 +1,5 @@
 # Everything creates or reuses the virtual environment in .venv first.
-#   make demo    the main job: a short teacher -> student run (skip KD + ECA parallel)
+#   make demo    the main job: a teacher, the student alone and the student distilled (demo.py)
 #   make test    the test suite (then the formula tests again under two other CPU kernel families)
 #   make check   the quick suite: everything but the slow end-to-end tests
 PYTHON ?= python3
@@ -7,9 +7,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-# main job settings (override on the command line: make demo DEMO_EPOCHS=5)
-DEMO_EPOCHS ?= 4
-DEMO_WIDTH  ?= 16
+# main job settings (override on the command line: make demo DEMO_ARGS="--epochs 5")
 DEMO_ARGS   ?=
 
 # the formula tests (loss terms against hand computations, model forwards and foldings): run
@@ -20,10 +18,10 @@ FORMULA_TESTS := tests/test_kd.py tests/test_kd_crd.py tests/test_kd_feature_ter
                  tests/test_wrn_vgg.py tests/test_mobile_shuffle.py
 KERNELS ?= default avx2
 
-.PHONY: venv system-deps demo test test-kernels check bench clean-outputs help
+.PHONY: venv system-deps demo demo-data test test-kernels check bench clean-outputs help
 
 help:
-	@echo "make demo   - short end-to-end teacher -> student run (CIFAR-10 in ./data, else synthetic)"
+	@echo "make demo   - a teacher, the student alone and the student distilled, in one table (demo.py)"
 	@echo "make test   - run the test suite (the formula tests also under KERNELS=$(KERNELS))"
 	@echo "make check  - the quick suite: everything but the slow end-to-end tests"
 	@echo "make venv   - create/update .venv from requirements.txt"
@@ -58,17 +56,27 @@ system-deps:
 	  fi; \
 	fi
 
-demo: $(STAMP)
-	@start=$$(date +%s); \
-	$(PY) model_training_mid.py --dataset auto --data-dir ./data \
-	  --teacher resnet34 --student resnet18 --kd skip --eca parallel --width $(DEMO_WIDTH) \
-	  --epochs $(DEMO_EPOCHS) --synthetic-train-size 4000 --synthetic-test-size 1000 \
-	  --limit-train 4000 --limit-test 1000 --run-name demo --overwrite $(DEMO_ARGS) && \
-	echo "make demo: done in $$(( $$(date +%s) - start )) s of wall time (environment set-up not counted)"
+# the demo's data: the real Fashion-MNIST (Debian's dataset-fashion-mnist, installed when run as
+# root) unless CIFAR-10 is in ./data; without either, demo.py falls back to synthetic patterns
+demo-data:
+	@if [ ! -d ./data/cifar-10-batches-py ] && [ ! -d /usr/share/datasets/fashion-mnist ]; then \
+	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Fashion-MNIST (Debian's dataset-fashion-mnist) for the demo"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null) \
+	      || echo "warning: could not install dataset-fashion-mnist; the demo uses synthetic data"; \
+	  else \
+	    echo "note: no CIFAR-10 in ./data and no Fashion-MNIST (sudo apt-get install dataset-fashion-mnist): the demo uses synthetic data"; \
+	  fi; \
+	fi
+
+demo: $(STAMP) demo-data
+	$(PY) demo.py $(DEMO_ARGS)
 
 test: $(STAMP) system-deps
-	$(PY) -m pytest -q -rs -n auto --maxprocesses 4 --dist loadfile tests
-	$(MAKE) --no-print-directory test-kernels
+	@start=$$(date +%s); \
+	$(PY) -m pytest -q -rs -n auto --maxprocesses 4 --dist loadfile tests && \
+	$(MAKE) --no-print-directory test-kernels && \
+	echo "make test: passed in $$(( $$(date +%s) - start )) s on $$(nproc) cores of $$($(PY) -c 'from skipkd.train.setup import cpu_model; print(cpu_model())') (environment set-up not counted)"
 
 test-kernels: $(STAMP)
 	@for k in $(KERNELS); do \
@@ -78,7 +86,9 @@ test-kernels: $(STAMP)
 	done
 
 check: $(STAMP)
-	$(PY) -m pytest -q -rs -n auto --maxprocesses 4 --dist loadfile -m "not slow" tests
+	@start=$$(date +%s); \
+	$(PY) -m pytest -q -rs -n auto --maxprocesses 4 --dist loadfile -m "not slow" tests && \
+	echo "make check: passed in $$(( $$(date +%s) - start )) s on $$(nproc) cores of $$($(PY) -c 'from skipkd.train.setup import cpu_model; print(cpu_model())')"
 
 clean-outputs:
 	rm -rf runs saved_pth_model/*.pth numpy_outputs/*.npy numpy_outputs/*.json

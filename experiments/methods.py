@@ -3,7 +3,7 @@ it makes the student match, what it needs from both networks, its default weight
 and what it learns and keeps for the standard pair, counted on the real models; then each
 term's own documentation (its module docstring: equations, defaults and their sources).
 
-    python experiments/methods.py            # writes docs/METHODS.md and the README's table
+    python experiments/methods.py            # writes docs/METHODS.md and docs/GUIDE.md's table
     python experiments/methods.py --check    # exit 1 if either is out of date
 
 The standard pair: resnet34 -> resnet18 at base width 64 with ECA parallel, on CIFAR-100
@@ -27,7 +27,7 @@ from skipkd.kd import recipes as _recipes  # noqa: E402
 PAIR = dict(teacher="resnet34", student="resnet18", width=64, placement="parallel", classes=100,
             train_images=45_000)
 OUT = os.path.join(REPO, "docs", "METHODS.md")
-README = os.path.join(REPO, "README.md")
+README = os.path.join(REPO, "docs", "GUIDE.md")  # the user guide holds the short table
 START, END = "<!-- methods:start -->", "<!-- methods:end -->"
 
 
@@ -114,7 +114,7 @@ def recipe_lines() -> list:
 
 
 def readme_table() -> str:
-    """The README's short table (between its methods markers)."""
+    """The guide's short table (between its methods markers)."""
     rows = ["| term | paper | matches | default weight | learns |", "|---|---|---|---|---|"]
     for name, cls in KD_TERMS.items():
         learned, _ = learned_and_kept(name)
@@ -127,7 +127,7 @@ def with_readme_table(readme: str) -> str:
     head, sep, rest = readme.partition(START)
     _, sep2, tail = rest.partition(END)
     if not (sep and sep2):
-        raise SystemExit(f"README.md has no {START} ... {END} block")
+        raise SystemExit(f"docs/GUIDE.md has no {START} ... {END} block")
     return f"{head}{START}\n{readme_table()}\n{END}{tail}"
 
 
@@ -138,7 +138,7 @@ def _write(path, text):
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--check", action="store_true",
-                   help="exit 1 if docs/METHODS.md or the README's table differs")
+                   help="exit 1 if docs/METHODS.md or the guide's table differs")
     args = p.parse_args()
     text = render()
     with open(README) as f:
@@ -147,12 +147,12 @@ def main():
     if args.check:
         with open(OUT) as f:
             same = f.read() == text and readme == new_readme
-        print("docs/METHODS.md and the README's table are " + (
+        print("docs/METHODS.md and the guide's table are " + (
             "up to date" if same else "out of date: run python experiments/methods.py"))
         sys.exit(0 if same else 1)
     _write(OUT, text)
     _write(README, new_readme)
-    print(f"wrote {os.path.relpath(OUT, REPO)} and the README's table ({len(KD_TERMS)} terms)")
+    print(f"wrote {os.path.relpath(OUT, REPO)} and the guide's table ({len(KD_TERMS)} terms)")
 
 
 if __name__ == "__main__":

@@ -145,7 +145,7 @@ def test_every_term_at_once_end_to_end(tmp_path, capsys):
 
 
 def test_the_methods_docs_are_written_from_the_registry():
-    """docs/METHODS.md and the README's table are what experiments/methods.py writes now."""
+    """docs/METHODS.md and docs/GUIDE.md's table are what experiments/methods.py writes now."""
     from conftest import run_script
     proc = run_script("experiments/methods.py", "--check")
     assert proc.returncode == 0, proc.stdout + proc.stderr
