@@ -511,3 +511,66 @@ def test_dry_run_prints_runs_and_gpu_hours(capsys):
     assert "runs: 120 (searches 30, confirmation 20, retrain 70)" in out
     assert "40,500 per run" in out
     assert f"at least {120 * 40_500 / 1000 / 3600:,.1f} on one GPU" in out
+
+
+def test_report_pairs_like_with_like():
+    """A tune's Δ: chosen rows against the baseline's chosen row, default rows against its
+    default row; a cross comparison is never computed."""
+    from utils.sweep.report.tune import _pair_by_kind, row_kind
+
+    def config(name, accs):
+        return {"config": name, "rows": [{"seed": s, "test_acc_best": a, "test_acc_last": a}
+                                         for s, a in zip((1, 2, 3), accs)]}
+    tune = {"methods": {"none": {}, "skip": {}, "logit": {}}, "derived": {"skip-eca": {}}}
+    configs = [config("none", [70, 71, 72]), config("none-tuned", [80, 81, 82]),
+               config("skip", [75, 76, 77]), config("skip-tuned", [90, 91, 92]),
+               config("logit", [85, 86, 87]), config("skip-eca", [95, 96, 97])]
+    rows_of = {"none": "none-tuned", "skip": "skip-tuned", "logit": "logit",
+               "skip-eca": "skip-eca"}
+    assert [row_kind(c["config"], tune, rows_of) for c in configs] == [
+        "default", "chosen", "default", "chosen", "both", "chosen"]
+    _pair_by_kind(configs, tune, rows_of, "none")
+    by = {c["config"]: c for c in configs}
+    assert by["skip"]["baseline"] == "none" and by["skip"]["delta_test_acc_best"][1] == 5
+    assert by["skip-tuned"]["baseline"] == "none-tuned"
+    assert by["skip-tuned"]["delta_test_acc_best"][1] == 10
+    assert by["logit"]["baseline"] == "none-tuned"  # its choice is its defaults: a chosen row
+    assert by["skip-eca"]["delta_test_acc_best"][1] == 15
+    assert by["none"]["baseline"] is None and "delta_test_acc_best" not in by["none"]
+    assert by["none-tuned"]["baseline"] is None
+    # against another method: kind with kind
+    _pair_by_kind(configs, tune, rows_of, "skip")
+    assert by["none"]["baseline"] == "skip" and by["none-tuned"]["baseline"] == "skip-tuned"
+    assert by["skip-eca"]["baseline"] == "skip-tuned"
+
+
+def test_measured_throughput_reads_the_gpu_checks(tmp_path):
+    """The GPU-hours estimate reads the distillation benchmark of the same pair and width
+    from a GPU check's summary (its `benchmarks`, as tools/gpu_check.py writes them) or a
+    benchmark's own JSON; the best matching rate at the tune's precision."""
+    import types
+    from utils.sweep.spec.cost import measured_throughput, run_images
+
+    def bench(teacher, student, width, rows):
+        return {"config": {"teacher": teacher, "student": student, "width": width,
+                           "batch_size": 64}, "device_name": "GPU X",
+                "rows": [{"bench": "distill", "path": p, "precision": pr, "images_per_s": r}
+                         for p, pr, r in rows]}
+    (tmp_path / "check.json").write_text(json.dumps({"benchmarks": {
+        "bench_campaign_resnet20": bench("resnet56", "resnet20", None,
+                                         [("ours", "bf16", 5000.0), ("reference", "bf16", 9e9),
+                                          ("ours", "fp32", 3000.0)]),
+        "bench": bench("resnet34", "resnet18", 64, [("ours", "bf16", 20000.0)])}}))
+    (tmp_path / "bench.json").write_text(json.dumps(
+        bench("resnet56", "resnet20", None, [("ours", "bf16", 6000.0)])))
+    (tmp_path / "broken.json").write_text("{not json")
+    args = types.SimpleNamespace(teacher="resnet56", student="resnet20", width=None,
+                                 student_width=None, precision="bf16", batch_size=64)
+    rate, source = measured_throughput(args, gpu_dir=str(tmp_path))
+    assert rate == 6000.0 and "bench.json" in source and "GPU X" in source
+    args.precision = "fp32"
+    assert measured_throughput(args, gpu_dir=str(tmp_path))[0] == 3000.0
+    args.student = "resnet32"
+    assert measured_throughput(args, gpu_dir=str(tmp_path)) is None
+    one = types.SimpleNamespace(dataset="cifar100", limit_train=None, val_split=0.1, epochs=240)
+    assert run_images(one) == 240 * 45_000

@@ -29,6 +29,11 @@ from gpu_report import (DEPTH_RUNS, depth_result, fmnist_result, markdown,  # no
                         parse_tests, read_json, sweep_result)
 
 BENCH_PAIRS = [("resnet34", "resnet18", "parallel"), ("resnet32x4", "resnet8x4", "none")]
+# the GPU campaign's CIFAR-100 pairs (experiments/grids/gpu/): their distillation throughput at
+# the crd recipe's batch of 64 and their own widths, which `sweep.py create --dry-run` reads
+# from docs/gpu/ to estimate a tune's GPU-hours
+CAMPAIGN_PAIRS = [("resnet56", "resnet20"), ("resnet110", "resnet32"),
+                  ("resnet32x4", "resnet8x4")]
 
 
 def _budget(text):
@@ -54,7 +59,7 @@ def get_args_parser():
                         "the repository, else /usr/share/datasets/fashion-mnist)")
     p.add_argument("--parts", default=None,
                    help="comma-separated subset of: tests, bench, bench_compile, bench_imagenet, "
-                        "fmnist, sweep_small, depth_resnet18, depth_resnet34, "
+                        "bench_campaign, fmnist, sweep_small, depth_resnet18, depth_resnet34, "
                         "depth_resnet34_fp32")
     return p
 
@@ -122,6 +127,17 @@ def plan(args, out, work):
                   "--workers", "8", "--precisions", "bf16", "--data-workers", "0,4,8,16",
                   "--data-files", "1024"])
     parts.append(("bench_imagenet", 90, imagenet, {}, None))
+    for teacher, student in CAMPAIGN_PAIRS:
+        argv = [py, os.path.join(REPO, "benchmark.py"), "--device", dev, "--teacher", teacher,
+                "--student", student, "--placement", "none", "--kd", "skip", "--channels-last",
+                "--no-compile", "--reference", "false", "--benches", "distill",
+                "--json", os.path.join(work, f"bench_campaign_{student}.json")]
+        argv += (["--width", "4", "--batch-size", "8", "--eval-batch-size", "8", "--steps", "1",
+                  "--repeats", "1", "--warmup", "1", "--workers", "0", "--precisions", "fp32"]
+                 if dry else
+                 ["--batch-size", "64", "--eval-batch-size", "256", "--steps", "30",
+                  "--repeats", "3", "--warmup", "5", "--workers", "8", "--precisions", "bf16"])
+        parts.append((f"bench_campaign_{student}", 40, argv, {}, None))
     fm_dir = args.fmnist_dir
     if dry:
         fm_dir = os.path.join(work, "fashion-mnist")
