@@ -50,9 +50,9 @@ def _range(rule):
     return (float(rule["low"]), float(rule["high"]), bool(rule.get("log")))
 
 
-def check_breadth(tune: dict, fixed: dict, what: str):
-    """Refuse a tune whose methods do not search with the same breadth (one line each)."""
-    from skipkd.kd import KD_TERMS  # the terms' defaults and rules (PyTorch: create only)
+def check_breadth(tune: dict, fixed: dict, what: str, KD_TERMS: dict):
+    """Refuse a tune whose methods do not search with the same breadth (one line each);
+    KD_TERMS: the terms' registry (Parsers.kd_terms(): their defaults and rules)."""
     temps, ces = {}, {}
     for label, m in tune["methods"].items():
         mwhat = f"{what}.methods.{label}"
@@ -143,10 +143,9 @@ def _check_combinations(label, params, terms, terms_registry, what, given=None):
                                 f"refuses ({exc}): a lost trial; search fewer choices") from None
 
 
-def check_warmups(args, what: str):
+def check_warmups(args, what: str, KD_TERMS: dict):
     """A warm-up (the recipe's, or a term's `warmup` option, its default included) no longer
-    than the run; `args` is a parsed command line."""
-    from skipkd.kd import KD_TERMS
+    than the run; `args` is a parsed command line, KD_TERMS the terms' registry."""
     epochs = getattr(args, "epochs", None)
     if epochs is None:
         return

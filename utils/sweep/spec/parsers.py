@@ -4,6 +4,7 @@ and a command line parsed as the script parses it. Imports PyTorch (the parsers 
 term names): `create` uses it, a worker does not.
 """
 from skipkd import cli
+from skipkd.kd import KD_TERMS
 from utils.sweep.spec.scripts import STUDENT_GROUPS, TEACHER_SCRIPT
 
 __all__ = ["Parsers"]
@@ -49,6 +50,10 @@ class Parsers:
             self._student_only = frozenset(
                 (student - teacher).union(*(groups[title] for title in STUDENT_GROUPS)))
         return self._student_only
+
+    def kd_terms(self) -> dict:
+        """The distillation terms' registry (their defaults and rules: spec/breadth.py)."""
+        return KD_TERMS
 
     def dests(self, script) -> set:
         """Every argparse destination of the script's flags."""

@@ -14,7 +14,7 @@ __all__ = ["sub_specs", "param_ends"]
 def sub_specs(spec, name, parsers):
     """Every search's (study name, normalized spec, plan), checked by the scripts' parsers,
     and the retrain grid checked at the start settings (at create time)."""
-    check_breadth(spec["tune"], spec["fixed"], "tune")
+    check_breadth(spec["tune"], spec["fixed"], "tune", parsers.kd_terms())
     out = []
     for label, m in spec["tune"]["methods"].items():
         if not m["params"]:
@@ -26,7 +26,7 @@ def sub_specs(spec, name, parsers):
         if m["start"] is not None:
             t = search_trial(sspec, "check", 0, m["start"], None)
             args = check_argv(parsers, t["script"], t["argv"], f"method {label}, start setting")
-            check_warmups(args, f"tune method {label}, start setting")
+            check_warmups(args, f"tune method {label}, start setting", parsers.kd_terms())
         _check_held_out(parsers, sspec, label)
         out.append((sname, sspec, plan))
     # the retrain as it may come out: every searched method with a tuned row at its low ends
@@ -42,7 +42,7 @@ def sub_specs(spec, name, parsers):
         check_plan(pspec, plan, parsers)
         for t in plan["trials"]:
             check_warmups(check_argv(parsers, t["script"], t["argv"], f"trial {t['key']}"),
-                          f"trial {t['key']}")
+                          f"trial {t['key']}", parsers.kd_terms())
     return out
 
 
@@ -59,7 +59,7 @@ def _check_held_out(parsers, sspec, label):
         for value in param_ends(rule):
             t = search_trial(sspec, "check", 0, {**base, flag: value}, None)
             args = check_argv(parsers, t["script"], t["argv"], f"tune method {label}")
-            check_warmups(args, f"tune method {label}, --{flag} {value}")
+            check_warmups(args, f"tune method {label}, --{flag} {value}", parsers.kd_terms())
             if not getattr(args, "val_split", 0):
                 raise UserError(f"tune method {label}: the search needs a held-out validation "
                                 f"split (--val-split > 0) at every point it may try: it never "
