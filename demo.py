@@ -12,9 +12,9 @@ solves them, so the teacher may not lead there: the output says so).
 
 The distilled student uses skip-connection KD together with DIST's logit term (`--kd skip+dist`,
 both at their published defaults): in this regime skip KD alone at its default weight gains
-nothing measurable, and skip + DIST gained +4.83 points [+3.63, +6.04] over the student alone
-over 5 seeds (docs/RESULTS.md, the equal-budget tune; "The verdict" there compares the methods
-one by one).
+nothing measurable. docs/RESULTS.md has the methods one by one over 10 seeds ("The verdict")
+and skip + DIST over 5 (the equal-budget tune, with a teacher trained longer than the demo's
+and all 10,000 test images); one seed of the demo is an illustration, not a measurement.
 """
 import json
 import os
@@ -123,7 +123,7 @@ def main(argv=None):
     print("\n" + "\n".join(lines))
     print(f"\ngain of distillation: {gain:+.2f} points over the student alone (one seed, "
           f"test accuracy of the best-validation checkpoint on {args.test_size:,} test images; "
-          f"docs/RESULTS.md has the spread over 10 seeds)")
+          f"docs/RESULTS.md measures the methods over 10 seeds)")
     print(f"files: {os.path.join(args.output_dir, 'saved_pth_model')}/demo_*.pth (checkpoints), "
           f"{numpy_dir}/summary_demo*.json and the per-epoch arrays (results)")
     print(f"demo: done in {time.time() - start:.0f} s of wall time")

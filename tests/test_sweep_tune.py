@@ -4,6 +4,7 @@ absent while the searches run, so a search that read it would fail.
 """
 import json
 import os
+import re
 import shutil
 
 import pytest
@@ -186,7 +187,14 @@ def test_tune_end_to_end_confirm_derived_contrasts(tmp_path, tiny_cifar, run):
     assert "## Tuning" in report and "3 search trials per method" in report
     assert "| logit | 3/3 |" in report and "| skip | 3/3 |" in report
     assert "fresh seeds 1, 2" in report and "## Pre-registered contrasts" in report
-    assert "| control | `" in report and "Holm" in report
+    assert "Holm" in report
+    control = next(line for line in report.splitlines() if line.startswith("| control |"))
+    cells = [c.strip() for c in control.strip("|").split("|")]
+    assert cells[3] == "2" and cells[4] != "—"  # paired over the 2 retrain seeds
+    chosen = "skip-tuned" if "skip-tuned" in rvariants else "skip"
+    assert cells[1] == f"`{chosen}`" and cells[2] == "`skip-random`"
+    row = next(line for line in report.splitlines() if line.startswith("| method=skip-random |"))
+    assert re.search(r"\| [+-]\d+\.\d\d \[[+-]\d+\.\d\d, [+-]\d+\.\d\d\] \|", row), row
     # reporting the retrain alone would compare across kinds: refused
     proc = run("sweep.py", "report", "tt-retrain", "--dir", sdir, "--out", tmp_path / "r2")
     assert_refused(proc, "part of the tune 'tt'", "python sweep.py report tt")
@@ -448,7 +456,8 @@ def test_confirmed_choice_is_the_best_confirmed_mean():
     from utils.sweep.run.tune import confirmed_settings
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     search = _Search(_search_with([70.0, 90.0, 85.0, 60.0], start=50.0), 4)
-    tune = {"methods": {"m": {"start": {"x": 50.0}}}, "confirm": {"top": 3, "seeds": [8, 9]}}
+    tune = {"methods": {"m": {"start": {"x": 50.0}, "params": {"x": {}}}},
+            "confirm": {"top": 3, "seeds": [8, 9]}}
     confirm = optuna.create_study(direction="maximize")
     dist = {"method": CategoricalDistribution(["m.c1", "m.c2", "m.c3"])}
     for label, seed, value, state in [("m.c1", 8, 80.0, None), ("m.c1", 9, 81.0, None),
@@ -459,8 +468,11 @@ def test_confirmed_choice_is_the_best_confirmed_mean():
             state=TrialState.FAIL if state else TrialState.COMPLETE,
             user_attrs={"key": f"{label}_{seed}"}))
 
-    class _Confirm:
+    class _Confirm:  # the candidates are read from the confirm grid, as it was made
         study = confirm
+        spec = {"grid": {"method": {"variants": {"m.c1": {"kd": "x", "x": 1.0},
+                                                 "m.c2": {"kd": "x", "x": 2.0},
+                                                 "m.c3": {"kd": "x", "x": 50.0}}}}}
     chosen, info = confirmed_settings(_Confirm, tune, {"m": search})
     # search ranks: #1 x=1 (90), #2 x=2 (85), #3 start (70); #2 has the better confirmed mean,
     # #3's one run scored 99 but its other run failed: left out
@@ -518,30 +530,41 @@ def test_report_pairs_like_with_like():
     default row; a cross comparison is never computed."""
     from utils.sweep.report.tune import _pair_by_kind, row_kind
 
-    def config(name, accs):
-        return {"config": name, "rows": [{"seed": s, "test_acc_best": a, "test_acc_last": a}
-                                         for s, a in zip((1, 2, 3), accs)]}
+    def config(name, accs):  # as build_report names a grid's rows
+        return {"config": f"method={name}", "axes": {"method": name},
+                "rows": [{"seed": s, "test_acc_best": a, "test_acc_last": a}
+                         for s, a in zip((1, 2, 3), accs)]}
     tune = {"methods": {"none": {}, "skip": {}, "logit": {}}, "derived": {"skip-eca": {}}}
     configs = [config("none", [70, 71, 72]), config("none-tuned", [80, 81, 82]),
                config("skip", [75, 76, 77]), config("skip-tuned", [90, 91, 92]),
                config("logit", [85, 86, 87]), config("skip-eca", [95, 96, 97])]
     rows_of = {"none": "none-tuned", "skip": "skip-tuned", "logit": "logit",
                "skip-eca": "skip-eca"}
-    assert [row_kind(c["config"], tune, rows_of) for c in configs] == [
+    assert [row_kind(c["axes"]["method"], tune, rows_of) for c in configs] == [
         "default", "chosen", "default", "chosen", "both", "chosen"]
     _pair_by_kind(configs, tune, rows_of, "none")
-    by = {c["config"]: c for c in configs}
-    assert by["skip"]["baseline"] == "none" and by["skip"]["delta_test_acc_best"][1] == 5
-    assert by["skip-tuned"]["baseline"] == "none-tuned"
+    by = {c["axes"]["method"]: c for c in configs}
+    assert by["skip"]["baseline"] == "method=none" and by["skip"]["delta_test_acc_best"][1] == 5
+    assert by["skip-tuned"]["baseline"] == "method=none-tuned"
     assert by["skip-tuned"]["delta_test_acc_best"][1] == 10
-    assert by["logit"]["baseline"] == "none-tuned"  # its choice is its defaults: a chosen row
+    assert by["logit"]["baseline"] == "method=none-tuned"  # its choice is its defaults
     assert by["skip-eca"]["delta_test_acc_best"][1] == 15
     assert by["none"]["baseline"] is None and "delta_test_acc_best" not in by["none"]
     assert by["none-tuned"]["baseline"] is None
     # against another method: kind with kind
     _pair_by_kind(configs, tune, rows_of, "skip")
-    assert by["none"]["baseline"] == "skip" and by["none-tuned"]["baseline"] == "skip-tuned"
-    assert by["skip-eca"]["baseline"] == "skip-tuned"
+    assert by["none"]["baseline"] == "method=skip"
+    assert by["none-tuned"]["baseline"] == "method=skip-tuned"
+    assert by["skip-eca"]["baseline"] == "method=skip-tuned"
+    # a method whose search made no choice keeps its default row, which is never paired with
+    # a chosen one; a row derived from it is not chosen either
+    rows_of = {"none": "none-tuned", "skip": None, "logit": "logit", "skip-eca": None}
+    configs = [c for c in configs if c["axes"]["method"] != "skip-tuned"]
+    _pair_by_kind(configs, tune, rows_of, "none")
+    by = {c["axes"]["method"]: c for c in configs}
+    assert row_kind("skip", tune, rows_of) == "default"
+    assert by["skip"]["baseline"] == "method=none"  # defaults with defaults
+    assert row_kind("skip-eca", tune, rows_of) == "default"
 
 
 def test_measured_throughput_reads_the_gpu_checks(tmp_path):

@@ -30,7 +30,8 @@ def test_random_teacher_keeps_the_architecture_and_the_callers_random_state():
            "placement": "last", "eca_k": None, "attn": "eca", "image_size": 32}
     loaded = LoadedTeacher(trained, cfg, {"acc": 90.0}, ["a warning"], "t.pth")
     args = types.SimpleNamespace(seed=3, teacher=None, teacher_width=None, width=None,
-                                 placement="none", channels_last=False)
+                                 placement="none", channels_last=False, init=None,
+                                 zero_init_residual=False)
     torch.manual_seed(123)
     state = torch.get_rng_state()
     got = random_teacher(args, _data(), "cpu", loaded)

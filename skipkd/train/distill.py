@@ -101,7 +101,8 @@ def student_stage(args, context, teacher, width) -> dict:
 def run_key(args, teacher_width, student_width, dataset) -> str:
     """--run-name, or the key made from what defines the run (seed included)."""
     return args.run_name or (f"{args.teacher}-{args.student}_kd-{args.kd}_{args.attn}-{args.placement}_"
-                             f"w{teacher_width}-{student_width}_{dataset}_s{args.seed}")
+                             f"w{teacher_width}-{student_width}_{dataset}_s{args.seed}"
+                             + ("_teacher-random" if args.teacher_random else ""))
 
 
 def distill(args):

@@ -50,14 +50,13 @@ def random_teacher(args, data: DataDesc, device, loaded=None) -> LoadedTeacher:
                              in_channels=c.get("in_channels", 3),
                              image_size=c.get("image_size") or data.image_size,
                              placement=c["placement"], eca_k=c.get("eca_k"),
-                             attn=c.get("attn", "eca"))
+                             attn=c.get("attn", "eca"), init=getattr(args, "init", None) or "model",
+                             zero_residual=bool(getattr(args, "zero_init_residual", False)))
         what = f"the architecture of {loaded.source}"
-    else:
+    else:  # the teacher this run would train: the run's attention and initialisation flags
         arch = args.teacher or "resnet34"
-        config = ModelConfig(arch, num_classes=data.num_classes,
-                             base_width=args.teacher_width or args.width or default_width(arch),
-                             in_channels=data.in_channels, image_size=data.image_size,
-                             placement=args.placement)
+        config = model_config(args, arch, args.teacher_width or args.width or default_width(arch),
+                              data)
         what = f"{arch} at width {config.base_width}"
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(args.seed)

@@ -9,10 +9,10 @@ from utils.sweep.report.stats import holm, paired_delta
 from utils.sweep.report.tables import _delta_text, _num, _pm
 from utils.sweep.run.progress import Progress, key_states
 from utils.sweep.run.storage import load_sweep
-from utils.sweep.run.tune import (best_trial, budget_trials, confirmed_settings,
-                                  search_sweeps)
+from utils.sweep.run.tune import (best_trial, budget_trials, chosen_settings,
+                                  confirmed_settings, search_sweeps)
 from utils.sweep.spec.keys import _label
-from utils.sweep.spec.tune import TUNED, confirm_name, retrain_name, search_name
+from utils.sweep.spec.tune import TUNED, chosen_rows, confirm_name, retrain_name, search_name
 
 __all__ = ["search_summaries", "tune_report", "tune_section"]
 
@@ -47,30 +47,35 @@ def tune_report(store, sweep, sweep_dir, baseline=None) -> dict:
     tune = sweep.spec["tune"]
     tune.setdefault("derived", {})
     tune.setdefault("contrasts", [])
-    variants = retrain.spec["grid"]["method"]["variants"]
-    rows_of = {label: label + TUNED if label + TUNED in variants else label
-               for label in tune["methods"]}
-    rows_of.update({label: label for label in tune["derived"]})
+    searches = search_sweeps(store, sweep)
+    confirm_info = None
+    if tune.get("confirm") is not None and confirm_name(sweep.name) in store.study_names():
+        chosen, confirm_info = confirmed_settings(load_sweep(store, confirm_name(sweep.name)),
+                                                  tune, searches)
+    else:
+        chosen = chosen_settings(searches, tune["methods"])
+    rows_of = chosen_rows(tune, chosen)  # label -> its chosen row, None: no choice was made
     base = tune["baseline"]
     if baseline:  # this report only: a method label; each row is paired with its own kind
         axis, _, value = baseline.partition("=")
-        if axis != "method" or value not in rows_of:
+        if axis != "method" or value not in tune["methods"]:
             raise UserError(f"--baseline {baseline}: a tune's report pairs rows with a method "
                             f"of the tune: --baseline method=LABEL, LABEL one of "
-                            f"{', '.join(rows_of)}" + (
+                            f"{', '.join(tune['methods'])}" + (
                                 f" (name the method, {value[:-len(TUNED)]!r}: its chosen row is "
                                 f"compared with chosen rows and its default row with default "
                                 f"rows, never across)" if value.endswith(TUNED) else ""))
         base = value
-    confirm_info = None
-    if tune.get("confirm") is not None and confirm_name(sweep.name) in store.study_names():
-        confirm_info = confirmed_settings(load_sweep(store, confirm_name(sweep.name)), tune,
-                                          search_sweeps(store, sweep))[1]
     rep = build_report(retrain, sweep_dir)
     _pair_by_kind(rep["configs"], tune, rows_of, base)
     rep["name"] = sweep.name
     rep["tune_spec"] = dict(tune, baseline=base)
-    rep["spec"] = dict(retrain.spec, description=sweep.spec["description"])
+    # the protocol's Δ line and the "(baseline)" mark: the chosen baseline row, where every
+    # row is a chosen one; else none (the tuning section says how rows are paired)
+    kinds = {row_kind(c["axes"].get("method"), tune, rows_of) for c in rep["configs"]}
+    shown = {"method": rows_of.get(base)} if base and rows_of.get(base) and \
+        "default" not in kinds else None
+    rep["spec"] = dict(retrain.spec, baseline=shown, description=sweep.spec["description"])
     rep["extra_md"] = tune_section(rep, summaries, confirm_info)
     if tune["contrasts"]:
         rep["extra_md"] += contrast_section(rep, tune, rows_of, summaries, confirm_info)
@@ -80,43 +85,51 @@ def tune_report(store, sweep, sweep_dir, baseline=None) -> dict:
     return rep
 
 
-def row_kind(config, tune, rows_of) -> str:
-    """'chosen' (a method's chosen row or a derived row), 'default' (a method's defaults where
-    its chosen setting is another row) or 'both' (a method whose choice is its defaults)."""
-    if config in tune["derived"] or config.endswith(TUNED):
-        return "chosen"
-    return "both" if rows_of.get(config) == config else "default"
+def row_kind(label, tune, rows_of) -> str:
+    """The kind of the retrain row of method-axis value `label`: 'chosen' (a method's chosen
+    setting other than its defaults, or a derived row of a method with a choice), 'default' (a
+    method's defaults where its chosen setting is another row, or where no choice was made: a
+    search without a completed trial, confirmation runs that all failed), 'both' (a method whose
+    choice is its defaults)."""
+    if rows_of.get(label) == label:
+        return "chosen" if label in tune["derived"] else "both"
+    return "chosen" if label.endswith(TUNED) else "default"
 
 
 def _pair_by_kind(configs, tune, rows_of, base):
     """The Δ of every row against the baseline method's row of the same kind: a chosen row
     against its chosen row, a default row against its default row (the selection rule:
     docs/RESULTS.md). A row without a counterpart of its kind gets no Δ; a cross comparison
-    is never computed."""
-    by_name = {c["config"]: c for c in configs}
-    base_rows = {"chosen": rows_of.get(base), "default": base if base in by_name else None}
+    is never computed. Rows are found by their method-axis value."""
+    by_label = {c["axes"].get("method"): c for c in configs}
+    base_rows = {"chosen": rows_of.get(base) if base else None,
+                 "default": base if base in by_label and base in tune["methods"] else None}
     for c in configs:
         c["baseline"] = None
         for f in ("test_acc_best", "test_acc_last"):
             c.pop(f"delta_{f}", None)
         if not base:
             continue
-        kind = row_kind(c["config"], tune, rows_of)
+        label = c["axes"].get("method")
+        kind = row_kind(label, tune, rows_of)
         target = base_rows["default" if kind == "default" else "chosen"]
-        if target is None or target == c["config"] or target not in by_name:
+        if kind == "both" and rows_of.get(base) is None:
+            target = None  # the baseline made no choice: nothing chosen to compare with
+        if target is None or target == label or target not in by_label:
             continue
-        c["baseline"] = target
-        brs = {r["seed"]: r for r in by_name[target]["rows"]}
+        c["baseline"] = by_label[target]["config"]
+        brs = {r["seed"]: r for r in by_label[target]["rows"]}
         for f in ("test_acc_best", "test_acc_last"):
             c[f"delta_{f}"] = paired_delta([(r[f], brs[r["seed"]][f]) for r in c["rows"]
                                             if r["seed"] in brs])
 
 
 def _resolve(side, rows_of, summaries, confirm_info):
-    """A contrast's side -> (row, how it was picked); best_of is picked on validation only:
-    the confirmed mean when there are confirmation runs, else the search's best trial."""
+    """A contrast's side -> (its chosen row or None, how it was picked); best_of is picked on
+    validation only: the confirmed mean when there are confirmation runs, else the search's
+    best trial."""
     if isinstance(side, str):
-        return rows_of[side], None
+        return rows_of.get(side), (None if rows_of.get(side) else f"{side}: no chosen setting")
     rated = []
     for label in side["best_of"]:
         if confirm_info is not None and (confirm_info.get(label) or {}).get("value") is not None:
@@ -128,13 +141,13 @@ def _resolve(side, rows_of, summaries, confirm_info):
     value, label = max(rated)
     how = (f"best of {', '.join(side['best_of'])} on validation: {label} ({value:.2f}%"
            f"{', confirmed mean' if confirm_info is not None else ', search'})")
-    return rows_of[label], how
+    return rows_of.get(label), how
 
 
 def contrast_section(rep, tune, rows_of, summaries, confirm_info) -> list:
     """The pre-registered contrasts (stated in the tune file before the runs): each side's
     chosen row, paired by seed, with Holm-corrected intervals (report/stats.py holm)."""
-    configs = {c["config"]: c for c in rep["configs"]}
+    configs = {c["axes"].get("method"): c for c in rep["configs"]}
     picked, diffs = [], []
     for c in tune["contrasts"]:
         a, how_a = _resolve(c["a"], rows_of, summaries, confirm_info)
@@ -152,10 +165,12 @@ def contrast_section(rep, tune, rows_of, summaries, confirm_info) -> list:
              "- Stated in the tune file before any run; each side is its method's chosen "
              "row (the selection rule: validation only); test accuracy of the best-validation "
              "checkpoint, a − b paired by seed over the retrain's seeds.",
-             f"- Holm's correction over the {len(diffs)} contrasts (family-wise 5%): ranked by "
-             f"p, the i-th tested at 5% / (m − i + 1) until one does not hold, every later one "
-             f"at that level; each interval is the t-interval at its contrast's level, so it "
-             f"excludes 0 exactly when the contrast holds.",
+             f"- Holm's correction over the {len(diffs)} contrasts: ranked by p, the i-th "
+             f"tested at 5% / (m − i + 1) until one does not hold, every later one at that "
+             f"level, so the yes/no calls together are wrong with probability at most 5%. "
+             f"Each interval is the t-interval at its contrast's level and excludes 0 exactly "
+             f"when the contrast holds; the intervals are not claimed to cover all at once "
+             f"(Bonferroni's, at 5% / m each, would).",
              "", "| contrast | a | b | seeds | a − b (points) | Holm interval | level | p | "
              "p (Holm) | holds |", "|---|---|---|---|---|---|---|---|---|---|"]
     notes = []

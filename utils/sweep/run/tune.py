@@ -114,7 +114,15 @@ def confirmed_settings(confirm, tune, searches) -> tuple:
     the best mean held-out validation accuracy over the confirm seeds (a candidate with a
     failed run is left out; a tie goes to the better search rank), label -> {"value": that
     mean, "n": runs, "rank": its search rank, "candidates": [(rank, mean, n)]})."""
-    cands = confirm_candidates(searches, tune)
+    cands = {label: [] for label in searches}  # the candidates as the confirm grid holds them
+    variants = confirm.spec["grid"]["method"]["variants"]
+    for label in cands:
+        params = tune["methods"][label]["params"]
+        rank = 1
+        while confirm_label(label, rank) in variants:
+            cands[label].append({k: v for k, v in variants[confirm_label(label, rank)].items()
+                                 if k in params})
+            rank += 1
     runs = {}
     for t in confirm.study.get_trials(deepcopy=False):
         key = t.user_attrs.get("key")
@@ -131,8 +139,9 @@ def confirmed_settings(confirm, tune, searches) -> tuple:
             info.setdefault(label, {"candidates": []})["candidates"].append(
                 (rank, sum(vals) / len(vals) if vals else None, len(vals)))
         if not rated:
-            print(f"warning: no confirmed candidate of method {label} (every one has a failed "
-                  f"run): it gets no tuned row", file=sys.stderr, flush=True)
+            why = ("every one has a failed run" if ps else "its search has no completed trial")
+            print(f"warning: no confirmed candidate of method {label} ({why}): it gets no "
+                  f"tuned row", file=sys.stderr, flush=True)
             chosen[label] = None
             continue
         value, neg_rank, p = max(rated, key=lambda r: (r[0], r[1]))
@@ -179,6 +188,8 @@ def chosen_for_retrain(store, sweep, searches) -> dict:
     tune = sweep.spec["tune"]
     if tune.get("confirm") is None:
         return chosen_settings(searches, tune["methods"])
+    if confirm_name(sweep.name) not in store.study_names():  # no search had a candidate
+        return {label: None for label in searches}
     return confirmed_settings(load_sweep(store, confirm_name(sweep.name)), tune, searches)[0]
 
 
@@ -236,8 +247,8 @@ def work(store, sweep, sweep_dir, args, make_parsers, slot=None) -> int:
             print("stopped (SIGINT) between searches", file=sys.stderr, flush=True)
             return 130
     tune = sweep.spec["tune"]
-    if tune.get("confirm") is not None:
-        cands = confirm_candidates(searches, tune)
+    cands = confirm_candidates(searches, tune) if tune.get("confirm") is not None else {}
+    if any(cands.values()):
         confirm = _stage(store, sweep, sweep_dir, confirm_name(sweep.name),
                          lambda: confirm_raw(sweep.spec, cands), make_parsers)
         before = limit_left()
@@ -259,6 +270,9 @@ def work(store, sweep, sweep_dir, args, make_parsers, slot=None) -> int:
             ran, failed = ran + w.ran, failed + w.failed
             if w.stop is not None:
                 return rc
+            if args.n_trials is not None and ran >= args.n_trials:
+                print(f"ran {ran} trial(s) (--n-trials): stopping", flush=True)
+                return 1 if failed else 0
     retrain = _stage(store, sweep, sweep_dir, retrain_name(sweep.name),
                      lambda: retrain_raw(sweep.spec, chosen_for_retrain(store, sweep, searches)),
                      make_parsers)

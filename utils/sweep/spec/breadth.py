@@ -80,10 +80,11 @@ def check_breadth(tune: dict, fixed: dict, what: str, KD_TERMS: dict):
                             f"({kd})")
         default = float(KD_TERMS[term].default_weight)
         start = (m["start"] or {}).get(w)
-        if start is None or not _close(float(start), default):
+        rule = params[w]
+        if isinstance(start, bool) or not isinstance(start, (int, float)) or \
+                not _close(float(start), default):
             raise UserError(f"{mwhat}.start: --{w} starts at its published default, {default:g} "
                             f"(got {start!r}): the span is relative to it")
-        rule = params[w]
         if "choices" in rule or not rule.get("log") or not (
                 _close(rule["low"], default * WEIGHT_SPAN[0]) and
                 _close(rule["high"], default * WEIGHT_SPAN[1])):
@@ -103,7 +104,7 @@ def check_breadth(tune: dict, fixed: dict, what: str, KD_TERMS: dict):
             if flag not in params or "choices" in params[flag]:
                 raise UserError(f"{mwhat}.params: term {t} has a temperature: search --{flag} "
                                 f"(a range) like every method that has one")
-            temps[label] = _range(params[flag])
+            temps[f"{label} ({t})"] = _range(params[flag])
         if "ce-weight" not in params or "choices" in params["ce-weight"]:
             raise UserError(f"{mwhat}.params: every distillation method searches --ce-weight "
                             f"(a range), over the same range")

@@ -181,7 +181,8 @@ def _derived(raw, methods, what):
         if not isinstance(label, str) or not _LABEL_RE.fullmatch(label) or \
                 label.endswith(TUNED) or label in methods:
             raise UserError(f"{dwhat}: a new label of 1-40 letters, digits, . _ - (not a method's)")
-        if not isinstance(d, dict) or set(d) != {"from", "flags"} or d["from"] not in methods:
+        if not isinstance(d, dict) or set(d) != {"from", "flags"} or \
+                not isinstance(d["from"], str) or d["from"] not in methods:
             raise UserError(f"{dwhat}: expected {{\"from\": a method label, \"flags\": {{...}}}}")
         flags = check_flags(d["flags"], f"{dwhat}.flags")
         _check_tune_owned(flags, f"{dwhat}.flags")
@@ -223,9 +224,10 @@ def _contrasts(raw, methods, derived, what):
             if isinstance(v, str) and v in labels:
                 sides.append(v)
             elif isinstance(v, dict) and set(v) == {"best_of"} and isinstance(v["best_of"], list) \
-                    and len(v["best_of"]) >= 2 and all(x in methods for x in v["best_of"]) and \
+                    and len(v["best_of"]) >= 2 and all(isinstance(x, str) and x in methods
+                                                       for x in v["best_of"]) and \
                     len(set(v["best_of"])) == len(v["best_of"]):
-                sides.append({"best_of": list(v["best_of"])})
+                sides.append({"best_of": sorted(v["best_of"])})
             else:
                 raise UserError(f"{cwhat}.{side}: a method or derived label, or {{\"best_of\": "
                                 f"[two or more method labels]}}, got {json.dumps(v)[:60]}")
@@ -283,10 +285,17 @@ def is_tuned(m, best, force=False) -> bool:
 
 
 def chosen_rows(tune, chosen: dict) -> dict:
-    """label (method or derived) -> the retrain row that holds its chosen setting."""
-    out = {label: label + TUNED if is_tuned(m, chosen.get(label)) else label
-           for label, m in tune["methods"].items()}
-    out.update({label: label for label in tune["derived"]})
+    """label (method or derived) -> the retrain row that holds its chosen setting; None for a
+    searched method whose search made no choice (no completed trial, or confirmation runs
+    that all failed: it keeps its default row only) and for a row derived from one."""
+    out = {}
+    for label, m in tune["methods"].items():
+        if m["params"] and chosen.get(label) is None:
+            out[label] = None
+        else:
+            out[label] = label + TUNED if is_tuned(m, chosen.get(label)) else label
+    for label, d in (tune.get("derived") or {}).items():
+        out[label] = label if out.get(d["from"]) else None
     return out
 
 
@@ -304,7 +313,7 @@ def confirm_raw(spec, candidates: dict) -> dict:
     only (the test split is not read)."""
     tune = spec["tune"]
     variants = {confirm_label(label, i + 1): {**tune["methods"][label]["flags"], **p}
-                for label, ps in candidates.items() for i, p in enumerate(ps)}
+                for label, ps in candidates.items() for i, p in enumerate(ps)}  # none: no grid
     return {**_common(spec), "fixed": {**spec["fixed"], "report-test": False},
             "description": f"Confirmation runs of the tune's top {tune['confirm']['top']} "
                           f"settings per method, validation only.",
