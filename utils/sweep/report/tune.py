@@ -76,6 +76,7 @@ def tune_report(store, sweep, sweep_dir, baseline=None) -> dict:
     shown = {"method": rows_of.get(base)} if base and rows_of.get(base) and \
         "default" not in kinds else None
     rep["spec"] = dict(retrain.spec, baseline=shown, description=sweep.spec["description"])
+    rep["rows_of"] = rows_of
     rep["extra_md"] = tune_section(rep, summaries, confirm_info)
     if tune["contrasts"]:
         rep["extra_md"] += contrast_section(rep, tune, rows_of, summaries, confirm_info)
@@ -202,9 +203,9 @@ def tune_section(rep, summaries, confirm_info=None) -> list:
              f"(`--no-report-test`). The first trial of each search is its start setting (the "
              f"method's defaults) when the tune file gives one.",
              _rule_line(tune),
-             f"- Retrain: each method at {'its defaults and, ' if tune.get('defaults', True) else ''}"
-             f"where the rule chose something other than its defaults, at the chosen setting "
-             f"(`-tuned`){_derived_text(tune)}, on the fresh seeds "
+             "- Retrain: each method at its chosen setting (`-tuned` where it is not the "
+             "method's defaults)" + (", and at its defaults" if tune.get("defaults", True) else "")
+             + f"{_derived_text(tune)}, on the fresh seeds "
              f"{', '.join(map(str, tune['seeds']))}; test accuracy of the best-validation "
              f"checkpoint" + (f", Δ against `{tune['baseline']}` paired by seed with its 95% "
                               f"interval." if tune["baseline"] else " (no baseline: no Δ)."),
@@ -212,43 +213,47 @@ def tune_section(rep, summaries, confirm_info=None) -> list:
              "row with its default row; a chosen row is never compared with a default one.",
              "- A trial that failed (e.g. a crash) counts against its search's budget; the table "
              "says how many did.",
-             "", "| method | searched | val % start → best | chosen setting | default: test best % "
-             "| Δ default [95% CI] | tuned: test best % | Δ tuned [95% CI] | tuned − default "
-             "[95% CI] |", "|---|---|---|---|---|---|---|---|---|"]
+             "", "| method | searched | val % start → best | chosen setting | chosen: test best % "
+             "| Δ chosen [95% CI] | defaults: test best % | Δ defaults [95% CI] | chosen − "
+             "defaults [95% CI] |", "|---|---|---|---|---|---|---|---|---|"]
+    rows_of = rep.get("rows_of") or {}
     variants = rep["spec"]["grid"]["method"]["variants"]  # what the retrain trains
     for label, m in tune["methods"].items():
         s = summaries.get(label)
-        d, t = configs.get(label), configs.get(label + TUNED)
+        row = rows_of.get(label)
+        chosen_c = configs.get(row) if row else None
+        default_c = configs.get(label) if row != label else None
         if s is None:
-            searched, vals, setting = "no", "", "(not searched)"
+            searched, vals, setting = "no", "", "(not searched: its defaults)"
         else:
             searched = f"{s['done']}/{s['budget']}" + (f", {s['failed']} failed"
                                                       if s["failed"] else "")
             vals = f"{_num(s['start_value'])} → {_num(s['best_value'])}"
-            tuned = variants.get(label + TUNED)
-            if tuned is not None:  # the searched values (those that differ from the start)
+            if row is None:
+                setting = "(no choice: no completed search trial or confirmation)"
+            elif row == label:
+                setting = "its defaults"
+            else:  # the searched values (those that differ from the start)
                 start = m["start"] or {}
-                chosen = {k: v for k, v in tuned.items() if k in m["params"]}
+                chosen = {k: v for k, v in variants[row].items() if k in m["params"]}
                 moved = {k: v for k, v in chosen.items() if start.get(k) != v}
                 setting = ", ".join(f"{k}={_short(v)}" for k, v in moved.items()) + (
-                    "; the rest as the start" if len(moved) < len(chosen) else "")
-            elif s["best_value"] is None:
-                setting = "(no completed trial: no tuned row)"
-            else:
-                setting = "= start (the default row is its retrain)"
-        cells = [label, searched, vals, setting or "—"]
-        for c in (d, t):
+                    "; the rest as the defaults" if len(moved) < len(chosen) else "")
+        cells = [label, searched, vals, setting]
+        for c in (chosen_c, default_c):
             if c is None:
-                cells += ["—", "—"]
+                cells += ["= chosen" if (c is default_c and row == label) else
+                          "not retrained" if (c is default_c and not tune.get("defaults", True))
+                          else "—", ""]
                 continue
             delta = (_delta_text(c["delta_test_acc_best"]) if c.get("baseline") else
-                     "(baseline)" if c["axes"].get("method") == tune["baseline"] else "—")
+                     "(baseline)" if label == tune["baseline"] else "—")
             cells += [_pm(*c["test_acc_best"]), delta or "—"]
-        gain = "—"
-        if d is not None and t is not None:
-            by_seed = {r["seed"]: r["test_acc_best"] for r in d["rows"]}
+        gain = ""
+        if chosen_c is not None and default_c is not None:
+            by_seed = {r["seed"]: r["test_acc_best"] for r in default_c["rows"]}
             gain = _delta_text(paired_delta([(r["test_acc_best"], by_seed.get(r["seed"]))
-                                             for r in t["rows"]]))
+                                             for r in chosen_c["rows"]]))
         lines.append("| " + " | ".join(cells + [gain]) + " |")
     if confirm_info:
         lines += ["", "Confirmation runs (mean held-out validation % over the confirm seeds, by "
