@@ -50,8 +50,8 @@ def random_teacher(args, data: DataDesc, device, loaded=None) -> LoadedTeacher:
                              in_channels=c.get("in_channels", 3),
                              image_size=c.get("image_size") or data.image_size,
                              placement=c["placement"], eca_k=c.get("eca_k"),
-                             attn=c.get("attn", "eca"), init=getattr(args, "init", None) or "model",
-                             zero_residual=bool(getattr(args, "zero_init_residual", False)))
+                             attn=c.get("attn", "eca"), init=args.init or "model",
+                             zero_residual=bool(args.zero_init_residual))
         what = f"the architecture of {loaded.source}"
     else:  # the teacher this run would train: the run's attention and initialisation flags
         arch = args.teacher or "resnet34"
