@@ -587,6 +587,11 @@ def test_measured_throughput_reads_the_gpu_checks(tmp_path):
     (tmp_path / "bench.json").write_text(json.dumps(
         bench("resnet56", "resnet20", None, [("ours", "bf16", 6000.0)])))
     (tmp_path / "broken.json").write_text("{not json")
+    (tmp_path / "odd.json").write_text(json.dumps({"benchmarks": {"b": {
+        "config": ["resnet56"], "rows": "many"}, "c": {
+        "config": {"teacher": "resnet56", "student": "resnet20"},
+        "rows": [1, {"bench": "distill", "path": "ours", "precision": "bf16",
+                     "images_per_s": -5.0}]}}}))  # read, not trusted: ignored
     args = types.SimpleNamespace(teacher="resnet56", student="resnet20", width=None,
                                  student_width=None, precision="bf16", batch_size=64)
     rate, source = measured_throughput(args, gpu_dir=str(tmp_path))

@@ -9,18 +9,18 @@ from utils.sweep.report.stats import holm, paired_delta
 from utils.sweep.report.tables import _delta_text, _num, _pm
 from utils.sweep.run.progress import Progress, key_states
 from utils.sweep.run.storage import load_sweep
-from utils.sweep.run.tune import (best_trial, budget_trials, chosen_settings,
-                                  confirmed_settings, search_sweeps)
+from utils.sweep.run.tune import best_trial, budget_trials, search_sweeps, selection
 from utils.sweep.spec.keys import _label
-from utils.sweep.spec.tune import TUNED, chosen_rows, confirm_name, retrain_name, search_name
+from utils.sweep.spec.tune import TUNED, chosen_rows, retrain_name, search_name
 
 __all__ = ["search_summaries", "tune_report", "tune_section"]
 
 
-def search_summaries(store, sweep) -> dict:
-    """label -> the search's budget, counts, and its start and best trials within the budget."""
+def search_summaries(store, sweep, searches=None) -> dict:
+    """label -> the search's budget, counts, and its start and best trials within the budget
+    (searches: the tune's search sweeps, when already loaded)."""
     out = {}
-    for label, sub in search_sweeps(store, sweep).items():
+    for label, sub in (searches or search_sweeps(store, sweep)).items():
         start_params = sweep.spec["tune"]["methods"][label]["start"]
         done = budget_trials(sub)
         states = list(key_states(sub.study.get_trials(deepcopy=False)).values())
@@ -36,7 +36,8 @@ def search_summaries(store, sweep) -> dict:
 
 def tune_report(store, sweep, sweep_dir, baseline=None) -> dict:
     """The report of a tune: the retrain grid's, with the tuning section in front."""
-    summaries = search_summaries(store, sweep)
+    searches = search_sweeps(store, sweep)
+    summaries = search_summaries(store, sweep, searches)
     if retrain_name(sweep.name) not in store.study_names():
         left = ", ".join(f"{label} {s['done']}/{s['budget']}" for label, s in summaries.items())
         raise UserError(f"tune '{sweep.name}': no retrain yet (searches: {left} trials done); "
@@ -47,13 +48,7 @@ def tune_report(store, sweep, sweep_dir, baseline=None) -> dict:
     tune = sweep.spec["tune"]
     tune.setdefault("derived", {})
     tune.setdefault("contrasts", [])
-    searches = search_sweeps(store, sweep)
-    confirm_info = None
-    if tune.get("confirm") is not None and confirm_name(sweep.name) in store.study_names():
-        chosen, confirm_info = confirmed_settings(load_sweep(store, confirm_name(sweep.name)),
-                                                  tune, searches)
-    else:
-        chosen = chosen_settings(searches, tune["methods"])
+    chosen, confirm_info = selection(store, sweep, searches)
     rows_of = chosen_rows(tune, chosen)  # label -> its chosen row, None: no choice was made
     base = tune["baseline"]
     if baseline:  # this report only: a method label; each row is paired with its own kind

@@ -23,7 +23,7 @@ from utils.sweep.spec.tune import (confirm_label, confirm_name, confirm_raw, ret
                                    retrain_raw, search_name)
 
 __all__ = ["create_tune", "search_sweeps", "budget_trials", "best_trial", "top_trials",
-           "chosen_settings", "confirm_candidates", "confirmed_settings", "work"]
+           "chosen_settings", "confirm_candidates", "confirmed_settings", "selection", "work"]
 
 
 def create_tune(store, name, spec, subs):
@@ -150,12 +150,11 @@ def confirmed_settings(confirm, tune, searches) -> tuple:
     return chosen, info
 
 
-def _stage(store, sweep, sweep_dir, name, make_raw, make_parsers):
+def _stage(store, sweep, sweep_dir, rname, make_raw, make_parsers):
     """A grid made from the searches (the confirmation runs, the retrain): loaded when it
     exists, else made (once, under a lock in the sweep folder, with Ctrl-C and SIGTERM held
     back until it is whole; on a database shared by several machines, the loser of a race
     loads the winner's)."""
-    rname = name
     with os.fdopen(open_lock(os.path.join(sweep_dir, f".{sweep.name}.tune.lock"),
                              "tune lock")) as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -182,15 +181,17 @@ def _stage(store, sweep, sweep_dir, name, make_raw, make_parsers):
                     f"...) and start the workers again; the searches are kept")
 
 
-def chosen_for_retrain(store, sweep, searches) -> dict:
-    """The selection rule (docs/RESULTS.md): with confirm, the confirmed choice; else each
-    search's best trial."""
+def selection(store, sweep, searches) -> tuple:
+    """The selection rule (docs/RESULTS.md): (label -> the chosen params or None, the
+    confirmation runs' info or None). With confirm, the confirmed choice (none at all where no
+    search had a candidate, so no confirmation grid was made); else each search's best trial.
+    The retrain is made from it and the report reads it, so the two cannot disagree."""
     tune = sweep.spec["tune"]
     if tune.get("confirm") is None:
-        return chosen_settings(searches, tune["methods"])
-    if confirm_name(sweep.name) not in store.study_names():  # no search had a candidate
-        return {label: None for label in searches}
-    return confirmed_settings(load_sweep(store, confirm_name(sweep.name)), tune, searches)[0]
+        return chosen_settings(searches, tune["methods"]), None
+    if confirm_name(sweep.name) not in store.study_names():
+        return {label: None for label in searches}, None
+    return confirmed_settings(load_sweep(store, confirm_name(sweep.name)), tune, searches)
 
 
 def _run_stage(stage, sweep_dir, args, slot, limit):
@@ -274,7 +275,7 @@ def work(store, sweep, sweep_dir, args, make_parsers, slot=None) -> int:
                 print(f"ran {ran} trial(s) (--n-trials): stopping", flush=True)
                 return 1 if failed else 0
     retrain = _stage(store, sweep, sweep_dir, retrain_name(sweep.name),
-                     lambda: retrain_raw(sweep.spec, chosen_for_retrain(store, sweep, searches)),
+                     lambda: retrain_raw(sweep.spec, selection(store, sweep, searches)[0]),
                      make_parsers)
     rc, w = _run_stage(retrain, sweep_dir, args, slot, limit_left())
     failed += w.failed

@@ -58,16 +58,22 @@ def measured_throughput(args, gpu_dir=_GPU_DIR):
                 doc = json.load(f)
         except (OSError, ValueError):
             continue
-        benches = [doc] + [b for b in (doc.get("benchmarks") or {}).values()
-                           if isinstance(b, dict)] if isinstance(doc, dict) else []
+        if not isinstance(doc, dict):  # a file of docs/gpu/ is read, not trusted
+            continue
+        inner = doc.get("benchmarks")
+        benches = [doc] + [b for b in (inner.values() if isinstance(inner, dict) else [])
+                           if isinstance(b, dict)]
         for b in benches:
-            c = b.get("config") or {}
+            c = b.get("config") if isinstance(b.get("config"), dict) else {}
+            rows = b.get("rows") if isinstance(b.get("rows"), list) else []
             if (c.get("teacher"), c.get("student")) != (args.teacher, args.student) or \
                     (width is not None and c.get("width") != width):
                 continue
-            for r in b.get("rows") or []:
-                if r.get("bench") == "distill" and r.get("path") == "ours" and \
-                        r.get("precision") == want and isinstance(r.get("images_per_s"), (int, float)):
+            for r in rows:
+                if isinstance(r, dict) and r.get("bench") == "distill" and \
+                        r.get("path") == "ours" and r.get("precision") == want and \
+                        isinstance(r.get("images_per_s"), (int, float)) and \
+                        not isinstance(r["images_per_s"], bool) and 0 < r["images_per_s"] < 1e12:
                     rate = float(r["images_per_s"])
                     if best is None or rate > best[0]:
                         batch = c.get("batch_size")
