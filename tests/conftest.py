@@ -68,12 +68,103 @@ def script_env():
     return env
 
 
+# environment variables that libraries read when they are imported (thread pools, CUDA
+# visibility, CPU kernels, the plotting backend, the interpreter's own): a run whose values
+# differ from the script server's runs as a plain subprocess (tests/script_server.py)
+IMPORT_TIME_ENV = ("ATEN_", "OMP_", "MKL_", "KMP_", "GOMP_", "OPENBLAS_", "CUDA_", "NVIDIA_",
+                   "PYTORCH_", "TORCH_", "PYTHON", "LD_", "MPLBACKEND", "MALLOC_")
+_SERVER = {}  # this process's script server: {"proc", "socket", "env", "tmp"}
+
+
+def _import_time_env(env):
+    return {k: v for k, v in env.items() if k.startswith(IMPORT_TIME_ENV)}
+
+
+def _server():
+    """This process's script server (tests/script_server.py), started on first use; None where
+    SKIPKD_TEST_SUBPROCESS=1 asks for plain subprocesses or it cannot start."""
+    if os.environ.get("SKIPKD_TEST_SUBPROCESS") == "1" or not hasattr(os, "fork"):
+        return None
+    if _SERVER.get("pid") != os.getpid():
+        import atexit
+        import tempfile
+        tmp = tempfile.mkdtemp(prefix="skipkd-scripts-")
+        sock = os.path.join(tmp, "s")
+        env = script_env()
+        proc = subprocess.Popen([sys.executable, os.path.join(REPO_ROOT, "tests", "script_server.py"),
+                                 sock], cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE)
+        if proc.stdout.readline().strip() != b"ready":
+            proc.kill()
+            return None
+        atexit.register(proc.kill)
+        _SERVER.clear()
+        _SERVER.update(pid=os.getpid(), proc=proc, socket=sock, env=_import_time_env(env),
+                       tmp=tmp, count=0)
+    return _SERVER
+
+
+def _run_served(server, cmd, env, timeout):
+    """Run cmd (python script args...) in a child of the script server; a CompletedProcess
+    like subprocess.run(..., capture_output=True, text=True) returns, TimeoutExpired likewise."""
+    import json
+    import signal
+    import socket
+    server["count"] += 1
+    out = os.path.join(server["tmp"], f"{server['count']}.out")
+    err = os.path.join(server["tmp"], f"{server['count']}.err")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.connect(server["socket"])
+        conn.sendall((json.dumps({"argv": cmd[1:], "env": env, "cwd": REPO_ROOT, "stdout": out,
+                                  "stderr": err}) + "\n").encode())
+        buffer = bytearray()
+
+        def reply():
+            while b"\n" not in buffer:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    raise RuntimeError("the script server closed the connection")
+                buffer.extend(chunk)
+            line, _, rest = bytes(buffer).partition(b"\n")
+            buffer[:] = rest
+            return json.loads(line)
+
+        pid = reply()["pid"]
+        conn.settimeout(timeout)
+        try:
+            returncode = reply()["returncode"]
+            timed_out = False
+        except socket.timeout:
+            os.killpg(pid, signal.SIGKILL)
+            conn.settimeout(None)
+            timed_out = True
+            reply()
+
+    def read(path):
+        with open(path) as f:
+            text = f.read()
+        os.remove(path)
+        return text
+
+    stdout, stderr = read(out), read(err)
+    if timed_out:
+        raise subprocess.TimeoutExpired(cmd, timeout, output=stdout, stderr=stderr)
+    return subprocess.CompletedProcess(cmd, returncode, stdout, stderr)
+
+
 def run_script(script, *args, timeout=300, check=False, env=None):
     """Run `python <script> args...` from the repository root (env: more environment
-    variables); returns the CompletedProcess."""
+    variables); returns the CompletedProcess. The process is a child of the script server
+    (the libraries already imported; tests/script_server.py), or a plain subprocess where the
+    environment changes what the libraries read at import or SKIPKD_TEST_SUBPROCESS=1."""
     cmd = [sys.executable, os.path.join(REPO_ROOT, script), *[str(a) for a in args]]
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, env={**script_env(), **(env or {})},
-                          capture_output=True, text=True, timeout=timeout)
+    full_env = {**script_env(), **(env or {})}
+    server = _server()
+    if server is not None and _import_time_env(full_env) == server["env"]:
+        proc = _run_served(server, cmd, full_env, timeout)
+    else:
+        proc = subprocess.run(cmd, cwd=REPO_ROOT, env=full_env, capture_output=True, text=True,
+                              timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} {' '.join(map(str, args))} failed with {proc.returncode}\n"
                              f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}")

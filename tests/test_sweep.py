@@ -19,7 +19,7 @@ import time
 import pytest
 import torch
 
-from conftest import REPO_ROOT, script_env
+from conftest import REPO_ROOT, run_script, script_env
 
 pytestmark = pytest.mark.slow  # heavy end-to-end checks: `pytest -m "not slow"` skips them
 
@@ -42,9 +42,8 @@ def _write(tmp_path, name, spec):
 
 
 def _sweep(*args, timeout=120):
-    """sweep.py as a user runs it (a subprocess)."""
-    return subprocess.run([sys.executable, SWEEP, *map(str, args)], cwd=REPO_ROOT,
-                          env=script_env(), capture_output=True, text=True, timeout=timeout)
+    """sweep.py as a user runs it (its own process; conftest.run_script)."""
+    return run_script(SWEEP, *args, timeout=timeout)
 
 
 def _cli(*args):

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from conftest import REPO_ROOT, script_env
+from conftest import REPO_ROOT, run_script
 
 SWEEP = os.path.join(REPO_ROOT, "sweep.py")
 TINY = {"dataset": "synthetic", "synthetic-train-size": 60, "synthetic-test-size": 20,
@@ -24,9 +24,7 @@ NOTES = b"the user's own notes\n"
 
 
 def _sweep(*args, env=None, timeout=180):
-    return subprocess.run([sys.executable, SWEEP, *map(str, args)], cwd=REPO_ROOT,
-                          env={**script_env(), **(env or {})}, capture_output=True, text=True,
-                          timeout=timeout)
+    return run_script(SWEEP, *args, env=env, timeout=timeout)
 
 
 def _create(tmp_path, study, seeds, sweep_dir):

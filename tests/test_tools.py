@@ -9,7 +9,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 
 import numpy as np
@@ -20,6 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from conftest import run_script  # noqa: E402
 from skipkd.io.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
 
 KD_KEY, BASE_KEY = "tools-kd", "tools-base"
@@ -28,21 +28,12 @@ DATA_FLAGS = ["--dataset", "synthetic", "--synthetic-train-size", "300",
               "--eval-batch-size", "100", "--no-progress", "--no-tensorboard", "--device", "cpu"]
 
 
-def _env():
-    env = dict(os.environ)
-    env.update({"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1", "MPLBACKEND": "Agg",
-                "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-                "TQDM_DISABLE": "1"})
-    return env
-
-
 def _cmd(script, *args):
     return [sys.executable, os.path.join(ROOT, script), *map(str, args)]
 
 
 def _run(script, *args, timeout=120):
-    return subprocess.run(_cmd(script, *args), cwd=ROOT, env=_env(), capture_output=True,
-                          text=True, timeout=timeout)
+    return run_script(script, *args, timeout=timeout)
 
 
 def _ok(proc):
@@ -52,14 +43,10 @@ def _ok(proc):
 
 
 def _run_parallel(commands, timeout=300):
-    """Start every command at once (they are mostly start-up time), then collect them."""
-    procs = [subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for cmd in commands]
-    out = []
-    for p in procs:
-        stdout, stderr = p.communicate(timeout=timeout)
-        out.append(subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr))
-    return out
+    """Run the commands two at a time (each its own process; conftest.run_script)."""
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return list(pool.map(lambda cmd: run_script(*cmd[1:], timeout=timeout), commands))
 
 
 def _png_ok(path, min_size=50):

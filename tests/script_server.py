@@ -1,0 +1,152 @@
+"""A preloaded interpreter that runs the project's scripts in fresh child processes.
+
+Starting `python model_training.py ...` spends about 2 s importing torch and torchvision before
+the script does anything; the suite starts a few hundred scripts, most of which train for a
+second or refuse their input at once. This server imports the heavy third-party libraries once
+(never the project's own modules, which every run imports afresh), then for each request forks
+a child that becomes the script: its own process and process group, the request's environment,
+working folder, argv and sys.path[0], stdin from /dev/null and stdout/stderr into the files the
+test names, the script run as `__main__`, and the interpreter's own exit (an uncaught exception
+prints its traceback and exits 1; sys.exit(code) exits code). The test sees the exit status
+exactly as `subprocess.run` reports it.
+
+Run as `python tests/script_server.py SOCKET_PATH` by tests/conftest.py (run_script), with the
+environment the scripts get (conftest.script_env), so that what the libraries read from the
+environment at import (thread counts, CUDA visibility, the plotting backend) is what a fresh
+interpreter would read. A request whose environment changes such a variable runs as a plain
+subprocess instead (conftest.IMPORT_TIME_ENV).
+
+Protocol: one Unix-socket connection per run; the client sends one JSON line {"argv": [script,
+args...], "env": {...}, "cwd": ..., "stdout": path, "stderr": path}; the server answers
+{"pid": N} once the child exists, then {"returncode": R} when it has ended (R < 0: killed by
+signal -R).
+"""
+import json
+import os
+import signal
+import socket
+import sys
+
+PRELOAD = ("numpy", "torch", "torchvision", "torchvision.models", "torchvision.transforms",
+           "torch.utils.tensorboard", "optuna",
+           "matplotlib", "PIL.Image", "yaml", "tqdm")
+
+
+def _preload():
+    import importlib
+    for name in PRELOAD:
+        try:
+            importlib.import_module(name)
+        except ImportError:  # optional for some scripts: the child imports (or lacks) it itself
+            pass
+
+
+def _send(conn, obj):
+    conn.sendall((json.dumps(obj) + "\n").encode())
+
+
+def _become_script(request, listener, conn):
+    """In the forked child: set the process up as `python script args` would be, run it."""
+    listener.close()
+    conn.close()
+    os.setpgid(0, 0)  # the client kills the whole group on a timeout
+    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    for fd, path in ((1, request["stdout"]), (2, request["stderr"])):
+        f = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.dup2(f, fd)
+        os.close(f)
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    script = os.path.abspath(request["argv"][0])
+    sys.argv = list(request["argv"])
+    sys.path[0] = os.path.dirname(script)
+    import numpy
+    numpy.random.seed()  # a fresh interpreter's numpy draws differ from run to run; so do these
+    import runpy
+    try:
+        runpy.run_path(script, run_name="__main__")
+        code = 0
+    except SystemExit as e:  # as the interpreter reads it: None -> 0, a number, else printed -> 1
+        code = e.code
+        if code is None:
+            code = 0
+        elif not isinstance(code, int):
+            print(code, file=sys.stderr)
+            code = 1
+    except KeyboardInterrupt:
+        sys.excepthook(*sys.exc_info())
+        _exit(1, interrupted=True)
+    except BaseException:
+        sys.excepthook(*sys.exc_info())
+        code = 1
+    _exit(code)
+
+
+def _exit(code, interrupted=False):
+    """The interpreter's exit, less the teardown of every module: wait for the script's
+    non-daemon threads, run its atexit functions, flush stdio, then end the process. (Tearing
+    down the preloaded libraries' objects in a forked child copies most of their memory and
+    costs about a second a run; a real exit would then have nothing left to write.)"""
+    import atexit
+    import threading
+    try:
+        threading._shutdown()
+        atexit._run_exitfuncs()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        if interrupted:  # an uncaught KeyboardInterrupt ends the interpreter by SIGINT
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGINT)
+        os._exit(code & 0xFF)
+
+
+def _handle(conn, listener):
+    """In a forked handler: start the script's process, report its pid, then its status."""
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    with conn.makefile("rb") as f:
+        request = json.loads(f.readline())
+    pid = os.fork()
+    if pid == 0:
+        _become_script(request, listener, conn)  # never returns: the script's exit ends it
+    listener.close()
+    _send(conn, {"pid": pid})
+    _, status = os.waitpid(pid, 0)
+    _send(conn, {"returncode": os.waitstatus_to_exitcode(status)})
+    conn.close()
+    os._exit(0)
+
+
+def main(path):
+    parent = os.getppid()
+    _preload()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(16)
+    listener.settimeout(1.0)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # handlers are reaped by the kernel
+    import gc
+    gc.freeze()  # the preloaded objects are never collected: a child's collections skip them
+    print("ready", flush=True)
+    while os.getppid() == parent:  # the test process is gone: so is the server
+        try:
+            conn, _ = listener.accept()
+        except socket.timeout:
+            continue
+        conn.settimeout(None)
+        if os.fork() == 0:
+            _handle(conn, listener)
+        conn.close()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

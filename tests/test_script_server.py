@@ -1,0 +1,144 @@
+"""The suite's script runner (tests/script_server.py via conftest.run_script) against a plain
+`python script.py`: the same exit status, stdout and stderr for a script that returns, exits
+with a number or a message, raises, is killed by a signal, leaves a thread running, registers an
+atexit function, reads stdin or its environment; and a real script's refusal and output alike."""
+import os
+import subprocess
+import textwrap
+import time
+
+import pytest
+
+import conftest
+from conftest import REPO_ROOT, run_script
+
+SCRIPTS = {
+    "returns": "print('out'); import sys; print('err', file=sys.stderr)",
+    "exit-3": "import sys; print('x'); sys.exit(3)",
+    "exit-256": "import sys; sys.exit(256)",
+    "exit-minus-1": "import sys; sys.exit(-1)",
+    "exit-message": "import sys; sys.exit('a message')",
+    "raises": "def f():\n    raise ValueError('bad value')\nf()",
+    "killed": "import os, signal; print('before', flush=True); os.kill(os.getpid(), signal.SIGKILL)",
+    "thread": textwrap.dedent("""\
+        import threading, time
+        def later():
+            time.sleep(0.3)
+            print('from the thread')
+        threading.Thread(target=later).start()
+        print('main done')"""),
+    "atexit": "import atexit; atexit.register(lambda: print('at exit')); print('body')",
+    "stdin-argv-path": textwrap.dedent("""\
+        import os, sys
+        print(repr(sys.stdin.read()), sys.argv[1:], os.path.basename(sys.argv[0]))
+        print(sys.path[0] == os.path.dirname(os.path.abspath(__file__)), __name__)
+        print(os.getcwd(), os.environ.get('SKIPKD_SERVER_PROBE'), os.environ.get('OMP_NUM_THREADS'))"""),
+}
+
+
+def _both(script, *args, env=None):
+    served = run_script(script, *args, env=env)
+    os.environ["SKIPKD_TEST_SUBPROCESS"] = "1"
+    try:
+        plain = run_script(script, *args, env=env)
+    finally:
+        del os.environ["SKIPKD_TEST_SUBPROCESS"]
+    return served, plain
+
+
+@pytest.fixture(autouse=True)
+def _server_on(monkeypatch):
+    monkeypatch.delenv("SKIPKD_TEST_SUBPROCESS", raising=False)
+    if conftest._server() is None:
+        pytest.fail("the script server did not start")
+
+
+@pytest.mark.parametrize("name", list(SCRIPTS))
+def test_a_served_run_is_a_plain_run(name, tmp_path):
+    path = tmp_path / f"{name}.py"
+    path.write_text(SCRIPTS[name] + "\n")
+    served, plain = _both(str(path), "a1", "--b", env={"SKIPKD_SERVER_PROBE": "on"})
+    assert (served.returncode, served.stdout) == (plain.returncode, plain.stdout)
+    if name == "raises":  # the traceback's frames differ (the server's runner); its end does not
+        assert served.stderr.splitlines()[-1] == plain.stderr.splitlines()[-1] \
+            == "ValueError: bad value"
+        assert served.stderr.startswith("Traceback")
+    else:
+        assert served.stderr == plain.stderr
+    if name == "stdin-argv-path":
+        assert "'' ['a1', '--b'] stdin-argv-path.py" in served.stdout, served.stdout
+        assert f"{REPO_ROOT} on 1" in served.stdout
+
+
+def test_a_real_script_refuses_and_reports_alike(tmp_path, tiny_cifar):
+    served, plain = _both("model_training.py", "--model", "resnet19")
+    assert served.returncode == plain.returncode == 2
+    assert served.stderr == plain.stderr and "resnet19" in served.stderr
+    out = [tmp_path / "served", tmp_path / "plain"]
+    flags = [*conftest.FAST_FLAGS, "--data-dir", tiny_cifar, "--epochs", "1", "--model", "resnet8",
+             "--no-tensorboard", "--limit-train", "100"]
+    served = run_script("model_training.py", *flags, "--output-dir", out[0], check=True)
+    os.environ["SKIPKD_TEST_SUBPROCESS"] = "1"
+    try:
+        plain = run_script("model_training.py", *flags, "--output-dir", out[1], check=True)
+    finally:
+        del os.environ["SKIPKD_TEST_SUBPROCESS"]
+    # the same seed, data and code: the same accuracies, printed the same way (times aside)
+    strip = [line.rsplit("[", 1)[0] for line in served.stdout.splitlines() if "epoch" in line]
+    assert strip and strip == [line.rsplit("[", 1)[0] for line in plain.stdout.splitlines()
+                               if "epoch" in line]
+    assert sorted(os.listdir(out[0] / "saved_pth_model")) == \
+        sorted(os.listdir(out[1] / "saved_pth_model"))
+
+
+def test_an_import_time_variable_runs_a_plain_subprocess(tmp_path):
+    path = tmp_path / "probe.py"
+    path.write_text("import os\nprint(os.getpgid(0) == os.getpid())\n")
+    served = run_script(str(path))
+    plain_env = run_script(str(path), env={"OMP_NUM_THREADS": "2"})
+    assert served.stdout.strip() == "True"  # its own group: a child of the server
+    assert plain_env.stdout.strip() == "False"  # in the test's group: a plain subprocess
+
+
+def test_a_timeout_kills_the_run_and_its_children(tmp_path):
+    path = tmp_path / "sleeps.py"
+    pidfile = tmp_path / "child.pid"
+    path.write_text(textwrap.dedent(f"""\
+        import subprocess, sys, time
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        open({str(pidfile)!r}, "w").write(str(child.pid))
+        print("started", flush=True)
+        time.sleep(60)"""))
+    with pytest.raises(subprocess.TimeoutExpired) as err:
+        run_script(str(path), timeout=3)
+    assert "started" in err.value.output
+    pid = int(pidfile.read_text())
+    for _ in range(50):  # the group was sent SIGKILL: the grandchild is gone (or a zombie)
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().split(")")[-1].split()[0] == "Z":
+                    break
+        except FileNotFoundError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"process {pid} outlived the timeout")
+
+
+def test_the_server_runs_concurrent_requests(tmp_path):
+    """Four runs that each wait until all four have started: served one at a time, they would
+    wait out their 60 s and fail."""
+    from concurrent.futures import ThreadPoolExecutor
+    path = tmp_path / "meet.py"
+    path.write_text(textwrap.dedent(f"""\
+        import os, sys, time
+        open(os.path.join({str(tmp_path)!r}, "here." + sys.argv[1]), "w").close()
+        for _ in range(600):
+            if len([n for n in os.listdir({str(tmp_path)!r}) if n.startswith("here.")]) == 4:
+                print(sys.argv[1])
+                sys.exit(0)
+            time.sleep(0.1)
+        sys.exit(1)"""))
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        procs = list(pool.map(lambda i: run_script(str(path), i), range(4)))
+    assert [(p.returncode, p.stdout.strip()) for p in procs] == [(0, str(i)) for i in range(4)]
