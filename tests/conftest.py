@@ -11,6 +11,7 @@ if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
 from skipkd.data import make_synthetic, write_cifar10  # noqa: E402
+import served  # noqa: E402  (tests/served.py)
 
 # One intra-op thread: the models here are tiny, and on a small, shared CI machine OpenMP's
 # spin-waiting with 2+ threads can make the same test 10-20x slower under any CPU contention.
@@ -73,83 +74,27 @@ def script_env():
 # differ from the script server's runs as a plain subprocess (tests/script_server.py)
 IMPORT_TIME_ENV = ("ATEN_", "OMP_", "MKL_", "KMP_", "GOMP_", "OPENBLAS_", "CUDA_", "NVIDIA_",
                    "PYTORCH_", "TORCH_", "PYTHON", "LD_", "MPLBACKEND", "MALLOC_")
-_SERVER = {}  # this process's script server: {"proc", "socket", "env", "tmp"}
 
 
 def _import_time_env(env):
     return {k: v for k, v in env.items() if k.startswith(IMPORT_TIME_ENV)}
 
 
-def _server():
-    """This process's script server (tests/script_server.py), started on first use; None where
-    SKIPKD_TEST_SUBPROCESS=1 asks for plain subprocesses or it cannot start."""
-    if os.environ.get("SKIPKD_TEST_SUBPROCESS") == "1" or not hasattr(os, "fork"):
+def _served(env):
+    """This process's script server (tests/script_server.py) when it can run a script with
+    environment env, else None (SKIPKD_TEST_SUBPROCESS=1, or env changes what the libraries
+    read at import)."""
+    if os.environ.get("SKIPKD_TEST_SUBPROCESS") == "1":
         return None
-    if _SERVER.get("pid") != os.getpid():
-        import atexit
-        import tempfile
-        tmp = tempfile.mkdtemp(prefix="skipkd-scripts-")
-        sock = os.path.join(tmp, "s")
-        env = script_env()
-        proc = subprocess.Popen([sys.executable, os.path.join(REPO_ROOT, "tests", "script_server.py"),
-                                 sock], cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE)
-        if proc.stdout.readline().strip() != b"ready":
-            proc.kill()
-            return None
-        atexit.register(proc.kill)
-        _SERVER.clear()
-        _SERVER.update(pid=os.getpid(), proc=proc, socket=sock, env=_import_time_env(env),
-                       tmp=tmp, count=0)
-    return _SERVER
+    srv = served.server(script_env(), _import_time_env)
+    return srv if srv is not None and _import_time_env(env) == srv["env"] else None
 
 
-def _run_served(server, cmd, env, timeout):
-    """Run cmd (python script args...) in a child of the script server; a CompletedProcess
-    like subprocess.run(..., capture_output=True, text=True) returns, TimeoutExpired likewise."""
-    import json
-    import signal
-    import socket
-    server["count"] += 1
-    out = os.path.join(server["tmp"], f"{server['count']}.out")
-    err = os.path.join(server["tmp"], f"{server['count']}.err")
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-        conn.connect(server["socket"])
-        conn.sendall((json.dumps({"argv": cmd[1:], "env": env, "cwd": REPO_ROOT, "stdout": out,
-                                  "stderr": err}) + "\n").encode())
-        buffer = bytearray()
-
-        def reply():
-            while b"\n" not in buffer:
-                chunk = conn.recv(4096)
-                if not chunk:
-                    raise RuntimeError("the script server closed the connection")
-                buffer.extend(chunk)
-            line, _, rest = bytes(buffer).partition(b"\n")
-            buffer[:] = rest
-            return json.loads(line)
-
-        pid = reply()["pid"]
-        conn.settimeout(timeout)
-        try:
-            returncode = reply()["returncode"]
-            timed_out = False
-        except socket.timeout:
-            os.killpg(pid, signal.SIGKILL)
-            conn.settimeout(None)
-            timed_out = True
-            reply()
-
-    def read(path):
-        with open(path) as f:
-            text = f.read()
-        os.remove(path)
-        return text
-
-    stdout, stderr = read(out), read(err)
-    if timed_out:
-        raise subprocess.TimeoutExpired(cmd, timeout, output=stdout, stderr=stderr)
-    return subprocess.CompletedProcess(cmd, returncode, stdout, stderr)
+def _read(f):
+    """A captured stream as subprocess.run(..., text=True) returns it."""
+    import io
+    f.seek(0)
+    return io.TextIOWrapper(f, newline=None).read()
 
 
 def run_script(script, *args, timeout=300, check=False, env=None):
@@ -159,12 +104,22 @@ def run_script(script, *args, timeout=300, check=False, env=None):
     environment changes what the libraries read at import or SKIPKD_TEST_SUBPROCESS=1."""
     cmd = [sys.executable, os.path.join(REPO_ROOT, script), *[str(a) for a in args]]
     full_env = {**script_env(), **(env or {})}
-    server = _server()
-    if server is not None and _import_time_env(full_env) == server["env"]:
-        proc = _run_served(server, cmd, full_env, timeout)
-    else:
+    srv = _served(full_env)
+    if srv is None:
         proc = subprocess.run(cmd, cwd=REPO_ROOT, env=full_env, capture_output=True, text=True,
                               timeout=timeout)
+    else:
+        import tempfile
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            child = served.ServedProcess(srv, cmd, full_env, REPO_ROOT, stdout=out, stderr=err)
+            try:
+                child.wait(timeout)
+            except subprocess.TimeoutExpired:
+                child.kill_group()
+                child.wait()
+                raise subprocess.TimeoutExpired(cmd, timeout, output=_read(out),
+                                                stderr=_read(err)) from None
+            proc = subprocess.CompletedProcess(cmd, child.returncode, _read(out), _read(err))
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} {' '.join(map(str, args))} failed with {proc.returncode}\n"
                              f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}")
@@ -223,11 +178,16 @@ def fast_flags(tiny_cifar):
     return [*FAST_FLAGS, "--data-dir", tiny_cifar]
 
 
-def start_script(script, *args, stdout=None, stderr=None):
+def start_script(script, *args, stdout=None, stderr=None, env=None):
     """Start `python <script> args...` like run_script but without waiting (for signal tests);
-    stdout/stderr: open files (or None to inherit). Returns the Popen."""
+    stdout/stderr as subprocess.Popen takes them (files, None to inherit, DEVNULL, PIPE,
+    STDOUT). Returns the Popen, or a served.ServedProcess that is handled like one."""
     cmd = [sys.executable, os.path.join(REPO_ROOT, script), *[str(a) for a in args]]
-    return subprocess.Popen(cmd, cwd=REPO_ROOT, env=script_env(), stdout=stdout, stderr=stderr)
+    full_env = {**script_env(), **(env or {})}
+    srv = _served(full_env)
+    if srv is None:
+        return subprocess.Popen(cmd, cwd=REPO_ROOT, env=full_env, stdout=stdout, stderr=stderr)
+    return served.ServedProcess(srv, cmd, full_env, REPO_ROOT, stdout=stdout, stderr=stderr)
 
 
 @pytest.fixture(scope="session")

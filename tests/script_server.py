@@ -16,10 +16,10 @@ environment at import (thread counts, CUDA visibility, the plotting backend) is 
 interpreter would read. A request whose environment changes such a variable runs as a plain
 subprocess instead (conftest.IMPORT_TIME_ENV).
 
-Protocol: one Unix-socket connection per run; the client sends one JSON line {"argv": [script,
-args...], "env": {...}, "cwd": ..., "stdout": path, "stderr": path}; the server answers
-{"pid": N} once the child exists, then {"returncode": R} when it has ended (R < 0: killed by
-signal -R).
+Protocol (tests/served.py): one Unix-socket connection per run; the client sends one JSON line
+{"argv": [script, args...], "env": {...}, "cwd": ...} with two file descriptors (the child's
+stdout and stderr); the server answers {"pid": N} once the child exists, then
+{"returncode": R} when it has ended (R < 0: killed by signal -R).
 """
 import json
 import os
@@ -45,7 +45,7 @@ def _send(conn, obj):
     conn.sendall((json.dumps(obj) + "\n").encode())
 
 
-def _become_script(request, listener, conn):
+def _become_script(request, fds, listener, conn):
     """In the forked child: set the process up as `python script args` would be, run it."""
     listener.close()
     conn.close()
@@ -56,10 +56,10 @@ def _become_script(request, listener, conn):
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
-    for fd, path in ((1, request["stdout"]), (2, request["stderr"])):
-        f = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.dup2(f, fd)
-        os.close(f)
+    for target, fd in zip((1, 2), fds):
+        os.dup2(fd, target)
+    for fd in set(fds) - {1, 2}:
+        os.close(fd)
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
@@ -113,11 +113,18 @@ def _exit(code, interrupted=False):
 def _handle(conn, listener):
     """In a forked handler: start the script's process, report its pid, then its status."""
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    with conn.makefile("rb") as f:
-        request = json.loads(f.readline())
+    data, fds, _, _ = socket.recv_fds(conn, 1 << 16, 2)
+    while not data.endswith(b"\n"):
+        chunk = conn.recv(1 << 16)
+        if not chunk:
+            os._exit(1)
+        data += chunk
+    request = json.loads(data)
     pid = os.fork()
     if pid == 0:
-        _become_script(request, listener, conn)  # never returns: the script's exit ends it
+        _become_script(request, fds, listener, conn)  # never returns: the script's exit ends it
+    for fd in fds:
+        os.close(fd)
     listener.close()
     _send(conn, {"pid": pid})
     _, status = os.waitpid(pid, 0)

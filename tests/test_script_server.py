@@ -1,8 +1,10 @@
 """The suite's script runner (tests/script_server.py via conftest.run_script) against a plain
 `python script.py`: the same exit status, stdout and stderr for a script that returns, exits
 with a number or a message, raises, is killed by a signal, leaves a thread running, registers an
-atexit function, reads stdin or its environment; and a real script's refusal and output alike."""
+atexit function, reads stdin or its environment, takes a signal while it runs; and a real
+script's refusal and output alike."""
 import os
+import signal
 import subprocess
 import textwrap
 import time
@@ -10,7 +12,7 @@ import time
 import pytest
 
 import conftest
-from conftest import REPO_ROOT, run_script
+from conftest import REPO_ROOT, run_script, start_script
 
 SCRIPTS = {
     "returns": "print('out'); import sys; print('err', file=sys.stderr)",
@@ -49,7 +51,7 @@ def _both(script, *args, env=None):
 @pytest.fixture(autouse=True)
 def _server_on(monkeypatch):
     monkeypatch.delenv("SKIPKD_TEST_SUBPROCESS", raising=False)
-    if conftest._server() is None:
+    if conftest._served(conftest.script_env()) is None:
         pytest.fail("the script server did not start")
 
 
@@ -142,3 +144,38 @@ def test_the_server_runs_concurrent_requests(tmp_path):
     with ThreadPoolExecutor(max_workers=4) as pool:
         procs = list(pool.map(lambda i: run_script(str(path), i), range(4)))
     assert [(p.returncode, p.stdout.strip()) for p in procs] == [(0, str(i)) for i in range(4)]
+
+
+LOOP = textwrap.dedent("""\
+    import sys, time
+    print('ready', flush=True)
+    print('to stderr', file=sys.stderr, flush=True)
+    time.sleep(60)""")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
+def test_a_started_script_takes_a_signal_as_a_plain_one(tmp_path, sig):
+    """start_script's process (served or a Popen) signalled once it is running: the same exit
+    status, the same output (stderr merged into stdout, read through a pipe)."""
+    path = tmp_path / "loop.py"
+    path.write_text(LOOP + "\n")
+    results = []
+    for plain in (False, True):
+        if plain:
+            os.environ["SKIPKD_TEST_SUBPROCESS"] = "1"
+        try:
+            proc = start_script(str(path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        finally:
+            os.environ.pop("SKIPKD_TEST_SUBPROCESS", None)
+        assert isinstance(proc, subprocess.Popen) == plain
+        assert proc.stdout.readline() == b"ready\n"
+        assert proc.stdout.readline() == b"to stderr\n"
+        assert proc.poll() is None
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(0.2)
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=60)
+        last = out.decode().strip().splitlines()[-1:]  # SIGINT: the KeyboardInterrupt traceback
+        results.append((proc.returncode, last))
+    assert results[0] == results[1]
+    assert results[0] == (-sig, ["KeyboardInterrupt"] if sig == signal.SIGINT else [])

@@ -12,14 +12,13 @@ import signal
 import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 
 import pytest
 import torch
 
-from conftest import REPO_ROOT, run_script, script_env
+from conftest import REPO_ROOT, run_script, start_script
 
 pytestmark = pytest.mark.slow  # heavy end-to-end checks: `pytest -m "not slow"` skips them
 
@@ -79,12 +78,11 @@ def _stop_leftover_workers():
 
 
 def _worker(sweep_dir, study, log_path, storage=None, extra=()):
-    args = [sys.executable, SWEEP, "work", study, "--dir", sweep_dir, *WORKER_FLAGS, *extra]
+    args = ["work", study, "--dir", sweep_dir, *WORKER_FLAGS, *extra]
     if storage:
         args += ["--storage", storage]
     log = open(log_path, "w")
-    proc = subprocess.Popen(args, cwd=REPO_ROOT, env=script_env(), stdout=log,
-                            stderr=subprocess.STDOUT)
+    proc = start_script(SWEEP, *args, stdout=log, stderr=subprocess.STDOUT)
     proc.log_file, proc.log_path = log, log_path
     _STARTED.append(proc)
     return proc

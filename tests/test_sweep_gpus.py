@@ -5,11 +5,10 @@ it refused is run later elsewhere, never lost."""
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 
-from conftest import REPO_ROOT, script_env
+from conftest import REPO_ROOT, run_script, start_script
 
 pytestmark = pytest.mark.slow
 
@@ -31,12 +30,10 @@ def _create(tmp_path):
 
 
 def _work(sweep_dir, fake, log, *extra):
-    env = dict(script_env(), SWEEP_FAKE_GPUS=str(fake))
-    return subprocess.Popen([sys.executable, SWEEP, "work", "gpus", "--dir", sweep_dir,
-                             "--poll", "0.2", "--threads", "1", "--gpus", "0,1", "--per-gpu", "2",
-                             "--min-free-mib", "1000", *extra],
-                            cwd=REPO_ROOT, env=env, stdout=open(log, "w"),
-                            stderr=subprocess.STDOUT)
+    return start_script(SWEEP, "work", "gpus", "--dir", sweep_dir, "--poll", "0.2", "--threads",
+                        "1", "--gpus", "0,1", "--per-gpu", "2", "--min-free-mib", "1000", *extra,
+                        stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                        env={"SWEEP_FAKE_GPUS": str(fake)})
 
 
 def test_two_commands_share_the_slots_and_a_full_gpu_starts_nothing(tmp_path):
@@ -87,13 +84,11 @@ def test_gpus_are_checked_against_the_machine(tmp_path):
     sweep_dir = _create(tmp_path)
     fake = tmp_path / "gpus.json"
     fake.write_text(json.dumps({"0": 8000}))
-    env = dict(script_env(), SWEEP_FAKE_GPUS=str(fake))
-    proc = subprocess.run([sys.executable, SWEEP, "work", "gpus", "--dir", sweep_dir, "--gpus",
-                           "0,3"], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                          timeout=120)
+    env = {"SWEEP_FAKE_GPUS": str(fake)}
+    proc = run_script(SWEEP, "work", "gpus", "--dir", sweep_dir, "--gpus", "0,3", env=env,
+                      timeout=120)
     assert proc.returncode == 2
     assert "no GPU 3 on this machine" in proc.stderr
-    proc = subprocess.run([sys.executable, SWEEP, "work", "gpus", "--dir", sweep_dir, "--gpus",
-                           "0,0"], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                          timeout=120)
+    proc = run_script(SWEEP, "work", "gpus", "--dir", sweep_dir, "--gpus", "0,0", env=env,
+                      timeout=120)
     assert proc.returncode == 2 and "distinct GPU indices" in proc.stderr
