@@ -97,21 +97,24 @@ def _read(f):
     return io.TextIOWrapper(f, newline=None).read()
 
 
-def run_script(script, *args, timeout=300, check=False, env=None):
+def run_script(script, *args, timeout=300, check=False, env=None, umask=None):
     """Run `python <script> args...` from the repository root (env: more environment
-    variables); returns the CompletedProcess. The process is a child of the script server
-    (the libraries already imported; tests/script_server.py), or a plain subprocess where the
-    environment changes what the libraries read at import or SKIPKD_TEST_SUBPROCESS=1."""
+    variables; umask: the process's file-mode mask); returns the CompletedProcess. The process
+    is a child of the script server (the libraries already imported; tests/script_server.py),
+    or a plain subprocess where the environment changes what the libraries read at import or
+    SKIPKD_TEST_SUBPROCESS=1."""
     cmd = [sys.executable, os.path.join(REPO_ROOT, script), *[str(a) for a in args]]
     full_env = {**script_env(), **(env or {})}
     srv = _served(full_env)
     if srv is None:
         proc = subprocess.run(cmd, cwd=REPO_ROOT, env=full_env, capture_output=True, text=True,
-                              timeout=timeout)
+                              timeout=timeout,
+                              preexec_fn=None if umask is None else (lambda: os.umask(umask)))
     else:
         import tempfile
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-            child = served.ServedProcess(srv, cmd, full_env, REPO_ROOT, stdout=out, stderr=err)
+            child = served.ServedProcess(srv, cmd, full_env, REPO_ROOT, stdout=out, stderr=err,
+                                         umask=umask)
             try:
                 child.wait(timeout)
             except subprocess.TimeoutExpired:

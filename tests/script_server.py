@@ -17,7 +17,7 @@ interpreter would read. A request whose environment changes such a variable runs
 subprocess instead (conftest.IMPORT_TIME_ENV).
 
 Protocol (tests/served.py): one Unix-socket connection per run; the client sends one JSON line
-{"argv": [script, args...], "env": {...}, "cwd": ...} with two file descriptors (the child's
+{"argv": [script, args...], "env": {...}, "cwd": ..., "umask": null or a mode} with two file descriptors (the child's
 stdout and stderr); the server answers {"pid": N} once the child exists, then
 {"returncode": R} when it has ended (R < 0: killed by signal -R).
 """
@@ -60,6 +60,8 @@ def _become_script(request, fds, listener, conn):
         os.dup2(fd, target)
     for fd in set(fds) - {1, 2}:
         os.close(fd)
+    if request.get("umask") is not None:
+        os.umask(request["umask"])
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])

@@ -56,7 +56,7 @@ def _stream_fd(spec, default_fd, opened, stdout_fd=None):
 class ServedProcess:
     """A script running as a child of the script server, handled like a subprocess.Popen."""
 
-    def __init__(self, srv, args, env, cwd, stdout=None, stderr=None, text=False):
+    def __init__(self, srv, args, env, cwd, stdout=None, stderr=None, text=False, umask=None):
         self.args, self.returncode, self._text = args, None, text
         opened = []
         try:
@@ -64,7 +64,8 @@ class ServedProcess:
             err_fd, self.stderr = _stream_fd(stderr, 2, opened, stdout_fd=out_fd)
             self._conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             self._conn.connect(srv["socket"])
-            request = json.dumps({"argv": args[1:], "env": env, "cwd": cwd}) + "\n"
+            request = json.dumps({"argv": args[1:], "env": env, "cwd": cwd,
+                                  "umask": umask}) + "\n"
             socket.send_fds(self._conn, [request.encode()], [out_fd, err_fd])
         finally:
             for fd in opened:  # the child holds its own copies now

@@ -12,13 +12,11 @@ import shutil
 import signal
 import stat
 import subprocess
-import sys
 import time
 
 import pytest
 
-from conftest import (REPO_ROOT, assert_ok, assert_refused, files_digest, run_script, script_env,
-                      start_script)
+from conftest import assert_ok, assert_refused, files_digest, run_script, start_script
 
 BASE = "model_training.py"
 ARGS = ["--dataset", "synthetic", "--synthetic-train-size", "200", "--synthetic-test-size", "50",
@@ -208,10 +206,8 @@ def test_stale_temporaries_of_the_key_are_removed_and_no_others(copy):
 @pytest.mark.parametrize("umask", [0o022, 0o077])
 def test_output_files_respect_the_umask(tmp_path, umask):
     out = tmp_path / "out"
-    cmd = [sys.executable, os.path.join(REPO_ROOT, BASE), *ARGS, "--no-tensorboard",
-           "--output-dir", str(out), "--run-name", "u"]
-    _ok(subprocess.run(cmd, cwd=REPO_ROOT, env=script_env(), capture_output=True, text=True,
-                       preexec_fn=lambda: os.umask(umask), timeout=300))
+    _ok(run_script(BASE, *ARGS, "--no-tensorboard", "--output-dir", out, "--run-name", "u",
+                   umask=umask))
     files = [out / "saved_pth_model" / "u_baseline.pth", out / "numpy_outputs" / "summary_u.json",
              out / "numpy_outputs" / "val_accuracy_u.npy"]
     for path in files:
@@ -220,7 +216,7 @@ def test_output_files_respect_the_umask(tmp_path, umask):
 
 def test_two_starts_with_one_key_exactly_one_runs(tmp_path):
     out = tmp_path / "out"
-    args = [*ARGS, "--synthetic-train-size", "1500", "--epochs", "2", "--output-dir", out,
+    args = [*ARGS, "--synthetic-train-size", "800", "--epochs", "2", "--output-dir", out,
             "--run-name", "once"]
     with open(tmp_path / "first.out", "w") as fo, open(tmp_path / "first.err", "w") as fe:
         first = start_script(BASE, *args, stdout=fo, stderr=fe)
