@@ -52,6 +52,19 @@ def pytest_configure(config):
                                        "resume, torchrun); `pytest -m 'not slow'` skips them")
 
 
+# the files that take longest (measured with --durations), run first: pytest-xdist's
+# --dist loadfile hands files to its processes in collection order, so starting the long ones
+# first keeps one process from finishing its last long file alone while the others idle
+LONGEST_FIRST = ("test_sweep_tune.py", "test_gpu_check.py", "test_resume.py", "test_sweep.py",
+                 "test_run_safety.py", "test_bad_input.py", "test_imagenet.py", "test_tools.py",
+                 "test_derived_files.py", "test_models.py", "test_distributed.py", "test_e2e.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order kept within
+
+
 def script_env():
     """Environment for subprocess runs: CPU only, unbuffered, no GUI backend, few threads."""
     env = dict(os.environ)
