@@ -17,7 +17,8 @@ interpreter would read. A request whose environment changes such a variable runs
 subprocess instead (conftest.IMPORT_TIME_ENV).
 
 Protocol (tests/served.py): one Unix-socket connection per run; the client sends one JSON line
-{"argv": [script, args...], "env": {...}, "cwd": ..., "umask": null or a mode} with two file descriptors (the child's
+{"argv": [script, args...], "env": {...}, "cwd": ..., "umask": null or a mode,
+"sigint_ignored": whether the client ignores SIGINT} with two file descriptors (the child's
 stdout and stderr); the server answers {"pid": N} once the child exists, then
 {"returncode": R} when it has ended (R < 0: killed by signal -R).
 """
@@ -52,7 +53,10 @@ def _become_script(request, fds, listener, conn):
     os.setpgid(0, 0)  # the client kills the whole group on a timeout
     for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    # as a fresh interpreter: SIGINT raises KeyboardInterrupt, unless the process that started it
+    # ignores SIGINT (pytest-xdist's workers do), which a child inherits
+    signal.signal(signal.SIGINT, signal.SIG_IGN if request.get("sigint_ignored")
+                  else signal.default_int_handler)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)

@@ -64,8 +64,9 @@ class ServedProcess:
             err_fd, self.stderr = _stream_fd(stderr, 2, opened, stdout_fd=out_fd)
             self._conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             self._conn.connect(srv["socket"])
-            request = json.dumps({"argv": args[1:], "env": env, "cwd": cwd,
-                                  "umask": umask}) + "\n"
+            ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN  # a child inherits it
+            request = json.dumps({"argv": args[1:], "env": env, "cwd": cwd, "umask": umask,
+                                  "sigint_ignored": ignored}) + "\n"
             socket.send_fds(self._conn, [request.encode()], [out_fd, err_fd])
         finally:
             for fd in opened:  # the child holds its own copies now

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torchvision.transforms as T
 
 from ..errors import UserError
 from .common import _warn
@@ -99,6 +98,7 @@ class _Decode(torch.utils.data.Dataset):
     """Item (epoch, index) -> (uint8 (3, S, S) or None when unreadable, index, why)."""
 
     def __init__(self, files: FileImages, train: bool, size: int, seed: int):
+        import torchvision.transforms as T  # here: torchvision takes a second to import
         self.paths, self.seed = files.paths, int(seed)
         if train:
             self.transform = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip()])

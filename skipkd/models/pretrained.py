@@ -20,7 +20,6 @@ import urllib.error
 import warnings
 
 import torch
-import torchvision
 
 from .imagenet import IMAGENET_RESNETS, from_torchvision, looks_like_torchvision
 from .torchvision_zoo import tv_name
@@ -42,6 +41,7 @@ def hub_file(weights) -> str:
 
 def torchvision_weights(spec: str):
     """torchvision's weights enum of a name like ResNet34_Weights.IMAGENET1K_V1 (ValueError)."""
+    import torchvision  # here, not at the top: a second to import, needed only for weights names
     try:
         return torchvision.models.get_weight(spec)
     except (ValueError, KeyError, AttributeError):
@@ -54,6 +54,7 @@ def _torchvision_weights(spec: str, arch: str | None) -> dict:
     owner = type(weights).__name__[:-len("_Weights")].lower()  # ResNet34_Weights -> resnet34
     name = tv_name(arch) if arch is not None else None
     if name is not None:  # a tv_<name> network: the weights must be its model's
+        import torchvision
         if torchvision.models.get_model_weights(name) is not type(weights):
             raise ValueError(f"{spec} are not weights of torchvision's {name}")
     elif arch is not None and IMAGENET_RESNETS.get(arch) != owner:

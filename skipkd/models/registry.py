@@ -2,14 +2,20 @@
 register_model (a factory taking num_classes, base_width, in_channels, placement, eca_k, attn), the
 width a user gets by default, and the attention forms its blocks can host; the placements it
 defines follow from those (skipkd/models/placement.py), so a placement registered later is
-defined by every family that can host it."""
+defined by every family that can host it.
+
+A family whose names come from a library that is slow to import (torchvision's classifiers)
+registers a loader instead (register_lazy): it runs the first time a name is asked for that is
+not registered yet, or the registry is listed, so a script that names one of the toolkit's own
+networks never imports that library."""
 from dataclasses import dataclass
 from typing import Callable
 
 from .attention import FORMS
 from .placement import ECA_PLACEMENTS, hosted_placements
 
-__all__ = ["ModelSpec", "MODELS", "register_model", "model_spec", "ECA_PLACEMENTS"]
+__all__ = ["ModelSpec", "MODELS", "register_model", "register_lazy", "model_spec",
+           "ECA_PLACEMENTS"]
 
 
 @dataclass(frozen=True)
@@ -25,7 +31,54 @@ class ModelSpec:
         return hosted_placements(self.forms)
 
 
-MODELS: dict[str, ModelSpec] = {}
+class _Registry(dict):
+    """name -> ModelSpec, a dict whose lazy families (register_lazy) register themselves when a
+    name not yet there is looked up, or the whole registry is read (listed, counted, iterated)."""
+
+    def __init__(self):
+        super().__init__()
+        self.loaders = []
+
+    def load(self):
+        while self.loaders:
+            self.loaders.pop(0)()
+
+    def __contains__(self, name):
+        if dict.__contains__(self, name):
+            return True
+        self.load()
+        return dict.__contains__(self, name)
+
+    def __getitem__(self, name):
+        if not dict.__contains__(self, name):
+            self.load()
+        return dict.__getitem__(self, name)
+
+    def get(self, name, default=None):
+        return self[name] if name in self else default
+
+    def __iter__(self):
+        self.load()
+        return dict.__iter__(self)
+
+    def __len__(self):
+        self.load()
+        return dict.__len__(self)
+
+    def keys(self):
+        self.load()
+        return dict.keys(self)
+
+    def values(self):
+        self.load()
+        return dict.values(self)
+
+    def items(self):
+        self.load()
+        return dict.items(self)
+
+
+MODELS: dict[str, ModelSpec] = _Registry()
 
 
 def register_model(name: str, factory: Callable, *, default_width: int, family: str,
@@ -35,10 +88,16 @@ def register_model(name: str, factory: Callable, *, default_width: int, family: 
         raise ValueError(f"{name}: attention forms must come from {', '.join(FORMS)}, got {forms}")
     spec = ModelSpec(factory, int(default_width), tuple(forms), family)
     for key in (name, *aliases):
-        if key in MODELS:
+        if dict.__contains__(MODELS, key):  # not `in`: that would run the lazy loaders
             raise ValueError(f"model {key!r} is registered twice")
         MODELS[key] = spec
     return spec
+
+
+def register_lazy(loader: Callable[[], None]):
+    """Register a family later: loader() (which calls register_model) runs the first time a
+    name not registered yet is looked up or the registry is listed."""
+    MODELS.loaders.append(loader)
 
 
 def known_models() -> str:

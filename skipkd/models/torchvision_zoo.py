@@ -10,13 +10,15 @@ refuses it in one line. Its weights come from torchvision's weights names or fil
 (its registered width is 1, a placeholder). Three input channels only. For torchvision's
 ResNets prefer resnet18_imagenet ... resnet152_imagenet (skipkd/models/imagenet.py): the same
 networks and weights, with the hint and every feature.
+
+torchvision (about a second to import) is imported when a tv_ network is first looked up or the
+registry is listed (registry.register_lazy), not by every script that starts.
 """
 import torch
-import torchvision
 
 from .contract import ModelOutput
 from .contract import FeatureModel
-from .registry import register_model
+from .registry import register_lazy, register_model
 
 __all__ = ["TV_PREFIX", "LogitOnly", "tv_name", "LOGIT_NEEDS"]
 
@@ -42,6 +44,7 @@ class LogitOnly(FeatureModel):
             raise ValueError(f"tv_{name} takes 3 input channels, not {in_channels}")
         if placement != "none":
             raise ValueError(f"tv_{name} hosts no attention placement but none")
+        import torchvision
         self.tv_name, self.placement = name, "none"
         self.net = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
 
@@ -64,7 +67,13 @@ def _factory(name):
     return build
 
 
-for _name in torchvision.models.list_models(module=torchvision.models):
-    register_model(TV_PREFIX + _name, _factory(_name), default_width=1, family="torchvision",
-                   forms=())
+def _register_all():
+    """Every torchvision classification model as tv_<name>."""
+    import torchvision
+    for name in torchvision.models.list_models(module=torchvision.models):
+        register_model(TV_PREFIX + name, _factory(name), default_width=1, family="torchvision",
+                       forms=())
+
+
+register_lazy(_register_all)
 
