@@ -29,7 +29,8 @@ def server(env, import_time_env):
     if proc.stdout.readline().strip() != b"ready":
         proc.kill()
         return None
-    atexit.register(proc.kill)
+    import shutil
+    atexit.register(lambda: (proc.kill(), proc.wait(), shutil.rmtree(os.path.dirname(sock), True)))
     _SERVER.clear()
     _SERVER.update(pid=os.getpid(), proc=proc, socket=sock, env=import_time_env(env))
     return _SERVER
