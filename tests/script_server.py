@@ -48,9 +48,48 @@ def _send(conn, obj):
 
 def _become_script(request, fds, listener, conn):
     """In the forked child: set the process up as `python script args` would be, run it."""
+    try:
+        script = _set_up(request, fds, listener, conn)
+        with open(script, "rb") as f:
+            code = compile(f.read(), script, "exec")
+    except OSError as e:  # as the interpreter says it: a script it cannot open is exit 2
+        print(f"{sys.executable}: can't open file {request['argv'][0]!r}: "
+              f"[Errno {e.errno}] {e.strerror}", file=sys.stderr)
+        _exit(2)
+    except BaseException:
+        sys.excepthook(*sys.exc_info())
+        _exit(1)
+    # the script's module stays __main__ until the end, as in a fresh interpreter (its atexit
+    # functions and threads may still look it up)
+    import types
+    main = types.ModuleType("__main__")
+    main.__dict__.update(__file__=script, __builtins__=__builtins__, __cached__=None,
+                         __spec__=None, __loader__=None, __package__=None)
+    sys.modules["__main__"] = main
+    try:
+        exec(code, main.__dict__)
+        status = 0
+    except SystemExit as e:  # as the interpreter reads it: None -> 0, a number, else printed -> 1
+        status = e.code
+        if status is None:
+            status = 0
+        elif not isinstance(status, int):
+            print(status, file=sys.stderr)
+            status = 1
+    except KeyboardInterrupt:
+        sys.excepthook(*sys.exc_info())
+        _exit(1, interrupted=True)
+    except BaseException:
+        sys.excepthook(*sys.exc_info())
+        status = 1
+    _exit(status)
+
+
+def _set_up(request, fds, listener, conn):
+    """The process as a fresh `python script args` started by the client would be; -> script."""
     listener.close()
     conn.close()
-    os.setpgid(0, 0)  # the client kills the whole group on a timeout
+    os.setpgid(0, 0)  # the client kills the whole group on a timeout (the handler sets it too)
     for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
     # as a fresh interpreter: SIGINT raises KeyboardInterrupt, unless the process that started it
@@ -74,36 +113,22 @@ def _become_script(request, fds, listener, conn):
     sys.path[0] = os.path.dirname(script)
     import numpy
     numpy.random.seed()  # a fresh interpreter's numpy draws differ from run to run; so do these
-    import runpy
-    try:
-        runpy.run_path(script, run_name="__main__")
-        code = 0
-    except SystemExit as e:  # as the interpreter reads it: None -> 0, a number, else printed -> 1
-        code = e.code
-        if code is None:
-            code = 0
-        elif not isinstance(code, int):
-            print(code, file=sys.stderr)
-            code = 1
-    except KeyboardInterrupt:
-        sys.excepthook(*sys.exc_info())
-        _exit(1, interrupted=True)
-    except BaseException:
-        sys.excepthook(*sys.exc_info())
-        code = 1
-    _exit(code)
+    return script
 
 
 def _exit(code, interrupted=False):
     """The interpreter's exit, less the teardown of every module: wait for the script's
     non-daemon threads, run its atexit functions, flush stdio, then end the process. (Tearing
     down the preloaded libraries' objects in a forked child copies most of their memory and
-    costs about a second a run; a real exit would then have nothing left to write.)"""
+    costs about a second a run; a real exit would then have nothing left to write, except the
+    buffers of files a script left open at module level, which a script should not rely on.)"""
     import atexit
     import threading
     try:
         threading._shutdown()
         atexit._run_exitfuncs()
+        import gc
+        gc.collect()  # the finalizers of the script's garbage (the preloaded objects are frozen)
     finally:
         for stream in (sys.stdout, sys.stderr):
             try:
@@ -129,6 +154,10 @@ def _handle(conn, listener):
     pid = os.fork()
     if pid == 0:
         _become_script(request, fds, listener, conn)  # never returns: the script's exit ends it
+    try:
+        os.setpgid(pid, pid)  # here too, so that the group exists before the client may kill it
+    except OSError:  # the child has set it, or has already ended
+        pass
     for fd in fds:
         os.close(fd)
     listener.close()

@@ -11,15 +11,21 @@ import threading
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 _SERVER = {}  # this process's server: {"pid", "proc", "socket", "env"}
+_START = threading.Lock()
 
 
 def server(env, import_time_env):
     """This process's script server, started on first use with the environment env; None where
     it cannot start. -> {"socket", "env": the import-time variables it was started with}"""
-    if _SERVER.get("pid") == os.getpid():
-        return _SERVER
-    if not hasattr(socket, "send_fds"):
-        return None
+    with _START:  # test threads may ask for it at once: one server per process
+        if _SERVER.get("pid") == os.getpid():
+            return _SERVER
+        if not hasattr(socket, "send_fds"):
+            return None
+        return _start(env, import_time_env)
+
+
+def _start(env, import_time_env):
     import atexit
     import tempfile
     sock = os.path.join(tempfile.mkdtemp(prefix="skipkd-scripts-"), "s")
@@ -103,6 +109,9 @@ class ServedProcess:
         return self.returncode
 
     def wait(self, timeout=None):
+        if self.returncode is None and timeout is not None and timeout <= 0:
+            if self.poll() is None:
+                raise subprocess.TimeoutExpired(self.args, timeout)
         if self.returncode is None:
             self._conn.settimeout(timeout)
             try:
@@ -115,7 +124,10 @@ class ServedProcess:
 
     def send_signal(self, sig):
         if self.poll() is None:
-            os.kill(self.pid, sig)
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:  # it ended just now (as Popen.send_signal, no error)
+                pass
 
     def terminate(self):
         self.send_signal(signal.SIGTERM)
@@ -126,7 +138,10 @@ class ServedProcess:
     def kill_group(self):
         """SIGKILL to the child and every process it started (its own process group)."""
         if self.poll() is None:
-            os.killpg(self.pid, signal.SIGKILL)
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     def communicate(self, timeout=None):
         """Read the pipes to their end, then wait; (stdout, stderr) as Popen returns them."""

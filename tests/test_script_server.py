@@ -30,6 +30,10 @@ SCRIPTS = {
         threading.Thread(target=later).start()
         print('main done')"""),
     "atexit": "import atexit; atexit.register(lambda: print('at exit')); print('body')",
+    "atexit-reads-main": textwrap.dedent("""\
+        import atexit, sys
+        NAME = 'the script'
+        atexit.register(lambda: print(sys.modules['__main__'].NAME))"""),
     "stdin-argv-path": textwrap.dedent("""\
         import os, sys
         print(repr(sys.stdin.read()), sys.argv[1:], os.path.basename(sys.argv[0]))
@@ -70,6 +74,13 @@ def test_a_served_run_is_a_plain_run(name, tmp_path):
     if name == "stdin-argv-path":
         assert "'' ['a1', '--b'] stdin-argv-path.py" in served.stdout, served.stdout
         assert f"{REPO_ROOT} on 1" in served.stdout
+
+
+def test_a_missing_script_is_exit_2_alike(tmp_path):
+    served, plain = _both(str(tmp_path / "nowhere.py"))
+    assert (served.returncode, served.stdout, served.stderr) == \
+        (plain.returncode, plain.stdout, plain.stderr)
+    assert served.returncode == 2 and "can't open file" in served.stderr
 
 
 def test_a_real_script_refuses_and_reports_alike(tmp_path, tiny_cifar):

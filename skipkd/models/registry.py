@@ -37,11 +37,18 @@ class _Registry(dict):
 
     def __init__(self):
         super().__init__()
-        self.loaders = []
+        self.loaders, self.loading = [], False
 
     def load(self):
-        while self.loaders:
-            self.loaders.pop(0)()
+        if self.loading:  # a loader's own lookups see what is registered so far
+            return
+        self.loading = True
+        try:
+            while self.loaders:
+                self.loaders[0]()
+                self.loaders.pop(0)  # only once it has registered its family
+        finally:
+            self.loading = False
 
     def __contains__(self, name):
         if dict.__contains__(self, name):
