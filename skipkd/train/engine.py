@@ -68,7 +68,8 @@ def train_one_epoch(model, loss_fn, loader, optimizer, scheduler=None, device="c
         lr = optimizer.param_groups[0]["lr"]  # the rate this step uses (a float: no sync)
         if lr_start is None:
             lr_start = lr
-        torch.compiler.cudagraph_mark_step_begin()  # CUDA graphs (--compile-mode reduce-overhead)
+        if device.type == "cuda":  # CUDA graphs (--compile-mode reduce-overhead); on the CPU
+            torch.compiler.cudagraph_mark_step_begin()  # it would only import the compiler
         with autocast_context(device, precision):
             out = model(x)
             loss, parts = loss_fn(x, out, y, index=index, epoch=(epoch or 0) + step / len(loader))
