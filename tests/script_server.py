@@ -28,9 +28,8 @@ import signal
 import socket
 import sys
 
-# torch._dynamo: every training run imports it (torch.optim's optimizers are wrapped by it)
-PRELOAD = ("numpy", "torch", "torch._dynamo", "torchvision", "torchvision.models",
-           "torchvision.transforms", "torch.utils.tensorboard", "optuna",
+PRELOAD = ("numpy", "torch", "torchvision", "torchvision.models", "torchvision.transforms",
+           "torch.utils.tensorboard", "optuna",
            "matplotlib", "PIL.Image", "yaml", "tqdm")
 
 
