@@ -56,6 +56,7 @@ def pytest_configure(config):
 # --dist loadfile hands files to its processes in collection order, so starting the long ones
 # first keeps one process from finishing its last long file alone while the others idle
 LONGEST_FIRST = ("test_sweep_tune.py", "test_gpu_check.py", "test_resume.py", "test_sweep.py",
+                 "test_gpu_check_runs.py",
                  "test_run_safety.py", "test_bad_input.py", "test_imagenet.py", "test_tools.py",
                  "test_derived_files.py", "test_models.py", "test_distributed.py", "test_e2e.py")
 
