@@ -74,7 +74,7 @@ demo: $(STAMP) demo-data
 
 test: $(STAMP) system-deps
 	@start=$$(date +%s); \
-	$(PY) -m pytest -q -rs -n auto --maxprocesses 4 --dist loadfile tests && \
+	$(PY) -m pytest -q -rs -n auto --maxprocesses 4 --dist loadfile --no-loadscope-reorder tests && \
 	$(MAKE) --no-print-directory test-kernels && \
 	echo "make test: passed in $$(( $$(date +%s) - start )) s on $$(nproc) cores of $$($(PY) -c 'from skipkd.train.setup import cpu_model; print(cpu_model())') (environment set-up not counted)"
 
@@ -87,7 +87,7 @@ test-kernels: $(STAMP)
 
 check: $(STAMP)
 	@start=$$(date +%s); \
-	$(PY) -m pytest -q -rs -n auto --maxprocesses 4 --dist loadfile -m "not slow" tests && \
+	$(PY) -m pytest -q -rs -n auto --maxprocesses 4 --dist loadfile --no-loadscope-reorder -m "not slow" tests && \
 	echo "make check: passed in $$(( $$(date +%s) - start )) s on $$(nproc) cores of $$($(PY) -c 'from skipkd.train.setup import cpu_model; print(cpu_model())')"
 
 clean-outputs:

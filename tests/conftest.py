@@ -52,9 +52,11 @@ def pytest_configure(config):
                                        "resume, torchrun); `pytest -m 'not slow'` skips them")
 
 
-# the files that take longest (measured with --durations), run first: pytest-xdist's
-# --dist loadfile hands files to its processes in collection order, so starting the long ones
-# first keeps one process from finishing its last long file alone while the others idle
+# the files that take longest (measured with --durations), run first: with
+# --no-loadscope-reorder (the Makefile), pytest-xdist's --dist loadfile hands files to its
+# processes in collection order (by default it would reorder them by their number of tests),
+# so starting the long ones first keeps one process from finishing its last long file alone
+# while the others idle
 LONGEST_FIRST = ("test_sweep_tune.py", "test_gpu_check.py", "test_resume.py", "test_sweep.py",
                  "test_gpu_check_runs.py",
                  "test_run_safety.py", "test_bad_input.py", "test_imagenet.py", "test_tools.py",
