@@ -18,24 +18,25 @@ PARTS = "tests,bench,bench_compile,bench_imagenet,bench_campaign"
 
 
 def run_dry(out, parts):
-    """tools/gpu_check.sh --dry-run --parts PARTS OUT -> the finished process."""
+    """tools/gpu_check.sh --dry-run --parts PARTS OUT, which must pass -> (its summary.json as a
+    dict, its summary.md)."""
     env = dict(script_env(), PYTHON=sys.executable)
-    return subprocess.run(["bash", os.path.join(REPO_ROOT, "tools", "gpu_check.sh"), "--dry-run",
+    proc = subprocess.run(["bash", os.path.join(REPO_ROOT, "tools", "gpu_check.sh"), "--dry-run",
                            "--parts", parts, str(out)],
                           env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["environment"]["dry_run"] is True
+    return summary, (out / "summary.md").read_text()
 
 
 @pytest.fixture(scope="module")
 def dry_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("gpu_check") / "out"
-    return run_dry(out, PARTS), out
+    return run_dry(tmp_path_factory.mktemp("gpu_check") / "out", PARTS)
 
 
 def test_dry_run_passes_the_tests_and_benchmarks(dry_run):
-    proc, out = dry_run
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["environment"]["dry_run"] is True
+    summary, md = dry_run
     parts = summary["parts"]
     for name in ("tests", "bench", "bench_compile", "bench_imagenet", "bench_resnet8x4",
                  "bench_compile_resnet8x4"):
@@ -57,7 +58,6 @@ def test_dry_run_passes_the_tests_and_benchmarks(dry_run):
     assert compiled["config"]["compile"] is True
     assert {r["precision"] for r in compiled["rows"] if r["path"] == "ours"} == {"fp32"}  # dry
     assert all(r["images_per_s"] > 0 for r in compiled["rows"])
-    md = (out / "summary.md").read_text()
     assert "| bench | ok |" in md and "## CUDA tests" in md and "x ref" in md and "repeats" in md
     assert "## Fashion-MNIST" not in md  # the other file's parts
 
