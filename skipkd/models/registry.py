@@ -31,6 +31,14 @@ class ModelSpec:
         return hosted_placements(self.forms)
 
 
+def _loaded(method):
+    """dict's `method`, run once the registry's lazy families are loaded."""
+    def run(self):
+        self.load()
+        return method(self)
+    return run
+
+
 class _Registry(dict):
     """name -> ModelSpec, a dict whose lazy families (register_lazy) register themselves when a
     name not yet there is looked up, or the whole registry is read (listed, counted, iterated)."""
@@ -64,25 +72,12 @@ class _Registry(dict):
     def get(self, name, default=None):
         return self[name] if name in self else default
 
-    def __iter__(self):
-        self.load()
-        return dict.__iter__(self)
-
-    def __len__(self):
-        self.load()
-        return dict.__len__(self)
-
-    def keys(self):
-        self.load()
-        return dict.keys(self)
-
-    def values(self):
-        self.load()
-        return dict.values(self)
-
-    def items(self):
-        self.load()
-        return dict.items(self)
+    # reading the whole registry loads every lazy family first
+    __iter__ = _loaded(dict.__iter__)
+    __len__ = _loaded(dict.__len__)
+    keys = _loaded(dict.keys)
+    values = _loaded(dict.values)
+    items = _loaded(dict.items)
 
 
 MODELS: dict[str, ModelSpec] = _Registry()
