@@ -152,6 +152,11 @@ def _add_work(sub):
                         "child; default: inherited). On a CPU machine, start one worker per "
                         "core with --threads 1: several multi-threaded runs on the same cores "
                         "slow each other down many times over")
+    add_bool(w, "--preload", True,
+             "start each CPU trial (--device cpu) as a fork of one interpreter that has imported "
+             "torch and torchvision: no 3-4 s of imports per trial (Linux, macOS; a trial that "
+             "may use a GPU always starts fresh). --no-preload: each trial a fresh "
+             "`python SCRIPT`")
     w.add_argument("--gpus", type=gpu_list, default=None, metavar="I,J,...",
                    help="run trials on these GPUs of this machine: --per-gpu workers per GPU, "
                         "each trial its own process with its own CUDA context (docs/SWEEPS.md)")
@@ -295,7 +300,8 @@ def _slot_worker_argv(args) -> list:
                         ("--device", args.device), ("--threads", args.threads)):
         if value is not None:
             argv += [flag, str(value)]
-    return argv + (["--retry-failed"] if args.retry_failed else [])
+    return argv + (["--retry-failed"] if args.retry_failed else []) \
+        + ([] if args.preload else ["--no-preload"])
 
 
 def work(args):

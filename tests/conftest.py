@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+import threading
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
 from skipkd.data import make_synthetic, write_cifar10  # noqa: E402
-import served  # noqa: E402  (tests/served.py)
+from utils.preload import ServedProcess, start_server  # noqa: E402
 
 # One intra-op thread: the models here are tiny, and on a small, shared CI machine OpenMP's
 # spin-waiting with 2+ threads can make the same test 10-20x slower under any CPU contention.
@@ -85,25 +86,26 @@ def script_env():
     return env
 
 
-# environment variables that libraries read when they are imported (thread pools, CUDA
-# visibility, CPU kernels, the plotting backend, the interpreter's own): a run whose values
-# differ from the script server's runs as a plain subprocess (tests/script_server.py)
-IMPORT_TIME_ENV = ("ATEN_", "OMP_", "MKL_", "KMP_", "GOMP_", "OPENBLAS_", "CUDA_", "NVIDIA_",
-                   "PYTORCH_", "TORCH_", "PYTHON", "LD_", "MPLBACKEND", "MALLOC_")
-
-
-def _import_time_env(env):
-    return {k: v for k, v in env.items() if k.startswith(IMPORT_TIME_ENV)}
+# this process's script server (utils/preload/server.py, with the suite's preloads), started
+# on first use; test threads may ask for it at once
+_SERVER = {}
+_SERVER_START = threading.Lock()
+SUITE_PRELOAD = ("numpy", "torch", "torch._dynamo", "torchvision", "torchvision.models",
+                 "torchvision.transforms", "torch.utils.tensorboard", "optuna", "matplotlib",
+                 "PIL.Image", "yaml", "tqdm")
 
 
 def _served(env):
-    """This process's script server (tests/script_server.py) when it can run a script with
-    environment env, else None (SKIPKD_TEST_SUBPROCESS=1, or env changes what the libraries
-    read at import)."""
+    """This process's script server when it can run a script with environment env, else None
+    (SKIPKD_TEST_SUBPROCESS=1, no server here, or env changes what the libraries read at
+    import)."""
     if os.environ.get("SKIPKD_TEST_SUBPROCESS") == "1":
         return None
-    srv = served.server(script_env(), _import_time_env)
-    return srv if srv is not None and _import_time_env(env) == srv["env"] else None
+    with _SERVER_START:
+        if _SERVER.get("pid") != os.getpid():
+            _SERVER.update(pid=os.getpid(), server=start_server(script_env(), SUITE_PRELOAD))
+    srv = _SERVER["server"]
+    return srv if srv is not None and srv.serves(env) else None
 
 
 def _read(f):
@@ -116,7 +118,7 @@ def _read(f):
 def run_script(script, *args, timeout=300, check=False, env=None, umask=None):
     """Run `python <script> args...` from the repository root (env: more environment
     variables; umask: the process's file-mode mask); returns the CompletedProcess. The process
-    is a child of the script server (the libraries already imported; tests/script_server.py),
+    is a child of the script server (the libraries already imported; utils/preload/server.py),
     or a plain subprocess where the environment changes what the libraries read at import or
     SKIPKD_TEST_SUBPROCESS=1."""
     cmd = [sys.executable, os.path.join(REPO_ROOT, script), *[str(a) for a in args]]
@@ -129,8 +131,8 @@ def run_script(script, *args, timeout=300, check=False, env=None, umask=None):
     else:
         import tempfile
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-            child = served.ServedProcess(srv, cmd, full_env, REPO_ROOT, stdout=out, stderr=err,
-                                         umask=umask)
+            child = ServedProcess(srv, cmd, full_env, REPO_ROOT, stdout=out, stderr=err,
+                                  umask=umask)
             try:
                 child.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -200,13 +202,13 @@ def fast_flags(tiny_cifar):
 def start_script(script, *args, stdout=None, stderr=None, env=None):
     """Start `python <script> args...` like run_script but without waiting (for signal tests);
     stdout/stderr as subprocess.Popen takes them (files, None to inherit, DEVNULL, PIPE,
-    STDOUT). Returns the Popen, or a served.ServedProcess that is handled like one."""
+    STDOUT). Returns the Popen, or a utils.preload.ServedProcess that is handled like one."""
     cmd = [sys.executable, os.path.join(REPO_ROOT, script), *[str(a) for a in args]]
     full_env = {**script_env(), **(env or {})}
     srv = _served(full_env)
     if srv is None:
         return subprocess.Popen(cmd, cwd=REPO_ROOT, env=full_env, stdout=stdout, stderr=stderr)
-    return served.ServedProcess(srv, cmd, full_env, REPO_ROOT, stdout=stdout, stderr=stderr)
+    return ServedProcess(srv, cmd, full_env, REPO_ROOT, stdout=stdout, stderr=stderr)
 
 
 @pytest.fixture(scope="session")

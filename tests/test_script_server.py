@@ -1,4 +1,4 @@
-"""The suite's script runner (tests/script_server.py via conftest.run_script) against a plain
+"""The suite's script runner (utils/preload/server.py via conftest.run_script) against a plain
 `python script.py`: the same exit status, stdout and stderr for a script that returns, exits
 with a number or a message, raises, is killed by a signal, leaves a thread running, registers an
 atexit function, reads stdin or its environment, takes a signal while it runs; and a real

@@ -7,18 +7,20 @@ import json
 import math
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 
 import pytest
 import torch
 
-from conftest import REPO_ROOT, run_script, start_script
+from conftest import REPO_ROOT, run_script, script_env, start_script
 
 pytestmark = pytest.mark.slow  # heavy end-to-end checks: `pytest -m "not slow"` skips them
 
@@ -337,9 +339,11 @@ def test_two_workers_complete_grid_and_report(tmp_path, backend, request, capsys
 
 
 # ------------------------------------------------------------------ kill -9 of a worker
-def test_worker_killed_mid_trial_is_taken_up_once(tmp_path):
+@pytest.mark.parametrize("start", ["preloaded", "fresh"])
+def test_worker_killed_mid_trial_is_taken_up_once(tmp_path, start):
     """Worker A runs the shared teacher and is killed with kill -9 after its first epoch: its
-    child stops too (no orphan keeps training); worker B, busy with the no-teacher student,
+    child stops too (no orphan keeps training), whether it was forked from A's preloaded
+    interpreter or started fresh (--no-preload); worker B, busy with the no-teacher student,
     sees A's heartbeat stop, queues the teacher again, resumes it from its state, then runs the
     student that waited for it. Every run key ends with exactly one complete trial."""
     spec = {"fixed": {**TINY, "seed": 0}, "grid": {"kd": ["none", "logit"]},
@@ -351,14 +355,17 @@ def test_worker_killed_mid_trial_is_taken_up_once(tmp_path):
     (tkey,) = _by_key(sweep.teachers)
     state = os.path.join(sweep_dir, "saved_pth_model", f"{tkey}_baseline_state.pth")
 
-    a = _worker(sweep_dir, study, tmp_path / "a.log")
+    a = _worker(sweep_dir, study, tmp_path / "a.log",
+                extra=("--no-preload",) if start == "fresh" else ())
     _wait_until(lambda: os.path.exists(os.path.join(sweep_dir, "logs", f"{tkey}.trial0.log")),
                 "teacher trial claimed by worker A", procs=[a])
     b = _worker(sweep_dir, study, tmp_path / "b.log")
     _wait_until(lambda: os.path.exists(state), "the teacher's first state", procs=[a])
     a.send_signal(signal.SIGKILL)
     assert _finish(a)[0] == -signal.SIGKILL
-    child = _by_key(_load(sweep_dir, study).teachers)[tkey][0].user_attrs["child_pid"]
+    killed = _by_key(_load(sweep_dir, study).teachers)[tkey][0]
+    assert killed.user_attrs["child_preloaded"] is (start == "preloaded")
+    child = killed.user_attrs["child_pid"]
     _wait_until(lambda: not _alive(child), "exit of the killed worker's child", timeout=30)
     saved = torch.load(state, map_location="cpu", weights_only=True)
     assert not saved["stage_complete"], "the kill came after the teacher had finished"
@@ -412,6 +419,50 @@ def test_ctrl_c_stops_a_worker_cleanly(tmp_path):
     assert not saved["stage_complete"] and saved["epoch"] < 8
     log = open(os.path.join(sweep_dir, first.user_attrs["worker"]["log"])).read()
     assert "SIGINT received" in log and "state saved" in log, log
+
+
+# ------------------------------------------------------------------ how trials start
+def test_a_trial_from_the_preloaded_interpreter_equals_a_fresh_ones(tmp_path):
+    """By default a worker starts its trials as forks of one interpreter that has imported torch
+    (utils/preload); --no-preload starts each as a fresh `python SCRIPT`. The same trial gives
+    the same run either way: the same per-epoch accuracies, summary and weights, bit for bit."""
+    spec = {"fixed": {**TINY, "epochs": 2, "seed": 3, "kd": "none"}, "heartbeat": 1, "grace": 4}
+    runs = {}
+    for mode, extra in (("preloaded", ()), ("fresh", ("--no-preload",))):
+        sweep_dir = str(tmp_path / mode)
+        assert _cli("create", "same", "--grid", _write(tmp_path, f"{mode}.json", spec), "--dir",
+                    sweep_dir) == 0
+        code, out = _finish(_worker(sweep_dir, "same", tmp_path / f"{mode}.log", extra=extra))
+        assert code == 0 and "did not start" not in out, out
+        (trial,), = _by_key(_load(sweep_dir, "same").study).values()
+        assert trial.state.name == "COMPLETE"
+        assert trial.user_attrs["child_preloaded"] is (mode == "preloaded")
+        runs[mode] = sweep_dir
+    import numpy as np
+    a, b = runs["preloaded"], runs["fresh"]
+    for name in ("val_accuracy_student_same.npy", "train_loss_student_same.npy",
+                 "val_loss_student_same.npy"):
+        assert np.array_equal(np.load(os.path.join(a, "numpy_outputs", name)),
+                              np.load(os.path.join(b, "numpy_outputs", name))), name
+    sa, sb = _summary(a, "same"), _summary(b, "same")
+    for field in ("best_val_acc", "test_acc_best", "test_acc_last"):
+        assert sa["student"][field] == sb["student"][field], field
+    wa, wb = (torch.load(os.path.join(d, "saved_pth_model", "same_student.pth"),
+                         map_location="cpu", weights_only=True) for d in (a, b))
+    sda, sdb = wa["state_dict"], wb["state_dict"]
+    assert sda.keys() == sdb.keys() and all(torch.equal(sda[k], sdb[k]) for k in sda)
+
+
+def test_the_trial_start_benchmark_prints_both_ways(repo_root):
+    """tools/bench_trial_start.py at its smallest: one trial each way, its figures read back."""
+    proc = subprocess.run([sys.executable, os.path.join(repo_root, "tools", "bench_trial_start.py"),
+                           "--trials", "1", "--repeats", "1"], capture_output=True, text=True,
+                          timeout=300, env=script_env())
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    figures = re.findall(r"median (preloaded|fresh) *: +([\d.]+) s wall", proc.stdout)
+    assert [w for w, _ in figures] == ["preloaded", "fresh"] and all(float(v) > 0
+                                                                     for _, v in figures)
+    assert re.search(r"fresh / preloaded: [\d.]+x wall, [\d.]+x CPU", proc.stdout), proc.stdout
 
 
 # ------------------------------------------------------------------ a search

@@ -11,6 +11,7 @@ import time
 from skipkd.errors import UserError
 from skipkd.io.files import make_folder, open_append
 from skipkd.io.outputs import MAKER_ENV, RunOutputs
+from utils.preload import ServedProcess, start_server
 from utils.sweep.run.heartbeat import now_text, transient
 from utils.sweep.run.progress import stored_key, trials_of
 from utils.sweep.run.results import val_curve
@@ -19,8 +20,10 @@ from utils.sweep.spec.stored import check_stored_trial
 
 __all__ = ["BOOTSTRAP", "ChildRunner", "sweep_maker", "foreign_run", "check_no_foreign_runs"]
 
-# Runs as `python -c BOOTSTRAP WORKER_PID PYTHON SCRIPT ARGS...`: SIGTERM when the worker dies
-# (Linux; elsewhere nothing), then exec the training script in this same process.
+# A trial's process dies with its worker (SIGTERM, Linux): started from the preloaded interpreter
+# (utils/preload; the default for CPU trials), the trial dies with that interpreter, which dies with the worker;
+# else it runs as `python -c BOOTSTRAP WORKER_PID PYTHON SCRIPT ARGS...`: SIGTERM when the worker
+# dies, then exec the training script in this same process.
 BOOTSTRAP = (
     "import os, signal, sys\n"
     "try:\n"
@@ -31,6 +34,41 @@ BOOTSTRAP = (
     "if os.getppid() != int(sys.argv[1]):\n"
     "    sys.exit(143)  # the worker died before the request took effect\n"
     "os.execv(sys.argv[2], sys.argv[2:])\n")
+
+
+_LAUNCHER = {}  # this worker's preloaded interpreter: {"server": Server or None (it failed)}
+
+
+def _launcher(env, status, beat):
+    """The preloaded interpreter (utils/preload) that starts trials with environment env, one per
+    worker process (a tune's stages share it), started with the first trial (beat() is called
+    while it imports, so that the claimed trial keeps its heartbeat); None where it cannot run
+    (each trial then starts a fresh interpreter)."""
+    srv = _LAUNCHER.get("server", False)
+    if srv is None:
+        return None  # it failed to start once: not again for every trial
+    if srv is not False and srv.serves(env):
+        return srv
+    if srv is not False:  # started for another environment (a test's worker in one process)
+        srv.close()
+    srv = start_server(env, die_with_parent=True, wait=False)
+    while srv is not None and srv.ready(timeout=0.5) is None:
+        beat()
+    if srv is not None and not srv.ready():
+        srv = None
+    _LAUNCHER["server"] = srv
+    if srv is None:
+        status.event("the preloaded interpreter did not start: each trial starts a fresh one")
+    return srv
+
+
+def _on_cpu(cmd) -> bool:
+    """Whether the trial's command runs on the CPU (--device cpu). Only those start preloaded: a
+    process forked from one that has touched CUDA (a device count is enough) cannot use it, so
+    a trial that may use a GPU starts as a fresh interpreter."""
+    devices = [cmd[i + 1] for i, a in enumerate(cmd[:-1]) if a == "--device"]
+    devices += [a.split("=", 1)[1] for a in cmd if a.startswith("--device=")]
+    return bool(devices) and set(devices) == {"cpu"}
 
 
 def sweep_maker(study: str) -> str:
@@ -82,6 +120,8 @@ class ChildRunner:
         self.host, self.pid = beats.host, beats.pid
         self.child = None
         self.current = None       # the running Job
+        self.preload = options.preload  # trials start from the preloaded interpreter
+        self.last_beat = 0.0  # while that interpreter starts: the claimed trial's last beat
         self.maker = sweep_maker(sweep.name)  # recorded in each run it starts (RunOutputs)
 
     def run(self, job) -> tuple:
@@ -194,13 +234,37 @@ class ChildRunner:
             env = dict(os.environ, PYTHONUNBUFFERED="1", **{MAKER_ENV: self.maker})
             if self.threads:
                 env.update(OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads))
-            self.child = subprocess.Popen(
-                [sys.executable, "-c", BOOTSTRAP, str(os.getpid())] + cmd, cwd=self.run_dir,
-                stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT, env=env,
-                start_new_session=True)
+            self.child = self._launch(job, cmd, f, env)
         self.beats.set_attr(job, "child_pid", self.child.pid)
+        self.beats.set_attr(job, "child_preloaded", isinstance(self.child, ServedProcess))
         if self.stop() is not None:  # a signal came while it started
             self.child.send_signal(self.stop())
+
+    def _launch(self, job, cmd, log, env):
+        """The trial's process, its output going to the open file log: a fork of the preloaded
+        interpreter, or a fresh one (--no-preload, or where none can start)."""
+        launcher = _launcher(env, self.status, lambda: self._beat(job)) \
+            if self.preload and _on_cpu(cmd) else None
+        if launcher is not None:
+            return ServedProcess(launcher, cmd, env, self.run_dir, stdout=log,
+                                 stderr=subprocess.STDOUT, start_new_session=True,
+                                 die_with_server=True)
+        return subprocess.Popen(
+            [sys.executable, "-c", BOOTSTRAP, str(os.getpid())] + cmd, cwd=self.run_dir,
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+            start_new_session=True)
+
+    def _beat(self, job):
+        """A heartbeat for the claimed trial, at most one per heartbeat period."""
+        now = time.monotonic()
+        if now - self.last_beat >= self.beats.heartbeat:
+            self.last_beat = now
+            try:
+                self.beats.beat(job.trial_id)
+            except Exception as exc:
+                if not transient(exc):
+                    raise
+                self.beats.trouble_while_running(exc)
 
     def _fail(self, job, message) -> tuple:
         """The trial failed before its run started, for `message`: -> (ran, failed)."""

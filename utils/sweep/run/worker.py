@@ -72,7 +72,8 @@ class Worker:
         self.progress = Progress(sweep)
         self.recorder = ResultRecorder(self.run_dir, self.beats, self.status, self.progress)
         options = argparse.Namespace(data_dir=args.data_dir, device=args.device, poll=args.poll,
-                                     threads=getattr(args, "threads", None), slot=slot)
+                                     threads=getattr(args, "threads", None), slot=slot,
+                                     preload=getattr(args, "preload", True))
         self.runner = ChildRunner(sweep, self.run_dir, options, self.beats, self.recorder,
                                   self.progress, self.status, stop)
         if self.spec["search"] is not None:

@@ -1,26 +1,30 @@
-"""A preloaded interpreter that runs the project's scripts in fresh child processes.
+"""A preloaded interpreter that runs Python scripts in fresh child processes.
 
-Starting `python model_training.py ...` spends about 2 s importing torch and torchvision before
-the script does anything; the suite starts a few hundred scripts, most of which train for a
-second or refuse their input at once. This server imports the heavy third-party libraries once
-(never the project's own modules, which every run imports afresh), then for each request forks
-a child that becomes the script: its own process and process group, the request's environment,
-working folder, argv and sys.path[0], stdin from /dev/null and stdout/stderr into the files the
-test names, the script run as `__main__`, and the interpreter's own exit (an uncaught exception
-prints its traceback and exits 1; sys.exit(code) exits code). The test sees the exit status
-exactly as `subprocess.run` reports it.
+Starting `python model_training.py ...` spends 3-4 s of CPU importing torch (and, through the
+optimizer, torch._dynamo) before the script does anything. This server imports the heavy
+third-party libraries once (never the project's own modules, which every run imports afresh),
+then for each request forks a child that becomes the script: its own process group (or session),
+the request's environment, working folder, argv and sys.path[0], stdin from /dev/null and
+stdout/stderr into the files the client names, the script run as `__main__`, and the
+interpreter's own exit (an uncaught exception prints its traceback and exits 1; sys.exit(code)
+exits code). The client sees the exit status exactly as `subprocess.run` reports it.
 
-Run as `python tests/script_server.py SOCKET_PATH` by tests/conftest.py (run_script), with the
-environment the scripts get (conftest.script_env), so that what the libraries read from the
-environment at import (thread counts, CUDA visibility, the plotting backend) is what a fresh
-interpreter would read. A request whose environment changes such a variable runs as a plain
-subprocess instead (conftest.IMPORT_TIME_ENV).
+Used by a sweep worker for its trials (utils/sweep/run/child.py) and by the test suite for the
+scripts it runs (tests/conftest.py). Start it with the environment the scripts get, so that what
+the libraries read from the environment at import (thread counts, CUDA visibility, the plotting
+backend) is what a fresh interpreter would read: a request whose environment changes such a
+variable must go to a plain subprocess instead (`import_time_env`). The server never
+initialises CUDA (importing torch does not), so each child may.
 
-Protocol (tests/served.py): one Unix-socket connection per run; the client sends one JSON line
-{"argv": [script, args...], "env": {...}, "cwd": ..., "umask": null or a mode,
-"sigint_ignored": whether the client ignores SIGINT} with two file descriptors (the child's
-stdout and stderr); the server answers {"pid": N} once the child exists, then
-{"returncode": R} when it has ended (R < 0: killed by signal -R).
+    python utils/preload/server.py SOCKET_PATH [--preload MOD,MOD,...] [--die-with-parent]
+
+It serves until its parent process ends (--die-with-parent: the kernel also kills it at once,
+Linux). Protocol (utils/preload/client.py): one Unix-socket connection per run; the client sends
+one JSON line {"argv": [script, args...], "env": {...}, "cwd": ..., "umask": null or a mode,
+"sigint_ignored": whether the client ignores SIGINT, "session": a new session rather than a
+process group, "parent_death": SIGTERM to the script when the server goes} with two file
+descriptors (the child's stdout and stderr); the server answers {"pid": N} once the child exists,
+then {"returncode": R} when it has ended (R < 0: killed by signal -R).
 """
 import json
 import os
@@ -28,14 +32,33 @@ import signal
 import socket
 import sys
 
-PRELOAD = ("numpy", "torch", "torchvision", "torchvision.models", "torchvision.transforms",
-           "torch.utils.tensorboard", "optuna",
-           "matplotlib", "PIL.Image", "yaml", "tqdm")
+# what a training script imports (torch._dynamo: through torch.optim's first optimizer)
+PRELOAD = ("numpy", "torch", "torch._dynamo", "torchvision", "torch.utils.tensorboard", "tqdm")
+
+# environment variables that libraries read when they are imported (thread pools, CUDA
+# visibility, CPU kernels, the plotting backend, the interpreter's own)
+IMPORT_TIME_ENV = ("ATEN_", "OMP_", "MKL_", "KMP_", "GOMP_", "OPENBLAS_", "CUDA_", "NVIDIA_",
+                   "PYTORCH_", "TORCH_", "PYTHON", "LD_", "MPLBACKEND", "MALLOC_")
 
 
-def _preload():
+def import_time_env(env) -> dict:
+    """The part of environment env that a server started with it has read at import."""
+    return {k: v for k, v in env.items() if k.startswith(IMPORT_TIME_ENV)}
+
+
+def die_with_parent(sig) -> bool:
+    """Ask the kernel for signal sig when this process's parent ends (Linux; elsewhere nothing,
+    False)."""
+    try:
+        import ctypes
+        return ctypes.CDLL(None, use_errno=True).prctl(1, int(sig)) == 0  # PR_SET_PDEATHSIG
+    except Exception:
+        return False
+
+
+def _preload(names):
     import importlib
-    for name in PRELOAD:
+    for name in names:
         try:
             importlib.import_module(name)
         except ImportError:  # optional for some scripts: the child imports (or lacks) it itself
@@ -89,7 +112,14 @@ def _set_up(request, fds, listener, conn):
     """The process as a fresh `python script args` started by the client would be; -> script."""
     listener.close()
     conn.close()
-    os.setpgid(0, 0)  # the client kills the whole group on a timeout (the handler sets it too)
+    if request.get("session"):
+        os.setsid()
+    else:
+        os.setpgid(0, 0)  # the client kills the whole group on a timeout (the handler sets it too)
+    if request.get("parent_death"):  # SIGTERM when the handler goes (it dies with the server)
+        die_with_parent(signal.SIGTERM)
+        if os.getppid() != request["_handler"]:
+            _exit(143)  # it went before the request took effect
     for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
     # as a fresh interpreter: SIGINT raises KeyboardInterrupt, unless the process that started it
@@ -141,7 +171,7 @@ def _exit(code, interrupted=False):
         os._exit(code & 0xFF)
 
 
-def _handle(conn, listener):
+def _handle(conn, listener, server):
     """In a forked handler: start the script's process, report its pid, then its status."""
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     data, fds, _, _ = socket.recv_fds(conn, 1 << 16, 2)
@@ -151,13 +181,19 @@ def _handle(conn, listener):
             os._exit(1)
         data += chunk
     request = json.loads(data)
+    if request.get("parent_death"):  # SIGKILL when the server goes (it dies with its parent)
+        die_with_parent(signal.SIGKILL)
+        if os.getppid() != server:
+            os._exit(1)
+    request["_handler"] = os.getpid()
     pid = os.fork()
     if pid == 0:
         _become_script(request, fds, listener, conn)  # never returns: the script's exit ends it
-    try:
-        os.setpgid(pid, pid)  # here too, so that the group exists before the client may kill it
-    except OSError:  # the child has set it, or has already ended
-        pass
+    if not request.get("session"):
+        try:
+            os.setpgid(pid, pid)  # here too, so that the group exists before the client kills it
+        except OSError:  # the child has set it, or has already ended
+            pass
     for fd in fds:
         os.close(fd)
     listener.close()
@@ -168,9 +204,16 @@ def _handle(conn, listener):
     os._exit(0)
 
 
-def main(path):
+def main(argv):
+    path, preload = argv[0], PRELOAD
+    if "--preload" in argv:
+        preload = tuple(n for n in argv[argv.index("--preload") + 1].split(",") if n)
     parent = os.getppid()
-    _preload()
+    if "--die-with-parent" in argv:
+        die_with_parent(signal.SIGKILL)
+        if os.getppid() != parent:
+            return
+    _preload(preload)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
     listener.listen(16)
@@ -179,16 +222,17 @@ def main(path):
     import gc
     gc.freeze()  # the preloaded objects are never collected: a child's collections skip them
     print("ready", flush=True)
-    while os.getppid() == parent:  # the test process is gone: so is the server
+    while os.getppid() == parent:  # the process that started it is gone: so is the server
         try:
             conn, _ = listener.accept()
         except socket.timeout:
             continue
         conn.settimeout(None)
+        server = os.getpid()
         if os.fork() == 0:
-            _handle(conn, listener)
+            _handle(conn, listener, server)
         conn.close()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1:])
