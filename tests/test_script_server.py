@@ -193,3 +193,28 @@ def test_a_started_script_takes_a_signal_as_a_plain_one(tmp_path, sig):
         assert results[0] == (0, [])  # inherited from a process that ignores it (xdist's workers)
     else:
         assert results[0] == (-sig, ["KeyboardInterrupt"] if sig == signal.SIGINT else [])
+
+
+def test_a_server_closed_or_gone_starts_nothing(tmp_path):
+    """utils/preload's server as a sweep worker uses it: ready, then a script through it; once
+    closed it says so, its socket folder is gone, and a new start is an OSError (the worker then
+    starts the trial as a fresh interpreter), not a hang or a half-started process."""
+    from utils.preload import ServedProcess, start_server
+    env = conftest.script_env()
+    srv = start_server(env, preload=("numpy",), wait=False)
+    assert srv is not None and srv.ready(timeout=60) is True and srv.serves(env)
+    assert not srv.serves({**env, "OMP_NUM_THREADS": "7"})  # read at import: not this server's
+    path = tmp_path / "exit-3.py"
+    path.write_text(SCRIPTS["exit-3"] + "\n")
+    out = tmp_path / "out.txt"
+    with open(out, "wb") as f:
+        proc = ServedProcess(srv, ["python", str(path)], env, str(tmp_path), stdout=f,
+                             stderr=subprocess.STDOUT, start_new_session=True,
+                             die_with_server=True)
+        assert proc.wait(60) == 3
+    assert out.read_text() == "x\n"
+    folder = os.path.dirname(srv.socket)
+    srv.close()
+    assert srv.ready() is False and not srv.serves(env) and not os.path.exists(folder)
+    with pytest.raises(OSError):
+        ServedProcess(srv, ["python", str(path)], env, str(tmp_path))

@@ -26,8 +26,8 @@ class Server:
         self._ready = None  # True once it said so, False when it failed to start
 
     def ready(self, timeout=None):
-        """Whether it has started: True, False (it failed: closed), None (still importing after
-        timeout seconds)."""
+        """Whether it has started and serves: True, False (it failed to start, or was closed),
+        None (still importing after timeout seconds)."""
         if self._ready is None:
             import select
             if timeout is not None and not select.select([self.proc.stdout], [], [], timeout)[0]:
@@ -47,6 +47,7 @@ class Server:
         remove the folder of its socket, which start_server made."""
         import shutil
         with self._lock:
+            self._ready = False  # closed: no longer ready
             if self.proc.poll() is None:
                 self.proc.kill()
             self.proc.wait()
@@ -105,7 +106,7 @@ class ServedProcess:
                  start_new_session=False, die_with_server=False):
         """args: [python, script, arguments...] as for Popen (args[0] is not used: the server is
         the interpreter); start_new_session as Popen's; die_with_server: SIGTERM to the script
-        when the server ends (Linux)."""
+        when the server ends (Linux). OSError where the server cannot be reached or ended."""
         self.args, self.returncode, self._text = args, None, text
         self._polling = threading.Lock()
         opened = []
@@ -123,7 +124,11 @@ class ServedProcess:
             for fd in opened:  # the child holds its own copies now
                 os.close(fd)
         self._buffer = bytearray()
-        self.pid = self._reply()["pid"]
+        reply = self._reply()
+        if "pid" not in reply:  # the server was killed before the script started
+            self._conn.close()
+            raise OSError("the preloaded interpreter ended before the script started")
+        self.pid = reply["pid"]
 
     def _reply(self):
         while b"\n" not in self._buffer:

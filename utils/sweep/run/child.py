@@ -36,6 +36,7 @@ BOOTSTRAP = (
     "os.execv(sys.argv[2], sys.argv[2:])\n")
 
 
+LAUNCHER_START_S = 300.0  # a preloaded interpreter not ready by then is given up
 _LAUNCHER = {}  # this worker's preloaded interpreter: {"server": Server or None (it failed)}
 
 
@@ -52,7 +53,11 @@ def _launcher(env, status, beat):
     if srv is not False:  # started for another environment (a test's worker in one process)
         srv.close()
     srv = start_server(env, die_with_parent=True, wait=False)
+    deadline = time.monotonic() + LAUNCHER_START_S
     while srv is not None and srv.ready(timeout=0.5) is None:
+        if time.monotonic() > deadline:
+            srv.close()
+            break
         beat()
     if srv is not None and not srv.ready():
         srv = None
@@ -246,9 +251,15 @@ class ChildRunner:
         launcher = _launcher(env, self.status, lambda: self._beat(job)) \
             if self.preload and _on_cpu(cmd) else None
         if launcher is not None:
-            return ServedProcess(launcher, cmd, env, self.run_dir, stdout=log,
-                                 stderr=subprocess.STDOUT, start_new_session=True,
-                                 die_with_server=True)
+            try:
+                return ServedProcess(launcher, cmd, env, self.run_dir, stdout=log,
+                                     stderr=subprocess.STDOUT, start_new_session=True,
+                                     die_with_server=True)
+            except OSError as exc:  # it was killed: this trial, and the next ones, start fresh
+                launcher.close()
+                _LAUNCHER["server"] = None
+                self.status.event(f"the preloaded interpreter is gone ({exc}): the trial starts "
+                                  f"a fresh one")
         return subprocess.Popen(
             [sys.executable, "-c", BOOTSTRAP, str(os.getpid())] + cmd, cwd=self.run_dir,
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
