@@ -4,6 +4,8 @@ import json
 import os
 import re
 
+import pytest
+
 from conftest import REPO_ROOT, assert_ok
 
 
@@ -14,6 +16,7 @@ def test_make_demo_runs_demo_py():
     assert recipe.splitlines()[1].strip() == "$(PY) demo.py $(DEMO_ARGS)"
 
 
+@pytest.mark.slow  # two training runs as fresh interpreters, as the demo starts them
 def test_demo_at_a_tiny_size(tmp_path, run, tiny_cifar):
     out = tmp_path / "out"
     proc = assert_ok(run("demo.py", "--data-dir", tiny_cifar, "--train-size", "200",

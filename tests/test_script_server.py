@@ -83,6 +83,7 @@ def test_a_missing_script_is_exit_2_alike(tmp_path):
     assert served.returncode == 2 and "can't open file" in served.stderr
 
 
+@pytest.mark.slow  # real training runs, each also as a fresh interpreter
 def test_a_real_script_refuses_and_reports_alike(tmp_path, tiny_cifar):
     served, plain = _both("model_training.py", "--model", "resnet19")
     assert served.returncode == plain.returncode == 2
