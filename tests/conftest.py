@@ -50,7 +50,8 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "compile: runs torch.compile (slow to compile)")
     config.addinivalue_line("markers", "slow: a heavy end-to-end check (the bad-input battery, "
                                        "the GPU check's dry run, sweep workers, kill -9 and "
-                                       "resume, torchrun, the demo); `pytest -m 'not slow'` skips them")
+                                       "resume, torchrun, the demo); `pytest -m 'not slow'` "
+                                       "skips them")
 
 
 # the files that take longest (measured with --durations), run first: with
