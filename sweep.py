@@ -154,9 +154,8 @@ def _add_work(sub):
                         "slow each other down many times over")
     add_bool(w, "--preload", True,
              "start each CPU trial (--device cpu) as a fork of one interpreter that has imported "
-             "torch and torchvision: no 3-4 s of imports per trial (Linux, macOS; a trial that "
-             "may use a GPU always starts fresh). --no-preload: each trial a fresh "
-             "`python SCRIPT`")
+             "torch and torchvision: no 3-4 s of imports per trial (Linux; a trial that may use "
+             "a GPU always starts fresh). --no-preload: each trial a fresh `python SCRIPT`")
     w.add_argument("--gpus", type=gpu_list, default=None, metavar="I,J,...",
                    help="run trials on these GPUs of this machine: --per-gpu workers per GPU, "
                         "each trial its own process with its own CUDA context (docs/SWEEPS.md)")

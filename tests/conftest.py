@@ -203,12 +203,15 @@ def fast_flags(tiny_cifar):
 def start_script(script, *args, stdout=None, stderr=None, env=None):
     """Start `python <script> args...` like run_script but without waiting (for signal tests);
     stdout/stderr as subprocess.Popen takes them (files, None to inherit, DEVNULL, PIPE,
-    STDOUT). Returns the Popen, or a utils.preload.ServedProcess that is handled like one."""
+    STDOUT). Returns the Popen, or a utils.preload.ServedProcess that is handled like one;
+    either way the process leads a process group of its own, as a shell's job does (a test may
+    signal the group as a terminal's Ctrl-C would)."""
     cmd = [sys.executable, os.path.join(REPO_ROOT, script), *[str(a) for a in args]]
     full_env = {**script_env(), **(env or {})}
     srv = _served(full_env)
     if srv is None:
-        return subprocess.Popen(cmd, cwd=REPO_ROOT, env=full_env, stdout=stdout, stderr=stderr)
+        return subprocess.Popen(cmd, cwd=REPO_ROOT, env=full_env, stdout=stdout, stderr=stderr,
+                                preexec_fn=os.setpgrp)
     return ServedProcess(srv, cmd, full_env, REPO_ROOT, stdout=stdout, stderr=stderr)
 
 

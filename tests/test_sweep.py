@@ -396,9 +396,12 @@ def test_worker_killed_mid_trial_is_taken_up_once(tmp_path, start):
 
 
 # ------------------------------------------------------------------ Ctrl-C
-def test_ctrl_c_stops_a_worker_cleanly(tmp_path):
-    """SIGINT (Ctrl-C) to a worker: its child saves a mid-run state and exits, the worker exits
-    130, and the trial is queued again (for the next worker to resume)."""
+@pytest.mark.parametrize("to", ["worker", "group"])
+def test_ctrl_c_stops_a_worker_cleanly(tmp_path, to):
+    """SIGINT (Ctrl-C) to a worker, or to its whole process group as a terminal sends it: its
+    child saves a mid-run state and exits, the worker exits 130, and the trial is queued again
+    (for the next worker to resume). The preloaded interpreter the child was forked from is in
+    a session of its own: the terminal's Ctrl-C does not kill it under its child."""
     spec = {"fixed": {**TINY, "epochs": 8, "seed": 0, "kd": "none"}, "heartbeat": 1, "grace": 3}
     study, sweep_dir = "stop", str(tmp_path / "sweep")
     assert _cli("create", study, "--grid", _write(tmp_path, "grid.json", spec), "--dir",
@@ -407,7 +410,11 @@ def test_ctrl_c_stops_a_worker_cleanly(tmp_path):
     state = os.path.join(sweep_dir, "saved_pth_model", f"{key}_student_state.pth")
     w = _worker(sweep_dir, study, tmp_path / "w.log")
     _wait_until(lambda: os.path.exists(state), "the run's first state", procs=[w])
-    w.send_signal(signal.SIGINT)
+    if to == "group":
+        assert os.getpgid(w.pid) == w.pid  # the worker leads its group, as a shell's job
+        os.killpg(w.pid, signal.SIGINT)
+    else:
+        w.send_signal(signal.SIGINT)
     code, out = _finish(w, timeout=60)
     assert code == 130, out
     assert "Traceback" not in out and "queued again" in out, out
@@ -419,6 +426,7 @@ def test_ctrl_c_stops_a_worker_cleanly(tmp_path):
     assert not saved["stage_complete"] and saved["epoch"] < 8
     log = open(os.path.join(sweep_dir, first.user_attrs["worker"]["log"])).read()
     assert "SIGINT received" in log and "state saved" in log, log
+    assert "SIGTERM" not in log, log  # one signal, the worker's: not its interpreter's death
 
 
 # ------------------------------------------------------------------ how trials start
@@ -451,6 +459,40 @@ def test_a_trial_from_the_preloaded_interpreter_equals_a_fresh_ones(tmp_path):
                          map_location="cpu", weights_only=True) for d in (a, b))
     sda, sdb = wa["state_dict"], wb["state_dict"]
     assert sda.keys() == sdb.keys() and all(torch.equal(sda[k], sdb[k]) for k in sda)
+
+
+def _ppid(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(line for line in f if line.startswith("PPid:")).split()[1])
+
+
+def test_a_preloaded_interpreter_killed_under_its_trial(tmp_path):
+    """kill -9 of the preloaded interpreter (and so of the trial's parent) mid-trial: the trial
+    gets SIGTERM, saves its state and exits; the worker records it as interrupted, not failed,
+    queues it again, takes the retry up itself with a new interpreter, and resumes it."""
+    spec = {"fixed": {**TINY, "epochs": 8, "seed": 0, "kd": "none"}, "heartbeat": 1, "grace": 4}
+    study, sweep_dir = "lost", str(tmp_path / "sweep")
+    assert _cli("create", study, "--grid", _write(tmp_path, "grid.json", spec), "--dir",
+                sweep_dir) == 0
+    state = os.path.join(sweep_dir, "saved_pth_model", "lost_student_state.pth")
+    w = _worker(sweep_dir, study, tmp_path / "w.log")
+    _wait_until(lambda: os.path.exists(state), "the run's first state", procs=[w])
+    (first,), = _by_key(_load(sweep_dir, study).study).values()
+    assert first.user_attrs["child_preloaded"] is True
+    child = first.user_attrs["child_pid"]
+    server = _ppid(_ppid(child))  # the script's parent is a handler the server forked
+    with open(f"/proc/{server}/cmdline", "rb") as f:
+        assert b"utils/preload/server.py" in f.read()
+    os.kill(server, signal.SIGKILL)
+    code, out = _finish(w, timeout=120)
+    assert code == 0, out
+    assert "interrupted; queued again" in out and "failed" not in out.replace("0 failed", ""), out
+    (first, retry), = _by_key(_load(sweep_dir, study).study).values()
+    assert first.state.name == "FAIL" and first.system_attrs["sweep:end"] == "interrupted"
+    assert retry.state.name == "COMPLETE" and retry.user_attrs["worker"]["mode"] == "resume"
+    assert retry.user_attrs["child_preloaded"] is True
+    log = open(os.path.join(sweep_dir, first.user_attrs["worker"]["log"])).read()
+    assert "SIGTERM received" in log and "state saved" in log, log
 
 
 def test_the_trial_start_benchmark_prints_both_ways(repo_root):

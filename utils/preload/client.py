@@ -9,11 +9,12 @@ import subprocess
 import sys
 import threading
 
-from utils.preload.server import PRELOAD, import_time_env
+from utils.preload.server import PRELOAD, READY, import_time_env
 
 __all__ = ["Server", "start_server", "ServedProcess", "import_time_env"]
 
 SERVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "server.py")
+CONNECT_TIMEOUT_S = 60.0  # a server that does not take a request by then is given up
 
 
 class Server:
@@ -28,12 +29,17 @@ class Server:
     def ready(self, timeout=None):
         """Whether it has started and serves: True, False (it failed to start, or was closed),
         None (still importing after timeout seconds)."""
-        if self._ready is None:
-            import select
-            if timeout is not None and not select.select([self.proc.stdout], [], [], timeout)[0]:
+        import select
+        import time
+        end = None if timeout is None else time.monotonic() + timeout
+        while self._ready is None:  # a library's stray output line before it is skipped
+            left = None if end is None else max(0.0, end - time.monotonic())
+            if left is not None and not select.select([self.proc.stdout], [], [], left)[0]:
                 return None
-            self._ready = self.proc.stdout.readline().strip() == b"ready"
-            if not self._ready:
+            line = self.proc.stdout.readline()
+            if line.strip() == READY.encode():
+                self._ready = True
+            elif not line:  # it ended without saying so
                 self.close()
         return self._ready
 
@@ -56,23 +62,28 @@ class Server:
             shutil.rmtree(os.path.dirname(self.socket), ignore_errors=True)
 
 
-def start_server(env, preload=PRELOAD, die_with_parent=False, wait=True):
-    """Start a server with environment env, importing the modules `preload` names -> Server, or
-    None where it cannot run here (no fork or no file-descriptor passing: not Linux/macOS) or did
-    not start. die_with_parent: the kernel ends it when this process ends (Linux). wait=False:
-    return at once (Server.ready says when it has started). It is closed at this interpreter's
-    exit."""
-    if not hasattr(os, "fork") or not hasattr(socket, "send_fds"):
+def start_server(env, preload=PRELOAD, die_with_parent=False, wait=True, cwd=None):
+    """Start a server with environment env and working folder cwd (default: this process's),
+    importing the modules `preload` names -> Server, or None where it cannot run here (Linux
+    only: elsewhere forking after these imports is not known to be safe) or did not start.
+    die_with_parent: the kernel ends it when this process ends. wait=False: return at once
+    (Server.ready says when it has started). It runs in its own session (a Ctrl-C at the
+    terminal reaches this process, not it) and is closed at this interpreter's exit."""
+    if not sys.platform.startswith("linux") or not hasattr(socket, "send_fds"):
         return None
     import atexit
     import tempfile
-    folder = tempfile.mkdtemp(prefix="skipkd-preload-")
+    try:
+        folder = tempfile.mkdtemp(prefix="skipkd-preload-")
+    except OSError:  # no writable temporary folder: no server
+        return None
     sock = os.path.join(folder, "s")
-    argv = [sys.executable, SERVER, sock, "--preload", ",".join(preload)]
+    argv = [sys.executable, SERVER, sock, "--parent", str(os.getpid()),
+            "--preload", ",".join(preload)]
     try:
         proc = subprocess.Popen(argv + (["--die-with-parent"] if die_with_parent else []),
-                                cwd=folder, env=env, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE)
+                                cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, start_new_session=True)
     except OSError:
         os.rmdir(folder)
         return None
@@ -114,6 +125,7 @@ class ServedProcess:
             out_fd, self.stdout = _stream_fd(stdout, 1, opened)
             err_fd, self.stderr = _stream_fd(stderr, 2, opened, stdout_fd=out_fd)
             self._conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self._conn.settimeout(CONNECT_TIMEOUT_S)  # until the script has started
             self._conn.connect(srv.socket)
             ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN  # a child inherits it
             request = json.dumps({"argv": args[1:], "env": env, "cwd": cwd, "umask": umask,
@@ -124,56 +136,105 @@ class ServedProcess:
             for fd in opened:  # the child holds its own copies now
                 os.close(fd)
         self._buffer = bytearray()
-        reply = self._reply()
-        if "pid" not in reply:  # the server was killed before the script started
+        self.lost = False  # the server went while the script ran: its status is not known
+        try:
+            reply = self._reply(starting=True)
+        except OSError:
             self._conn.close()
-            raise OSError("the preloaded interpreter ended before the script started")
+            raise
+        self._conn.settimeout(None)
         self.pid = reply["pid"]
+        try:  # to see the script end where the server cannot say so (it is not our child)
+            self._pidfd = os.pidfd_open(self.pid)
+        except (AttributeError, OSError):
+            self._pidfd = None
 
-    def _reply(self):
+    def _reply(self, starting=False):
         while b"\n" not in self._buffer:
-            chunk = self._conn.recv(4096)
-            if not chunk:  # the server (and the script's parent with it) was killed: so, in
-                # effect, was the script, whose own status is lost
-                return {"returncode": -signal.SIGKILL}
+            try:
+                chunk = self._conn.recv(4096)
+            except (BlockingIOError, InterruptedError, socket.timeout):
+                raise
+            except OSError:
+                if starting:
+                    raise
+                chunk = b""
+            if not chunk:
+                if starting:
+                    raise OSError("the preloaded interpreter ended before the script started")
+                # the server (the script's parent) was killed while the script ran: the script
+                # got SIGTERM from the kernel (die_with_server) or goes on alone; once it has
+                # ended it counts as ended by SIGTERM, its own status being lost
+                self.lost = True
+                return {"returncode": None}
             self._buffer.extend(chunk)
         line, _, rest = bytes(self._buffer).partition(b"\n")
         self._buffer[:] = rest
         return json.loads(line)
 
+    def _gone(self, timeout):
+        """Whether the script has ended, waiting at most timeout seconds (None: until it has);
+        for when the server, its parent, was killed and cannot say so."""
+        if self._pidfd is not None:
+            import select
+            return bool(select.select([self._pidfd], [], [], timeout)[0])
+        import time
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                os.kill(self.pid, 0)
+            except ProcessLookupError:
+                return True
+            if end is not None and time.monotonic() >= end:
+                return False
+            time.sleep(0.1)
+
     def _ended(self, code):
         self.returncode = code
-        self._conn.close()
+        self._conn.close()  # the server reaps the script now (its pid is free from here on)
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
         return code
+
+    def _status(self, timeout):
+        """The returncode once known (waiting at most timeout seconds; 0: not at all, None:
+        until then), else None; the caller holds self._polling."""
+        if not self.lost:
+            self._conn.setblocking(timeout is None or timeout > 0)
+            if timeout:
+                self._conn.settimeout(timeout)
+            try:
+                code = self._reply()["returncode"]
+            except (BlockingIOError, InterruptedError, socket.timeout):
+                return None
+            finally:
+                if self._conn.fileno() != -1:  # not closed by _ended
+                    self._conn.settimeout(None)
+            if code is not None:
+                return self._ended(code)
+        return self._ended(-signal.SIGTERM) if self._gone(timeout) else None
 
     def poll(self):
         # one reader of the connection at a time: a poll from a signal handler while the main
         # flow is in poll or wait reads nothing (the returncode is as yet unknown)
         if self.returncode is None and self._polling.acquire(blocking=False):
             try:
-                self._conn.setblocking(False)
-                try:
-                    self._ended(self._reply()["returncode"])
-                except (BlockingIOError, InterruptedError):
-                    self._conn.setblocking(True)
+                if self.returncode is None:  # else a signal handler's poll got it meanwhile
+                    self._status(0)
             finally:
                 self._polling.release()
         return self.returncode
 
     def wait(self, timeout=None):
-        if self.returncode is None and timeout is not None and timeout <= 0:
-            if self.poll() is None:
-                raise subprocess.TimeoutExpired(self.args, timeout)
         if self.returncode is None:
+            if timeout is not None and timeout <= 0:
+                if self.poll() is None:
+                    raise subprocess.TimeoutExpired(self.args, timeout)
+                return self.returncode
             with self._polling:
-                if self.returncode is None:
-                    self._conn.settimeout(timeout)
-                    try:
-                        code = self._reply()["returncode"]
-                    except socket.timeout:
-                        self._conn.settimeout(None)
-                        raise subprocess.TimeoutExpired(self.args, timeout) from None
-                    self._ended(code)
+                if self.returncode is None and self._status(timeout) is None:
+                    raise subprocess.TimeoutExpired(self.args, timeout)
         return self.returncode
 
     def send_signal(self, sig):

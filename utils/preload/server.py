@@ -16,15 +16,16 @@ backend) is what a fresh interpreter would read: a request whose environment cha
 variable must go to a plain subprocess instead (`import_time_env`). The server never
 initialises CUDA (importing torch does not), so each child may.
 
-    python utils/preload/server.py SOCKET_PATH [--preload MOD,MOD,...] [--die-with-parent]
+    python utils/preload/server.py SOCKET_PATH [--parent PID] [--preload MOD,...] [--die-with-parent]
 
-It serves until its parent process ends (--die-with-parent: the kernel also kills it at once,
-Linux). Protocol (utils/preload/client.py): one Unix-socket connection per run; the client sends
+It serves until its parent process (PID) ends (--die-with-parent: the kernel also kills it at
+once, Linux); SIGINT does not stop it. Protocol (utils/preload/client.py): one Unix-socket connection per run; the client sends
 one JSON line {"argv": [script, args...], "env": {...}, "cwd": ..., "umask": null or a mode,
 "sigint_ignored": whether the client ignores SIGINT, "session": a new session rather than a
 process group, "parent_death": SIGTERM to the script when the server goes} with two file
 descriptors (the child's stdout and stderr); the server answers {"pid": N} once the child exists,
-then {"returncode": R} when it has ended (R < 0: killed by signal -R).
+then {"returncode": R} when it has ended (R < 0: killed by signal -R), and reaps the child once
+the client has closed the connection.
 """
 import json
 import os
@@ -32,13 +33,16 @@ import signal
 import socket
 import sys
 
+READY = "skipkd-preload-server-ready"  # the line that says it serves (utils/preload/client)
+
 # what a training script imports (torch._dynamo: through torch.optim's first optimizer)
 PRELOAD = ("numpy", "torch", "torch._dynamo", "torchvision", "torch.utils.tensorboard", "tqdm")
 
 # environment variables that libraries read when they are imported (thread pools, CUDA
 # visibility, CPU kernels, the plotting backend, the interpreter's own)
 IMPORT_TIME_ENV = ("ATEN_", "OMP_", "MKL_", "KMP_", "GOMP_", "OPENBLAS_", "CUDA_", "NVIDIA_",
-                   "PYTORCH_", "TORCH_", "PYTHON", "LD_", "MPLBACKEND", "MALLOC_")
+                   "PYTORCH_", "TORCH_", "TORCHDYNAMO_", "TORCHINDUCTOR_", "PYTHON", "LD_",
+                   "MPLBACKEND", "MALLOC_", "LANG", "LC_")
 
 
 def import_time_env(env) -> dict:
@@ -99,13 +103,20 @@ def _become_script(request, fds, listener, conn):
         elif not isinstance(status, int):
             print(status, file=sys.stderr)
             status = 1
-    except KeyboardInterrupt:
-        sys.excepthook(*sys.exc_info())
+    except KeyboardInterrupt as e:
+        _print_exception(e)
         _exit(1, interrupted=True)
-    except BaseException:
-        sys.excepthook(*sys.exc_info())
+    except BaseException as e:
+        _print_exception(e)
         status = 1
     _exit(status)
+
+
+def _print_exception(e):
+    """The traceback of the script's uncaught exception as a fresh interpreter prints it: from
+    the script's first frame (this file's exec frame left out)."""
+    tb = e.__traceback__.tb_next if e.__traceback__ is not None else None
+    sys.excepthook(type(e), e.with_traceback(tb), tb)
 
 
 def _set_up(request, fds, listener, conn):
@@ -198,8 +209,22 @@ def _handle(conn, listener, server):
         os.close(fd)
     listener.close()
     _send(conn, {"pid": pid})
-    _, status = os.waitpid(pid, 0)
-    _send(conn, {"returncode": os.waitstatus_to_exitcode(status)})
+    # the status, without reaping: the pid stays the script's (a zombie) until the client has
+    # read it and closed the connection, so that a signal the client sends meanwhile can never
+    # reach another process that got the pid
+    while True:
+        try:
+            info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+            break
+        except InterruptedError:
+            continue
+    code = info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
+    try:
+        _send(conn, {"returncode": code})
+        conn.recv(1)  # until the client closes it (or goes)
+    except OSError:
+        pass
+    os.waitpid(pid, 0)
     conn.close()
     os._exit(0)
 
@@ -208,11 +233,13 @@ def main(argv):
     path, preload = argv[0], PRELOAD
     if "--preload" in argv:
         preload = tuple(n for n in argv[argv.index("--preload") + 1].split(",") if n)
-    parent = os.getppid()
+    # the process that started it (it may have ended before this line: then so does this one)
+    parent = int(argv[argv.index("--parent") + 1]) if "--parent" in argv else os.getppid()
     if "--die-with-parent" in argv:
         die_with_parent(signal.SIGKILL)
-        if os.getppid() != parent:
-            return
+    if os.getppid() != parent:
+        return
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a script sets its own (sigint_ignored)
     _preload(preload)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
@@ -221,7 +248,7 @@ def main(argv):
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # handlers are reaped by the kernel
     import gc
     gc.freeze()  # the preloaded objects are never collected: a child's collections skip them
-    print("ready", flush=True)
+    print(READY, flush=True)
     while os.getppid() == parent:  # the process that started it is gone: so is the server
         try:
             conn, _ = listener.accept()

@@ -1,5 +1,6 @@
-"""Running one trial: the training script as a child process, started through BOOTSTRAP (it
-dies with its worker), resumed or restarted from the run's files, and watched until it ends
+"""Running one trial: the training script as a child process, a fork of the worker's preloaded
+interpreter (utils/preload) or started through BOOTSTRAP (either way it dies with its worker),
+resumed or restarted from the run's files, and watched until it ends
 (heartbeats, per-epoch validation accuracy, pruning, the status line).
 """
 import os
@@ -40,11 +41,11 @@ LAUNCHER_START_S = 300.0  # a preloaded interpreter not ready by then is given u
 _LAUNCHER = {}  # this worker's preloaded interpreter: {"server": Server or None (it failed)}
 
 
-def _launcher(env, status, beat):
+def _launcher(env, cwd, status, beat, stop):
     """The preloaded interpreter (utils/preload) that starts trials with environment env, one per
-    worker process (a tune's stages share it), started with the first trial (beat() is called
-    while it imports, so that the claimed trial keeps its heartbeat); None where it cannot run
-    (each trial then starts a fresh interpreter)."""
+    worker process (a tune's stages share it), started in folder cwd with the first trial
+    (beat() is called while it imports, so that the claimed trial keeps its heartbeat; stop()
+    gives it up); None where it cannot run (each trial then starts a fresh interpreter)."""
     srv = _LAUNCHER.get("server", False)
     if srv is None:
         return None  # it failed to start once: not again for every trial
@@ -52,10 +53,10 @@ def _launcher(env, status, beat):
         return srv
     if srv is not False:  # started for another environment (a test's worker in one process)
         srv.close()
-    srv = start_server(env, die_with_parent=True, wait=False)
+    srv = start_server(env, die_with_parent=True, wait=False, cwd=cwd)
     deadline = time.monotonic() + LAUNCHER_START_S
     while srv is not None and srv.ready(timeout=0.5) is None:
-        if time.monotonic() > deadline:
+        if time.monotonic() > deadline or stop() is not None:
             srv.close()
             break
         beat()
@@ -109,7 +110,8 @@ def _tail(path, size=4096) -> list:
 
 
 class ChildRunner:
-    """Runs a claimed trial: the training script as a child process (through BOOTSTRAP), its
+    """Runs a claimed trial: the training script as a child process (preloaded or through
+    BOOTSTRAP), its
     heartbeats and per-epoch values while it runs, then its end handed to the recorder.
     `child` and `current` are the running process and Job (the worker's signal handler reads
     them); `stop()` says whether (with which signal) the worker is stopping."""
@@ -223,7 +225,7 @@ class ChildRunner:
             time.sleep(min(0.2, self.poll))
 
     def _start_child(self, job, log, mode, flags):
-        """Start the training script on the trial, through BOOTSTRAP, its output going to log."""
+        """Start the training script on the trial, its output going to log."""
         cmd = self._command(job) + flags
         self.beats.set_attr(job, "worker", {
             "host": self.host, "pid": self.pid, "mode": mode,
@@ -248,8 +250,15 @@ class ChildRunner:
     def _launch(self, job, cmd, log, env):
         """The trial's process, its output going to the open file log: a fork of the preloaded
         interpreter, or a fresh one (--no-preload, or where none can start)."""
-        launcher = _launcher(env, self.status, lambda: self._beat(job)) \
-            if self.preload and _on_cpu(cmd) else None
+        launcher = None
+        if self.preload and _on_cpu(cmd) and sys.platform.startswith("linux"):
+            try:
+                launcher = _launcher(env, self.run_dir, self.status, lambda: self._beat(job),
+                                     self.stop)
+            except Exception as exc:  # whatever it is, the trial runs: in a fresh interpreter
+                _LAUNCHER["server"] = None
+                self.status.event(f"the preloaded interpreter failed ({exc}): each trial "
+                                  f"starts a fresh one")
         if launcher is not None:
             try:
                 return ServedProcess(launcher, cmd, env, self.run_dir, stdout=log,
@@ -320,9 +329,12 @@ class ChildRunner:
                     continue
             break
         elapsed = time.monotonic() - start
+        # a preloaded trial whose interpreter was killed under it got SIGTERM (it saved its
+        # state): interrupted, queued again, as if this worker had been stopped
+        stop = self.stop() or (signal.SIGTERM if getattr(self.child, "lost", False) else None)
         while True:  # the run is over: its result is recorded once the storage answers
             try:
-                return True, self.recorder.ended(job, rc, lines, elapsed, self.stop())
+                return True, self.recorder.ended(job, rc, lines, elapsed, stop)
             except Exception as exc:
                 if not transient(exc) or self.stop() is not None:
                     raise

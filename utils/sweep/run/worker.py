@@ -12,10 +12,12 @@ with `--output-dir .`). What makes a killed worker lose nothing:
 - The retry resumes the run from its state files (`--resume`) when they are there (the sweep
   folder on a shared disk), else starts it again; a run that had finished just says "nothing to
   resume", and its summary is read, so no trial is trained twice to completion.
-- The child dies with its worker: it is started through a tiny bootstrap that asks Linux for
-  SIGTERM when the worker dies (PR_SET_PDEATHSIG) before it becomes the training script, and
-  SIGTERM makes the script save its state at the next step and exit. It runs in its own process
-  group, so Ctrl-C reaches the worker only, which forwards one SIGINT.
+- The child dies with its worker: Linux sends it SIGTERM when the worker dies
+  (PR_SET_PDEATHSIG; a CPU trial forked from the worker's preloaded interpreter through that
+  interpreter, which the kernel kills with the worker; otherwise through a tiny bootstrap that
+  asks for it before it becomes the training script), and SIGTERM makes the script save its
+  state at the next step and exit. It (and the preloaded interpreter) run in their own
+  sessions, so Ctrl-C reaches the worker only, which forwards one SIGINT.
 - A worker whose own trial was marked dead (a stalled network, a suspended process) takes the
   trial's retry over, or stops its child if another worker already has.
 - Ctrl-C (or SIGTERM) stops a worker cleanly: the child saves its state, the trial is queued
@@ -27,7 +29,7 @@ called through its public methods:
   failed and queued again, takeovers, how a trial ends (finish), the storage's trouble;
 - Claimer (claim.py): the next trial (queued retries, students whose teacher is here, a new
   search trial), claimed atomically; uses Heartbeats.beat;
-- ChildRunner (child.py): runs a claimed trial as a child process (BOOTSTRAP) and watches it,
+- ChildRunner (child.py): runs a claimed trial as a child process and watches it,
   then hands its end to ResultRecorder;
 - ResultRecorder (results.py): the run's metrics from its own summary, the trial's final state;
 - Progress (progress.py): the study's trials counted for the progress line; Status the line.
