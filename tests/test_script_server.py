@@ -217,3 +217,12 @@ def test_a_server_closed_or_gone_starts_nothing(tmp_path):
     assert srv.ready() is False and not srv.serves(env) and not os.path.exists(folder)
     with pytest.raises(OSError):
         ServedProcess(srv, ["python", str(path)], env, str(tmp_path))
+    # a server killed (its socket file still there): no start either, and it says so
+    gone = start_server(env, preload=("numpy",))
+    assert gone is not None and gone.serves(env)
+    gone.proc.kill()
+    gone.proc.wait()
+    assert os.path.exists(gone.socket) and not gone.serves(env)
+    with pytest.raises(OSError):
+        ServedProcess(gone, ["python", str(path)], env, str(tmp_path))
+    gone.close()

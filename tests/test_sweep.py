@@ -424,6 +424,7 @@ def test_ctrl_c_stops_a_worker_cleanly(tmp_path, to):
     assert not _alive(first.user_attrs["child_pid"])
     saved = torch.load(state, map_location="cpu", weights_only=True)
     assert not saved["stage_complete"] and saved["epoch"] < 8
+    assert first.user_attrs["child_preloaded"] is True  # forked from the worker's interpreter
     log = open(os.path.join(sweep_dir, first.user_attrs["worker"]["log"])).read()
     assert "SIGINT received" in log and "state saved" in log, log
     assert "SIGTERM" not in log, log  # one signal, the worker's: not its interpreter's death
@@ -505,6 +506,8 @@ def test_the_trial_start_benchmark_prints_both_ways(repo_root):
     assert [w for w, _ in figures] == ["preloaded", "fresh"] and all(float(v) > 0
                                                                      for _, v in figures)
     assert re.search(r"fresh / preloaded: [\d.]+x wall, [\d.]+x CPU", proc.stdout), proc.stdout
+    assert "preloaded 1 trials in" in proc.stdout and "(1/1 started preloaded)" in proc.stdout
+    assert "(0/1 started preloaded)" in proc.stdout, proc.stdout
 
 
 # ------------------------------------------------------------------ a search

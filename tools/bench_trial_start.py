@@ -6,8 +6,10 @@ trial a fresh `python SCRIPT`), in turns, on the CPU.
 
 Each repeat creates the study afresh in a temporary folder (synthetic data, resnet8 -> resnet8
 without a teacher, width 4, one thread per run) and times `sweep.py work` to its end: the wall
-time and the CPU time the machine was busy meanwhile (run it on an otherwise idle machine). Prints each repeat, the medians,
-and the ratio fresh / preloaded. Nothing is written outside the temporary folder.
+time and the CPU time the machine was busy meanwhile (run it on an otherwise idle machine), and
+counts the trials that started preloaded. Prints each repeat, the medians, and the ratio fresh /
+preloaded. Nothing is written outside the temporary folders (the study's, and the preloaded
+interpreter's socket folder, which the worker removes as it ends).
 """
 import argparse
 import json
@@ -22,15 +24,16 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from skipkd.argparsing import int_in  # noqa: E402
 from skipkd.io.files import atomic_write_text  # noqa: E402
 
 
 def get_args_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--trials", type=int, default=6, help="trials in the study (seeds)")
-    p.add_argument("--repeats", type=int, default=3, help="timed runs of each way")
-    p.add_argument("--epochs", type=int, default=1, help="epochs of each trial")
+    p.add_argument("--trials", type=int_in(1, 100), default=6, help="trials in the study (seeds)")
+    p.add_argument("--repeats", type=int_in(1, 20), default=3, help="timed runs of each way")
+    p.add_argument("--epochs", type=int_in(1, 100), default=1, help="epochs of each trial")
     return p
 
 
@@ -47,8 +50,18 @@ def _machine_cpu():
         return r.ru_utime + r.ru_stime
 
 
+def _preloaded(folder) -> int:
+    """How many of the study's trials started preloaded (their record says so)."""
+    import optuna
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(
+        os.path.join(folder, "optuna-journal.log")))
+    study = optuna.load_study(study_name="b", storage=storage)
+    return sum(t.user_attrs.get("child_preloaded") is True for t in study.get_trials())
+
+
 def run_study(folder, trials, epochs, preload):
-    """Create the study in folder and run one worker over it -> (wall s, CPU s)."""
+    """Create the study in folder and run one worker over it -> (wall s, CPU s, trials that
+    started preloaded)."""
     grid = {"fixed": {"dataset": "synthetic", "synthetic-train-size": 200,
                       "synthetic-test-size": 100, "width": 4, "epochs": epochs,
                       "batch-size": 50, "device": "cpu", "progress": False,
@@ -65,7 +78,8 @@ def run_study(folder, trials, epochs, preload):
     cpu0, t0 = _machine_cpu(), time.perf_counter()
     subprocess.run(argv + ([] if preload else ["--no-preload"]), check=True, env=env,
                    stdout=subprocess.DEVNULL)
-    return time.perf_counter() - t0, _machine_cpu() - cpu0
+    wall, cpu = time.perf_counter() - t0, _machine_cpu() - cpu0
+    return wall, cpu, _preloaded(folder)
 
 
 def main(args):
@@ -73,10 +87,11 @@ def main(args):
     for r in range(args.repeats):
         for preload in (True, False):
             with tempfile.TemporaryDirectory(prefix="skipkd-bench-start-") as folder:
-                wall, cpu = run_study(folder, args.trials, args.epochs, preload)
+                wall, cpu, forked = run_study(folder, args.trials, args.epochs, preload)
             rows[preload].append((wall, cpu))
             print(f"repeat {r + 1}: {'preloaded' if preload else 'fresh    '} "
-                  f"{args.trials} trials in {wall:6.1f} s wall, {cpu:6.1f} s CPU", flush=True)
+                  f"{args.trials} trials in {wall:6.1f} s wall, {cpu:6.1f} s CPU "
+                  f"({forked}/{args.trials} started preloaded)", flush=True)
     med = {p: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v))
            for p, v in rows.items()}
     for p, name in ((True, "preloaded"), (False, "fresh")):

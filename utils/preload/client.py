@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import threading
+import weakref
 
 from utils.preload.server import PRELOAD, READY, import_time_env
 
@@ -83,7 +84,8 @@ def start_server(env, preload=PRELOAD, die_with_parent=False, wait=True, cwd=Non
     try:
         proc = subprocess.Popen(argv + (["--die-with-parent"] if die_with_parent else []),
                                 cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, start_new_session=True)
+                                stdout=subprocess.PIPE, start_new_session=True,
+                                bufsize=0)  # unbuffered: select() sees every line not yet read
     except OSError:
         os.rmdir(folder)
         return None
@@ -120,6 +122,7 @@ class ServedProcess:
         when the server ends (Linux). OSError where the server cannot be reached or ended."""
         self.args, self.returncode, self._text = args, None, text
         self._polling = threading.Lock()
+        self.stdout = self.stderr = None
         opened = []
         try:
             out_fd, self.stdout = _stream_fd(stdout, 1, opened)
@@ -132,6 +135,11 @@ class ServedProcess:
                                   "sigint_ignored": ignored, "session": start_new_session,
                                   "parent_death": die_with_server}) + "\n"
             socket.send_fds(self._conn, [request.encode()], [out_fd, err_fd])
+        except BaseException:
+            for f in (getattr(self, "_conn", None), self.stdout, self.stderr):
+                if f is not None:
+                    f.close()
+            raise
         finally:
             for fd in opened:  # the child holds its own copies now
                 os.close(fd)
@@ -146,6 +154,7 @@ class ServedProcess:
         self.pid = reply["pid"]
         try:  # to see the script end where the server cannot say so (it is not our child)
             self._pidfd = os.pidfd_open(self.pid)
+            self._close_pidfd = weakref.finalize(self, os.close, self._pidfd)
         except (AttributeError, OSError):
             self._pidfd = None
 
@@ -153,7 +162,7 @@ class ServedProcess:
         while b"\n" not in self._buffer:
             try:
                 chunk = self._conn.recv(4096)
-            except (BlockingIOError, InterruptedError, socket.timeout):
+            except (BlockingIOError, socket.timeout):
                 raise
             except OSError:
                 if starting:
@@ -193,27 +202,29 @@ class ServedProcess:
         self.returncode = code
         self._conn.close()  # the server reaps the script now (its pid is free from here on)
         if self._pidfd is not None:
-            os.close(self._pidfd)
+            self._close_pidfd()
             self._pidfd = None
         return code
 
     def _status(self, timeout):
         """The returncode once known (waiting at most timeout seconds; 0: not at all, None:
         until then), else None; the caller holds self._polling."""
+        import time
+        end = None if timeout is None else time.monotonic() + timeout
         if not self.lost:
             self._conn.setblocking(timeout is None or timeout > 0)
             if timeout:
                 self._conn.settimeout(timeout)
             try:
                 code = self._reply()["returncode"]
-            except (BlockingIOError, InterruptedError, socket.timeout):
+            except (BlockingIOError, socket.timeout):
                 return None
             finally:
-                if self._conn.fileno() != -1:  # not closed by _ended
-                    self._conn.settimeout(None)
+                self._conn.settimeout(None)
             if code is not None:
                 return self._ended(code)
-        return self._ended(-signal.SIGTERM) if self._gone(timeout) else None
+        left = None if end is None else max(0.0, end - time.monotonic())
+        return self._ended(-signal.SIGTERM) if self._gone(left) else None
 
     def poll(self):
         # one reader of the connection at a time: a poll from a signal handler while the main
@@ -239,8 +250,11 @@ class ServedProcess:
 
     def send_signal(self, sig):
         if self.poll() is None:
-            try:
-                os.kill(self.pid, sig)
+            try:  # through the pidfd where there is one: never to a process that reused the pid
+                if self._pidfd is not None and hasattr(signal, "pidfd_send_signal"):
+                    signal.pidfd_send_signal(self._pidfd, sig)
+                else:
+                    os.kill(self.pid, sig)
             except ProcessLookupError:  # it ended just now (as Popen.send_signal, no error)
                 pass
 

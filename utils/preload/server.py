@@ -16,16 +16,17 @@ backend) is what a fresh interpreter would read: a request whose environment cha
 variable must go to a plain subprocess instead (`import_time_env`). The server never
 initialises CUDA (importing torch does not), so each child may.
 
-    python utils/preload/server.py SOCKET_PATH [--parent PID] [--preload MOD,...] [--die-with-parent]
+    python utils/preload/server.py SOCKET_PATH [--parent PID] [--preload MOD,...]
+                                   [--die-with-parent]
 
 It serves until its parent process (PID) ends (--die-with-parent: the kernel also kills it at
-once, Linux); SIGINT does not stop it. Protocol (utils/preload/client.py): one Unix-socket connection per run; the client sends
-one JSON line {"argv": [script, args...], "env": {...}, "cwd": ..., "umask": null or a mode,
-"sigint_ignored": whether the client ignores SIGINT, "session": a new session rather than a
-process group, "parent_death": SIGTERM to the script when the server goes} with two file
-descriptors (the child's stdout and stderr); the server answers {"pid": N} once the child exists,
-then {"returncode": R} when it has ended (R < 0: killed by signal -R), and reaps the child once
-the client has closed the connection.
+once, Linux); SIGINT does not stop it. Protocol (utils/preload/client.py): one Unix-socket
+connection per run; the client sends one JSON line {"argv": [script, args...], "env": {...},
+"cwd": ..., "umask": null or a mode, "sigint_ignored": whether the client ignores SIGINT,
+"session": a new session rather than a process group, "parent_death": SIGTERM to the script
+when the server goes} with two file descriptors (the child's stdout and stderr); the server
+answers {"pid": N} once the child exists, then {"returncode": R} when it has ended (R < 0:
+killed by signal -R), and reaps the child once the client has closed the connection.
 """
 import json
 import os
@@ -208,16 +209,19 @@ def _handle(conn, listener, server):
     for fd in fds:
         os.close(fd)
     listener.close()
-    _send(conn, {"pid": pid})
+    try:
+        _send(conn, {"pid": pid})
+    except OSError:  # the client has given up: the script it would not know of ends here
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except OSError:
+            pass
+        os.waitpid(pid, 0)
+        os._exit(1)
     # the status, without reaping: the pid stays the script's (a zombie) until the client has
     # read it and closed the connection, so that a signal the client sends meanwhile can never
     # reach another process that got the pid
-    while True:
-        try:
-            info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
-            break
-        except InterruptedError:
-            continue
+    info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
     code = info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
     try:
         _send(conn, {"returncode": code})
@@ -230,6 +234,9 @@ def _handle(conn, listener, server):
 
 
 def main(argv):
+    if not argv or argv[0].startswith("-"):
+        sys.exit("usage: server.py SOCKET_PATH [--parent PID] [--preload MOD,...] "
+                 "[--die-with-parent]")
     path, preload = argv[0], PRELOAD
     if "--preload" in argv:
         preload = tuple(n for n in argv[argv.index("--preload") + 1].split(",") if n)
@@ -257,7 +264,10 @@ def main(argv):
         conn.settimeout(None)
         server = os.getpid()
         if os.fork() == 0:
-            _handle(conn, listener, server)
+            try:
+                _handle(conn, listener, server)
+            finally:  # never back into this loop, nor a normal exit of a forked copy
+                os._exit(1)
         conn.close()
 
 

@@ -22,9 +22,9 @@ from utils.sweep.spec.stored import check_stored_trial
 __all__ = ["BOOTSTRAP", "ChildRunner", "sweep_maker", "foreign_run", "check_no_foreign_runs"]
 
 # A trial's process dies with its worker (SIGTERM, Linux): started from the preloaded interpreter
-# (utils/preload; the default for CPU trials), the trial dies with that interpreter, which dies with the worker;
-# else it runs as `python -c BOOTSTRAP WORKER_PID PYTHON SCRIPT ARGS...`: SIGTERM when the worker
-# dies, then exec the training script in this same process.
+# (utils/preload; the default for CPU trials), the trial dies with that interpreter, which dies
+# with the worker; else it runs as `python -c BOOTSTRAP WORKER_PID PYTHON SCRIPT ARGS...`:
+# SIGTERM when the worker dies, then exec the training script in this same process.
 BOOTSTRAP = (
     "import os, signal, sys\n"
     "try:\n"
@@ -55,11 +55,15 @@ def _launcher(env, cwd, status, beat, stop):
         srv.close()
     srv = start_server(env, die_with_parent=True, wait=False, cwd=cwd)
     deadline = time.monotonic() + LAUNCHER_START_S
-    while srv is not None and srv.ready(timeout=0.5) is None:
-        if time.monotonic() > deadline or stop() is not None:
-            srv.close()
-            break
-        beat()
+    try:
+        while srv is not None and srv.ready(timeout=0.5) is None:
+            if time.monotonic() > deadline or stop() is not None:
+                srv.close()
+                break
+            beat()  # the storage's lasting trouble propagates, as it does for the run
+    except BaseException:
+        srv.close()
+        raise
     if srv is not None and not srv.ready():
         srv = None
     _LAUNCHER["server"] = srv
@@ -255,7 +259,7 @@ class ChildRunner:
             try:
                 launcher = _launcher(env, self.run_dir, self.status, lambda: self._beat(job),
                                      self.stop)
-            except Exception as exc:  # whatever it is, the trial runs: in a fresh interpreter
+            except OSError as exc:  # the trial runs all the same: in a fresh interpreter
                 _LAUNCHER["server"] = None
                 self.status.event(f"the preloaded interpreter failed ({exc}): each trial "
                                   f"starts a fresh one")
