@@ -12,7 +12,7 @@ if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
 from skipkd.data import make_synthetic, write_cifar10  # noqa: E402
-from utils.preload import ServedProcess, start_server  # noqa: E402
+from utils.preload import PRELOAD, ServedProcess, start_server  # noqa: E402
 
 # One intra-op thread: the models here are tiny, and on a small, shared CI machine OpenMP's
 # spin-waiting with 2+ threads can make the same test 10-20x slower under any CPU contention.
@@ -91,9 +91,8 @@ def script_env():
 # on first use; test threads may ask for it at once
 _SERVER = {}
 _SERVER_START = threading.Lock()
-SUITE_PRELOAD = ("numpy", "torch", "torch._dynamo", "torchvision", "torchvision.models",
-                 "torchvision.transforms", "torch.utils.tensorboard", "optuna", "matplotlib",
-                 "PIL.Image", "yaml", "tqdm")
+SUITE_PRELOAD = PRELOAD + ("torchvision.models", "torchvision.transforms", "optuna",
+                           "matplotlib", "PIL.Image", "yaml")  # and the tools' own
 
 
 def _served(env):

@@ -225,4 +225,12 @@ def test_a_server_closed_or_gone_starts_nothing(tmp_path):
     assert os.path.exists(gone.socket) and not gone.serves(env)
     with pytest.raises(OSError):
         ServedProcess(gone, ["python", str(path)], env, str(tmp_path))
+    # close removes its socket and its folder, never anything else found there
+    keep = os.path.join(gone.folder, "keep.txt")
+    with open(keep, "w") as f:
+        f.write("not the server's")
+    folder = gone.folder
     gone.close()
+    assert not os.path.exists(gone.socket) and os.listdir(folder) == ["keep.txt"]
+    os.unlink(keep)
+    os.rmdir(folder)

@@ -12,7 +12,7 @@ import weakref
 
 from utils.preload.server import PRELOAD, READY, import_time_env
 
-__all__ = ["Server", "start_server", "ServedProcess", "import_time_env"]
+__all__ = ["PRELOAD", "Server", "start_server", "supported", "ServedProcess", "import_time_env"]
 
 SERVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "server.py")
 CONNECT_TIMEOUT_S = 60.0  # a server that does not take a request by then is given up
@@ -22,8 +22,9 @@ class Server:
     """A running server: its socket, the import-time environment it was started with (a script
     whose environment differs there must run as a plain subprocess) and its process."""
 
-    def __init__(self, proc, socket_path, env):
+    def __init__(self, proc, socket_path, env, folder=None):
         self.proc, self.socket, self.env = proc, socket_path, import_time_env(env)
+        self.folder = folder  # the private folder start_server made for the socket, or None
         self._lock = threading.Lock()
         self._ready = None  # True once it said so, False when it failed to start
 
@@ -51,8 +52,8 @@ class Server:
 
     def close(self):
         """Stop the server (the scripts it started go on, unless they asked to die with it) and
-        remove the folder of its socket, which start_server made."""
-        import shutil
+        remove its socket and the private folder start_server made for it (nothing else: the
+        socket is unlinked, the folder removed only when empty)."""
         with self._lock:
             self._ready = False  # closed: no longer ready
             if self.proc.poll() is None:
@@ -60,17 +61,29 @@ class Server:
             self.proc.wait()
             if self.proc.stdout is not None:
                 self.proc.stdout.close()
-            shutil.rmtree(os.path.dirname(self.socket), ignore_errors=True)
+            if self.folder is not None:
+                for remove, path in ((os.unlink, self.socket), (os.rmdir, self.folder)):
+                    try:
+                        remove(path)
+                    except OSError:  # not there (closed before), or not ours to empty
+                        pass
+                self.folder = None
+
+
+def supported() -> bool:
+    """Whether a server can run here: Linux (elsewhere forking after these imports is not known
+    to be safe), with file-descriptor passing."""
+    return sys.platform.startswith("linux") and hasattr(socket, "send_fds")
 
 
 def start_server(env, preload=PRELOAD, die_with_parent=False, wait=True, cwd=None):
     """Start a server with environment env and working folder cwd (default: this process's),
-    importing the modules `preload` names -> Server, or None where it cannot run here (Linux
-    only: elsewhere forking after these imports is not known to be safe) or did not start.
+    importing the modules `preload` names -> Server, or None where it cannot run here
+    (`supported`) or did not start.
     die_with_parent: the kernel ends it when this process ends. wait=False: return at once
     (Server.ready says when it has started). It runs in its own session (a Ctrl-C at the
     terminal reaches this process, not it) and is closed at this interpreter's exit."""
-    if not sys.platform.startswith("linux") or not hasattr(socket, "send_fds"):
+    if not supported():
         return None
     import atexit
     import tempfile
@@ -89,7 +102,7 @@ def start_server(env, preload=PRELOAD, die_with_parent=False, wait=True, cwd=Non
     except OSError:
         os.rmdir(folder)
         return None
-    srv = Server(proc, sock, env)
+    srv = Server(proc, sock, env, folder)
     atexit.register(srv.close)
     return srv if not wait or srv.ready() else None
 

@@ -12,7 +12,7 @@ import time
 from skipkd.errors import UserError
 from skipkd.io.files import make_folder, open_append
 from skipkd.io.outputs import MAKER_ENV, RunOutputs
-from utils.preload import ServedProcess, start_server
+from utils.preload import ServedProcess, start_server, supported
 from utils.sweep.run.heartbeat import now_text, transient
 from utils.sweep.run.progress import stored_key, trials_of
 from utils.sweep.run.results import val_curve
@@ -38,7 +38,8 @@ BOOTSTRAP = (
 
 
 LAUNCHER_START_S = 300.0  # a preloaded interpreter not ready by then is given up
-_LAUNCHER = {}  # this worker's preloaded interpreter: {"server": Server or None (it failed)}
+# this worker's preloaded interpreter, and whether it was given up (it failed: trials start fresh)
+_LAUNCHER = {"server": None, "given_up": False}
 
 
 def _launcher(env, cwd, status, beat, stop):
@@ -46,12 +47,12 @@ def _launcher(env, cwd, status, beat, stop):
     worker process (a tune's stages share it), started in folder cwd with the first trial
     (beat() is called while it imports, so that the claimed trial keeps its heartbeat; stop()
     gives it up); None where it cannot run (each trial then starts a fresh interpreter)."""
-    srv = _LAUNCHER.get("server", False)
-    if srv is None:
-        return None  # it failed to start once: not again for every trial
-    if srv is not False and srv.serves(env):
+    if _LAUNCHER["given_up"]:
+        return None  # it failed once: not again for every trial
+    srv = _LAUNCHER["server"]
+    if srv is not None and srv.serves(env):
         return srv
-    if srv is not False:  # started for another environment (a test's worker in one process)
+    if srv is not None:  # ended, or started for another environment
         srv.close()
     srv = start_server(env, die_with_parent=True, wait=False, cwd=cwd)
     deadline = time.monotonic() + LAUNCHER_START_S
@@ -66,7 +67,7 @@ def _launcher(env, cwd, status, beat, stop):
         raise
     if srv is not None and not srv.ready():
         srv = None
-    _LAUNCHER["server"] = srv
+    _LAUNCHER["server"], _LAUNCHER["given_up"] = srv, srv is None
     if srv is None:
         status.event("the preloaded interpreter did not start: each trial starts a fresh one")
     return srv
@@ -115,8 +116,8 @@ def _tail(path, size=4096) -> list:
 
 class ChildRunner:
     """Runs a claimed trial: the training script as a child process (preloaded or through
-    BOOTSTRAP), its
-    heartbeats and per-epoch values while it runs, then its end handed to the recorder.
+    BOOTSTRAP), its heartbeats and per-epoch values while it runs, then its end handed to the
+    recorder.
     `child` and `current` are the running process and Job (the worker's signal handler reads
     them); `stop()` says whether (with which signal) the worker is stopping."""
 
@@ -255,12 +256,12 @@ class ChildRunner:
         """The trial's process, its output going to the open file log: a fork of the preloaded
         interpreter, or a fresh one (--no-preload, or where none can start)."""
         launcher = None
-        if self.preload and _on_cpu(cmd) and sys.platform.startswith("linux"):
+        if self.preload and _on_cpu(cmd) and supported():
             try:
                 launcher = _launcher(env, self.run_dir, self.status, lambda: self._beat(job),
                                      self.stop)
             except OSError as exc:  # the trial runs all the same: in a fresh interpreter
-                _LAUNCHER["server"] = None
+                _LAUNCHER["given_up"] = True
                 self.status.event(f"the preloaded interpreter failed ({exc}): each trial "
                                   f"starts a fresh one")
         if launcher is not None:
@@ -270,7 +271,7 @@ class ChildRunner:
                                      die_with_server=True)
             except OSError as exc:  # it was killed: this trial, and the next ones, start fresh
                 launcher.close()
-                _LAUNCHER["server"] = None
+                _LAUNCHER["given_up"] = True
                 self.status.event(f"the preloaded interpreter is gone ({exc}): the trial starts "
                                   f"a fresh one")
         return subprocess.Popen(
